@@ -1,0 +1,140 @@
+"""Model loading through the real loader: directories, GGUF files, the built-in alias, bad input."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from toggle.errors import ModelLoadError
+from toggle.gguf_io import write_gguf
+from toggle.load import cache_dir, load_model, resolve
+from toggle.modules import compressible_modules, parameter_counts, weight_matrix
+
+
+def _logits(lm, text="The capital of France"):
+    ids = lm.tokenizer(text, return_tensors="pt").input_ids
+    return lm.model(ids).logits
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_load_directory(arch, tiny_llama_dir, tiny_gpt2_dir):
+    path = tiny_llama_dir if arch == "llama" else tiny_gpt2_dir
+    lm = load_model(str(path))
+    assert lm.source == "dir"
+    assert lm.model_id == str(path.resolve())
+    assert lm.model.config.model_type == arch
+    assert not lm.model.training
+    assert all(not p.requires_grad for p in lm.model.parameters())
+    assert _logits(lm).shape[-1] == lm.model.config.vocab_size
+    # The fingerprint is stable across loads of the same directory.
+    assert load_model(str(path)).fingerprint == lm.fingerprint
+
+
+def test_module_map_llama(tiny_llama_dir):
+    lm = load_model(str(tiny_llama_dir))
+    refs = compressible_modules(lm.model)
+    assert refs[0].part == "embed" and refs[0].tied  # tied head is the embedding
+    block0 = [r.component for r in refs if r.block == 0]
+    assert block0 == ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                      "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
+    k = next(r for r in refs if r.name == "model.layers.1.self_attn.k_proj")
+    assert (k.out_features, k.in_features, k.part, k.transposed) == (32, 64, "attn", False)
+    assert len(refs) == 1 + 2 * 7
+    counts = parameter_counts(lm.model)
+    assert counts["compressible"] == sum(r.numel for r in refs)
+    assert counts["other"] == 2 * 2 * 64 + 64  # two RMSNorms per block plus the final norm
+
+
+def test_module_map_gpt2_conv1d(tiny_gpt2_dir):
+    lm = load_model(str(tiny_gpt2_dir))
+    refs = compressible_modules(lm.model)
+    block0 = {r.component: r for r in refs if r.block == 0}
+    assert set(block0) == {"attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"}
+    c_attn = block0["attn.c_attn"]
+    assert c_attn.transposed and (c_attn.out_features, c_attn.in_features) == (192, 64)
+    assert block0["mlp.c_proj"].part == "mlp" and block0["attn.c_proj"].part == "attn"
+    module = lm.model.get_submodule(c_attn.name)
+    assert weight_matrix(module, c_attn).shape == (192, 64)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_gguf_round_trip(arch, tiny_llama_dir, tiny_gpt2_dir, tmp_path):
+    """A GGUF file written with the gguf package loads back with identical logits (F32)
+    and close logits (Q8_0), and is cached as safetensors after the first load."""
+    src = load_model(str(tiny_llama_dir if arch == "llama" else tiny_gpt2_dir))
+    f32 = write_gguf(tmp_path / "tiny-f32.gguf", src.model, src.tokenizer, default_2d="F32")
+    loaded = load_model(str(f32))
+    assert loaded.source == "gguf" and loaded.source_quantization in ("ALL_F32", "gguf")
+    torch.testing.assert_close(_logits(loaded), _logits(src), rtol=0, atol=1e-5)
+
+    q8 = write_gguf(tmp_path / "tiny-q8.gguf", src.model, src.tokenizer, default_2d="Q8_0")
+    loaded_q8 = load_model(str(q8))
+    diff = (_logits(loaded_q8) - _logits(src)).abs().max().item()
+    assert 0 < diff < 0.1  # really quantised, still close
+    cached = list((cache_dir() / "models").glob("gguf-*"))
+    assert len(cached) >= 2 and all((c / "model.safetensors").exists() for c in cached)
+    meta = json.loads((cache_dir() / "models" / loaded_q8.fingerprint / "toggle-cache.json").read_text())
+    assert meta["source"] == str(q8.resolve())
+
+
+def test_bad_models(tmp_path):
+    with pytest.raises(ModelLoadError, match="no such model"):
+        resolve(str(tmp_path / "missing"))
+    with pytest.raises(ModelLoadError, match="no such model.*built-in"):
+        resolve("not-a-model")
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(ModelLoadError, match="not a model"):
+        resolve(str(tmp_path / "notes.txt"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ModelLoadError, match="no config.json"):
+        resolve(str(empty))
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"GGUF" + b"\0" * 20)
+    with pytest.raises(ModelLoadError, match="broken.gguf: cannot load GGUF model"):
+        load_model(str(bad))
+
+
+def test_pickle_only_directory_is_refused(tiny_llama_dir, tmp_path):
+    d = tmp_path / "pickled"
+    d.mkdir()
+    (d / "config.json").write_text((tiny_llama_dir / "config.json").read_text())
+    (d / "pytorch_model.bin").write_bytes(b"not loaded")
+    with pytest.raises(ModelLoadError, match="pickle files are not loaded"):
+        load_model(str(d))
+
+
+def test_truncated_safetensors(tiny_llama_dir, tmp_path):
+    import shutil
+
+    d = tmp_path / "truncated"
+    shutil.copytree(tiny_llama_dir, d)
+    data = (d / "model.safetensors").read_bytes()
+    (d / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelLoadError, match="truncated: cannot load model"):
+        load_model(str(d))
+
+
+@pytest.mark.parametrize("model", ["missing-model", "/nonexistent/dir", "./x.gguf"])
+def test_cli_bad_model_exit_2(model):
+    proc = subprocess.run([sys.executable, "-m", "toggle.cli", "modules", model], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and model in lines[0] and lines[0].startswith("toggle: error:")
+
+
+@pytest.mark.integration
+def test_builtin_model_answers_capital(builtin_model, user_cache):
+    lm = builtin_model
+    assert lm.source == "builtin" and lm.model_id == "smollm2-135m"
+    assert lm.source_quantization == "Q4_1"
+    assert (user_cache / "models" / lm.fingerprint / "model.safetensors").is_file()
+    refs = compressible_modules(lm.model)
+    assert len(refs) == 1 + 30 * 7 and refs[0].tied
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    ids = lm.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    out = lm.model.generate(**ids, max_new_tokens=12, do_sample=False)
+    answer = lm.tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert "Paris" in answer

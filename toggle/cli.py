@@ -1,0 +1,234 @@
+"""The `toggle` command line: a thin layer over the Python API.
+
+Exit codes: 0 success, 1 no plan satisfies the specs / a property is violated, 2 bad input
+(the message names the file, field or value and what would be valid), 130 interrupted.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from . import __version__
+from .errors import BAD_INPUT, INTERRUPTED, ToggleError
+
+EPILOG_EXIT = "exit codes: 0 success, 1 specs not satisfied, 2 bad input, 130 interrupted"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse exits 2 on bad usage already; keep its message on one line with the command."""
+
+    def error(self, message):  # noqa: D401 - argparse API
+        self.exit(BAD_INPUT, f"{self.prog}: error: {message}\n(see {self.prog} --help)\n")
+
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="allow a model directory or hub id to run its own Python code (off by default)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="toggle",
+        description="Compress a language model and prove with Signal Temporal Logic that it still "
+        "behaves like the original on the properties you care about.",
+        epilog=EPILOG_EXIT,
+    )
+    parser.add_argument("--version", action="version", version=f"toggle {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log details to stderr")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    # search ---------------------------------------------------------------------------------
+    p = sub.add_parser(
+        "search",
+        help="find the smallest per-layer compression plan that satisfies every property",
+        description="Constrained Bayesian optimisation over per-layer bit-widths, pruning ratios and "
+        "low-rank ranks: every property's STL robustness >= 0 and size <= budget are constraints, "
+        "size (or FLOPs) is the objective. Writes plan.yaml, summary.json, trials.csv, pareto.csv, "
+        "study.db and report.md/html to the run directory; running the same command again resumes.",
+        epilog=EPILOG_EXIT,
+    )
+    p.add_argument("model", metavar="MODEL",
+                   help="built-in alias (smollm2-135m), .gguf file, model directory, or hub id")
+    p.add_argument("--budget", required=True, metavar="SIZE",
+                   help="size budget: 4GB, 3.5GiB, 512MB, 40MiB, plain bytes, or 4.5bpw "
+                   "(bits per compressible weight); decimal units are powers of 1000, binary of 1024")
+    p.add_argument("--specs", nargs="+", action="extend", metavar="PATH",
+                   help=".stl files or directories of them (default: the shipped specs/)")
+    p.add_argument("--prompts", metavar="FILE", help="prompt suite, YAML or JSONL (default: the shipped suite)")
+    p.add_argument("--profile", default="default", metavar="search/NAME.yaml",
+                   help="search profile: knobs, granularity, allowed values (default: search/default.yaml)")
+    p.add_argument("--trials", type=int, metavar="N", help="number of trials (default: from the profile)")
+    p.add_argument("--objective", choices=["size", "flops"], default="size", help="what to minimise (default: size)")
+    p.add_argument("--relax", type=float, default=0.0, metavar="R",
+                   help="loosen every threshold declared with `const` by the fraction R (e.g. 0.1)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="NAME=VALUE",
+                   help="override a spec constant, e.g. --set eps=0.2 (repeatable)")
+    p.add_argument("--out", metavar="DIR", help="run directory (default: runs/<model>-<budget>)")
+    p.add_argument("--storage", metavar="URL",
+                   help="Optuna storage URL shared by several workers (default: sqlite in the run directory)")
+    p.add_argument("--study", metavar="NAME", help="study name inside the storage (default: derived from the run)")
+    p.add_argument("--seed", type=int, default=0, metavar="N", help="random seed (default: 0)")
+    p.add_argument("--sampler", choices=["bo", "random", "uniform", "greedy"], default="bo",
+                   help="bo (constrained BoTorch, default), or a baseline: random, uniform (best "
+                   "single setting for every group), greedy (sensitivity allocation)")
+    _add_model_options(p)
+    p.set_defaults(func=_cmd_search)
+
+    # apply ----------------------------------------------------------------------------------
+    p = sub.add_parser("apply", help="write the compressed model a plan describes",
+                       description="Apply PLAN (plan.yaml) to MODEL and write a real compressed artifact.",
+                       epilog=EPILOG_EXIT)
+    p.add_argument("plan", metavar="PLAN", help="plan.yaml written by toggle search")
+    p.add_argument("model", metavar="MODEL", help="the model the plan was made for")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory (toggle) or .gguf path")
+    p.add_argument("--format", choices=["toggle", "gguf"], default="toggle",
+                   help="toggle: packed safetensors + manifest (default); gguf: llama.cpp-loadable file")
+    _add_model_options(p)
+    p.set_defaults(func=_cmd_apply)
+
+    # audit ----------------------------------------------------------------------------------
+    p = sub.add_parser("audit", help="re-check a compressed model on prompts the search never saw",
+                       description="Evaluate every property on ARTIFACT against its base model. Exit 0 when "
+                       "every property holds on every audited prompt, 1 when one is violated, 2 for bad input.",
+                       epilog=EPILOG_EXIT)
+    p.add_argument("artifact", metavar="ARTIFACT", help="toggle artifact directory, .gguf file or model directory")
+    p.add_argument("--base", metavar="MODEL", help="base model (default: the one recorded in the artifact)")
+    p.add_argument("--specs", nargs="+", action="extend", metavar="PATH", help=".stl files (default: specs/)")
+    p.add_argument("--prompts", metavar="FILE", help="prompt suite (default: the shipped suite)")
+    p.add_argument("--split", default="heldout", choices=["heldout", "calibration", "all"],
+                   help="which prompts to audit (default: heldout)")
+    p.add_argument("--mode", choices=["teacher", "free"], default="teacher",
+                   help="teacher: score on the base model's tokens; free: the compressed model generates")
+    p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    p.add_argument("--relax", type=float, default=0.0, metavar="R", help="loosen every const threshold by R")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="NAME=VALUE",
+                   help="override a spec constant (repeatable)")
+    _add_model_options(p)
+    p.set_defaults(func=_cmd_audit)
+
+    # specs check ----------------------------------------------------------------------------
+    p = sub.add_parser("specs", help="work with .stl property files")
+    specs_sub = p.add_subparsers(dest="specs_command", metavar="ACTION", parser_class=_Parser)
+    c = specs_sub.add_parser("check", help="parse and check .stl files (no model needed)",
+                             description="Report every error as FILE:LINE:COL: message. Exit 0 when all are valid, 2 otherwise.")
+    c.add_argument("paths", nargs="+", metavar="PATH", help=".stl files or directories")
+    c.set_defaults(func=_cmd_specs_check)
+    p.set_defaults(func=lambda args: _usage(p))
+
+    # signals ----------------------------------------------------------------------------------
+    p = sub.add_parser("signals", help="list the signals specs can use, with meaning and formula")
+    p.set_defaults(func=_cmd_signals)
+
+    # report ----------------------------------------------------------------------------------
+    p = sub.add_parser("report", help="rebuild report.md / report.html of a run directory")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.set_defaults(func=_cmd_report)
+
+    # modules ----------------------------------------------------------------------------------
+    p = sub.add_parser("modules", help="list a model's compressible modules (block, component, shape)")
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _add_model_options(p)
+    p.set_defaults(func=_cmd_modules)
+    return parser
+
+
+def _usage(p: argparse.ArgumentParser) -> int:
+    p.print_help(sys.stderr)
+    return BAD_INPUT
+
+
+def _not_built(what: str) -> int:
+    raise ToggleError(f"`toggle {what}` is not built yet in this version")
+
+
+# --- command handlers: parse arguments into API calls, nothing more -------------------------
+
+def _cmd_search(args) -> int:
+    return _not_built("search")
+
+
+def _cmd_apply(args) -> int:
+    return _not_built("apply")
+
+
+def _cmd_audit(args) -> int:
+    return _not_built("audit")
+
+
+def _cmd_specs_check(args) -> int:
+    return _not_built("specs check")
+
+
+def _cmd_signals(args) -> int:
+    return _not_built("signals")
+
+
+def _cmd_report(args) -> int:
+    return _not_built("report")
+
+
+def _cmd_modules(args) -> int:
+    import json
+
+    from .load import load_model
+    from .modules import describe
+
+    loaded = load_model(args.model, device=args.device or "cpu", trust_remote_code=args.trust_remote_code)
+    rows = describe(loaded.model)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{loaded.model_id}: {len(rows)} compressible modules")
+    for col in ("name", "block", "component", "part", "shape", "params", "layout"):
+        table.add_column(col, justify="right" if col in ("block", "params") else "left")
+    for r in rows:
+        table.add_row(r["name"], "" if r["block"] is None else str(r["block"]), r["component"],
+                      r["part"] + (" (tied head)" if r["tied"] else ""), "x".join(map(str, r["shape"])),
+                      f"{r['params']:,}", r["layout"])
+    Console().print(table)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:
+        _quiet_libraries()
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return BAD_INPUT
+    try:
+        return int(args.func(args) or 0)
+    except ToggleError as e:
+        print(f"toggle: error: {e.message}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("toggle: interrupted", file=sys.stderr)
+        return INTERRUPTED
+
+
+def _quiet_libraries() -> None:
+    """transformers and optuna are chatty; a user wants toggle's own progress only."""
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    for name in ("transformers", "optuna", "accelerate", "gguf", "botorch", "linear_operator", "gpytorch"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except Exception:  # pragma: no cover - transformers always present
+        pass
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,197 @@
+"""A compression plan: what to do to every compressible module, and with which methods.
+
+plan.yaml (written by `toggle search`, read by `toggle apply`):
+
+    toggle_plan: 1
+    model: smollm2-135m
+    profile: default
+    methods: {quantizer: rtn, group_size: 128, symmetric: false,
+              pruner: wanda, prune_pattern: unstructured, lowrank: svd}
+    modules:
+      model.embed_tokens: {bits: 8, sparsity: 0.0, rank_ratio: 1.0}
+      model.layers.0.self_attn.q_proj: {bits: 4, sparsity: 0.25, rank_ratio: 1.0}
+
+`bits: 16` means the matrix is kept as a 16-bit float; modules missing from `modules` are
+left untouched. Operators apply in the order low-rank, pruning, quantisation.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import yaml
+
+from .atomic import atomic_write_text
+from .errors import InvalidInput
+
+PLAN_VERSION = 1
+ALLOWED_BITS = (2, 3, 4, 5, 6, 7, 8, 16)
+QUANTIZERS = ("rtn", "awq", "gptq")
+PRUNERS = ("magnitude", "wanda")
+PRUNE_PATTERNS = ("unstructured", "2:4")
+LOWRANK_METHODS = ("svd", "asvd")
+
+
+@dataclass(frozen=True)
+class ModuleSetting:
+    bits: int = 16
+    sparsity: float = 0.0
+    rank_ratio: float = 1.0
+
+    @property
+    def untouched(self) -> bool:
+        return self.bits == 16 and self.sparsity == 0.0 and self.rank_ratio >= 1.0
+
+
+UNTOUCHED = ModuleSetting()
+
+
+@dataclass(frozen=True)
+class Methods:
+    quantizer: str = "rtn"
+    group_size: int = 128  # -1: one scale per output channel
+    symmetric: bool = False
+    pruner: str = "magnitude"
+    prune_pattern: str = "unstructured"
+    lowrank: str = "svd"
+
+
+@dataclass
+class Plan:
+    model: str
+    modules: dict[str, ModuleSetting] = field(default_factory=dict)
+    methods: Methods = field(default_factory=Methods)
+    profile: str | None = None
+    meta: dict = field(default_factory=dict)  # free-form provenance (trial number, robustness, ...)
+
+    def setting(self, name: str) -> ModuleSetting:
+        return self.modules.get(name, UNTOUCHED)
+
+    def with_setting(self, name: str, setting: ModuleSetting) -> "Plan":
+        modules = dict(self.modules)
+        modules[name] = setting
+        return replace(self, modules=modules)
+
+    @classmethod
+    def uniform(cls, model: str, names, setting: ModuleSetting, methods: Methods | None = None, **kw) -> "Plan":
+        return cls(model=model, modules={n: setting for n in names}, methods=methods or Methods(), **kw)
+
+    # --- serialisation --------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {
+            "toggle_plan": PLAN_VERSION,
+            "model": self.model,
+            "profile": self.profile,
+            "methods": asdict(self.methods),
+            "modules": {
+                n: {"bits": s.bits, "sparsity": float(s.sparsity), "rank_ratio": float(s.rank_ratio)}
+                for n, s in self.modules.items()
+            },
+            **({"meta": self.meta} if self.meta else {}),
+        }
+
+    def save(self, path: str | Path) -> Path:
+        """Write atomically (temporary name, then rename)."""
+        path = Path(path)
+        text = yaml.safe_dump(self.to_dict(), sort_keys=False, width=120)
+        atomic_write_text(path, text)
+        return path
+
+    @classmethod
+    def from_dict(cls, data, *, source: str = "plan") -> "Plan":
+        if not isinstance(data, dict):
+            raise InvalidInput(f"{source}: a plan is a mapping with keys model, methods, modules")
+        unknown = set(data) - {"toggle_plan", "model", "profile", "methods", "modules", "meta"}
+        if unknown:
+            raise InvalidInput(
+                f"{source}: unknown key(s) {', '.join(sorted(map(str, unknown)))}; "
+                f"valid keys: toggle_plan, model, profile, methods, modules, meta"
+            )
+        version = data.get("toggle_plan", PLAN_VERSION)
+        if version != PLAN_VERSION:
+            raise InvalidInput(f"{source}: toggle_plan: version {version!r} is not supported (expected {PLAN_VERSION})")
+        model = data.get("model")
+        if not isinstance(model, str) or not model:
+            raise InvalidInput(f"{source}: model: expected the model id the plan was made for (a string)")
+        methods = _parse_methods(data.get("methods") or {}, source)
+        raw_modules = data.get("modules") or {}
+        if not isinstance(raw_modules, dict):
+            raise InvalidInput(f"{source}: modules: expected a mapping of module name -> {{bits, sparsity, rank_ratio}}")
+        modules = {str(n): _parse_setting(v, f"{source}: modules.{n}") for n, v in raw_modules.items()}
+        profile = data.get("profile")
+        meta = data.get("meta") or {}
+        return cls(model=model, modules=modules, methods=methods,
+                   profile=str(profile) if profile is not None else None, meta=dict(meta) if isinstance(meta, dict) else {})
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Plan":
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            raise InvalidInput(f"{path}: no such plan file") from None
+        except OSError as e:
+            raise InvalidInput(f"{path}: cannot read: {e.strerror or e}") from None
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+            raise InvalidInput(f"{where}: not valid YAML: {getattr(e, 'problem', e)}") from None
+        return cls.from_dict(data, source=str(path))
+
+    def validate_for(self, module_names) -> None:
+        """Every module named by the plan must exist in the model."""
+        known = set(module_names)
+        unknown = [n for n in self.modules if n not in known]
+        if unknown:
+            sample = ", ".join(sorted(known)[:4])
+            raise InvalidInput(
+                f"plan for {self.model}: unknown module(s) {', '.join(unknown[:5])}"
+                f"{' ...' if len(unknown) > 5 else ''}; this model's modules look like {sample} "
+                f"(`toggle modules MODEL` lists them all)"
+            )
+
+
+def _parse_setting(value, where: str) -> ModuleSetting:
+    if not isinstance(value, dict):
+        raise InvalidInput(f"{where}: expected a mapping with bits, sparsity, rank_ratio")
+    unknown = set(value) - {"bits", "sparsity", "rank_ratio"}
+    if unknown:
+        raise InvalidInput(f"{where}: unknown key(s) {', '.join(sorted(map(str, unknown)))}; valid: bits, sparsity, rank_ratio")
+    bits = value.get("bits", 16)
+    if isinstance(bits, bool) or not isinstance(bits, int) or bits not in ALLOWED_BITS:
+        raise InvalidInput(f"{where}.bits: {bits!r} is not valid; expected an integer 2..8, or 16 for untouched")
+    sparsity = value.get("sparsity", 0.0)
+    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not (0.0 <= sparsity < 1.0):
+        raise InvalidInput(f"{where}.sparsity: {sparsity!r} is not valid; expected a number in [0, 1)")
+    rank = value.get("rank_ratio", 1.0)
+    if isinstance(rank, bool) or not isinstance(rank, (int, float)) or not math.isfinite(rank) or not (0.0 < rank <= 1.0):
+        raise InvalidInput(f"{where}.rank_ratio: {rank!r} is not valid; expected a number in (0, 1]")
+    return ModuleSetting(bits=int(bits), sparsity=float(sparsity), rank_ratio=float(rank))
+
+
+def _parse_methods(value, source: str) -> Methods:
+    if not isinstance(value, dict):
+        raise InvalidInput(f"{source}: methods: expected a mapping")
+    valid = Methods.__dataclass_fields__
+    unknown = set(value) - set(valid)
+    if unknown:
+        raise InvalidInput(f"{source}: methods: unknown key(s) {', '.join(sorted(map(str, unknown)))}; valid: {', '.join(valid)}")
+    m = Methods(**value)
+    checks = [
+        ("quantizer", m.quantizer, QUANTIZERS),
+        ("pruner", m.pruner, PRUNERS),
+        ("prune_pattern", m.prune_pattern, PRUNE_PATTERNS),
+        ("lowrank", m.lowrank, LOWRANK_METHODS),
+    ]
+    for name, got, allowed in checks:
+        if got not in allowed:
+            raise InvalidInput(f"{source}: methods.{name}: {got!r} is not valid; expected one of {', '.join(allowed)}")
+    if isinstance(m.group_size, bool) or not isinstance(m.group_size, int) or not (m.group_size == -1 or m.group_size >= 8):
+        raise InvalidInput(f"{source}: methods.group_size: {m.group_size!r}; expected an integer >= 8, or -1 for per-channel")
+    if not isinstance(m.symmetric, bool):
+        raise InvalidInput(f"{source}: methods.symmetric: expected true or false")
+    return m
+
