@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .linalg import single_threaded
+
 LOWRANK_METHODS = ("svd", "asvd")
 
 
@@ -58,7 +60,11 @@ class SVDFactors:
 def svd_factors(w: torch.Tensor, cfg: LowRankConfig, gram: torch.Tensor | None = None,
                 damp: float = 0.01) -> SVDFactors:
     """Factorise once; computed in float64 and returned in float32."""
-    w64 = w.double()
+    with single_threaded():
+        return _svd_factors(w.double(), cfg, gram, damp)
+
+
+def _svd_factors(w64: torch.Tensor, cfg: LowRankConfig, gram: torch.Tensor | None, damp: float) -> SVDFactors:
     if cfg.method == "svd":
         U, S, Vh = torch.linalg.svd(w64, full_matrices=False)
         root = S.sqrt()

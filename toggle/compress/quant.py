@@ -32,6 +32,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .linalg import single_threaded
+
 QUANTIZERS = ("rtn", "awq", "gptq")
 
 
@@ -246,11 +248,12 @@ def _inverse_hessian_factor(H: torch.Tensor, damp: float) -> torch.Tensor:
     """Upper Cholesky factor of (H + damping)^-1; damping grows until H is positive definite."""
     eye = torch.eye(H.shape[0], dtype=H.dtype)
     mean_diag = torch.diagonal(H).mean()
-    for _ in range(6):
-        L, info = torch.linalg.cholesky_ex(H + damp * mean_diag * eye)
-        if int(info) == 0:
-            return torch.linalg.cholesky(torch.cholesky_inverse(L), upper=True)
-        damp *= 10
+    with single_threaded():
+        for _ in range(6):
+            L, info = torch.linalg.cholesky_ex(H + damp * mean_diag * eye)
+            if int(info) == 0:
+                return torch.linalg.cholesky(torch.cholesky_inverse(L), upper=True)
+            damp *= 10
     raise ValueError("GPTQ: the calibration Gram matrix is not positive definite even with damping")
 
 
