@@ -394,5 +394,34 @@ def _is_shape(value) -> bool:
             and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value))
 
 
+# --- plan checks used by `toggle apply` ----------------------------------------------------------
+
+def check_plan_model(plan: Plan, loaded, source: str = "plan") -> None:
+    """The plan was made for this model: same id, or the same weights (meta.fingerprint)."""
+    if plan.model == loaded.model_id or plan.meta.get("fingerprint") == loaded.fingerprint:
+        return
+    raise InvalidInput(f"{source}: model: the plan was made for {plan.model!r}, not for {loaded.model_id!r}; "
+                       f"apply it to the model it was searched on")
+
+
+def plan_stats(plan: Plan, loaded, plan_path: str | Path | None = None):
+    """The calibration statistics a plan's activation-aware methods were evaluated with:
+    meta.calibration_stats, a statistics file (relative paths are relative to the plan file).
+    None when the plan records none."""
+    from .compress.calibrate import ActivationStats
+
+    recorded = plan.meta.get("calibration_stats")
+    if not recorded:
+        return None
+    path = Path(recorded)
+    if not path.is_absolute() and plan_path is not None:
+        path = Path(plan_path).parent / path
+    stats = ActivationStats.load(path)
+    if stats.fingerprint and stats.fingerprint != loaded.fingerprint:
+        raise InvalidInput(f"{path}: calibration statistics of another model (fingerprint {stats.fingerprint}, "
+                           f"this model is {loaded.fingerprint})")
+    return stats
+
+
 # GGUF export lives in its own file; re-exported here as the one export entry point.
 from .gguf_export import gguf_type_for, write_gguf_artifact  # noqa: E402,F401
