@@ -252,3 +252,29 @@ def test_cli_apply_unmappable_gguf_is_one_line(tiny_llama_dir, tmp_path):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "modules.model.layers.0.self_attn.q_proj: 3 bits" in lines[0]
+
+
+@pytest.mark.integration
+def test_builtin_model_artifacts(builtin_model, tmp_path):
+    """SmolLM2-135M at Q4_0 with a Q8_0 embedding: both formats hold exactly the accounted
+    tensor bytes, the toggle artifact reproduces the simulation and still answers."""
+    lm = builtin_model
+    names = [r.name for r in compressible_modules(lm.model)]
+    plan = Plan.uniform(lm.model_id, names, ModuleSetting(bits=4), Methods(group_size=32, symmetric=True))
+    plan = plan.with_setting(names[0], ModuleSetting(bits=8))
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    ids = lm.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                           return_dict=True)["input_ids"]
+    expected, generated, applier = _simulate(lm, plan, ids, new_tokens=8)
+    toggle_info = write_toggle_artifact(lm, plan, tmp_path / "q4", applier=applier)
+    gguf_info = write_gguf_artifact(lm, plan, tmp_path / "q4.gguf", applier=applier)
+    for info in (toggle_info, gguf_info):
+        assert info.tensor_bytes_on_disk == info.cost.bytes
+        assert 0.66 < info.cost.size_reduction < 0.67  # 4.5 bits per weight, 8.5 for the 21% in the embedding
+    assert toggle_info.cost.bytes == gguf_info.cost.bytes  # same layout per block of 32; no padding at these shapes
+    assert abs(toggle_info.weights_file_bytes - toggle_info.cost.bytes) / toggle_info.cost.bytes < 0.01
+    back = load_compressed(toggle_info.path)
+    with torch.no_grad():
+        torch.testing.assert_close(back.model(ids).logits, expected, rtol=0, atol=1e-4)
+    answer = lm.tokenizer.decode(generated[0, ids.shape[1]:], skip_special_tokens=True)
+    assert "Paris" in answer

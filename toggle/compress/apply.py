@@ -62,7 +62,9 @@ class StoredMatrix:
 
     def dequantize(self) -> torch.Tensor:
         w = self.values.float() if self.quant is None else self.quant.dequantize()
-        return w if self.mask is None else w * self.mask
+        if self.mask is None or self.zero_exact:  # pruned positions already decode to 0
+            return w
+        return w.mul_(self.mask)
 
 
 @dataclass
@@ -222,15 +224,7 @@ class PlanApplier:
         self.counters["composed"] += 1
         gram = self._gram(ref) if _needs_stats(setting, methods) else None
         if setting.rank_ratio < 1:
-            k = rank_for(setting.rank_ratio, ref.out_features, ref.in_features)
-            a, b = self._factors(ref, methods.lowrank, gram).truncate(k)
-            stored_b = self._matrix(b, setting, methods, gram)
-            gram_a = None
-            if gram is not None:
-                b_eff = stored_b.dequantize()
-                gram_a = b_eff @ gram @ b_eff.T  # E[(B x)(B x)^T]: what factor A sees
-            stored_a = self._matrix(a, setting, methods, gram_a)
-            return StoredModule(ref, setting, [stored_a, stored_b])
+            return StoredModule(ref, setting, self._factor_matrices(ref, setting, methods, gram))
         return StoredModule(ref, setting, [self._full_matrix(ref, setting, methods, gram)])
 
     @property
@@ -269,6 +263,36 @@ class PlanApplier:
                 q = self._quant[key] = quantize(w, qcfg, gram=gram)
             return StoredMatrix(bits=setting.bits, values=None, quant=q, mask=None, keep=ref.in_features)
         return self._matrix(w, setting, methods, gram, order=order)
+
+    def _factor_matrices(self, ref: ModuleRef, setting: ModuleSetting, methods: Methods,
+                         gram: torch.Tensor | None) -> list[StoredMatrix]:
+        """[A, B] of a factorised module, each pruned and quantised; B first, since A's
+        input statistics are those of B's output."""
+        k = rank_for(setting.rank_ratio, ref.out_features, ref.in_features)
+        factors = self._factors(ref, methods.lowrank, gram)
+        a, b = factors.truncate(k)
+        order_b = order_a = None
+        if setting.sparsity > 0:
+            pruner = PruneConfig(_pruner(methods, gram), methods.prune_pattern)
+            # B's rows are a prefix of the full factor's rows: one ordering serves every rank.
+            key = (ref.name, "B", methods.lowrank, pruner)
+            full = self._order.get(key)
+            if full is None:
+                full = self._order[key] = prune_order(factors.right, pruner, _norm(gram))
+            order_b = full[:k]
+            if pruner.method == "magnitude":  # A's ordering depends on k only
+                key = (ref.name, "A", methods.lowrank, pruner, k)
+                order_a = self._order.get(key)
+                if order_a is None:
+                    order_a = self._order[key] = prune_order(a, pruner)
+        stored_b = self._matrix(b, setting, methods, gram, order=order_b)
+        gram_a = None
+        a_needs_stats = (setting.bits < 16 and methods.quantizer in NEEDS_STATS["quantizer"]) or (
+            setting.sparsity > 0 and methods.pruner in NEEDS_STATS["pruner"])
+        if gram is not None and a_needs_stats:
+            b_eff = stored_b.dequantize()
+            gram_a = b_eff @ gram @ b_eff.T  # E[(B x)(B x)^T]: what factor A sees
+        return [self._matrix(a, setting, methods, gram_a, order=order_a), stored_b]
 
     def _matrix(self, w: torch.Tensor, setting: ModuleSetting, methods: Methods, gram: torch.Tensor | None,
                 order: torch.Tensor | None = None) -> StoredMatrix:

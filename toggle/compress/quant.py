@@ -74,41 +74,48 @@ class QuantizedMatrix:
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         out_f, in_f = self.codes.shape
-        g = _group(in_f, self.group_size)
-        d = self.scales.float().repeat_interleave(g, dim=1)[:, :in_f]
-        codes = self.codes.float()
-        if self.mins is None:
-            w = (codes - _offset(self.bits)) * d
-        else:
-            w = codes * d + self.mins.float().repeat_interleave(g, dim=1)[:, :in_f]
+        w = torch.empty(out_f, in_f, dtype=torch.float32, device=self.codes.device)
+        d = self.scales.float()
+        m = None if self.mins is None else self.mins.float()
+        for lo, hi, size, groups in _parts(in_f, self.group_size):
+            dst = _view(w, lo, hi, size)
+            dst.copy_(_view(self.codes, lo, hi, size))
+            if m is None:
+                dst.sub_(_offset(self.bits)).mul_(d[:, groups, None])
+            else:
+                dst.mul_(d[:, groups, None]).add_(m[:, groups, None])
         if self.awq_scales is not None:
-            w = w / self.awq_scales.float()
+            w.div_(self.awq_scales.float())
         return w.to(dtype)
 
 
-def _group(in_f: int, group_size: int) -> int:
-    return in_f if group_size == -1 else group_size
+def _parts(in_f: int, group_size: int) -> list[tuple[int, int, int, slice]]:
+    """Column ranges of the whole groups and of a last partial group:
+    (first column, end column, group width, slice of group indices)."""
+    g = in_f if group_size == -1 else group_size
+    full = in_f // g * g
+    parts = [(0, full, g, slice(0, full // g))] if full else []
+    if full < in_f:
+        parts.append((full, in_f, in_f - full, slice(full // g, full // g + 1)))
+    return parts
+
+
+def _view(t: torch.Tensor, lo: int, hi: int, size: int) -> torch.Tensor:
+    """Columns lo:hi of an (out, in) tensor as an (out, groups, size) view (no copy)."""
+    return t[:, lo:hi].unflatten(1, (-1, size))
 
 
 def _offset(bits: int) -> int:
     return 1 << (bits - 1)
 
 
-def _roundf(x: torch.Tensor) -> torch.Tensor:
-    """C roundf (half away from zero), as ggml and gguf.quants.np_roundf compute it."""
-    a = x.abs()
+def _roundf_(x: torch.Tensor) -> torch.Tensor:
+    """C roundf (half away from zero) in place, as ggml and gguf.quants.np_roundf compute it."""
+    sign = torch.sign(x)
+    a = x.abs_()
     floored = torch.floor(a)
-    return torch.sign(x) * (floored + torch.floor(2 * (a - floored)))
-
-
-def _grouped(w: torch.Tensor, g: int) -> torch.Tensor:
-    """(out, in) -> (out, groups, g); a last partial group is padded by repeating its last
-    column, which changes neither its min, max nor largest magnitude."""
-    out_f, in_f = w.shape
-    pad = -in_f % g
-    if pad:
-        w = torch.cat([w, w[:, -1:].expand(out_f, pad)], dim=1)
-    return w.reshape(out_f, -1, g)
+    a.sub_(floored).mul_(2).floor_().add_(floored)
+    return a.mul_(sign)
 
 
 def group_params(wg: torch.Tensor, bits: int, symmetric: bool):
@@ -129,27 +136,31 @@ def group_params(wg: torch.Tensor, bits: int, symmetric: bool):
 
 
 def encode(wg: torch.Tensor, bits: int, inv: torch.Tensor, m: torch.Tensor | None, symmetric: bool) -> torch.Tensor:
-    """Codes for values given their group's parameters (same float32 operations as ggml)."""
+    """Codes (as float32 integers) for values given their group's parameters: the same
+    float32 operations, in the same order, as ggml's reference quantisers."""
     top = (1 << bits) - 1
     if symmetric and bits == 8:
-        c = _roundf(wg * inv).clamp(-127, 127) + 128
-    elif symmetric:
-        c = torch.trunc(wg * inv + (_offset(bits) + 0.5)).clamp(0, top)
-    else:
-        c = torch.trunc((wg - m) * inv + 0.5).clamp(0, top)
-    return c.to(torch.uint8)
+        return _roundf_(wg * inv).clamp_(-127, 127).add_(128)
+    if symmetric:
+        return (wg * inv).add_(_offset(bits) + 0.5).trunc_().clamp_(0, top)
+    return (wg - m).mul_(inv).add_(0.5).trunc_().clamp_(0, top)
 
 
 def quantize_rtn(w: torch.Tensor, cfg: QuantConfig) -> QuantizedMatrix:
     """Group-wise round-to-nearest."""
     w = w.float()
     out_f, in_f = w.shape
-    g = _group(in_f, cfg.group_size)
-    wg = _grouped(w, g)
-    d, inv, m = group_params(wg, cfg.bits, cfg.symmetric)
-    codes = encode(wg, cfg.bits, inv, m, cfg.symmetric).reshape(out_f, -1)[:, :in_f].contiguous()
+    codes = torch.empty(out_f, in_f, dtype=torch.uint8, device=w.device)
+    scales, mins = [], []
+    for lo, hi, size, _ in _parts(in_f, cfg.group_size):
+        wg = _view(w, lo, hi, size)
+        d, inv, m = group_params(wg, cfg.bits, cfg.symmetric)
+        _view(codes, lo, hi, size).copy_(encode(wg, cfg.bits, inv, m, cfg.symmetric))
+        scales.append(d.squeeze(-1))
+        mins.append(m)
     return QuantizedMatrix(
-        codes=codes, scales=d.squeeze(-1).half(), mins=None if m is None else m.squeeze(-1).half(),
+        codes=codes, scales=torch.cat(scales, dim=1).half(),
+        mins=None if cfg.symmetric else torch.cat([m.squeeze(-1) for m in mins], dim=1).half(),
         bits=cfg.bits, group_size=cfg.group_size,
     )
 
@@ -199,7 +210,7 @@ def quantize_gptq(w: torch.Tensor, cfg: QuantConfig, gram: torch.Tensor, *, mask
     error is compensated too (SparseGPT with a fixed mask)."""
     W = w.float().clone()
     out_f, in_f = W.shape
-    g = _group(in_f, cfg.group_size)
+    g = in_f if cfg.group_size == -1 else cfg.group_size
     block = g * max(1, block // g) if g < in_f else in_f  # groups never straddle blocks
     H = gram.float().clone()
     dead = torch.diagonal(H) == 0
