@@ -31,8 +31,12 @@ def test_apply_restore_and_skip_unchanged(arch, tiny_llama_dir, tiny_gpt2_dir):
     ids, names = _ids(lm), _names(lm)
     base = _logits(lm, ids)
     applier = PlanApplier(lm.model)
+    param = lm.model.get_submodule(names[1]).weight
+    loaded_ptr = param.data_ptr()
     plan = Plan.uniform(lm.model_id, names, ModuleSetting(bits=3, sparsity=0.25))
     assert applier.apply(plan) == names
+    assert lm.model.get_submodule(names[1]).weight is param  # same parameter, new data
+    assert param.data_ptr() != loaded_ptr
     compressed = _logits(lm, ids)
     assert (compressed - base).abs().max() > 1e-2
     assert applier.apply(plan) == []  # nothing changed: nothing touched
@@ -44,6 +48,7 @@ def test_apply_restore_and_skip_unchanged(arch, tiny_llama_dir, tiny_gpt2_dir):
     assert applier.apply(Plan(lm.model_id, pruned_only.modules, Methods(pruner="magnitude", symmetric=True))) == [names[2]]
     assert set(applier.restore()) == set(names)
     assert torch.equal(_logits(lm, ids), base)
+    assert param.data_ptr() == loaded_ptr  # the loaded weights themselves, no copy kept
     again = applier.apply(plan)  # caches warm: same result as the first time
     assert len(again) == len(names)
     torch.testing.assert_close(_logits(lm, ids), compressed, rtol=0, atol=0)

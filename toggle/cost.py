@@ -64,7 +64,7 @@ class CostModel:
         self.refs = list(refs) if refs is not None else compressible_modules(model)
         self.context_length = int(context_length)
         self.fmt = fmt
-        params = _unique_parameters(model)
+        params = list(model.parameters())  # tied parameters are yielded once
         self.parameter_count = sum(p.numel() for p in params)
         self.base16_bytes = 2 * self.parameter_count
         self.loaded_bytes = sum(p.numel() * p.element_size() for p in params)
@@ -72,9 +72,8 @@ class CostModel:
         self.other_bytes = _other_bytes(model, self.refs, fmt)
         self.attention_flops_per_token = _attention_flops(model.config, self.context_length)
         self._memo: dict[tuple, ModuleCost] = {}
-        dense = Plan(model="", modules={})
         self.base_flops_per_token = self.attention_flops_per_token + sum(
-            self.module_cost(r, UNTOUCHED, dense.methods).flops for r in self.refs)
+            self.module_cost(r, UNTOUCHED, Methods()).flops for r in self.refs)
 
     def of(self, plan: Plan) -> Cost:
         """Totals for a plan (modules missing from it are stored as 16-bit floats)."""
@@ -216,10 +215,6 @@ def gguf_tensor_bytes(qtype: str, numel: int) -> int:
 
 
 # --- the rest of the model -----------------------------------------------------------------
-
-def _unique_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
-    return list(model.parameters())  # tied parameters are yielded once
-
 
 def stored_other_tensors(model: torch.nn.Module, refs: list[ModuleRef]) -> dict[str, torch.Tensor]:
     """Every state tensor that is not a compressible weight (norms, biases, position

@@ -198,6 +198,8 @@ def load_compressed(path: str | Path, *, device: str | torch.device = "cpu", dty
             if ref is None or [ref.out_features, ref.in_features] != entry["shape"]:
                 raise InvalidInput(f"{path / MANIFEST}: modules.{name}: no module of shape {entry['shape']} "
                                    f"in the model config.json describes")
+            if len(entry["matrices"]) == 2 and ref.part == "embed":
+                raise InvalidInput(f"{path / MANIFEST}: modules.{name}: an embedding cannot be factorised")
             mats = [_decode_matrix(e, get) for e in entry["matrices"]]
             if len(mats) == 1:
                 set_weight_matrix(model.get_submodule(name), ref, mats[0])

@@ -8,10 +8,13 @@ For one module and its setting, the stored form is built in this order:
 The effective weight is what a loader decodes from that stored form, so evaluating a plan
 with `PlanApplier` sees exactly the model `toggle apply` writes.
 
-`PlanApplier` keeps the base weights, per-module results that plans share (de-quantisable
+`PlanApplier` keeps the loaded weights, per-module results that plans share (de-quantisable
 codes per (module, bits, quantiser), the SVD per module, the pruning order per module), and
-a byte-bounded LRU of effective weights; `apply(plan)` copies effective weights into the
-model's own tensors (one working copy) and skips modules whose setting did not change.
+a byte-bounded LRU of effective weights. `apply(plan)` points each changed module's weight
+parameter at its effective weight (the same Parameter objects, new data: no copy, and a
+plan seen before costs nothing), skipping modules whose setting did not change;
+`restore()` points them back at the loaded weights. The model's weights then alias cached
+tensors: do not modify them in place while an applier manages the model.
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import InvalidInput
-from ..modules import ModuleRef, compressible_modules, set_weight_matrix, weight_matrix
+from ..modules import ModuleRef, compressible_modules, weight_matrix
 from ..plan import Methods, ModuleSetting, Plan
 from .calibrate import ActivationStats
 from .lowrank import LowRankConfig, SVDFactors, rank_for, svd_factors
@@ -151,7 +154,8 @@ class PlanApplier:
         ...evaluate lm.model...
         applier.restore()
 
-    Memory: the base weights, the caches below, and the model itself as the one working copy.
+    Memory: the loaded weights, the caches, and the effective weights of the applied plan
+    (shared with the LRU when they fit in it); never a model copy per plan.
     """
 
     def __init__(self, model: torch.nn.Module, refs: list[ModuleRef] | None = None,
@@ -162,8 +166,10 @@ class PlanApplier:
         self.cache_limit_bytes = int(cache_limit_bytes)
         self._by_name = {r.name: r for r in self.refs}
         self._modules = {r.name: model.get_submodule(r.name) for r in self.refs}
-        self._base = {r.name: weight_matrix(self._modules[r.name], r).detach().clone().contiguous()
-                      for r in self.refs}
+        # The loaded weights are kept as they are (restore() points the model back at them); a
+        # GPT-2 Conv1D (stored (in, out)) also gets an (out, in) copy to compute from.
+        self._original = {r.name: self._modules[r.name].weight.data for r in self.refs}
+        self._base = {r.name: weight_matrix(self._modules[r.name], r).detach().contiguous() for r in self.refs}
         self._dtype = next(iter(self._base.values())).dtype
         self._applied: dict[str, tuple] = {}  # module -> key of the setting in the model; absent: base
         self._quant: dict[tuple, QuantizedMatrix] = {}  # dense full-rank codes per (module, bits, quantiser)
@@ -185,7 +191,7 @@ class PlanApplier:
                 self.counters["skipped"] += 1
                 continue
             weight = self.effective_weight(ref, setting, plan.methods)
-            set_weight_matrix(self._modules[ref.name], ref, weight)
+            self._modules[ref.name].weight.data = weight.t() if ref.transposed else weight
             self._applied[ref.name] = key
             changed.append(ref.name)
         self.counters["applied"] += len(changed)
@@ -195,7 +201,7 @@ class PlanApplier:
         """Put the base weights back into every module a plan changed."""
         changed = list(self._applied)
         for name in changed:
-            set_weight_matrix(self._modules[name], self._by_name[name], self._base[name])
+            self._modules[name].weight.data = self._original[name]
         self._applied.clear()
         return changed
 
@@ -229,9 +235,10 @@ class PlanApplier:
 
     @property
     def cache_bytes(self) -> dict[str, int]:
-        """Bytes held by each cache (the base copy included)."""
+        """Bytes held by each cache ('base_copies': (out, in) copies of Conv1D weights)."""
         return {
-            "base": sum(t.nbytes for t in self._base.values()),
+            "base_copies": sum(t.nbytes for n, t in self._base.items()
+                               if t.data_ptr() != self._original[n].data_ptr()),
             "quantised": sum(q.codes.nbytes + q.scales.nbytes + (q.mins.nbytes if q.mins is not None else 0)
                              for q in self._quant.values()),
             "prune_order": sum(t.nbytes for t in self._order.values()),
