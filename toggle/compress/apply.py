@@ -27,6 +27,7 @@ from ..errors import InvalidInput
 from ..modules import ModuleRef, compressible_modules, weight_matrix
 from ..plan import Methods, ModuleSetting, Plan
 from .calibrate import ActivationStats
+from .linalg import single_threaded
 from .lowrank import LowRankConfig, SVDFactors, rank_for, svd_factors
 from .packing import matrix_bytes
 from .prune import PruneConfig, keep_mask, kept_per_row, pattern_problem, prune_order
@@ -217,7 +218,9 @@ class PlanApplier:
             self._lru.move_to_end(key)
             self.counters["lru_hits"] += 1
             return cached
-        weight = self.stored(ref, setting, methods).weight().to(self._dtype)
+        stored = self.stored(ref, setting, methods)
+        with single_threaded():
+            weight = stored.weight().to(self._dtype)
         self._remember(key, weight)
         return weight
 
@@ -229,9 +232,10 @@ class PlanApplier:
             raise InvalidInput(f"{ref.name}: {problem}")
         self.counters["composed"] += 1
         gram = self._gram(ref) if _needs_stats(setting, methods) else None
-        if setting.rank_ratio < 1:
-            return StoredModule(ref, setting, self._factor_matrices(ref, setting, methods, gram))
-        return StoredModule(ref, setting, [self._full_matrix(ref, setting, methods, gram)])
+        with single_threaded():  # many small ops: see linalg.py
+            if setting.rank_ratio < 1:
+                return StoredModule(ref, setting, self._factor_matrices(ref, setting, methods, gram))
+            return StoredModule(ref, setting, [self._full_matrix(ref, setting, methods, gram)])
 
     @property
     def cache_bytes(self) -> dict[str, int]:
