@@ -9,7 +9,8 @@ The effective weight is what a loader decodes from that stored form, so evaluati
 with `PlanApplier` sees exactly the model `toggle apply` writes.
 
 `PlanApplier` keeps the loaded weights, per-module results that plans share (de-quantisable
-codes per (module, bits, quantiser), the SVD per module, the pruning order per module), and
+codes per (module, bits, quantiser), the SVD per module, the pruning order per module, AWQ's
+scales per module and bit-width), and
 a byte-bounded LRU of effective weights. `apply(plan)` points each changed module's weight
 parameter at its effective weight (the same Parameter objects, new data: no copy, and a
 plan seen before costs nothing), skipping modules whose setting did not change;
@@ -31,7 +32,7 @@ from .linalg import single_threaded
 from .lowrank import LowRankConfig, SVDFactors, rank_for, svd_factors
 from .packing import matrix_bytes
 from .prune import PruneConfig, keep_mask, kept_per_row, pattern_problem, prune_order
-from .quant import QuantConfig, QuantizedMatrix, quantize
+from .quant import QuantConfig, QuantizedMatrix, awq_search, quantize, quantize_awq
 
 NEEDS_STATS = {"quantizer": ("awq", "gptq"), "pruner": ("wanda",), "lowrank": ("asvd",)}
 
@@ -176,6 +177,7 @@ class PlanApplier:
         self._quant: dict[tuple, QuantizedMatrix] = {}  # dense full-rank codes per (module, bits, quantiser)
         self._order: dict[tuple, torch.Tensor] = {}  # pruning order per (module, pruner, pattern)
         self._svd: dict[tuple, SVDFactors] = {}  # full-rank factors per (module, method)
+        self._awq: dict[tuple, torch.Tensor] = {}  # AWQ input scales per (matrix, quantiser config)
         self._lru: OrderedDict[tuple, torch.Tensor] = OrderedDict()  # effective weights
         self._lru_bytes = 0
         self.counters = {"applied": 0, "skipped": 0, "lru_hits": 0, "composed": 0}
@@ -271,9 +273,10 @@ class PlanApplier:
             key = (ref.name, qcfg)
             q = self._quant.get(key)
             if q is None:
-                q = self._quant[key] = quantize(w, qcfg, gram=gram)
+                q = self._quant[key] = self._quantize(w, w, qcfg, gram, None, awq_key=key)
             return StoredMatrix(bits=setting.bits, values=None, quant=q, mask=None, keep=ref.in_features)
-        return self._matrix(w, setting, methods, gram, order=order)
+        return self._matrix(w, setting, methods, gram, order=order,
+                            awq_key=(ref.name, _quant_config(setting, methods, gram)))
 
     def _factor_matrices(self, ref: ModuleRef, setting: ModuleSetting, methods: Methods,
                          gram: torch.Tensor | None) -> list[StoredMatrix]:
@@ -296,7 +299,8 @@ class PlanApplier:
                 order_a = self._order.get(key)
                 if order_a is None:
                     order_a = self._order[key] = prune_order(a, pruner)
-        stored_b = self._matrix(b, setting, methods, gram, order=order_b)
+        stored_b = self._matrix(b, setting, methods, gram, order=order_b,
+                                awq_key=(ref.name, "B", k, _quant_config(setting, methods, gram)))
         gram_a = None
         a_needs_stats = (setting.bits < 16 and methods.quantizer in NEEDS_STATS["quantizer"]) or (
             setting.sparsity > 0 and methods.pruner in NEEDS_STATS["pruner"])
@@ -306,19 +310,30 @@ class PlanApplier:
         return [self._matrix(a, setting, methods, gram_a, order=order_a), stored_b]
 
     def _matrix(self, w: torch.Tensor, setting: ModuleSetting, methods: Methods, gram: torch.Tensor | None,
-                order: torch.Tensor | None = None) -> StoredMatrix:
+                order: torch.Tensor | None = None, awq_key: tuple | None = None) -> StoredMatrix:
         """Prune then quantise one matrix (a full weight or a factor)."""
-        mask, keep = None, w.shape[1]
+        mask, keep, pruned = None, w.shape[1], w
         if setting.sparsity > 0:
             if order is None:
                 order = prune_order(w, PruneConfig(_pruner(methods, gram), methods.prune_pattern), _norm(gram))
             mask = keep_mask(order, setting.sparsity, methods.prune_pattern)
             keep = kept_per_row(w.shape[1], setting.sparsity, methods.prune_pattern)
-            w = w * mask
+            pruned = w * mask
         if setting.bits == 16:
-            return StoredMatrix(bits=16, values=w.half(), quant=None, mask=mask, keep=keep)
-        q = quantize(w, _quant_config(setting, methods, gram), gram=gram, mask=mask)
+            return StoredMatrix(bits=16, values=pruned.half(), quant=None, mask=mask, keep=keep)
+        q = self._quantize(w, pruned, _quant_config(setting, methods, gram), gram, mask, awq_key)
         return StoredMatrix(bits=setting.bits, values=None, quant=q, mask=mask, keep=keep)
+
+    def _quantize(self, unpruned: torch.Tensor, w: torch.Tensor, qcfg: QuantConfig, gram: torch.Tensor | None,
+                  mask: torch.Tensor | None, awq_key: tuple | None) -> QuantizedMatrix:
+        """AWQ's scales are searched once per (matrix, bits, group, symmetric) on the unpruned
+        matrix and reused for its pruned versions; other methods quantise `w` directly."""
+        if qcfg.method != "awq" or awq_key is None:
+            return quantize(w, qcfg, gram=gram, mask=mask)
+        scales = self._awq.get(awq_key)
+        if scales is None:
+            scales = self._awq[awq_key] = awq_search(unpruned, qcfg, gram)
+        return quantize_awq(w, qcfg, gram, mask=mask, scales=scales)
 
     def _factors(self, ref: ModuleRef, method: str, gram: torch.Tensor | None) -> SVDFactors:
         key = (ref.name, method if gram is not None else "svd")

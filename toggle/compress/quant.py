@@ -172,10 +172,10 @@ def output_error(w: torch.Tensor, w_hat: torch.Tensor, gram: torch.Tensor) -> fl
     return float(((diff @ gram.float()) * diff).sum(dtype=torch.float64))
 
 
-def quantize_awq(w: torch.Tensor, cfg: QuantConfig, gram: torch.Tensor, *, mask: torch.Tensor | None = None,
-                 grid: int = 11, max_rows: int = 256) -> QuantizedMatrix:
-    """AWQ-style: search alpha in [0, 1] for input scales s = rms(x)^alpha minimising the
-    output error under `gram`; rows are subsampled (evenly) for the search only."""
+def awq_search(w: torch.Tensor, cfg: QuantConfig, gram: torch.Tensor, *, mask: torch.Tensor | None = None,
+               grid: int = 11, max_rows: int = 256) -> torch.Tensor:
+    """AWQ-style: the input scales s = rms(x)^alpha (alpha on a grid over [0, 1]) that minimise
+    the output error under `gram`; rows are subsampled (evenly) for the search only."""
     w = w.float()
     rms = torch.diagonal(gram).float().clamp(min=0).sqrt().clamp(min=1e-8)
     rows = torch.linspace(0, w.shape[0] - 1, min(max_rows, w.shape[0])).round().long().unique()
@@ -189,7 +189,15 @@ def quantize_awq(w: torch.Tensor, cfg: QuantConfig, gram: torch.Tensor, *, mask:
         err = output_error(sample, w_hat, gram)
         if err < best[0]:
             best = (err, s)
-    return _scaled_rtn(w, cfg, best[1])
+    return best[1]
+
+
+def quantize_awq(w: torch.Tensor, cfg: QuantConfig, gram: torch.Tensor, *, mask: torch.Tensor | None = None,
+                 scales: torch.Tensor | None = None) -> QuantizedMatrix:
+    """Quantise W*s with RTN and store s (float16); s is searched unless given."""
+    if scales is None:
+        scales = awq_search(w, cfg, gram, mask=mask)
+    return _scaled_rtn(w.float(), cfg, scales)
 
 
 def _awq_scales(rms: torch.Tensor, alpha: float) -> torch.Tensor:
