@@ -186,3 +186,17 @@ def test_activation_aware_plan_applies_and_is_deterministic(tiny_llama_dir):
     second.apply(plan)
     assert torch.equal(_logits(lm, ids), logits)
     second.restore()
+
+
+def test_awq_scales_are_searched_once_per_module_and_width(tiny_llama_dir):
+    lm = load_model(str(tiny_llama_dir))
+    stats = collect_stats(lm.model, [_ids(lm)[0]])
+    applier = PlanApplier(lm.model, stats=stats)
+    methods = Methods(quantizer="awq", group_size=32, symmetric=True)
+    name = "model.layers.1.mlp.down_proj"
+    dense = applier.stored(name, ModuleSetting(bits=4), methods).matrices[0].quant
+    pruned = applier.stored(name, ModuleSetting(bits=4, sparsity=0.5), methods).matrices[0].quant
+    other_width = applier.stored(name, ModuleSetting(bits=3, sparsity=0.5), methods).matrices[0].quant
+    assert torch.equal(dense.awq_scales, pruned.awq_scales)  # reused, not searched again
+    assert not torch.equal(dense.codes, pruned.codes)
+    assert len(applier._awq) == 2 and other_width.awq_scales is not None

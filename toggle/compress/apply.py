@@ -273,10 +273,9 @@ class PlanApplier:
             key = (ref.name, qcfg)
             q = self._quant.get(key)
             if q is None:
-                q = self._quant[key] = self._quantize(w, w, qcfg, gram, None, awq_key=key)
+                q = self._quant[key] = self._quantize(w, w, qcfg, gram, None, awq_key=(ref.name,))
             return StoredMatrix(bits=setting.bits, values=None, quant=q, mask=None, keep=ref.in_features)
-        return self._matrix(w, setting, methods, gram, order=order,
-                            awq_key=(ref.name, _quant_config(setting, methods, gram)))
+        return self._matrix(w, setting, methods, gram, order=order, awq_key=(ref.name,))
 
     def _factor_matrices(self, ref: ModuleRef, setting: ModuleSetting, methods: Methods,
                          gram: torch.Tensor | None) -> list[StoredMatrix]:
@@ -299,8 +298,7 @@ class PlanApplier:
                 order_a = self._order.get(key)
                 if order_a is None:
                     order_a = self._order[key] = prune_order(a, pruner)
-        stored_b = self._matrix(b, setting, methods, gram, order=order_b,
-                                awq_key=(ref.name, "B", k, _quant_config(setting, methods, gram)))
+        stored_b = self._matrix(b, setting, methods, gram, order=order_b, awq_key=(ref.name, "B", k))
         gram_a = None
         a_needs_stats = (setting.bits < 16 and methods.quantizer in NEEDS_STATS["quantizer"]) or (
             setting.sparsity > 0 and methods.pruner in NEEDS_STATS["pruner"])
@@ -330,9 +328,10 @@ class PlanApplier:
         matrix and reused for its pruned versions; other methods quantise `w` directly."""
         if qcfg.method != "awq" or awq_key is None:
             return quantize(w, qcfg, gram=gram, mask=mask)
-        scales = self._awq.get(awq_key)
+        key = (*awq_key, qcfg)
+        scales = self._awq.get(key)
         if scales is None:
-            scales = self._awq[awq_key] = awq_search(unpruned, qcfg, gram)
+            scales = self._awq[key] = awq_search(unpruned, qcfg, gram)
         return quantize_awq(w, qcfg, gram, mask=mask, scales=scales)
 
     def _factors(self, ref: ModuleRef, method: str, gram: torch.Tensor | None) -> SVDFactors:
