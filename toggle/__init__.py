@@ -16,8 +16,13 @@ from .load import LoadedModel, load_model  # noqa: E402
 from .modules import ModuleRef, compressible_modules  # noqa: E402
 from .plan import Methods, ModuleSetting, Plan  # noqa: E402
 from .units import Budget, parse_budget  # noqa: E402
+from .compress import PlanApplier, collect_stats  # noqa: E402
+from .cost import Cost, CostModel  # noqa: E402
+from .export import load_compressed, write_gguf_artifact, write_toggle_artifact  # noqa: E402
 
 __all__ = [
     "Budget", "LoadedModel", "Methods", "ModuleRef", "ModuleSetting", "Plan", "ToggleError",
     "compressible_modules", "load_model", "parse_budget",
+    "Cost", "CostModel", "PlanApplier", "collect_stats", "load_compressed", "write_gguf_artifact",
+    "write_toggle_artifact",
 ]

@@ -152,7 +152,38 @@ def _cmd_search(args) -> int:
 
 
 def _cmd_apply(args) -> int:
-    return _not_built("apply")
+    from pathlib import Path
+
+    from .export import check_plan_model, plan_stats, write_gguf_artifact, write_toggle_artifact
+    from .load import load_model
+    from .plan import Plan
+    from .units import format_bytes
+
+    plan = Plan.load(args.plan)
+    loaded = load_model(args.model, device=args.device or "cpu", trust_remote_code=args.trust_remote_code)
+    check_plan_model(plan, loaded, source=args.plan)
+    stats = plan_stats(plan, loaded, args.plan)
+    if args.format == "gguf":
+        out = Path(args.out)
+        out = out if out.suffix.lower() == ".gguf" else out / "model.gguf"
+        info = write_gguf_artifact(loaded, plan, out, stats=stats)
+    else:
+        info = write_toggle_artifact(loaded, plan, args.out, stats=stats)
+    cost = info.cost
+    rows = [
+        ("accounted bytes", f"{cost.bytes:,} ({format_bytes(cost.bytes)})"),
+        ("bytes on disk", f"{info.tensor_bytes_on_disk:,} tensor data; {info.weights_file_bytes:,} "
+                          f"{info.path.name if info.fmt == 'gguf' else 'model.safetensors'} with its header"),
+        ("whole artifact", f"{info.total_bytes:,} ({format_bytes(info.total_bytes)}, tokenizer and config included)"),
+        ("16-bit dense model", f"{cost.base16_bytes:,} ({format_bytes(cost.base16_bytes)}): "
+                               f"{100 * cost.size_reduction:.1f}% smaller, {cost.base16_bytes / cost.bytes:.2f}x"),
+        ("FLOPs per token", f"{cost.flops_per_token:,} (dense {cost.base_flops_per_token:,}, "
+                            f"{cost.flops_reduction:.2f}x fewer)"),
+    ]
+    print(f"toggle: wrote {info.path} ({info.fmt} format)")
+    for label, value in rows:
+        print(f"  {label + ':':<20} {value}")
+    return 0
 
 
 def _cmd_audit(args) -> int:

@@ -30,6 +30,11 @@ def gguf_arch(config) -> str:
     return arch
 
 
+def skipped_in_gguf(hf_name: str) -> bool:
+    """State tensors GGUF does not store: buffers llama.cpp recomputes."""
+    return hf_name.endswith(("rotary_emb.inv_freq", ".attn.bias", ".attn.masked_bias"))
+
+
 def _permute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
     """llama.cpp stores q/k rows interleaved for its rope kernel (convert_hf_to_gguf.permute)."""
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
@@ -43,11 +48,16 @@ def write_gguf(
     qtypes: dict[str, str] | None = None,
     default_2d: str = "F16",
     name: str | None = None,
+    prepared: dict[str, tuple[str, np.ndarray]] | None = None,
 ) -> Path:
     """Write `model` (its current weights) to `path`.
 
     `qtypes` maps HF parameter names ('model.layers.0.mlp.up_proj.weight') to a GGML type
     name; 2-D weights not listed get `default_2d`, 1-D tensors (norms, biases) stay F32.
+    `prepared` maps HF parameter names to (GGML type, data) already in GGUF layout: an
+    (out, in) float16 array for F16, or (out, bytes per row) uint8 quantised blocks; they are
+    written as given (llama q/k rows are still permuted here), so a caller can store codes
+    it computed itself, bit for bit.
     """
     import gguf
 
@@ -87,11 +97,14 @@ def write_gguf(
     for hf_name, tensor in state.items():
         if tied and hf_name == "lm_head.weight":
             continue  # llama.cpp reuses token_embd for a tied head
-        if hf_name.endswith(("rotary_emb.inv_freq", ".attn.bias", ".attn.masked_bias")):
+        if skipped_in_gguf(hf_name):
             continue  # buffers, not weights
         gguf_name = name_map.get_name(hf_name, try_suffixes=(".weight", ".bias"))
         if gguf_name is None:
             raise InvalidInput(f"GGUF export: no GGUF name for tensor {hf_name} of a {arch} model")
+        if prepared and hf_name in prepared:
+            _add_prepared(writer, gguf_name, hf_name, *prepared[hf_name], arch=arch, config=config)
+            continue
         data = tensor.detach().to(torch.float32).cpu().numpy()
         if arch == "llama" and hf_name.endswith("q_proj.weight"):
             data = _permute_qk(data, config.num_attention_heads)
@@ -128,6 +141,22 @@ def _add_tensor(writer, gguf_name: str, data: np.ndarray, qname: str, hf_name: s
         )
     packed = gguf.quants.quantize(data.astype(np.float32), qtype)
     writer.add_tensor(gguf_name, packed, raw_shape=packed.shape, raw_dtype=qtype)
+
+
+def _add_prepared(writer, gguf_name: str, hf_name: str, qname: str, data: np.ndarray, *, arch: str, config) -> None:
+    import gguf
+
+    if qname not in QTYPES:
+        raise InvalidInput(f"GGUF export: {hf_name}: type {qname} is not supported; use one of {', '.join(QTYPES)}")
+    if arch == "llama" and hf_name.endswith("q_proj.weight"):
+        data = _permute_qk(data, config.num_attention_heads)
+    elif arch == "llama" and hf_name.endswith("k_proj.weight"):
+        data = _permute_qk(data, config.num_key_value_heads)
+    data = np.ascontiguousarray(data)
+    if qname in ("F32", "F16"):
+        writer.add_tensor(gguf_name, data.astype(np.float32 if qname == "F32" else np.float16))
+    else:
+        writer.add_tensor(gguf_name, data, raw_shape=data.shape, raw_dtype=gguf.GGMLQuantizationType[qname])
 
 
 def _add_tokenizer(writer, tokenizer, config) -> None:

@@ -1,0 +1,280 @@
+"""Artifacts: toggle format and GGUF round trips (logits match the applier's simulation),
+accounted bytes against bytes on disk, manifest validation, atomic writes, `toggle apply`."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from toggle.cli import main
+from toggle.compress import PlanApplier
+from toggle.errors import InvalidInput
+from toggle.export import load_compressed, write_gguf_artifact, write_toggle_artifact
+from toggle.load import load_model
+from toggle.modules import compressible_modules
+from toggle.plan import Methods, ModuleSetting, Plan
+
+TEXT = "The capital of France is Paris. Once upon a time a small robot"
+
+
+def _mixed_plan(lm, methods=Methods()):
+    """Every kind of stored matrix: quantised at several widths, pruned (all three encodings),
+    factorised, the embedding quantised, one module untouched."""
+    names = [r.name for r in compressible_modules(lm.model)]
+    settings = [ModuleSetting(bits=4), ModuleSetting(bits=8, sparsity=0.5), ModuleSetting(bits=3, sparsity=0.3, rank_ratio=0.5),
+                ModuleSetting(bits=16, sparsity=0.9), ModuleSetting(bits=2), ModuleSetting(rank_ratio=0.25),
+                ModuleSetting(bits=16, sparsity=0.05)]
+    modules = {n: settings[i % len(settings)] for i, n in enumerate(names[1:-1])}
+    modules[names[0]] = ModuleSetting(bits=6, sparsity=0.2)
+    return Plan(lm.model_id, modules, methods, meta={"fingerprint": lm.fingerprint})
+
+
+def _simulate(lm, plan, ids, stats=None, new_tokens=0):
+    applier = PlanApplier(lm.model, stats=stats)
+    applier.apply(plan)
+    try:
+        with torch.no_grad():
+            logits = lm.model(ids).logits
+            generated = lm.model.generate(ids, max_new_tokens=new_tokens, do_sample=False) if new_tokens else None
+    finally:
+        applier.restore()
+    return logits, generated, applier
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+@pytest.mark.parametrize("methods", [Methods(), Methods(group_size=32, symmetric=True, pruner="wanda", quantizer="awq",
+                                                        lowrank="asvd")], ids=["rtn", "aware"])
+def test_toggle_round_trip(arch, methods, tiny_llama_dir, tiny_gpt2_dir, tmp_path):
+    from toggle.compress import collect_stats
+
+    lm = load_model(str(tiny_llama_dir if arch == "llama" else tiny_gpt2_dir))
+    ids = lm.tokenizer(TEXT, return_tensors="pt").input_ids
+    stats = collect_stats(lm.model, [ids[0]])
+    plan = _mixed_plan(lm, methods)
+    expected, _, applier = _simulate(lm, plan, ids, stats)
+    info = write_toggle_artifact(lm, plan, tmp_path / "art", applier=applier)
+    assert {"config.json", "generation_config.json", "model.safetensors", "toggle.json"} <= {p.name for p in info.path.iterdir()}
+    assert (info.path / "tokenizer.json").is_file() or (info.path / "vocab.json").is_file()
+    encodings = {e for per_module in info.encodings.values() for e in per_module}
+    assert encodings == {"dense", "bitmask", "indices"}
+    # Accounted bytes are exactly the tensor data written.
+    from safetensors import safe_open
+
+    with safe_open(str(info.path / "model.safetensors"), framework="pt") as f:
+        on_disk = sum(f.get_tensor(k).nbytes for k in f.keys())
+    assert on_disk == info.tensor_bytes_on_disk == info.cost.bytes
+
+    back = load_compressed(info.path)
+    with torch.no_grad():
+        got = back.model(ids).logits
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-4)
+    assert (got - expected).abs().max() < 1e-2 * (expected.abs().max())  # and not trivially: it did change
+    assert back.extra["base_model"] == lm.model_id and back.extra["plan"].modules == plan.modules
+    factorised = [n for n, m in back.model.named_modules() if type(m).__name__ == "LowRankLinear"]
+    assert factorised and all(plan.modules[n].rank_ratio < 1 for n in factorised)
+    # The general loader recognises the directory too.
+    again = load_model(str(info.path))
+    assert again.source == "toggle"
+    with torch.no_grad():
+        torch.testing.assert_close(again.model(ids).logits, got, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_gguf_round_trip_generates_like_the_simulation(arch, tiny_llama_dir, tiny_gpt2_dir, tmp_path):
+    lm = load_model(str(tiny_llama_dir if arch == "llama" else tiny_gpt2_dir))
+    ids = lm.tokenizer(TEXT, return_tensors="pt").input_ids
+    names = [r.name for r in compressible_modules(lm.model)]
+    kinds = [ModuleSetting(bits=4), ModuleSetting(bits=8, sparsity=0.5), ModuleSetting(bits=5),
+             ModuleSetting(bits=16, sparsity=0.3)]
+    plan = Plan(lm.model_id, {n: kinds[i % len(kinds)] for i, n in enumerate(names)},
+                Methods(group_size=32, symmetric=True))
+    expected, generated, _ = _simulate(lm, plan, ids, new_tokens=8)
+    info = write_gguf_artifact(lm, plan, tmp_path / "model.gguf")
+    assert info.tensor_bytes_on_disk == info.cost.bytes  # tensor data, alignment padding included
+    assert set(info.encodings[names[0]]) <= {"Q4_0", "Q8_0", "Q5_0", "F16"}
+    back = load_model(str(info.path))
+    assert back.source == "gguf"
+    with torch.no_grad():
+        torch.testing.assert_close(back.model(ids).logits, expected, rtol=0, atol=1e-5)
+        out = back.model.generate(ids, max_new_tokens=8, do_sample=False)
+    assert out.shape[1] == ids.shape[1] + 8
+    assert torch.equal(out, generated)
+    # The asymmetric types hold the same plan when nothing is pruned.
+    asym = Plan(lm.model_id, {n: ModuleSetting(bits=4 if i % 2 else 5) for i, n in enumerate(names)},
+                Methods(group_size=32, symmetric=False))
+    expected, _, _ = _simulate(lm, asym, ids)
+    info = write_gguf_artifact(lm, asym, tmp_path / "asym.gguf")
+    assert {e for v in info.encodings.values() for e in v} == {"Q4_1", "Q5_1"}
+    with torch.no_grad():
+        torch.testing.assert_close(load_model(str(info.path)).model(ids).logits, expected, rtol=0, atol=1e-5)
+
+
+def test_gguf_refuses_what_it_cannot_hold(tiny_llama_dir, tmp_path):
+    lm = load_model(str(tiny_llama_dir))
+    up = "model.layers.0.mlp.up_proj"
+    cases = [
+        (Plan(lm.model_id, {up: ModuleSetting(bits=4)}, Methods(group_size=128)), "group_size 128, symmetric false has no GGUF type"),
+        (Plan(lm.model_id, {up: ModuleSetting(bits=3)}, Methods(group_size=32)), "3 bits with quantizer rtn"),
+        (Plan(lm.model_id, {up: ModuleSetting(rank_ratio=0.5)}), "GGUF has no factorised matrices"),
+        (Plan(lm.model_id, {up: ModuleSetting(bits=4, sparsity=0.5)}, Methods(group_size=32)),
+         "Q4_1: its per-block minimum cannot represent the pruned zeros"),
+    ]
+    for plan, reason in cases:
+        with pytest.raises(InvalidInput, match=f"modules.{up}: .*{reason}"):
+            write_gguf_artifact(lm, plan, tmp_path / "x.gguf")
+    assert not list(tmp_path.iterdir())  # nothing written, not even a temporary file
+
+
+def test_accounted_size_is_the_file_size_within_one_percent(tmp_path):
+    """On a model large enough for headers to be small, the files are the accounted size."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+    from tiny_models import make_tokenizer
+
+    tok = make_tokenizer()
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=512, intermediate_size=1024, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, bos_token_id=1, eos_token_id=2)
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "medium")
+    tok.save_pretrained(tmp_path / "medium")
+    lm = load_model(str(tmp_path / "medium"))
+    names = [r.name for r in compressible_modules(lm.model)]
+    plan = Plan(lm.model_id, {n: ModuleSetting(bits=4, sparsity=0.5 if i % 3 == 0 else 0.0)
+                              for i, n in enumerate(names)}, Methods(group_size=32, symmetric=True))
+    for info in (write_toggle_artifact(lm, plan, tmp_path / "art"), write_gguf_artifact(lm, plan, tmp_path / "m.gguf")):
+        assert abs(info.weights_file_bytes - info.cost.bytes) / info.cost.bytes < 0.01, info
+        assert info.cost.size_reduction > 0.65
+
+
+def test_manifest_is_validated_before_use(tiny_llama_dir, tmp_path):
+    lm = load_model(str(tiny_llama_dir))
+    good = write_toggle_artifact(lm, Plan(lm.model_id, {"model.layers.0.mlp.up_proj": ModuleSetting(bits=4)}),
+                                 tmp_path / "good").path
+
+    def variant(name, edit):
+        d = tmp_path / name
+        shutil.copytree(good, d)
+        manifest = json.loads((d / "toggle.json").read_text())
+        edit(manifest, d)
+        (d / "toggle.json").write_text(json.dumps(manifest))
+        return d
+
+    escape = variant("escape", lambda m, d: m.update(weights="../good/model.safetensors"))
+    with pytest.raises(InvalidInput, match="weights: '../good/model.safetensors' must be a file name inside"):
+        load_compressed(escape)
+    absolute = variant("absolute", lambda m, d: m.update(weights=str(good / "model.safetensors")))
+    with pytest.raises(InvalidInput, match="must be a file name inside the artifact"):
+        load_compressed(absolute)
+
+    def symlink(m, d):
+        os.symlink(good / "model.safetensors", d / "elsewhere.safetensors")
+        m.update(weights="elsewhere.safetensors")
+
+    with pytest.raises(InvalidInput, match="points outside the artifact directory"):
+        load_compressed(variant("symlink", symlink))
+    with pytest.raises(InvalidInput, match="format_version: 99 is not supported"):
+        load_compressed(variant("version", lambda m, d: m.update(format_version=99)))
+    with pytest.raises(InvalidInput, match=r"modules.model.layers.0.mlp.up_proj.matrices\[0\].bits: 9"):
+        load_compressed(variant("bits", lambda m, d: m["modules"]["model.layers.0.mlp.up_proj"]["matrices"][0].update(bits=9)))
+
+    def drop_tensor(m, d):
+        from safetensors.torch import load_file, save_file
+
+        tensors = load_file(str(d / "model.safetensors"))
+        del tensors["model.layers.0.mlp.up_proj.scales"]
+        save_file(tensors, str(d / "model.safetensors"))
+
+    with pytest.raises(InvalidInput, match="tensor model.layers.0.mlp.up_proj.scales named by toggle.json is missing"):
+        load_compressed(variant("missing", drop_tensor))
+    with pytest.raises(InvalidInput, match="does not hold model.norm.weight"):
+        load_compressed(variant("others", lambda m, d: m["others"].remove("model.norm.weight")))
+    assert load_compressed(good).model is not None
+
+
+def test_writes_are_atomic(tiny_llama_dir, tmp_path, monkeypatch):
+    import safetensors.torch
+
+    lm = load_model(str(tiny_llama_dir))
+    plan = Plan(lm.model_id, {"model.layers.0.mlp.up_proj": ModuleSetting(bits=4)})
+    first = write_toggle_artifact(lm, plan, tmp_path / "art")
+    before = (first.path / "model.safetensors").read_bytes()
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", crash)
+    with pytest.raises(RuntimeError, match="disk full"):
+        write_toggle_artifact(lm, plan.with_setting("model.layers.1.mlp.up_proj", ModuleSetting(bits=2)), tmp_path / "art")
+    with pytest.raises(RuntimeError, match="disk full"):
+        write_toggle_artifact(lm, plan, tmp_path / "new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]  # no temporary leftovers, no half artifact
+    assert (first.path / "model.safetensors").read_bytes() == before  # the old artifact is intact
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("mine")
+    monkeypatch.undo()
+    with pytest.raises(InvalidInput, match="exists and is not a toggle artifact"):
+        write_toggle_artifact(lm, plan, tmp_path / "notes")
+
+
+def test_cli_apply(tiny_llama_dir, tmp_path, capsys):
+    lm = load_model(str(tiny_llama_dir))
+    names = [r.name for r in compressible_modules(lm.model)]
+    plan_path = Plan.uniform(lm.model_id, names, ModuleSetting(bits=4), Methods(group_size=32, symmetric=True)).save(
+        tmp_path / "plan.yaml")
+    assert main(["apply", str(plan_path), str(tiny_llama_dir), "--out", str(tmp_path / "art")]) == 0
+    out = capsys.readouterr().out
+    assert f"wrote {tmp_path / 'art'} (toggle format)" in out
+    assert "accounted bytes:" in out and "16-bit dense model:" in out and "% smaller" in out
+    assert main(["apply", str(plan_path), str(tiny_llama_dir), "--out", str(tmp_path / "g"), "--format", "gguf"]) == 0
+    assert (tmp_path / "g" / "model.gguf").is_file() and "(gguf format)" in capsys.readouterr().out
+    assert load_model(str(tmp_path / "g")).source == "gguf"
+
+    other = Plan(model="someone/else", modules={}).save(tmp_path / "other.yaml")
+    assert main(["apply", str(other), str(tiny_llama_dir), "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "the plan was made for 'someone/else'" in err and str(other) in err
+    unknown = Plan(lm.model_id, {"model.layers.7.mlp.up_proj": ModuleSetting(bits=4)}).save(tmp_path / "unknown.yaml")
+    assert main(["apply", str(unknown), str(tiny_llama_dir), "--out", str(tmp_path / "x")]) == 2
+    assert "unknown module(s) model.layers.7.mlp.up_proj" in capsys.readouterr().err
+    awq = Plan(lm.model_id, {names[1]: ModuleSetting(bits=4)}, Methods(quantizer="awq")).save(tmp_path / "awq.yaml")
+    assert main(["apply", str(awq), str(tiny_llama_dir), "--out", str(tmp_path / "x")]) == 2
+    assert "awq needs calibration activation statistics" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_cli_apply_unmappable_gguf_is_one_line(tiny_llama_dir, tmp_path):
+    lm = load_model(str(tiny_llama_dir))
+    plan = Plan(lm.model_id, {"model.layers.0.self_attn.q_proj": ModuleSetting(bits=3)}).save(tmp_path / "p.yaml")
+    proc = subprocess.run([sys.executable, "-m", "toggle.cli", "apply", str(plan), str(tiny_llama_dir),
+                           "--out", str(tmp_path / "m.gguf"), "--format", "gguf"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "modules.model.layers.0.self_attn.q_proj: 3 bits" in lines[0]
+
+
+@pytest.mark.integration
+def test_builtin_model_artifacts(builtin_model, tmp_path):
+    """SmolLM2-135M at Q4_0 with a Q8_0 embedding: both formats hold exactly the accounted
+    tensor bytes, the toggle artifact reproduces the simulation and still answers."""
+    lm = builtin_model
+    names = [r.name for r in compressible_modules(lm.model)]
+    plan = Plan.uniform(lm.model_id, names, ModuleSetting(bits=4), Methods(group_size=32, symmetric=True))
+    plan = plan.with_setting(names[0], ModuleSetting(bits=8))
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    ids = lm.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                           return_dict=True)["input_ids"]
+    expected, generated, applier = _simulate(lm, plan, ids, new_tokens=8)
+    toggle_info = write_toggle_artifact(lm, plan, tmp_path / "q4", applier=applier)
+    gguf_info = write_gguf_artifact(lm, plan, tmp_path / "q4.gguf", applier=applier)
+    for info in (toggle_info, gguf_info):
+        assert info.tensor_bytes_on_disk == info.cost.bytes
+        assert 0.66 < info.cost.size_reduction < 0.67  # 4.5 bits per weight, 8.5 for the 21% in the embedding
+    assert toggle_info.cost.bytes == gguf_info.cost.bytes  # same layout per block of 32; no padding at these shapes
+    assert abs(toggle_info.weights_file_bytes - toggle_info.cost.bytes) / toggle_info.cost.bytes < 0.01
+    back = load_compressed(toggle_info.path)
+    with torch.no_grad():
+        torch.testing.assert_close(back.model(ids).logits, expected, rtol=0, atol=1e-4)
+    answer = lm.tokenizer.decode(generated[0, ids.shape[1]:], skip_special_tokens=True)
+    assert "Paris" in answer

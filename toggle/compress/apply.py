@@ -1,0 +1,367 @@
+"""Applying a plan: compose the operators per module and swap the result into the model.
+
+For one module and its setting, the stored form is built in this order:
+  1. low-rank (rank_ratio < 1): W -> A (out, k) @ B (k, in); the steps below act on each factor
+     (B first: A's input statistics are those of B's output),
+  2. pruning (sparsity > 0): zero the lowest-ranked weights of every row,
+  3. quantisation (bits < 16): codes + float16 scales; bits == 16 stores float16 values.
+The effective weight is what a loader decodes from that stored form, so evaluating a plan
+with `PlanApplier` sees exactly the model `toggle apply` writes.
+
+`PlanApplier` keeps the loaded weights, per-module results that plans share (de-quantisable
+codes per (module, bits, quantiser), the SVD per module, the pruning order per module, AWQ's
+scales per module and bit-width), and
+a byte-bounded LRU of effective weights. `apply(plan)` points each changed module's weight
+parameter at its effective weight (the same Parameter objects, new data: no copy, and a
+plan seen before costs nothing), skipping modules whose setting did not change;
+`restore()` points them back at the loaded weights. The model's weights then alias cached
+tensors: do not modify them in place while an applier manages the model.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import InvalidInput
+from ..modules import ModuleRef, compressible_modules, weight_matrix
+from ..plan import Methods, ModuleSetting, Plan
+from .calibrate import ActivationStats
+from .linalg import single_threaded
+from .lowrank import LowRankConfig, SVDFactors, rank_for, svd_factors
+from .packing import matrix_bytes
+from .prune import PruneConfig, keep_mask, kept_per_row, pattern_problem, prune_order
+from .quant import QuantConfig, QuantizedMatrix, awq_search, quantize, quantize_awq
+
+NEEDS_STATS = {"quantizer": ("awq", "gptq"), "pruner": ("wanda",), "lowrank": ("asvd",)}
+
+
+@dataclass
+class StoredMatrix:
+    """One matrix as the artifact stores it."""
+
+    bits: int
+    values: torch.Tensor | None  # float16 (out, in) when bits == 16; pruned entries are 0
+    quant: QuantizedMatrix | None  # when bits < 16
+    mask: torch.Tensor | None  # bool (out, in) kept positions, when pruned
+    keep: int  # weights kept per row
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple((self.values if self.quant is None else self.quant.codes).shape)
+
+    @property
+    def zero_exact(self) -> bool:
+        """Pruned positions decode to exactly 0 without a mask."""
+        return self.quant is None or self.quant.symmetric
+
+    def storage(self) -> tuple[int, str]:
+        """(stored bytes, sparse encoding), the same formula the cost model uses."""
+        out_f, in_f = self.shape
+        if self.quant is None:
+            return matrix_bytes(out_f, in_f, self.keep, 16)
+        q = self.quant
+        return matrix_bytes(out_f, in_f, self.keep, q.bits, group_size=q.group_size, symmetric=q.symmetric,
+                            awq=q.awq_scales is not None)
+
+    def dequantize(self) -> torch.Tensor:
+        w = self.values.float() if self.quant is None else self.quant.dequantize()
+        if self.mask is None or self.zero_exact:  # pruned positions already decode to 0
+            return w
+        return w.mul_(self.mask)
+
+
+@dataclass
+class StoredModule:
+    ref: ModuleRef
+    setting: ModuleSetting
+    matrices: list[StoredMatrix]  # [W] or, factorised, [A (out, k), B (k, in)]
+
+    @property
+    def factorised(self) -> bool:
+        return len(self.matrices) == 2
+
+    def weight(self) -> torch.Tensor:
+        """The effective (out, in) float32 weight."""
+        if self.factorised:
+            return self.matrices[0].dequantize() @ self.matrices[1].dequantize()
+        return self.matrices[0].dequantize()
+
+
+def setting_problem(ref: ModuleRef, setting: ModuleSetting, methods: Methods) -> str | None:
+    """Why `setting` cannot be applied to this module, or None."""
+    if setting.rank_ratio < 1 and ref.part == "embed":
+        return ("rank_ratio < 1 is not supported for the token embedding (it is a lookup table); "
+                "use bits and sparsity for it")
+    if setting.sparsity > 0:
+        in_f = ref.in_features
+        if setting.rank_ratio < 1:
+            in_f = rank_for(setting.rank_ratio, ref.out_features, ref.in_features)  # factor A's inputs
+        for size in {ref.in_features, in_f}:
+            problem = pattern_problem(methods.prune_pattern, size, setting.sparsity)
+            if problem:
+                return problem
+    return None
+
+
+def methods_key(setting: ModuleSetting, methods: Methods) -> tuple:
+    """The method fields that affect this setting (others may change without recomputing)."""
+    key: tuple = ()
+    if setting.bits < 16:
+        key += (methods.quantizer, methods.group_size, methods.symmetric)
+    if setting.sparsity > 0:
+        key += (methods.pruner, methods.prune_pattern)
+    if setting.rank_ratio < 1:
+        key += (methods.lowrank,)
+    return key
+
+
+def validate_plan(plan: Plan, refs: list[ModuleRef], stats: ActivationStats | None = None) -> None:
+    """Every module exists, every setting applies to its module, and methods that need
+    calibration statistics have them. Raises InvalidInput naming the module and the field."""
+    plan.validate_for(r.name for r in refs)
+    by_name = {r.name: r for r in refs}
+    for name, setting in plan.modules.items():
+        problem = setting_problem(by_name[name], setting, plan.methods)
+        if problem:
+            raise InvalidInput(f"plan for {plan.model}: modules.{name}: {problem}")
+    for field_name, methods_needing in NEEDS_STATS.items():
+        chosen = getattr(plan.methods, field_name)
+        if chosen not in methods_needing:
+            continue
+        used = [n for n, s in plan.modules.items() if _uses(field_name, s) and by_name[n].is_linear]
+        missing = [n for n in used if stats is None or n not in stats]
+        if missing:
+            raise InvalidInput(
+                f"plan for {plan.model}: methods.{field_name}: {chosen} needs calibration activation statistics "
+                f"for {missing[0]}{' and others' if len(missing) > 1 else ''}; collect them with "
+                f"toggle.compress.collect_stats (or record them in the plan's meta.calibration_stats)"
+            )
+
+
+def _needs_stats(setting: ModuleSetting, methods: Methods) -> bool:
+    return any(_uses(f, setting) and getattr(methods, f) in chosen for f, chosen in NEEDS_STATS.items())
+
+
+def _uses(field_name: str, s: ModuleSetting) -> bool:
+    return {"quantizer": s.bits < 16, "pruner": s.sparsity > 0, "lowrank": s.rank_ratio < 1}[field_name]
+
+
+class PlanApplier:
+    """Swap plans' effective weights into `model` in place; `restore()` puts the base back.
+
+        applier = PlanApplier(lm.model, stats=stats)
+        applier.apply(plan)      # the model now computes what the artifact of `plan` computes
+        ...evaluate lm.model...
+        applier.restore()
+
+    Memory: the loaded weights, the caches, and the effective weights of the applied plan
+    (shared with the LRU when they fit in it); never a model copy per plan.
+    """
+
+    def __init__(self, model: torch.nn.Module, refs: list[ModuleRef] | None = None,
+                 stats: ActivationStats | None = None, cache_limit_bytes: int = 2 << 30):
+        self.model = model
+        self.refs = list(refs) if refs is not None else compressible_modules(model)
+        self.stats = stats
+        self.cache_limit_bytes = int(cache_limit_bytes)
+        self._by_name = {r.name: r for r in self.refs}
+        self._modules = {r.name: model.get_submodule(r.name) for r in self.refs}
+        # The loaded weights are kept as they are (restore() points the model back at them); a
+        # GPT-2 Conv1D (stored (in, out)) also gets an (out, in) copy to compute from.
+        self._original = {r.name: self._modules[r.name].weight.data for r in self.refs}
+        self._base = {r.name: weight_matrix(self._modules[r.name], r).detach().contiguous() for r in self.refs}
+        self._dtype = next(iter(self._base.values())).dtype
+        self._applied: dict[str, tuple] = {}  # module -> key of the setting in the model; absent: base
+        self._quant: dict[tuple, QuantizedMatrix] = {}  # dense full-rank codes per (module, bits, quantiser)
+        self._order: dict[tuple, torch.Tensor] = {}  # pruning order per (module, pruner, pattern)
+        self._svd: dict[tuple, SVDFactors] = {}  # full-rank factors per (module, method)
+        self._awq: dict[tuple, torch.Tensor] = {}  # AWQ input scales per (matrix, quantiser config)
+        self._lru: OrderedDict[tuple, torch.Tensor] = OrderedDict()  # effective weights
+        self._lru_bytes = 0
+        self.counters = {"applied": 0, "skipped": 0, "lru_hits": 0, "composed": 0}
+
+    # --- public -------------------------------------------------------------------------
+    def apply(self, plan: Plan) -> list[str]:
+        """Make the model compute `plan`. Returns the names of the modules that changed."""
+        validate_plan(plan, self.refs, self.stats)
+        changed = []
+        for ref in self.refs:
+            setting = plan.setting(ref.name)
+            key = (setting, methods_key(setting, plan.methods))
+            if self._applied.get(ref.name) == key:
+                self.counters["skipped"] += 1
+                continue
+            weight = self.effective_weight(ref, setting, plan.methods)
+            self._modules[ref.name].weight.data = weight.t() if ref.transposed else weight
+            self._applied[ref.name] = key
+            changed.append(ref.name)
+        self.counters["applied"] += len(changed)
+        return changed
+
+    def restore(self) -> list[str]:
+        """Put the base weights back into every module a plan changed."""
+        changed = list(self._applied)
+        for name in changed:
+            self._modules[name].weight.data = self._original[name]
+        self._applied.clear()
+        return changed
+
+    def base_weight(self, name: str) -> torch.Tensor:
+        return self._base[name]
+
+    def effective_weight(self, ref: ModuleRef | str, setting: ModuleSetting, methods: Methods) -> torch.Tensor:
+        """The (out, in) weight the stored form of `setting` decodes to, in the model's dtype."""
+        ref = self._by_name[ref] if isinstance(ref, str) else ref
+        key = (ref.name, setting, methods_key(setting, methods))
+        cached = self._lru.get(key)
+        if cached is not None:
+            self._lru.move_to_end(key)
+            self.counters["lru_hits"] += 1
+            return cached
+        stored = self.stored(ref, setting, methods)
+        with single_threaded():
+            weight = stored.weight().to(self._dtype)
+        self._remember(key, weight)
+        return weight
+
+    def stored(self, ref: ModuleRef | str, setting: ModuleSetting, methods: Methods) -> StoredModule:
+        """The stored form of one module under `setting` (what the artifact writer serialises)."""
+        ref = self._by_name[ref] if isinstance(ref, str) else ref
+        problem = setting_problem(ref, setting, methods)
+        if problem:
+            raise InvalidInput(f"{ref.name}: {problem}")
+        self.counters["composed"] += 1
+        gram = self._gram(ref) if _needs_stats(setting, methods) else None
+        with single_threaded():  # many small ops: see linalg.py
+            if setting.rank_ratio < 1:
+                return StoredModule(ref, setting, self._factor_matrices(ref, setting, methods, gram))
+            return StoredModule(ref, setting, [self._full_matrix(ref, setting, methods, gram)])
+
+    @property
+    def cache_bytes(self) -> dict[str, int]:
+        """Bytes held by each cache ('base_copies': (out, in) copies of Conv1D weights)."""
+        return {
+            "base_copies": sum(t.nbytes for n, t in self._base.items()
+                               if t.data_ptr() != self._original[n].data_ptr()),
+            "quantised": sum(q.codes.nbytes + q.scales.nbytes + (q.mins.nbytes if q.mins is not None else 0)
+                             for q in self._quant.values()),
+            "prune_order": sum(t.nbytes for t in self._order.values()),
+            "svd": sum(f.nbytes for f in self._svd.values()),
+            "effective_lru": self._lru_bytes,
+        }
+
+    # --- composition ----------------------------------------------------------------------
+    def _gram(self, ref: ModuleRef) -> torch.Tensor | None:
+        if self.stats is None or ref.name not in self.stats:
+            return None
+        return self.stats.gram(ref.name).to(self._base[ref.name].device)
+
+    def _full_matrix(self, ref: ModuleRef, setting: ModuleSetting, methods: Methods,
+                     gram: torch.Tensor | None) -> StoredMatrix:
+        w = self._base[ref.name]
+        order = None
+        if setting.sparsity > 0:
+            pruner = _pruner(methods, gram)
+            key = (ref.name, pruner, methods.prune_pattern)
+            order = self._order.get(key)
+            if order is None:
+                order = self._order[key] = prune_order(w, PruneConfig(pruner, methods.prune_pattern), _norm(gram))
+        elif setting.bits < 16:
+            qcfg = _quant_config(setting, methods, gram)
+            key = (ref.name, qcfg)
+            q = self._quant.get(key)
+            if q is None:
+                q = self._quant[key] = self._quantize(w, w, qcfg, gram, None, awq_key=(ref.name,))
+            return StoredMatrix(bits=setting.bits, values=None, quant=q, mask=None, keep=ref.in_features)
+        return self._matrix(w, setting, methods, gram, order=order, awq_key=(ref.name,))
+
+    def _factor_matrices(self, ref: ModuleRef, setting: ModuleSetting, methods: Methods,
+                         gram: torch.Tensor | None) -> list[StoredMatrix]:
+        """[A, B] of a factorised module, each pruned and quantised; B first, since A's
+        input statistics are those of B's output."""
+        k = rank_for(setting.rank_ratio, ref.out_features, ref.in_features)
+        factors = self._factors(ref, methods.lowrank, gram)
+        a, b = factors.truncate(k)
+        order_b = order_a = None
+        if setting.sparsity > 0:
+            pruner = PruneConfig(_pruner(methods, gram), methods.prune_pattern)
+            # B's rows are a prefix of the full factor's rows: one ordering serves every rank.
+            key = (ref.name, "B", methods.lowrank, pruner)
+            full = self._order.get(key)
+            if full is None:
+                full = self._order[key] = prune_order(factors.right, pruner, _norm(gram))
+            order_b = full[:k]
+            if pruner.method == "magnitude":  # A's ordering depends on k only
+                key = (ref.name, "A", methods.lowrank, pruner, k)
+                order_a = self._order.get(key)
+                if order_a is None:
+                    order_a = self._order[key] = prune_order(a, pruner)
+        stored_b = self._matrix(b, setting, methods, gram, order=order_b, awq_key=(ref.name, "B", k))
+        gram_a = None
+        a_needs_stats = (setting.bits < 16 and methods.quantizer in NEEDS_STATS["quantizer"]) or (
+            setting.sparsity > 0 and methods.pruner in NEEDS_STATS["pruner"])
+        if gram is not None and a_needs_stats:
+            b_eff = stored_b.dequantize()
+            gram_a = b_eff @ gram @ b_eff.T  # E[(B x)(B x)^T]: what factor A sees
+        return [self._matrix(a, setting, methods, gram_a, order=order_a), stored_b]
+
+    def _matrix(self, w: torch.Tensor, setting: ModuleSetting, methods: Methods, gram: torch.Tensor | None,
+                order: torch.Tensor | None = None, awq_key: tuple | None = None) -> StoredMatrix:
+        """Prune then quantise one matrix (a full weight or a factor)."""
+        mask, keep, pruned = None, w.shape[1], w
+        if setting.sparsity > 0:
+            if order is None:
+                order = prune_order(w, PruneConfig(_pruner(methods, gram), methods.prune_pattern), _norm(gram))
+            mask = keep_mask(order, setting.sparsity, methods.prune_pattern)
+            keep = kept_per_row(w.shape[1], setting.sparsity, methods.prune_pattern)
+            pruned = w * mask
+        if setting.bits == 16:
+            return StoredMatrix(bits=16, values=pruned.half(), quant=None, mask=mask, keep=keep)
+        q = self._quantize(w, pruned, _quant_config(setting, methods, gram), gram, mask, awq_key)
+        return StoredMatrix(bits=setting.bits, values=None, quant=q, mask=mask, keep=keep)
+
+    def _quantize(self, unpruned: torch.Tensor, w: torch.Tensor, qcfg: QuantConfig, gram: torch.Tensor | None,
+                  mask: torch.Tensor | None, awq_key: tuple | None) -> QuantizedMatrix:
+        """AWQ's scales are searched once per (matrix, bits, group, symmetric) on the unpruned
+        matrix and reused for its pruned versions; other methods quantise `w` directly."""
+        if qcfg.method != "awq" or awq_key is None:
+            return quantize(w, qcfg, gram=gram, mask=mask)
+        key = (*awq_key, qcfg)
+        scales = self._awq.get(key)
+        if scales is None:
+            scales = self._awq[key] = awq_search(unpruned, qcfg, gram)
+        return quantize_awq(w, qcfg, gram, mask=mask, scales=scales)
+
+    def _factors(self, ref: ModuleRef, method: str, gram: torch.Tensor | None) -> SVDFactors:
+        key = (ref.name, method if gram is not None else "svd")
+        factors = self._svd.get(key)
+        if factors is None:
+            factors = self._svd[key] = svd_factors(self._base[ref.name], LowRankConfig(key[1]), gram)
+        return factors
+
+    def _remember(self, key: tuple, weight: torch.Tensor) -> None:
+        size = weight.nbytes
+        if size > self.cache_limit_bytes:
+            return
+        self._lru[key] = weight
+        self._lru_bytes += size
+        while self._lru_bytes > self.cache_limit_bytes:
+            _, old = self._lru.popitem(last=False)
+            self._lru_bytes -= old.nbytes
+
+
+def _quant_config(setting: ModuleSetting, methods: Methods, gram: torch.Tensor | None) -> QuantConfig:
+    # Without statistics (an untied embedding is a lookup, not a matmul) awq/gptq fall back to RTN.
+    method = methods.quantizer if gram is not None else "rtn"
+    return QuantConfig(bits=setting.bits, group_size=methods.group_size, symmetric=methods.symmetric, method=method)
+
+
+def _pruner(methods: Methods, gram: torch.Tensor | None) -> str:
+    return methods.pruner if gram is not None else "magnitude"
+
+
+def _norm(gram: torch.Tensor | None) -> torch.Tensor | None:
+    # Wanda ranks within a row, so the norm's overall scale (mean vs sum over tokens) is irrelevant.
+    return None if gram is None else torch.diagonal(gram).clamp(min=0).sqrt()

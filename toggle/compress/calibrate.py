@@ -1,0 +1,193 @@
+"""Calibration statistics: the input Gram matrix of every compressible module.
+
+For a module y = W x, G = sum over calibration tokens of x x^T (in, in) is all the
+activation-aware methods need: Wanda's channel norms ||x_j||_2 = sqrt(G_jj), AWQ's channel
+RMS, GPTQ's Hessian, and the whitening of activation-aware SVD. Modules reading the same
+input tensor (q/k/v, gate/up) share one matrix. The LM head's input is the base model's
+last hidden state, taken from the backbone's output so the vocabulary projection is never
+computed; a tied embedding gets the head's statistics (it is the head's weight).
+
+Statistics are cached on disk as safetensors, keyed by the model fingerprint and a hash of
+the calibration token ids, so a search and a later `toggle apply` see the same numbers.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..atomic import atomic_path
+from ..errors import InvalidInput
+from ..modules import compressible_modules
+
+
+@dataclass
+class ActivationStats:
+    """Per-module input statistics over `n_tokens` calibration tokens."""
+
+    grams: dict[str, torch.Tensor]  # owner module name -> sum of x x^T, float32 (in, in)
+    aliases: dict[str, str]  # module name -> owner name (itself when it owns one)
+    n_tokens: int
+    fingerprint: str = ""
+    data_hash: str = ""
+    meta: dict = field(default_factory=dict)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.aliases
+
+    def gram_sum(self, name: str) -> torch.Tensor:
+        return self.grams[self.aliases[name]]
+
+    def gram(self, name: str) -> torch.Tensor:
+        """E[x x^T] over calibration tokens."""
+        return self.gram_sum(name) / max(self.n_tokens, 1)
+
+    def channel_norm(self, name: str) -> torch.Tensor:
+        """||x_j||_2 over all calibration tokens, per input channel (Wanda)."""
+        return torch.diagonal(self.gram_sum(name)).clamp(min=0).sqrt()
+
+    @property
+    def key(self) -> str:
+        return f"{self.fingerprint}-{self.data_hash}"
+
+    @property
+    def nbytes(self) -> int:
+        return sum(g.nbytes for g in self.grams.values())
+
+    def save(self, path: str | Path) -> Path:
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        meta = {"aliases": json.dumps(self.aliases), "n_tokens": str(self.n_tokens),
+                "fingerprint": self.fingerprint, "data_hash": self.data_hash, "meta": json.dumps(self.meta)}
+        with atomic_path(path) as tmp:
+            save_file({k: v.contiguous() for k, v in self.grams.items()}, str(tmp), metadata=meta)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ActivationStats":
+        from safetensors import safe_open
+
+        path = Path(path)
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                grams = {k: f.get_tensor(k) for k in f.keys()}
+            aliases = json.loads(meta["aliases"])
+            n_tokens = int(meta["n_tokens"])
+        except FileNotFoundError:
+            raise InvalidInput(f"{path}: no such calibration statistics file") from None
+        except (OSError, KeyError, ValueError, json.JSONDecodeError) as e:
+            raise InvalidInput(f"{path}: not a toggle calibration statistics file ({type(e).__name__}: {e})") from None
+        missing = sorted(set(aliases.values()) - set(grams))
+        if missing:
+            raise InvalidInput(f"{path}: statistics for {missing[0]} are missing from the file")
+        return cls(grams=grams, aliases=aliases, n_tokens=n_tokens, fingerprint=meta.get("fingerprint", ""),
+                   data_hash=meta.get("data_hash", ""), meta=json.loads(meta.get("meta") or "{}"))
+
+
+def data_hash(sequences: list[torch.Tensor]) -> str:
+    """Identity of the calibration data: the token ids of every sequence, in order."""
+    h = hashlib.sha256()
+    for seq in sequences:
+        ids = seq.reshape(-1).to(torch.int64).cpu().numpy()
+        h.update(len(ids).to_bytes(8, "little"))
+        h.update(ids.tobytes())
+    return h.hexdigest()[:16]
+
+
+def stats_cache_path(fingerprint: str, digest: str) -> Path:
+    from ..load import cache_dir
+
+    return cache_dir() / "stats" / f"{fingerprint}-{digest}.safetensors"
+
+
+def collect_stats(model: torch.nn.Module, sequences: list[torch.Tensor], *, refs=None,
+                  fingerprint: str | None = None, cache: bool = True) -> ActivationStats:
+    """Run `model` over `sequences` (1-D or (1, T) tensors of input ids) and gather the input
+    Gram matrix of every module in `refs` (default: all compressible modules).
+
+    With a `fingerprint` (LoadedModel.fingerprint) and `cache`, the result is read from and
+    written to the cache directory, keyed by fingerprint and data hash.
+    """
+    if not sequences:
+        raise InvalidInput("calibration: no token sequences given")
+    refs = refs if refs is not None else compressible_modules(model)
+    digest = data_hash(sequences)
+    path = stats_cache_path(fingerprint, digest) if fingerprint and cache else None
+    if path is not None and path.is_file():
+        stats = ActivationStats.load(path)
+        if all(r.name in stats for r in refs if r.is_linear):
+            return stats
+
+    collector = _Collector(model, refs)
+    try:
+        with torch.no_grad():
+            for seq in sequences:
+                ids = seq.reshape(1, -1).to(next(model.parameters()).device)
+                collector.start()
+                hidden = model.base_model(input_ids=ids).last_hidden_state
+                collector.add_head(hidden)
+    finally:
+        collector.remove()
+    stats = ActivationStats(grams={k: v.float() for k, v in collector.grams.items()}, aliases=collector.aliases,
+                            n_tokens=collector.n_tokens, fingerprint=fingerprint or "", data_hash=digest)
+    if path is not None:
+        stats.save(path)
+    return stats
+
+
+class _Collector:
+    """Forward pre-hooks accumulating x^T x; modules fed the same tensor share one sum."""
+
+    def __init__(self, model: torch.nn.Module, refs):
+        self.grams: dict[str, torch.Tensor] = {}
+        self.aliases: dict[str, str] = {}
+        self.n_tokens = 0
+        self._seen: dict[int, tuple[torch.Tensor, str]] = {}  # id(input) -> (input, owner), one forward
+        self._handles = []
+        self._head_names = [r.name for r in refs if r.block is None and r.is_linear]
+        for ref in refs:
+            if ref.block is None:
+                continue
+            module = model.get_submodule(ref.name)
+            self._handles.append(module.register_forward_pre_hook(self._hook(ref.name)))
+
+    def start(self) -> None:
+        self._seen.clear()
+
+    def _hook(self, name: str):
+        def hook(module, args):
+            x = args[0]
+            seen = self._seen.get(id(x))
+            if seen is not None and seen[0] is x:
+                self.aliases.setdefault(name, seen[1])
+                return
+            self._seen[id(x)] = (x, name)  # holding x keeps its id unique during this forward
+            self.aliases.setdefault(name, name)
+            self._accumulate(self.aliases[name], x)
+        return hook
+
+    def _accumulate(self, owner: str, x: torch.Tensor) -> None:
+        flat = x.reshape(-1, x.shape[-1]).float()
+        g = flat.T @ flat
+        if owner in self.grams:
+            self.grams[owner] += g.double()
+        else:
+            self.grams[owner] = g.double()
+
+    def add_head(self, hidden: torch.Tensor) -> None:
+        self.n_tokens += hidden.shape[0] * hidden.shape[1]
+        for name in self._head_names:
+            owner = self._head_names[0]
+            self.aliases.setdefault(name, owner)
+            if name == owner:
+                self._accumulate(owner, hidden)
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._seen.clear()
