@@ -36,6 +36,8 @@ def worst_per_prompt(values: np.ndarray, counts, name: str, steps: int) -> np.nd
     for n in counts:
         v = values[at:at + n][:steps]
         at += n
+        if n == 0:  # no gold answer on this prompt
+            continue
         if name == "entropy_delta":
             v = np.abs(v)
         out.append(v.max() if name in WORST_IS_MAX else v.min())

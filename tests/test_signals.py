@@ -90,3 +90,5 @@ def test_signal_options_resolve_negative_layers():
     assert SignalOptions().resolved(3).attn_layers == (0, 1, 2)
     with pytest.raises(IndexError):
         SignalOptions(hidden_layer=5).resolved(4)
+    frac = SignalOptions(hidden_layer=0.5, attn_layers=((0.0, 0.34), -1)).resolved(7)
+    assert frac.hidden_layer == 3 and frac.attn_layers == (0, 1, 2, 6)

@@ -1,6 +1,7 @@
 """Spec files: parsing, every error kind with its position, rtamt semantics pinned on
 hand-made traces, --set / --relax, and fuzzing (only ToggleError, never a traceback)."""
 import math
+from dataclasses import replace
 import subprocess
 import sys
 
@@ -111,6 +112,18 @@ def test_options(tmp_path):
                            "h = always (hidden_cos >= 0.9)\n")
     o = load_specs([path]).options
     assert (o.hidden_layer, o.attn_layers, o.attn_span) == (-3, (4, 5, 6), 16)
+    path = write(tmp_path, "option hidden_layer = 0.7\noption attn_layers = 0.5:1.0, 2\nh = hidden_cos >= 0.9\n")
+    o = load_specs([path]).options
+    assert (o.hidden_layer, o.attn_layers) == (0.7, ((0.5, 1.0), 2))
+    assert o.resolved(30).hidden_layer == 20 and o.resolved(30).attn_layers == (2,) + tuple(range(14, 30))
+    assert replace(o, attn_layers=None).resolved(2).hidden_layer == 1  # the same file fits a 2-block model
+
+
+def test_conflicting_options_across_files(tmp_path):
+    a = write(tmp_path, "option hidden_layer = 3\nphi = hidden_cos >= 0.9\n", "a.stl")
+    b = write(tmp_path, "option hidden_layer = 0.5\npsi = hidden_cos >= 0.8\n", "b.stl")
+    with pytest.raises(SpecError, match=r"b.stl:1:8: option hidden_layer = 0.5 conflicts with 3 at .*a.stl:1:8"):
+        load_specs([a, b])
 
 
 # --- every error kind, with FILE:LINE:COL --------------------------------------------------
@@ -141,6 +154,8 @@ def test_options(tmp_path):
     ("   kl <= 1\n", "F:1:1: indented line continues nothing"),
     ("option depth = 3\nphi = kl <= 1\n", "F:1:8: unknown option 'depth'; options: hidden_layer"),
     ("option attn_span = 0\nphi = kl <= 1\n", "F:1:20: option attn_span: '0' is not valid"),
+    ("option hidden_layer = 1.5\nphi = kl <= 1\n", "F:1:23: option hidden_layer: '1.5' is not valid"),
+    ("option attn_layers = 1:x\nphi = kl <= 1\n", "F:1:22: option attn_layers: '1:x' is not valid"),
 ])
 def test_error_kinds_with_position(tmp_path, text, expected):
     errors = errors_of(tmp_path, text)

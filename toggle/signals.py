@@ -28,24 +28,47 @@ LOGPROBS, ATTENTION, HIDDEN, GOLD = "logprobs", "attention", "hidden", "gold"
 STEP, ANSWER = "step", "answer"
 
 
+Layer = int | float  # a block index (negative: from the end) or a fraction of the depth (0.0 .. 1.0)
+
+
 @dataclass(frozen=True)
 class SignalOptions:
-    """Where the model-internal signals look. Spec files set them with `option NAME = VALUE`."""
+    """Where the model-internal signals look. Spec files set them with `option NAME = VALUE`.
 
-    hidden_layer: int = -1  # hidden_cos: output of this transformer block (negative: from the end)
-    attn_layers: tuple[int, ...] | None = None  # attn_cos: blocks pooled (None: every block)
+    A layer is a block index (0 = first block, -1 = last) or, written with a decimal point,
+    a fraction of the depth (0.7 = the block 70% of the way down, round(0.7 * (blocks - 1))),
+    so one spec file fits models of any depth. `attn_layers` items may be ranges `A:B`
+    (inclusive).
+    """
+
+    hidden_layer: Layer = -1  # hidden_cos: output of this transformer block
+    attn_layers: tuple | None = None  # attn_cos: blocks pooled: layers or (start, end) ranges; None: all
     attn_span: int = 32  # attn_cos: how many of the prompt text's first tokens count as "early"
 
     def resolved(self, num_layers: int) -> "SignalOptions":
-        """Negative layer indices made absolute for a model with `num_layers` blocks."""
-        def fix(i: int) -> int:
+        """Absolute block indices for a model with `num_layers` blocks (IndexError if out of range)."""
+        def fix(i: Layer) -> int:
+            if isinstance(i, float):
+                if not 0.0 <= i <= 1.0:
+                    raise IndexError(i)
+                return round(i * (num_layers - 1))
             j = i + num_layers if i < 0 else i
             if not 0 <= j < num_layers:
                 raise IndexError(i)
             return j
 
-        layers = tuple(range(num_layers)) if self.attn_layers is None else tuple(sorted({fix(i) for i in self.attn_layers}))
-        return SignalOptions(hidden_layer=fix(self.hidden_layer), attn_layers=layers, attn_span=self.attn_span)
+        if self.attn_layers is None:
+            layers = set(range(num_layers))
+        else:
+            layers = set()
+            for item in self.attn_layers:
+                if isinstance(item, tuple):
+                    lo, hi = sorted((fix(item[0]), fix(item[1])))
+                    layers.update(range(lo, hi + 1))
+                else:
+                    layers.add(fix(item))
+        return SignalOptions(hidden_layer=fix(self.hidden_layer), attn_layers=tuple(sorted(layers)),
+                             attn_span=self.attn_span)
 
 
 @dataclass(frozen=True)

@@ -43,8 +43,8 @@ _PREFIX = f"{OUT} = "
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?\Z")
 OPTIONS = {
-    "hidden_layer": "an integer block index (negative counts from the last block)",
-    "attn_layers": "'all' or a comma-separated list of block indices",
+    "hidden_layer": "a block index (negative counts from the last block) or a depth fraction such as 0.7",
+    "attn_layers": "'all' or a comma-separated list of block indices, depth fractions or ranges A:B",
     "attn_span": "a positive integer (number of early prompt tokens)",
 }
 
@@ -410,17 +410,34 @@ def _declare_option(name, value, where_name, where_value, options, errors) -> No
         return
     try:
         if name == "attn_layers":
-            parsed = None if value.strip() == "all" else tuple(int(v) for v in value.split(","))
-            if parsed is not None and not parsed:
-                raise ValueError
+            parsed = None if value.strip() == "all" else tuple(_layer_item(v) for v in value.split(","))
+        elif name == "hidden_layer":
+            parsed = _layer(value)
         else:
             parsed = int(value)
-            if name == "attn_span" and parsed < 1:
+            if parsed < 1:
                 raise ValueError
     except ValueError:
         errors.append(f"{where_value}: option {name}: {value!r} is not valid; expected {OPTIONS[name]}")
         return
     options[name] = (parsed, where_name)
+
+
+def _layer(text: str):
+    """'20' / '-1' -> block index; '0.7' -> depth fraction in [0, 1]."""
+    text = text.strip()
+    if re.fullmatch(r"[+-]?\d+", text):
+        return int(text)
+    if _NUMBER.match(text) and 0.0 <= float(text) <= 1.0:
+        return float(text)
+    raise ValueError(text)
+
+
+def _layer_item(text: str):
+    if ":" in text:
+        lo, hi = text.split(":", 1)
+        return (_layer(lo), _layer(hi))
+    return _layer(text)
 
 
 # --- one property: lex, check, parse with rtamt, analyse -----------------------------------
@@ -767,5 +784,5 @@ def _fmt_option(value) -> str:
     if value is None:
         return "all"
     if isinstance(value, tuple):
-        return ",".join(map(str, value))
+        return ",".join(f"{v[0]}:{v[1]}" if isinstance(v, tuple) else str(v) for v in value)
     return str(value)
