@@ -16,8 +16,13 @@ from .load import LoadedModel, load_model  # noqa: E402
 from .modules import ModuleRef, compressible_modules  # noqa: E402
 from .plan import Methods, ModuleSetting, Plan  # noqa: E402
 from .units import Budget, parse_budget  # noqa: E402
+from .prompts import PromptSuite, load_prompts  # noqa: E402
+from .specs import SpecSet, load_specs  # noqa: E402
+from .trace import Trace, build_trace  # noqa: E402
+from .evaluate import Evaluation, Evaluator  # noqa: E402
 
 __all__ = [
     "Budget", "LoadedModel", "Methods", "ModuleRef", "ModuleSetting", "Plan", "ToggleError",
     "compressible_modules", "load_model", "parse_budget",
+    "Evaluation", "Evaluator", "PromptSuite", "SpecSet", "Trace", "build_trace", "load_prompts", "load_specs",
 ]

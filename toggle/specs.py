@@ -154,6 +154,8 @@ def spec_files(paths=None) -> list[Path]:
         if not files:
             raise InvalidInput("no spec files given and the shipped specs/ directory has none")
         return files
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
     files: list[Path] = []
     for raw in paths:
         path = Path(raw)
