@@ -4,7 +4,7 @@ File format (DESIGN.md, extended compatibly):
 
     # a comment (to the end of the line)
     const eps = 0.1                               # a threshold --set and --relax can change
-    option hidden_layer = 20                      # where model-internal signals look
+    option hidden_layer = 0.7                     # where model-internal signals look
     coherence = always[0:31] (jsd <= eps)         # a property: NAME = FORMULA
     factual = always (gold_p_ratio >= 0.5)
         and eventually (gold_logprob >= -1)       # indented lines continue the property above
@@ -237,6 +237,9 @@ def _apply_overrides(parsed, overrides: dict, relax: float) -> dict[str, dict[st
     if unknown:
         known = ", ".join(sorted(declared)) or "(none declared)"
         raise InvalidInput(f"--set {unknown[0]}: unknown const; the specs declare: {known}")
+    for name, value in overrides.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise InvalidInput(f"--set {name}={value!r}: expected a finite number")
     errors = []
     out: dict[str, dict[str, Const]] = {}
     for pf in parsed:
