@@ -4,7 +4,6 @@ import math
 from pathlib import Path
 
 import pytest
-import torch
 from appliers import BreakingApplier, NoiseApplier, RTNApplier
 
 import toggle.trace as trace_mod
@@ -37,11 +36,7 @@ factual = always (gold_p_ratio >= 0.5)
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).parent))
-    from tiny_models import make_tiny_model
+    from tiny_models import make_tiny_model  # tests/ is on sys.path (conftest)
 
     model_dir = make_tiny_model("llama", tmp_path_factory.mktemp("tiny-eval"))
     loaded = load_model(str(model_dir))

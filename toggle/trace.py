@@ -148,7 +148,8 @@ def build_trace(loaded, suite: PromptSuite, specs=None, *, split: str = "calibra
 
     `specs` (a SpecSet) supplies needs, options and the steps its properties read; `steps`,
     `needs` and `options` override it. Cached on disk and in memory; a second call with the
-    same inputs does no model work.
+    same inputs does no model work. The model must hold its base weights (call
+    `applier.restore()` first if a plan was applied): the cache key is the model's fingerprint.
     """
     chosen = suite.split(split)
     if len(chosen) == 0:
