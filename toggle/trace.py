@@ -170,8 +170,10 @@ def build_trace(loaded, suite: PromptSuite, specs=None, *, split: str = "calibra
     device, dtype = _device_dtype(model)
     path_key = _key({"v": TRACE_VERSION, "model": loaded.fingerprint, "suite": chosen.fingerprint, "split": split,
                      "settings": asdict(settings), "template": _template_hash(tokenizer)})
+    # Scores also depend on the numerics: a candidate equal to the base must reproduce them exactly.
     score_key = _key({"paths": path_key, "needs": sorted(needs), "options": asdict(resolved),
-                      "device": device.type, "dtype": str(dtype), "batch_tokens": batch_tokens})
+                      "device": device.type, "dtype": str(dtype), "batch_tokens": batch_tokens,
+                      "torch": torch.__version__, "transformers": _transformers_version()})
     if use_cache and score_key in _MEMORY:
         return _MEMORY[score_key]
 
@@ -486,6 +488,12 @@ def _trace_dir() -> Path:
 
 def _key(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def _transformers_version() -> str:
+    import transformers
+
+    return transformers.__version__
 
 
 def _template_hash(tokenizer) -> str:
