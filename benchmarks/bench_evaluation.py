@@ -17,7 +17,7 @@ three alike):
     similar length at a time), and one prompt at a time (transformers' generate per prompt:
     what a per-candidate regeneration, as in the TOGGLE reference code, costs).
 
-Targets (issue 3): evaluation / plain forward <= 1.5, evaluation / regeneration <= 0.25.
+Ratios are printed from the minimum and the median of the repeats. Targets (issue 3): evaluation / plain forward <= 1.5, evaluation / regeneration <= 0.25.
 """
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ def plain_forward(model, trace) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--prompts", default=None, help="prompt suite (default: the shipped one)")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
 
     loaded = load_model("smollm2-135m")
@@ -94,14 +94,17 @@ def main() -> None:
             times[label].append(time.perf_counter() - start)
         print(f"  repeat {r + 1}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in times.items()))
 
-    med = {k: statistics.median(v) for k, v in times.items()}
-    print("\nmedian seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in med.items()))
     print("evaluation breakdown (median s): " + ", ".join(f"{k} {statistics.median(v):.3f}" for k, v in parts.items()))
-    ratio_fwd = med["evaluation"] / med["plain forward"]
-    print(f"evaluation / plain forward           = {ratio_fwd:.2f}   (target <= 1.5: {'met' if ratio_fwd <= 1.5 else 'NOT met'})")
-    for label in ("regeneration batched", "regeneration per prompt"):
-        ratio = med["evaluation"] / med[label]
-        print(f"evaluation / {label:<23} = {ratio:.2f}   (target <= 0.25: {'met' if ratio <= 0.25 else 'NOT met'})")
+    # Other processes only ever add time, so the minimum is the cleanest estimate on a shared
+    # machine; the median is printed too.
+    for stat in (min, statistics.median):
+        best = {k: stat(v) for k, v in times.items()}
+        print(f"\n{stat.__name__} seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in best.items()))
+        ratio = best["evaluation"] / best["plain forward"]
+        print(f"  evaluation / plain forward           = {ratio:.2f}   (target <= 1.5: {'met' if ratio <= 1.5 else 'NOT met'})")
+        for label in ("regeneration batched", "regeneration per prompt"):
+            ratio = best["evaluation"] / best[label]
+            print(f"  evaluation / {label:<23} = {ratio:.2f}   (target <= 0.25: {'met' if ratio <= 0.25 else 'NOT met'})")
 
 
 if __name__ == "__main__":
