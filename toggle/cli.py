@@ -191,11 +191,38 @@ def _cmd_audit(args) -> int:
 
 
 def _cmd_specs_check(args) -> int:
-    return _not_built("specs check")
+    from .specs import SpecError, check_files, load_specs
+
+    failed = False
+    for path, errors in check_files(args.paths).items():
+        if errors:
+            failed = True
+            print("\n".join(errors), file=sys.stderr)
+        else:
+            print(f"{path}: OK")
+    if not failed:
+        try:  # names and options must also agree across the files
+            load_specs(args.paths)
+        except SpecError as e:
+            print(e.message, file=sys.stderr)
+            failed = True
+    return BAD_INPUT if failed else 0
 
 
 def _cmd_signals(args) -> int:
-    return _not_built("signals")
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    from .signals import describe
+
+    table = Table(title="signals for .stl properties (time = generation step; answer signals: gold answer token)")
+    for col in ("name", "meaning", "formula", "axis"):
+        table.add_column(col, overflow="fold")
+    for row in describe():
+        table.add_row(*(escape(row[k]) for k in ("name", "meaning", "formula", "axis")))
+    Console(width=max(Console().width, 160)).print(table)
+    return 0
 
 
 def _cmd_report(args) -> int:

@@ -1,0 +1,184 @@
+"""Evaluator: identical model, perturbed models, infeasible candidates, prompt subsets, and
+(integration) the shipped specs on the built-in model: unmodified and 8-bit pass, 3-bit fails."""
+import math
+from pathlib import Path
+
+import pytest
+from appliers import BreakingApplier, NoiseApplier, RTNApplier
+
+import toggle.trace as trace_mod
+from toggle.errors import ToggleError
+from toggle.evaluate import Evaluator
+from toggle.load import load_model
+from toggle.plan import Methods, ModuleSetting, Plan
+from toggle.prompts import load_prompts, suite_from_records
+from toggle.resources import default_specs
+from toggle.specs import load_specs
+from toggle.trace import build_trace
+
+RECORDS = [
+    {"id": "fact", "prompt": "The capital of France is", "answer": "Paris", "chat": False},
+    {"id": "qa", "prompt": "Question: what is two plus two? Answer:", "answer": "four", "chat": False},
+    {"id": "chat", "prompt": "Water boils at 100 degrees Celsius at sea level."},
+    {"id": "long", "prompt": "Once upon a time a small robot learned to read the stars. " * 6},
+]
+# The tiny models have 2 blocks: point the model-internal signals at them.
+TINY_SPEC = """\
+option hidden_layer = -1
+option attn_span = 8
+const eps = 0.05
+coherence = always[0:7] (jsd <= eps)
+longrange = always[0:7] (attn_cos >= 0.9)
+context = always[0:7] (hidden_cos >= 0.9)
+factual = always (gold_p_ratio >= 0.5)
+"""
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from tiny_models import make_tiny_model  # tests/ is on sys.path (conftest)
+
+    model_dir = make_tiny_model("llama", tmp_path_factory.mktemp("tiny-eval"))
+    loaded = load_model(str(model_dir))
+    spec_file = tmp_path_factory.mktemp("specs") / "tiny.stl"
+    spec_file.write_text(TINY_SPEC)
+    specs = load_specs([spec_file])
+    trace = build_trace(loaded, suite_from_records(RECORDS), specs)
+    return loaded, specs, trace
+
+
+def test_identical_model_gives_exact_signals_and_positive_robustness(setup):
+    loaded, specs, trace = setup
+    result = Evaluator(loaded, specs, trace, NoiseApplier(loaded.model)).evaluate(None)
+    assert result.feasible and result.reason is None and result.satisfied
+    assert result.signals["jsd"]["max"] == 0.0
+    assert result.signals["hidden_cos"]["min"] == pytest.approx(1.0, abs=1e-9)
+    assert result.signals["attn_cos"]["min"] == pytest.approx(1.0, abs=1e-9)
+    assert result.signals["gold_p_ratio"]["min"] == 1.0
+    assert result.robustness == pytest.approx({"coherence": 0.05, "longrange": 0.1, "context": 0.1, "factual": 0.5})
+    assert set(result.per_prompt["coherence"]) == {"fact", "qa", "chat", "long"}
+    assert set(result.per_prompt["factual"]) == {"fact", "qa"}  # only prompts with an answer
+    assert set(result.timings) == {"apply", "forward", "signals", "rtamt", "total"}
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_shipped_specs_hold_for_the_identical_tiny_model(arch, tiny_llama_dir, tiny_gpt2_dir, tmp_path, monkeypatch):
+    # the shipped specs give layers as depth fractions, so they fit a 2-block model too
+    monkeypatch.setenv("TOGGLE_CACHE_DIR", str(tmp_path))
+    loaded = load_model(str(tiny_llama_dir if arch == "llama" else tiny_gpt2_dir))
+    specs = load_specs(default_specs())
+    trace = build_trace(loaded, suite_from_records(RECORDS), specs)
+    result = Evaluator(loaded, specs, trace).evaluate(None)
+    assert result.satisfied
+    assert all(v > 0 for v in result.robustness.values()), result.robustness
+
+
+def test_robustness_falls_as_perturbation_grows(setup):
+    loaded, specs, trace = setup
+    evaluator = Evaluator(loaded, specs, trace, NoiseApplier(loaded.model))
+    margins = [evaluator.evaluate(scale).robustness["coherence"] for scale in (0.0, 0.05, 0.5)]
+    assert margins[0] == pytest.approx(0.05)
+    assert margins[0] > margins[1] > margins[2]
+    heavy = evaluator.evaluate(1.0)
+    assert heavy.feasible and heavy.robustness["coherence"] < 0 and not heavy.satisfied
+    assert heavy.signals["jsd"]["max"] > 0.1
+    # back to the base weights: exact again
+    assert evaluator.evaluate(None).signals["jsd"]["max"] == 0.0
+
+
+def test_rtn_plans_through_the_applier(setup):
+    loaded, specs, trace = setup
+    applier = RTNApplier(loaded.model)
+    evaluator = Evaluator(loaded, specs, trace, applier)
+    names = list(applier.refs)
+    results = {b: evaluator.evaluate(Plan.uniform(loaded.model_id, names, ModuleSetting(bits=b), Methods(group_size=32)))
+               for b in (8, 2)}
+    assert results[8].signals["jsd"]["max"] < results[2].signals["jsd"]["max"]
+    assert results[8].robustness["coherence"] > results[2].robustness["coherence"]
+
+
+@pytest.mark.parametrize("kind, reason", [("nan", "NaN or infinite logits"), ("zero", "zero-norm")])
+def test_broken_candidates_are_infeasible_not_crashes(setup, kind, reason):
+    loaded, specs, trace = setup
+    applier = BreakingApplier(loaded.model)
+    try:
+        result = Evaluator(loaded, specs, trace, applier).evaluate(kind)
+    finally:
+        applier.restore()
+    assert not result.feasible and not result.satisfied
+    assert reason in result.reason
+    assert result.robustness == {name: -math.inf for name in specs.names}
+    assert "forward" in result.timings
+
+
+def test_prompt_subsets(setup):
+    loaded, specs, trace = setup
+    evaluator = Evaluator(loaded, specs, trace, NoiseApplier(loaded.model))
+    full = evaluator.evaluate(0.3)
+    sub = evaluator.evaluate(0.3, prompts=["chat", "long"])
+    assert set(sub.per_prompt["coherence"]) == {"chat", "long"}
+    for pid in ("chat", "long"):
+        assert sub.per_prompt["coherence"][pid] == pytest.approx(full.per_prompt["coherence"][pid], abs=1e-6)
+    assert sub.robustness["factual"] == math.inf  # no prompt with an answer in the subset: vacuous
+
+
+def test_misuse_is_a_clear_error(setup, tmp_path):
+    loaded, specs, trace = setup
+    with pytest.raises(ToggleError, match="needs an applier"):
+        Evaluator(loaded, specs, trace).evaluate(Plan(loaded.model_id))
+    narrow = build_trace(loaded, suite_from_records(RECORDS), needs={"logprobs"}, steps=8)
+    with pytest.raises(ToggleError, match="built without attention, gold, hidden"):
+        Evaluator(loaded, specs, narrow)
+    with pytest.raises(ToggleError, match="gold-answer signals but no calibration prompt has an answer"):
+        build_trace(loaded, suite_from_records(RECORDS[2:]), specs)
+
+
+def test_audit_shapes_another_model_against_the_base_trace(setup, tmp_path):
+    """Teacher mode: another model scored along the base paths; free mode: along its own
+    generations, with the base scored along them too (trace_along)."""
+    from tiny_models import make_tiny_model
+
+    from toggle.trace import GenerationSettings, TokenPath, encode_suite, generate_paths, trace_along
+
+    loaded, specs, trace = setup
+    other = load_model(str(make_tiny_model("llama", tmp_path / "other", seed=1)))
+    teacher = Evaluator(other, specs, trace).evaluate(None)
+    assert teacher.feasible and teacher.signals["jsd"]["max"] > 0.05 and not teacher.satisfied
+
+    encoded = encode_suite(suite_from_records(RECORDS), other.tokenizer)
+    own = generate_paths(other.model, other.tokenizer, encoded, GenerationSettings(steps=8))
+    paths = [TokenPath(e.prompt.id, e.ids, e.content, t, e.answer_ids) for e, t in zip(encoded, own)]
+    free_trace = trace_along(loaded, paths, specs.needs, specs.options)
+    free = Evaluator(other, specs, free_trace).evaluate(None)
+    assert free.feasible and set(free.per_prompt["coherence"]) == {"fact", "qa", "chat", "long"}
+    assert Evaluator(loaded, specs, free_trace).evaluate(None).signals["jsd"]["max"] == 0.0
+
+
+# --- integration: the shipped specs on the built-in model -------------------------------------
+
+SUITE = Path(__file__).parent / "data" / "suite.yaml"  # 8 calibration prompts: keeps the test near a minute
+
+
+@pytest.mark.integration
+def test_builtin_model_unmodified_and_8bit_pass_3bit_fails(builtin_model, tmp_path, monkeypatch):
+    monkeypatch.setenv("TOGGLE_CACHE_DIR", str(tmp_path))
+    trace_mod._MEMORY.clear()
+    specs = load_specs(default_specs())
+    trace = build_trace(builtin_model, load_prompts(SUITE), specs)
+    assert len(trace.paths) == 8 and trace.settings.steps == 32
+    applier = RTNApplier(builtin_model.model)
+    evaluator = Evaluator(builtin_model, specs, trace, applier)
+    blocks = [n for n, r in applier.refs.items() if r.block is not None]
+    try:
+        base = evaluator.evaluate(None)
+        q8 = evaluator.evaluate(Plan.uniform(builtin_model.model_id, blocks, ModuleSetting(bits=8)))
+        q3 = evaluator.evaluate(Plan.uniform(builtin_model.model_id, blocks, ModuleSetting(bits=3)))
+    finally:
+        applier.restore()
+    assert base.signals["jsd"]["max"] == 0.0 and base.signals["gold_p_ratio"]["min"] == 1.0
+    assert base.signals["hidden_cos"]["min"] == pytest.approx(1.0, abs=1e-6)
+    assert base.signals["attn_cos"]["min"] == pytest.approx(1.0, abs=1e-6)
+    assert base.satisfied and all(v > 0 for v in base.robustness.values())
+    assert q8.satisfied, q8.robustness
+    assert all(v < 0 for v in q3.robustness.values()), q3.robustness
+    assert q3.robustness["coherence"] < -0.5  # clearly, not marginally

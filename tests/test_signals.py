@@ -1,0 +1,94 @@
+"""Signal formulas on hand-made distributions, checked against scipy and by hand."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.spatial.distance import jensenshannon
+from scipy.stats import entropy
+
+from toggle.signals import SIGNALS, SignalOptions, compute_signals, describe
+from toggle.trace import StepOutputs
+
+
+def outputs(probs=None, attn=None, hidden=None, gold=None, answer_steps=None):
+    n = len(probs if probs is not None else attn if attn is not None else hidden)
+    lp = None if probs is None else torch.log(torch.tensor(probs, dtype=torch.float32))
+    return StepOutputs(
+        steps=(n,), answer_steps=(answer_steps or 0,), logprobs=lp,
+        attn=None if attn is None else torch.tensor(attn, dtype=torch.float32),
+        hidden=None if hidden is None else torch.tensor(hidden, dtype=torch.float32),
+        gold_logprob=None if gold is None else torch.tensor(gold, dtype=torch.float32),
+    )
+
+
+BASE = [[0.7, 0.2, 0.1], [0.25, 0.25, 0.5], [0.98, 0.01, 0.01]]
+CAND = [[0.6, 0.3, 0.1], [0.5, 0.25, 0.25], [0.98, 0.01, 0.01]]
+
+
+def test_distribution_signals_match_scipy_and_hand_values():
+    v = compute_signals(["jsd", "kl", "top1_agree", "p_ratio", "entropy_delta"], outputs(CAND), outputs(BASE))
+    for t in range(3):
+        assert v["jsd"][t] == pytest.approx(jensenshannon(BASE[t], CAND[t], base=2) ** 2, abs=1e-6)
+        assert v["kl"][t] == pytest.approx(entropy(BASE[t], CAND[t]), abs=1e-6)
+        assert v["entropy_delta"][t] == pytest.approx(entropy(CAND[t]) - entropy(BASE[t]), abs=1e-6)
+    assert v["top1_agree"].tolist() == [1.0, 0.0, 1.0]
+    # p_ratio: candidate / base probability of the base's argmax token
+    assert v["p_ratio"] == pytest.approx([0.6 / 0.7, 0.25 / 0.5, 1.0], abs=1e-6)
+    assert v["jsd"][2] == 0.0 and v["kl"][2] == 0.0
+
+
+def test_jsd_bounds_exactly():
+    same = compute_signals(["jsd", "kl"], outputs(BASE), outputs(BASE))
+    assert same["jsd"].tolist() == [0.0, 0.0, 0.0] and same["kl"].tolist() == [0.0, 0.0, 0.0]
+    disjoint = compute_signals(["jsd"], outputs([[1.0, 0.0]]), outputs([[0.0, 1.0]]))
+    assert disjoint["jsd"][0] == pytest.approx(1.0)  # one bit: the maximum
+
+
+def test_cosines():
+    base = outputs(attn=[[0.5, 0.5, 0.0], [1.0, 0.0, 0.0]], hidden=[[1.0, 2.0], [3.0, -1.0]])
+    cand = outputs(attn=[[0.25, 0.25, 0.0], [0.0, 1.0, 0.0]], hidden=[[2.0, 4.0], [1.0, 3.0]])
+    v = compute_signals(["attn_cos", "hidden_cos"], cand, base)
+    assert v["attn_cos"] == pytest.approx([1.0, 0.0])  # scale does not matter; orthogonal rows give 0
+    assert v["hidden_cos"] == pytest.approx([1.0, 0.0])
+
+
+def test_gold_signals_run_on_the_answer_axis():
+    base = outputs(probs=BASE, gold=[math.log(0.5), math.log(0.8)], answer_steps=2)
+    cand = outputs(probs=CAND, gold=[math.log(0.25), math.log(0.8)], answer_steps=2)
+    v = compute_signals(["gold_p_ratio", "gold_logprob", "jsd"], cand, base)
+    assert v["gold_p_ratio"] == pytest.approx([0.5, 1.0])
+    assert v["gold_logprob"] == pytest.approx([math.log(0.25), math.log(0.8)])
+    assert len(v["jsd"]) == 3
+
+
+def test_chunking_does_not_change_values():
+    torch.manual_seed(0)
+    lp_b = torch.log_softmax(torch.randn(50, 17), -1)
+    lp_c = torch.log_softmax(torch.randn(50, 17), -1)
+    b = StepOutputs((20, 30), (0, 0), logprobs=lp_b, hidden=torch.randn(50, 4))
+    c = StepOutputs((20, 30), (0, 0), logprobs=lp_c, hidden=torch.randn(50, 4))
+    names = ["jsd", "kl", "p_ratio", "top1_agree", "entropy_delta", "hidden_cos"]
+    whole, chunked = compute_signals(names, c, b), compute_signals(names, c, b, chunk=7)
+    for n in names:
+        np.testing.assert_allclose(whole[n], chunked[n], rtol=1e-12)
+        assert whole[n].shape == (50,)
+
+
+def test_registry_documents_every_signal():
+    rows = describe()
+    assert [r["name"] for r in rows] == list(SIGNALS)
+    for r in rows:
+        assert r["meaning"] and "=" in r["formula"] and r["axis"] in ("step", "answer")
+    required = {"jsd", "kl", "top1_agree", "p_ratio", "attn_cos", "hidden_cos", "entropy_delta"}
+    assert required <= set(SIGNALS) and {"gold_p_ratio", "gold_logprob"} <= set(SIGNALS)
+
+
+def test_signal_options_resolve_negative_layers():
+    o = SignalOptions(hidden_layer=-1, attn_layers=(-2, 0, -2)).resolved(4)
+    assert o.hidden_layer == 3 and o.attn_layers == (0, 2)
+    assert SignalOptions().resolved(3).attn_layers == (0, 1, 2)
+    with pytest.raises(IndexError):
+        SignalOptions(hidden_layer=5).resolved(4)
+    frac = SignalOptions(hidden_layer=0.5, attn_layers=((0.0, 0.34), -1)).resolved(7)
+    assert frac.hidden_layer == 3 and frac.attn_layers == (0, 1, 2, 6)

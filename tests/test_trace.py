@@ -1,0 +1,148 @@
+"""Trace: greedy paths, one teacher-forced pass reproducing plain forwards, attention and
+hidden capture against transformers' own outputs, and the memory / disk cache."""
+import pytest
+import torch
+
+import toggle.trace as trace_mod
+from toggle.errors import ToggleError
+from toggle.load import load_model
+from toggle.modules import find_blocks
+from toggle.prompts import suite_from_records
+from toggle.signals import SignalOptions
+from toggle.trace import (GenerationSettings, TokenPath, build_trace, encode_suite, generate_paths, score_paths,
+                          trace_along)
+
+ALL = {"logprobs", "attention", "hidden", "gold"}
+RECORDS = [
+    {"id": "fact", "prompt": "The capital of France is", "answer": "Paris", "chat": False},
+    {"id": "chat", "prompt": "What is two plus two?", "answer": "four"},
+    {"id": "long", "prompt": "Once upon a time a small robot learned to read the stars. " * 4},
+    {"id": "held", "prompt": "def add(a, b):", "split": "heldout", "chat": False},
+]
+OPTIONS = SignalOptions(hidden_layer=0, attn_layers=(1,), attn_span=6)
+
+
+@pytest.fixture(params=["llama", "gpt2"])
+def tiny(request, tiny_llama_dir, tiny_gpt2_dir):
+    return load_model(str(tiny_llama_dir if request.param == "llama" else tiny_gpt2_dir))
+
+
+@pytest.fixture(autouse=True)
+def fresh_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TOGGLE_CACHE_DIR", str(tmp_path / "cache"))
+    trace_mod._MEMORY.clear()
+    yield
+    trace_mod._MEMORY.clear()
+
+
+def test_paths_are_greedy_and_stop_at_eos(tiny):
+    suite = suite_from_records(RECORDS)
+    trace = build_trace(tiny, suite, steps=6, needs=ALL, options=OPTIONS)
+    assert trace.prompt_ids == ["fact", "chat", "long"]  # calibration split only
+    eos = tiny.model.generation_config.eos_token_id
+    for path, lp in zip(trace.paths, torch.split(trace.base.logprobs, trace.base.steps)):
+        assert 1 <= len(path.tokens) <= 6
+        assert all(t != eos for t in path.tokens[:-1])
+        # greedy: each generated token is the base model's argmax at its step
+        assert lp.argmax(-1).tolist() == list(path.tokens)
+    assert trace.paths[0].answer and trace.base.gold_logprob.shape == (sum(len(p.answer) for p in trace.paths[:2]),)
+
+
+def test_batched_pass_matches_plain_forward_and_transformers_outputs(tiny):
+    encoded = encode_suite(suite_from_records(RECORDS[:3]), tiny.tokenizer)
+    tokens = generate_paths(tiny.model, tiny.tokenizer, encoded, GenerationSettings(steps=5))
+    paths = [TokenPath(e.prompt.id, e.ids, e.content, t, e.answer_ids) for e, t in zip(encoded, tokens)]
+    out = score_paths(tiny.model, paths, ALL, OPTIONS.resolved(2), batch_tokens=4096)
+    rows = 0
+    tiny.model.set_attn_implementation("eager")
+    try:
+        for p in paths:
+            n = len(p.tokens)
+            ids = torch.tensor([list(p.prompt_ids) + list(p.tokens[:-1])])
+            with torch.no_grad():
+                ref = tiny.model(ids, output_attentions=True, output_hidden_states=True)
+            lp = torch.log_softmax(ref.logits[0, -n:].float(), -1)
+            torch.testing.assert_close(out.logprobs[rows:rows + n], lp, atol=1e-4, rtol=1e-4)
+            attn = ref.attentions[1][0].mean(0)[-n:, p.content[0]:min(p.content[1], p.content[0] + 6)]
+            torch.testing.assert_close(out.attn[rows:rows + n, :attn.shape[1]], attn, atol=1e-5, rtol=1e-4)
+            # hidden_states[1] is the output of block 0
+            torch.testing.assert_close(out.hidden[rows:rows + n], ref.hidden_states[1][0, -n:], atol=1e-4, rtol=1e-4)
+            rows += n
+    finally:
+        tiny.model.set_attn_implementation("sdpa")
+    assert tiny.model.config._attn_implementation == "sdpa"  # the capture implementation is removed again
+
+
+def test_batch_size_does_not_change_results_beyond_float_noise(tiny):
+    suite = suite_from_records(RECORDS)
+    trace = build_trace(tiny, suite, steps=4, needs=ALL, options=OPTIONS)
+    one_by_one = score_paths(tiny.model, trace.paths, ALL, trace.options, batch_tokens=1)
+    torch.testing.assert_close(one_by_one.logprobs, trace.base.logprobs, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(one_by_one.gold_logprob, trace.base.gold_logprob, atol=1e-4, rtol=1e-4)
+
+
+def test_cache_in_memory_and_on_disk(tiny, monkeypatch):
+    suite = suite_from_records(RECORDS)
+    first = build_trace(tiny, suite, steps=4, needs=ALL, options=OPTIONS)
+    assert first.timings["generate"] > 0 and all(f.is_file() for f in first.files)
+    assert build_trace(tiny, suite, steps=4, needs=ALL, options=OPTIONS) is first
+    trace_mod._MEMORY.clear()
+
+    def no_model_work(*a, **k):
+        raise AssertionError("base work repeated")
+
+    with monkeypatch.context() as m:
+        m.setattr(trace_mod, "generate_paths", no_model_work)
+        m.setattr(trace_mod, "score_paths", no_model_work)
+        again = build_trace(tiny, suite, steps=4, needs=ALL, options=OPTIONS)
+    assert again.timings == {"generate": 0.0, "score": 0.0}
+    assert again.key == first.key and [p.tokens for p in again.paths] == [p.tokens for p in first.paths]
+    for name, t in first.base.tensors().items():
+        assert torch.equal(again.base.tensors()[name], t)
+
+    # other needs: paths are reused (no generation), scores are new
+    with monkeypatch.context() as m:
+        m.setattr(trace_mod, "generate_paths", no_model_work)
+        other = build_trace(tiny, suite, steps=4, needs={"logprobs"}, options=OPTIONS)
+    assert other.key != first.key and other.timings["score"] > 0
+    # other steps or prompts: new paths
+    assert build_trace(tiny, suite, steps=3, needs={"logprobs"}).timings["generate"] > 0
+    changed = suite_from_records([dict(RECORDS[0], prompt="The capital of Italy is")] + RECORDS[1:])
+    assert build_trace(tiny, changed, steps=4, needs={"logprobs"}).timings["generate"] > 0
+
+
+def test_damaged_cache_is_rebuilt(tiny):
+    suite = suite_from_records(RECORDS)
+    first = build_trace(tiny, suite, steps=3, needs={"logprobs"})
+    for f in first.files:
+        f.write_bytes(b"not safetensors")
+    trace_mod._MEMORY.clear()
+    again = build_trace(tiny, suite, steps=3, needs={"logprobs"})
+    assert again.timings["generate"] > 0
+    assert torch.equal(again.base.logprobs, first.base.logprobs)
+
+
+def test_subset_and_trace_along(tiny):
+    trace = build_trace(tiny, suite_from_records(RECORDS), steps=4, needs=ALL, options=OPTIONS)
+    sub = trace.subset(["long", "fact"])
+    assert sub.prompt_ids == ["long", "fact"]
+    n_long = len(trace.paths[2].tokens)
+    torch.testing.assert_close(sub.base.logprobs[:n_long], trace.base.logprobs[-n_long:])
+    with pytest.raises(ToggleError, match="no prompt 'x'"):
+        trace.subset(["x"])
+    # score the base model along someone else's path (free-running audit)
+    other = [TokenPath(p.prompt_id, p.prompt_ids, p.content, tuple(reversed(p.tokens)), p.answer) for p in trace.paths]
+    along = trace_along(tiny, other, ALL, OPTIONS)
+    assert along.base.steps == trace.base.steps
+    assert not torch.equal(along.base.logprobs, trace.base.logprobs) or all(len(p.tokens) == 1 for p in other)
+
+
+def test_errors(tiny):
+    suite = suite_from_records(RECORDS)
+    with pytest.raises(ToggleError, match="no prompt has an answer|no calibration prompt has an answer"):
+        build_trace(tiny, suite_from_records([{"prompt": "x"}]), needs={"gold"})
+    with pytest.raises(ToggleError, match="block 7 does not exist; this model has 2 blocks"):
+        build_trace(tiny, suite, needs={"hidden"}, options=SignalOptions(hidden_layer=7))
+    with pytest.raises(ToggleError, match="no prompts in split 'heldout'"):
+        build_trace(tiny, suite_from_records(RECORDS[:1]), split="heldout")
+    assert len(find_blocks(tiny.model)[1]) == 2

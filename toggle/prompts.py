@@ -1,0 +1,279 @@
+"""Stage 2, prompts: the prompt suite a model is checked on.
+
+A suite file is YAML (a list of prompt objects, or a mapping `{chat: BOOL, prompts: [...]}`)
+or JSONL (one prompt object per line). A prompt object:
+
+    {id: capital-fr, prompt: "What is the capital of France?", answer: "Paris",
+     split: calibration, tags: [fact], chat: true}
+
+`prompt` is required; `id` defaults to `p<N>` (N = position in the file, from 1), `answer`
+(a gold answer for factual properties) to none, `split` to `calibration` (`heldout` prompts
+are only used by audit), `tags` to none, `chat` to the suite's `chat` (default: apply the
+tokenizer's chat template when it has one).
+
+Errors name the file, the line (JSONL) or item index (YAML, from 1) and the field.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .errors import InvalidInput
+
+SPLITS = ("calibration", "heldout")
+FIELDS = ("id", "prompt", "answer", "split", "tags", "chat")
+
+
+@dataclass(frozen=True)
+class Prompt:
+    id: str
+    text: str
+    answer: str | None = None
+    split: str = "calibration"
+    tags: tuple[str, ...] = ()
+    chat: bool | None = None  # None: use the chat template when the tokenizer has one
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "prompt": self.text, "answer": self.answer, "split": self.split,
+                "tags": list(self.tags), "chat": self.chat}
+
+
+@dataclass(frozen=True)
+class PromptSuite:
+    path: Path | None
+    prompts: tuple[Prompt, ...]
+    name: str = "all"  # which split this suite holds: 'all', 'calibration' or 'heldout'
+    _fingerprint: str = field(default="", compare=False, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def __iter__(self):
+        return iter(self.prompts)
+
+    def split(self, name: str) -> "PromptSuite":
+        """The prompts of one split ('calibration', 'heldout'), or all of them ('all')."""
+        if name == "all":
+            return self
+        if name not in SPLITS:
+            raise InvalidInput(f"split {name!r} is not valid; expected calibration, heldout or all")
+        return PromptSuite(self.path, tuple(p for p in self.prompts if p.split == name), name=name)
+
+    def subset(self, ids) -> "PromptSuite":
+        """The prompts with the given ids, in suite order."""
+        wanted = set(ids)
+        unknown = wanted - {p.id for p in self.prompts}
+        if unknown:
+            raise InvalidInput(f"{self.source}: no prompt with id {', '.join(sorted(unknown))}")
+        return PromptSuite(self.path, tuple(p for p in self.prompts if p.id in wanted), name=self.name)
+
+    @property
+    def source(self) -> str:
+        return str(self.path) if self.path else "<prompts>"
+
+    @property
+    def fingerprint(self) -> str:
+        """Content hash of the prompts (not of the path): a cache key for traces."""
+        if not self._fingerprint:
+            text = json.dumps([p.to_dict() for p in self.prompts], sort_keys=True, ensure_ascii=False)
+            object.__setattr__(self, "_fingerprint", hashlib.sha256(text.encode()).hexdigest()[:16])
+        return self._fingerprint
+
+
+def load_prompts(path: str | Path | None = None) -> PromptSuite:
+    """Read a suite file (YAML or JSONL); None means the shipped default suite."""
+    if path is None:
+        from .resources import default_prompts
+
+        path = default_prompts()
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InvalidInput(f"{path}: no such prompt suite file") from None
+    except IsADirectoryError:
+        raise InvalidInput(f"{path}: is a directory; expected a .yaml or .jsonl prompt suite") from None
+    except UnicodeDecodeError:
+        raise InvalidInput(f"{path}: not UTF-8 text; expected a .yaml or .jsonl prompt suite") from None
+    except OSError as e:
+        raise InvalidInput(f"{path}: cannot read: {e.strerror or e}") from None
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".ndjson"):
+        prompts = _parse_jsonl(text, str(path))
+    elif suffix in (".yaml", ".yml"):
+        prompts = _parse_yaml(text, str(path))
+    else:
+        raise InvalidInput(f"{path}: unknown prompt suite format {suffix or '(no extension)'!r}; "
+                           f"expected .yaml, .yml or .jsonl")
+    return PromptSuite(path, tuple(prompts))
+
+
+@dataclass(frozen=True)
+class EncodedPrompt:
+    """A prompt as the model sees it: token ids, and where the user's text sits in them."""
+
+    prompt: Prompt
+    ids: tuple[int, ...]
+    content: tuple[int, int]  # [start, end) token indices of the prompt's own text
+    chat: bool  # whether the chat template was applied
+    answer_ids: tuple[int, ...] | None = None  # gold answer tokens, to follow the prompt
+
+
+def uses_chat(prompt: Prompt, tokenizer) -> bool:
+    has_template = bool(getattr(tokenizer, "chat_template", None))
+    if prompt.chat and not has_template:
+        raise InvalidInput(f"prompt {prompt.id!r}: field 'chat': true, but this model's tokenizer has no "
+                           f"chat template; set chat: false")
+    return has_template if prompt.chat is None else prompt.chat
+
+
+def encode(prompt: Prompt, tokenizer) -> EncodedPrompt:
+    """Tokenise a prompt: through the chat template when it applies, else as plain text.
+
+    The chat template is rendered to text and tokenised once, so the character offsets of
+    the user's text map to token indices (`content`); signals that look at "the prompt's
+    early tokens" use that span, not the template's system preamble.
+    """
+    chat = uses_chat(prompt, tokenizer)
+    if chat:
+        rendered = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt.text}], add_generation_prompt=True, tokenize=False)
+        start = _content_offset(tokenizer, prompt.text, rendered)
+        add_special = False  # the template already holds the special tokens it wants
+    else:
+        rendered, start, add_special = prompt.text, 0, True
+    enc = tokenizer(rendered, add_special_tokens=add_special, return_offsets_mapping=True)
+    ids = tuple(int(i) for i in enc["input_ids"])
+    end_char = start + len(prompt.text)
+    inside = [i for i, (a, b) in enumerate(enc["offset_mapping"]) if b > a and a < end_char and b > start]
+    content = (inside[0], inside[-1] + 1) if inside else (0, len(ids))
+    answer_ids = None
+    if prompt.answer is not None:
+        answer = prompt.answer
+        if not chat and not rendered[-1:].isspace() and not answer[:1].isspace():
+            answer = " " + answer  # a plain-text continuation: "... is" + " Paris"
+        answer_ids = tuple(int(i) for i in tokenizer(answer, add_special_tokens=False)["input_ids"])
+        if not answer_ids:
+            raise InvalidInput(f"prompt {prompt.id!r}: field 'answer': {prompt.answer!r} has no tokens")
+    return EncodedPrompt(prompt, ids, content, chat, answer_ids)
+
+
+def _content_offset(tokenizer, text: str, rendered: str) -> int:
+    """Character offset of the user's text inside the rendered template."""
+    marker = "\x00toggle-content\x00"
+    probe = tokenizer.apply_chat_template(
+        [{"role": "user", "content": marker}], add_generation_prompt=True, tokenize=False)
+    at = probe.find(marker)
+    if at >= 0 and rendered == probe[:at] + text + probe[at + len(marker):]:
+        return at
+    found = rendered.rfind(text)  # templates that alter the text (strip, escape)
+    return max(found, 0)
+
+
+def suite_from_records(records: list[dict], *, source: str = "<prompts>", chat: bool | None = None) -> PromptSuite:
+    """Build a suite in code from prompt objects (same fields and checks as a file)."""
+    prompts = [_parse_prompt(r, f"{source}: item {i}", i, chat) for i, r in enumerate(records, 1)]
+    return PromptSuite(None, tuple(_check_suite(prompts, source)))
+
+
+# --- parsing ------------------------------------------------------------------------------
+
+def _parse_jsonl(text: str, source: str) -> list[Prompt]:
+    prompts = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{source}:{lineno}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise InvalidInput(f"{where}:{e.colno}: not valid JSON: {e.msg}") from None
+        except RecursionError:
+            raise InvalidInput(f"{where}: not valid JSON: nested too deeply") from None
+        prompts.append(_parse_prompt(obj, where, len(prompts) + 1, None))
+    return _check_suite(prompts, source)
+
+
+def _parse_yaml(text: str, source: str) -> list[Prompt]:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
+        raise InvalidInput(f"{where}: not valid YAML: {getattr(e, 'problem', None) or e}") from None
+    except RecursionError:
+        raise InvalidInput(f"{source}: not valid YAML: nested too deeply") from None
+    chat = None
+    if isinstance(data, dict):
+        unknown = set(data) - {"chat", "prompts"}
+        if unknown:
+            raise InvalidInput(f"{source}: unknown top-level key(s) {_names(unknown)}; "
+                               f"expected a list of prompts, or a mapping with keys chat, prompts")
+        chat = data.get("chat")
+        if chat is not None and not isinstance(chat, bool):
+            raise InvalidInput(f"{source}: field 'chat': {chat!r} is not valid; expected true or false")
+        data = data.get("prompts")
+    if data is None:
+        raise InvalidInput(f"{source}: the suite is empty; expected a list of prompts")
+    if not isinstance(data, list):
+        raise InvalidInput(f"{source}: expected a list of prompt objects, got {type(data).__name__}")
+    prompts = [_parse_prompt(item, f"{source}: item {i}", i, chat) for i, item in enumerate(data, 1)]
+    return _check_suite(prompts, source)
+
+
+def _parse_prompt(obj, where: str, index: int, suite_chat: bool | None) -> Prompt:
+    if not isinstance(obj, dict):
+        raise InvalidInput(f"{where}: expected a prompt object with fields {', '.join(FIELDS)}; "
+                           f"got {type(obj).__name__}")
+    unknown = set(obj) - set(FIELDS)
+    if unknown:
+        raise InvalidInput(f"{where}: unknown field(s) {_names(unknown)}; valid fields: {', '.join(FIELDS)}")
+    text = obj.get("prompt")
+    if not isinstance(text, str) or not text.strip():
+        raise InvalidInput(f"{where}: field 'prompt': expected non-empty text, got {_show(text)}")
+    pid = obj.get("id", f"p{index}")
+    if isinstance(pid, bool) or not isinstance(pid, (str, int)) or not str(pid).strip():
+        raise InvalidInput(f"{where}: field 'id': expected a short non-empty name, got {_show(pid)}")
+    answer = obj.get("answer")
+    if answer is not None and (not isinstance(answer, (str, int, float)) or isinstance(answer, bool)
+                               or not str(answer).strip()):
+        raise InvalidInput(f"{where}: field 'answer': expected non-empty text (the gold answer), got {_show(answer)}")
+    split = obj.get("split", "calibration")
+    if split not in SPLITS:
+        raise InvalidInput(f"{where}: field 'split': {_show(split)} is not valid; expected calibration or heldout")
+    tags = obj.get("tags", [])
+    if tags is None:
+        tags = []
+    if isinstance(tags, str):
+        tags = [tags]
+    if not isinstance(tags, list) or not all(isinstance(t, str) and t for t in tags):
+        raise InvalidInput(f"{where}: field 'tags': expected a list of words, got {_show(tags)}")
+    chat = obj.get("chat", suite_chat)
+    if chat is not None and not isinstance(chat, bool):
+        raise InvalidInput(f"{where}: field 'chat': {_show(chat)} is not valid; expected true or false")
+    return Prompt(id=str(pid).strip(), text=text, answer=None if answer is None else str(answer),
+                  split=split, tags=tuple(tags), chat=chat)
+
+
+def _check_suite(prompts: list[Prompt], source: str) -> list[Prompt]:
+    if not prompts:
+        raise InvalidInput(f"{source}: the suite is empty; expected at least one prompt")
+    seen: set[str] = set()
+    for i, p in enumerate(prompts, 1):
+        if p.id in seen:
+            raise InvalidInput(f"{source}: item {i}: field 'id': {p.id!r} is used twice; ids must be unique")
+        seen.add(p.id)
+    return prompts
+
+
+def _names(keys) -> str:
+    return ", ".join(sorted(repr(str(k)) for k in keys))
+
+
+def _show(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

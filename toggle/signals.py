@@ -1,0 +1,197 @@
+"""Stage 4, signals: per-step numbers comparing a candidate model with the base model.
+
+Every signal is computed for every step of every prompt from the outputs of ONE
+teacher-forced pass of the candidate over the base model's token paths (see trace.py),
+against the base model's cached outputs along the same paths, vectorised over all steps.
+
+Notation at generation step t (t = 0 is the first generated token): p = base model's
+next-token distribution, q = candidate's, over the vocabulary V; b = argmax p (the base
+model's greedy token, which on the base path is the token that was generated).
+
+Two time axes exist: `step` signals run over the generated continuation; `answer` signals
+run over the tokens of a prompt's gold answer (teacher-forced after the prompt; time =
+answer token index) and exist only for prompts that carry an answer. One property may not
+mix the two axes.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Callable
+
+import numpy as np
+import torch
+
+# What a signal needs from a teacher-forced pass (the trace caches the base side of it).
+LOGPROBS, ATTENTION, HIDDEN, GOLD = "logprobs", "attention", "hidden", "gold"
+STEP, ANSWER = "step", "answer"
+
+
+Layer = int | float  # a block index (negative: from the end) or a fraction of the depth (0.0 .. 1.0)
+
+
+@dataclass(frozen=True)
+class SignalOptions:
+    """Where the model-internal signals look. Spec files set them with `option NAME = VALUE`.
+
+    A layer is a block index (0 = first block, -1 = last) or, written with a decimal point,
+    a fraction of the depth (0.7 = the block 70% of the way down, round(0.7 * (blocks - 1))),
+    so one spec file fits models of any depth. `attn_layers` items may be ranges `A:B`
+    (inclusive).
+    """
+
+    hidden_layer: Layer = -1  # hidden_cos: output of this transformer block
+    attn_layers: tuple | None = None  # attn_cos: blocks pooled: layers or (start, end) ranges; None: all
+    attn_span: int = 32  # attn_cos: how many of the prompt text's first tokens count as "early"
+
+    def resolved(self, num_layers: int) -> "SignalOptions":
+        """Absolute block indices for a model with `num_layers` blocks (IndexError if out of range)."""
+        def fix(i: Layer) -> int:
+            if isinstance(i, float):
+                if not 0.0 <= i <= 1.0:
+                    raise IndexError(i)
+                return round(i * (num_layers - 1))
+            j = i + num_layers if i < 0 else i
+            if not 0 <= j < num_layers:
+                raise IndexError(i)
+            return j
+
+        if self.attn_layers is None:
+            layers = set(range(num_layers))
+        else:
+            layers = set()
+            for item in self.attn_layers:
+                if isinstance(item, tuple):
+                    lo, hi = sorted((fix(item[0]), fix(item[1])))
+                    layers.update(range(lo, hi + 1))
+                else:
+                    layers.add(fix(item))
+        return SignalOptions(hidden_layer=fix(self.hidden_layer), attn_layers=tuple(sorted(layers)),
+                             attn_span=self.attn_span)
+
+
+@dataclass(frozen=True)
+class Signal:
+    name: str
+    meaning: str
+    formula: str
+    needs: str  # LOGPROBS, ATTENTION, HIDDEN or GOLD
+    axis: str  # STEP or ANSWER
+    compute: Callable[["_Pair"], torch.Tensor]
+
+
+class _Pair:
+    """Candidate and base outputs over a slice of steps; shared terms computed once."""
+
+    def __init__(self, cand, base):
+        self.cand, self.base = cand, base
+
+    # float32: 5x faster than float64 over (steps, vocabulary), differences ~1e-7
+    @cached_property
+    def lp(self):  # base log-probabilities (steps, V)
+        return self.base.logprobs.float()
+
+    @cached_property
+    def lq(self):
+        return self.cand.logprobs.float()
+
+    @cached_property
+    def p(self):
+        return self.lp.exp()
+
+    @cached_property
+    def q(self):
+        return self.lq.exp()
+
+    @cached_property
+    def b(self):  # base greedy token per step
+        return self.lp.argmax(dim=-1, keepdim=True)
+
+
+def _jsd(x: _Pair) -> torch.Tensor:
+    p, q = x.p, x.q
+    m2 = p + q  # 2m; p*log(2p/(p+q)) is exactly 0 when p == q, so identical models give 0
+    tp = torch.where(p > 0, p * torch.log(2 * p / m2), 0.0)
+    tq = torch.where(q > 0, q * torch.log(2 * q / m2), 0.0)
+    return (0.5 * (tp + tq).sum(-1) / math.log(2)).clamp(0.0, 1.0)
+
+
+def _kl(x: _Pair) -> torch.Tensor:
+    return torch.where(x.p > 0, x.p * (x.lp - x.lq), 0.0).sum(-1).clamp(min=0.0)
+
+
+def _entropy(logp: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    return -torch.where(p > 0, p * logp, 0.0).sum(-1)
+
+
+def _cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    a, b = a.double(), b.double()
+    return ((a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1))).clamp(-1.0, 1.0)
+
+
+_REGISTRY = [
+    Signal("jsd", "Jensen-Shannon divergence between candidate and base next-token distributions (bits, 0..1)",
+           "jsd[t] = 1/2 sum_v p log2(p/m) + 1/2 sum_v q log2(q/m), m = (p+q)/2",
+           LOGPROBS, STEP, _jsd),
+    Signal("kl", "Kullback-Leibler divergence of the candidate from the base distribution (nats, >= 0)",
+           "kl[t] = sum_v p log(p/q)", LOGPROBS, STEP, _kl),
+    Signal("top1_agree", "1 when the candidate's most likely next token is the base model's, else 0",
+           "top1_agree[t] = [argmax q = argmax p]", LOGPROBS, STEP,
+           lambda x: (x.lq.argmax(-1) == x.lp.argmax(-1)).float()),
+    Signal("p_ratio", "candidate probability of the base model's greedy token divided by the base probability",
+           "p_ratio[t] = q(b) / p(b), b = argmax p", LOGPROBS, STEP,
+           lambda x: (x.lq.gather(-1, x.b) - x.lp.gather(-1, x.b)).squeeze(-1).exp()),
+    Signal("entropy_delta", "entropy of the candidate distribution minus the base entropy (nats, signed)",
+           "entropy_delta[t] = H(q) - H(p), H(p) = -sum_v p log p", LOGPROBS, STEP,
+           lambda x: _entropy(x.lq, x.q) - _entropy(x.lp, x.p)),
+    Signal("attn_cos", "cosine between candidate and base attention from the current step to the prompt's "
+           "first tokens, averaged over heads and the chosen layers",
+           "attn_cos[t] = cos(a_q[t], a_p[t]), a[t][j] = mean over layers in attn_layers and heads of "
+           "attention(query = step t, key = j-th token of the prompt text), j < attn_span",
+           ATTENTION, STEP, lambda x: _cosine(x.cand.attn, x.base.attn)),
+    Signal("hidden_cos", "cosine between candidate and base hidden states at the chosen layer",
+           "hidden_cos[t] = cos(h_q[t], h_p[t]), h = output of block hidden_layer at the position predicting step t",
+           HIDDEN, STEP, lambda x: _cosine(x.cand.hidden, x.base.hidden)),
+    Signal("gold_p_ratio", "candidate probability of the gold answer token divided by the base probability "
+           "(prompts with an answer; time = answer token)",
+           "gold_p_ratio[k] = q(a_k | prompt, a_<k) / p(a_k | prompt, a_<k)", GOLD, ANSWER,
+           lambda x: (x.cand.gold_logprob.double() - x.base.gold_logprob.double()).exp()),
+    Signal("gold_logprob", "candidate log-probability of the gold answer token (prompts with an answer; "
+           "time = answer token)",
+           "gold_logprob[k] = log q(a_k | prompt, a_<k)", GOLD, ANSWER,
+           lambda x: x.cand.gold_logprob.double()),
+]
+SIGNALS: dict[str, Signal] = {s.name: s for s in _REGISTRY}
+
+
+def known_signals() -> list[str]:
+    return list(SIGNALS)
+
+
+def compute_signals(names, cand, base, *, chunk: int = 128) -> dict[str, np.ndarray]:
+    """Signal values for every step (concatenated over prompts), float64 numpy arrays.
+
+    `cand` and `base` are trace.StepOutputs from the same paths. Step signals are computed
+    in chunks of steps so the (steps, vocabulary) intermediates stay small.
+    """
+    step = [SIGNALS[n] for n in names if SIGNALS[n].axis == STEP]
+    answer = [SIGNALS[n] for n in names if SIGNALS[n].axis == ANSWER]
+    out: dict[str, list[torch.Tensor]] = {s.name: [] for s in step + answer}
+    total = sum(cand.steps)
+    with torch.no_grad():
+        for start in range(0, total, chunk):
+            pair = _Pair(cand.slice(start, start + chunk), base.slice(start, start + chunk))
+            for s in step:
+                out[s.name].append(s.compute(pair))
+        if answer:
+            pair = _Pair(cand, base)
+            for s in answer:
+                out[s.name].append(s.compute(pair))
+    return {n: (torch.cat(v).double().numpy() if v else np.zeros(0)) for n, v in out.items()}
+
+
+def describe() -> list[dict]:
+    """Rows for `toggle signals`."""
+    return [{"name": s.name, "meaning": s.meaning, "formula": s.formula, "axis": s.axis, "needs": s.needs}
+            for s in _REGISTRY]

@@ -1,0 +1,793 @@
+"""Stage 5, specs: `.stl` property files, checked up front and evaluated with rtamt.
+
+File format (DESIGN.md, extended compatibly):
+
+    # a comment (to the end of the line)
+    const eps = 0.1                               # a threshold --set and --relax can change
+    option hidden_layer = 0.7                     # where model-internal signals look
+    coherence = always[0:31] (jsd <= eps)         # a property: NAME = FORMULA
+    factual = always (gold_p_ratio >= 0.5)
+        and eventually (gold_logprob >= -1)       # indented lines continue the property above
+
+Formulas are rtamt discrete-time STL over the signals of toggle.signals (no declarations
+needed); time is the generation step, 0 = first generated token. Interval bounds are whole
+steps. A property's robustness on one prompt is rtamt's robustness at time 0; over a suite
+it is the minimum over prompts (per-prompt values are kept). A trace that ends (EOS) before
+a bounded operator's window does is evaluated on the steps it has.
+
+Every problem in a file is reported, as `FILE:LINE:COL: message`, before any model work;
+rtamt's own exceptions never reach the user.
+
+`--relax R` loosens every const by the fraction R, in the direction that makes the
+properties that use it easier to satisfy: the direction is the sign of d(robustness)/d(const),
+read off the formula (e.g. `jsd <= eps`: robustness = eps - jsd grows with eps, so eps
+becomes eps + R|eps|; `p_ratio >= tau`: tau - ... shrinks, so tau becomes tau - R|tau|;
+`not`, the left side of `implies`, subtraction and negative factors flip the sign). A const
+whose direction cannot be told (inside abs, ==, iff, xor, rise/fall, a product of signals,
+a denominator, or used both ways) cannot be relaxed; `--relax` then fails naming it.
+"""
+from __future__ import annotations
+
+import difflib
+import math
+import re
+from dataclasses import dataclass, field, replace
+from fractions import Fraction
+from pathlib import Path
+
+from .errors import InvalidInput, ToggleError
+from .signals import ANSWER, SIGNALS, STEP, SignalOptions
+
+OUT = "toggle_out"  # rtamt's output variable; not a valid signal, const or property name
+_PREFIX = f"{OUT} = "
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?\Z")
+OPTIONS = {
+    "hidden_layer": "a block index (negative counts from the last block) or a depth fraction such as 0.7",
+    "attn_layers": "'all' or a comma-separated list of block indices, depth fractions or ranges A:B",
+    "attn_span": "a positive integer (number of early prompt tokens)",
+}
+
+
+class SpecError(ToggleError):
+    """One or more problems in spec files; the message holds every one, one per line."""
+
+    def __init__(self, errors: list[str]):
+        self.errors = errors
+        super().__init__("\n".join(errors))
+
+
+@dataclass(frozen=True)
+class Const:
+    name: str
+    value: float
+    file: str
+    line: int
+    col: int
+    direction: int | None = None  # +1: raising it loosens, -1: lowering it loosens, None: unknown
+    why_unknown: str = ""  # why the direction is unknown (for --relax errors)
+    used: bool = False
+
+
+@dataclass
+class Property:
+    """One named property, parsed by rtamt once and evaluated on any number of traces."""
+
+    name: str
+    formula: str  # source text, consts by name
+    file: str
+    line: int
+    signals: tuple[str, ...]
+    consts: dict[str, float]  # the values this property's consts have after --set / --relax
+    axis: str  # signals.STEP or signals.ANSWER
+    steps_needed: int | None  # steps of trace the formula looks at from time 0 (None: all of it)
+    _rtamt: object = field(repr=False, default=None)
+
+    @property
+    def where(self) -> str:
+        return f"{self.file}:{self.line}"
+
+    def robustness(self, signals: dict, length: int | None = None) -> float:
+        """rtamt robustness at time 0 of one trace; `signals` maps name -> sequence of floats."""
+        n = length if length is not None else len(signals[self.signals[0]]) if self.signals else 1
+        if n == 0:
+            return math.inf  # nothing to check on an empty trace (never produced by the trace stage)
+        data = {"time": list(range(n))}
+        for s in self.signals:
+            data[s] = [float(v) for v in signals[s]]
+        for c, v in self.consts.items():
+            data[c] = [v] * n
+        if n > 1:
+            return float(self._rtamt.evaluate(data)[0][1])
+        return _evaluate_one_sample(self._rtamt, data)
+
+
+@dataclass
+class SpecSet:
+    files: tuple[str, ...]
+    properties: list[Property]
+    consts: dict[str, dict[str, Const]]  # file -> name -> const (values after --set / --relax)
+    options: SignalOptions = SignalOptions()
+
+    @property
+    def names(self) -> list[str]:
+        return [p.name for p in self.properties]
+
+    @property
+    def signals(self) -> list[str]:
+        return sorted({s for p in self.properties for s in p.signals})
+
+    @property
+    def needs(self) -> frozenset[str]:
+        """What the trace must cache: a subset of logprobs, attention, hidden, gold."""
+        return frozenset(SIGNALS[s].needs for s in self.signals)
+
+    @property
+    def steps_needed(self) -> int | None:
+        """Steps of generation the step-axis properties look at (None: no bound, use the default)."""
+        step_props = [p for p in self.properties if p.axis == STEP]
+        if not step_props or any(p.steps_needed is None for p in step_props):
+            return None
+        return max(p.steps_needed for p in step_props)
+
+    def evaluate(self, traces: dict[str, dict], answers: dict[str, dict] | None = None) -> dict[str, dict[str, float]]:
+        """Robustness per property per prompt.
+
+        `traces`: prompt id -> {signal -> per-step values} on the step axis; `answers`: the same
+        on the answer axis, only for prompts with a gold answer.
+        """
+        out: dict[str, dict[str, float]] = {}
+        for prop in self.properties:
+            source = traces if prop.axis == STEP else (answers or {})
+            out[prop.name] = {pid: prop.robustness(sig) for pid, sig in source.items()}
+        return out
+
+
+# --- loading -------------------------------------------------------------------------------
+
+def spec_files(paths=None) -> list[Path]:
+    """Expand paths (files or directories of .stl files); None means the shipped specs/."""
+    if not paths:
+        from .resources import default_specs
+
+        files = default_specs()
+        if not files:
+            raise InvalidInput("no spec files given and the shipped specs/ directory has none")
+        return files
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    files: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found = sorted(path.glob("*.stl"))
+            if not found:
+                raise InvalidInput(f"{path}: directory holds no .stl spec files")
+            files.extend(found)
+        elif path.exists():
+            files.append(path)
+        else:
+            raise InvalidInput(f"{path}: no such spec file")
+    return files
+
+
+def load_specs(paths=None, overrides: dict | None = None, relax: float = 0.0) -> SpecSet:
+    """Parse and check spec files; apply `--set` overrides, then `--relax`.
+
+    Raises SpecError (exit 2) listing every problem of every file as FILE:LINE:COL: message.
+    """
+    files = spec_files(paths)
+    if isinstance(relax, bool) or not isinstance(relax, (int, float)) or not (0.0 <= relax <= 1.0):
+        raise InvalidInput(f"--relax {relax!r}: expected a fraction between 0 and 1 (e.g. 0.1)")
+    errors: list[str] = []
+    parsed = [_parse_file(f, errors) for f in files]
+    seen: dict[str, str] = {}
+    options: dict[str, tuple[object, str]] = {}
+    for pf in parsed:
+        for prop in pf.properties:
+            if prop.name in seen and seen[prop.name] != prop.where:
+                errors.append(f"{prop.where}:1: duplicate property name {prop.name!r}: also defined at {seen[prop.name]}")
+            seen.setdefault(prop.name, prop.where)
+        for name, (value, where) in pf.options.items():
+            if name in options and options[name][0] != value:
+                errors.append(f"{where}: option {name} = {_fmt_option(value)} conflicts with "
+                              f"{_fmt_option(options[name][0])} at {options[name][1]}")
+            options.setdefault(name, (value, where))
+    if errors:
+        raise SpecError(errors)
+    consts = _apply_overrides(parsed, overrides or {}, relax)
+    properties = []
+    for pf in parsed:
+        for prop in pf.properties:
+            prop.consts = {c: consts[pf.file][c].value for c in prop.consts}
+            properties.append(prop)
+    if not properties:
+        raise InvalidInput(f"{', '.join(str(f) for f in files)}: no properties defined")
+    return SpecSet(tuple(pf.file for pf in parsed), properties, consts,
+                   SignalOptions(**{k: v for k, (v, _) in options.items()}))
+
+
+def check_files(paths) -> dict[str, list[str]]:
+    """Every problem of every file (file -> messages); for `toggle specs check`."""
+    result = {}
+    for f in spec_files(paths):
+        errors: list[str] = []
+        _parse_file(f, errors)
+        result[str(f)] = errors
+    return result
+
+
+def parse_overrides(items) -> dict[str, float]:
+    """`--set NAME=VALUE` arguments -> {NAME: value}."""
+    out: dict[str, float] = {}
+    for item in items or []:
+        name, sep, value = str(item).partition("=")
+        name, value = name.strip(), value.strip()
+        if not sep or not _NAME.match(name):
+            raise InvalidInput(f"--set {item!r}: expected NAME=VALUE, e.g. --set eps=0.2")
+        if not _NUMBER.match(value):
+            raise InvalidInput(f"--set {item!r}: {value!r} is not a number")
+        out[name] = float(value)
+    return out
+
+
+def _apply_overrides(parsed, overrides: dict, relax: float) -> dict[str, dict[str, Const]]:
+    declared = {c for pf in parsed for c in pf.consts}
+    unknown = [n for n in overrides if n not in declared]
+    if unknown:
+        known = ", ".join(sorted(declared)) or "(none declared)"
+        raise InvalidInput(f"--set {unknown[0]}: unknown const; the specs declare: {known}")
+    for name, value in overrides.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise InvalidInput(f"--set {name}={value!r}: expected a finite number")
+    errors = []
+    out: dict[str, dict[str, Const]] = {}
+    for pf in parsed:
+        out[pf.file] = {}
+        for name, c in pf.consts.items():
+            value = float(overrides.get(name, c.value))
+            if relax and c.used:
+                if c.direction is None:
+                    errors.append(f"{c.file}:{c.line}:{c.col}: --relax cannot loosen const {name}: {c.why_unknown}; "
+                                  f"use --set {name}=VALUE instead")
+                else:
+                    value += c.direction * relax * abs(value)
+            out[pf.file][name] = replace(c, value=value)
+    if errors:
+        raise SpecError(errors)
+    return out
+
+
+# --- one file --------------------------------------------------------------------------------
+
+@dataclass
+class _ParsedFile:
+    file: str
+    properties: list[Property]
+    consts: dict[str, Const]
+    options: dict[str, tuple[object, str]]
+
+
+@dataclass
+class _Statement:
+    name: str
+    line: int
+    col: int  # 1-based column of the name
+    text_lines: list[tuple[int, int, str]]  # (file line, 0-based column of the text, text)
+
+
+def _parse_file(path: Path, errors: list[str]) -> _ParsedFile:
+    """Parse one file, appending its problems to `errors` in line order."""
+    mine: list[str] = []
+    parsed = _parse_file_unsorted(path, mine)
+    errors.extend(sorted(mine, key=_position))
+    return parsed
+
+
+def _position(message: str) -> tuple[int, int]:
+    m = re.search(r":(\d+):(\d+): ", message)
+    return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+
+
+def _parse_file_unsorted(path: Path, errors: list[str]) -> _ParsedFile:
+    file = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        errors.append(f"{file}:1:1: not UTF-8 text")
+        return _ParsedFile(file, [], {}, {})
+    except OSError as e:
+        errors.append(f"{file}:1:1: cannot read: {e.strerror or e}")
+        return _ParsedFile(file, [], {}, {})
+
+    consts: dict[str, Const] = {}
+    options: dict[str, tuple[object, str]] = {}
+    statements: list[_Statement] = []
+    last_was_property = False
+    for lineno, raw in enumerate(text.splitlines(), 1):
+        line = raw.split("#", 1)[0].rstrip()
+        if not line.strip():
+            continue
+        if line[0] in " \t":
+            if last_was_property:
+                statements[-1].text_lines.append((lineno, 0, line))
+            else:
+                errors.append(f"{file}:{lineno}:1: indented line continues nothing: continuation lines "
+                              f"must follow a property (NAME = FORMULA)")
+            continue
+        last_was_property = False
+        head, sep, rest = line.partition("=")
+        words = head.split()
+        where = f"{file}:{lineno}"
+        if words and words[0] in ("const", "option") and len(words) <= 2:
+            kind = words[0]
+            if not sep or len(words) != 2 or not _NAME.match(words[1]):
+                errors.append(f"{where}:1: malformed {kind}: expected `{kind} NAME = "
+                              f"{'NUMBER' if kind == 'const' else 'VALUE'}`")
+                continue
+            name, value = words[1], rest.strip()
+            col = line.index(name, len(kind)) + 1
+            vcol = len(head) + 1 + (len(rest) - len(rest.lstrip())) + 1
+            if kind == "const":
+                _declare_const(name, value, file, lineno, col, vcol, consts, statements, errors)
+            else:
+                _declare_option(name, value, f"{where}:{col}", f"{where}:{vcol}", options, errors)
+            continue
+        if not sep or len(words) != 1:
+            errors.append(f"{where}:1: expected `const NAME = NUMBER`, `option NAME = VALUE` "
+                          f"or `NAME = FORMULA`")
+            continue
+        name = words[0]
+        col = line.index(name) + 1
+        problem = _bad_name(name, "property")
+        if problem:
+            errors.append(f"{where}:{col}: {problem}")
+            continue
+        previous = next((s for s in statements if s.name == name), None)
+        if previous:
+            errors.append(f"{where}:{col}: duplicate property name {name!r}: already defined at line {previous.line}")
+            continue
+        if name in consts:
+            errors.append(f"{where}:{col}: {name!r} is already a const (line {consts[name].line}); "
+                          f"properties and consts need different names")
+            continue
+        statements.append(_Statement(name, lineno, col, [(lineno, len(head) + 1, rest)]))
+        last_was_property = True
+
+    for s in statements:
+        if s.name in consts:
+            errors.append(f"{file}:{s.line}:{s.col}: {s.name!r} is already a const (line {consts[s.name].line}); "
+                          f"properties and consts need different names")
+    properties = []
+    directions: dict[str, set] = {c: set() for c in consts}
+    for s in statements:
+        prop = _parse_property(s, file, consts, {t.name for t in statements}, directions, errors)
+        if prop is not None:
+            properties.append(prop)
+    for name, dirs in directions.items():
+        c = consts[name]
+        if not dirs:
+            continue
+        signs = {d for d, _ in dirs}
+        if len(signs) == 1 and None not in signs:
+            consts[name] = replace(c, direction=signs.pop(), used=True)
+        else:
+            why = next((w for d, w in dirs if d is None), "") or \
+                "it is used both as an upper and as a lower bound"
+            consts[name] = replace(c, direction=None, why_unknown=why, used=True)
+    return _ParsedFile(file, properties, consts, options)
+
+
+def _bad_name(name: str, what: str) -> str | None:
+    if not _NAME.match(name):
+        return f"{name!r} is not a valid {what} name (letters, digits and _, not starting with a digit)"
+    if name in _keywords():
+        return f"{name!r} is an STL keyword; choose another {what} name"
+    if name in SIGNALS:
+        return f"{name!r} is a signal; choose another {what} name"
+    if name == OUT:
+        return f"{name!r} is reserved; choose another {what} name"
+    return None
+
+
+def _declare_const(name, value, file, line, col, vcol, consts, statements, errors) -> None:
+    where = f"{file}:{line}"
+    problem = _bad_name(name, "const")
+    if problem:
+        errors.append(f"{where}:{col}: {problem}")
+    elif name in consts:
+        errors.append(f"{where}:{col}: const {name} is already declared at line {consts[name].line}")
+    elif not value:
+        errors.append(f"{where}:{vcol}: malformed const {name}: missing value; expected `const {name} = NUMBER`")
+    elif not _NUMBER.match(value) or not math.isfinite(float(value)):
+        errors.append(f"{where}:{vcol}: malformed const {name}: {value!r} is not a number "
+                      f"(e.g. 0.1, -2, 1e-3)")
+    else:
+        consts[name] = Const(name, float(value), file, line, col)
+
+
+def _declare_option(name, value, where_name, where_value, options, errors) -> None:
+    if name not in OPTIONS:
+        errors.append(f"{where_name}: unknown option {name!r}; options: {', '.join(OPTIONS)}")
+        return
+    if name in options:
+        errors.append(f"{where_name}: option {name} is already set at {options[name][1]}")
+        return
+    try:
+        if name == "attn_layers":
+            parsed = None if value.strip() == "all" else tuple(_layer_item(v) for v in value.split(","))
+        elif name == "hidden_layer":
+            parsed = _layer(value)
+        else:
+            parsed = int(value)
+            if parsed < 1:
+                raise ValueError
+    except ValueError:
+        errors.append(f"{where_value}: option {name}: {value!r} is not valid; expected {OPTIONS[name]}")
+        return
+    options[name] = (parsed, where_name)
+
+
+def _layer(text: str):
+    """'20' / '-1' -> block index; '0.7' -> depth fraction in [0, 1]."""
+    text = text.strip()
+    if re.fullmatch(r"[+-]?\d+", text):
+        return int(text)
+    if _NUMBER.match(text) and 0.0 <= float(text) <= 1.0:
+        return float(text)
+    raise ValueError(text)
+
+
+def _layer_item(text: str):
+    if ":" in text:
+        lo, hi = text.split(":", 1)
+        return (_layer(lo), _layer(hi))
+    return _layer(text)
+
+
+# --- one property: lex, check, parse with rtamt, analyse -----------------------------------
+
+def _parse_property(s: _Statement, file: str, consts: dict[str, Const], properties: set[str],
+                    directions: dict[str, set], errors: list[str]) -> Property | None:
+    from antlr4 import CommonTokenStream, InputStream
+
+    lines = [(ln, col0) for ln, col0, _ in s.text_lines]
+    formula = "\n".join(t for _, _, t in s.text_lines)
+
+    def at(line: int, column: int) -> str:
+        """rtamt (line, 0-based column) -> FILE:LINE:COL."""
+        line = max(1, min(line, len(lines)))
+        ln, col0 = lines[line - 1]
+        col = column - len(_PREFIX) if line == 1 else column
+        return f"{file}:{ln}:{max(col, 0) + col0 + 1}"
+
+    n_before = len(errors)
+    if not formula.strip():
+        errors.append(f"{at(1, len(_PREFIX))}: property {s.name} has no formula; expected `{s.name} = FORMULA`")
+        return None
+
+    text = _PREFIX + formula
+    ast = _new_spec().ast
+    listener = _Listener()
+    lexer = ast.antrlLexerType(InputStream(text))
+    lexer.removeErrorListeners()
+    lexer.addErrorListener(listener)
+    tokens = [t for t in lexer.getAllTokens() if t.channel == 0]
+    if listener.errors:
+        line, column, msg, _ = listener.errors[0]
+        bad = msg.split("at: ", 1)[-1]
+        errors.append(f"{at(line, column)}: syntax error: unexpected character {bad}")
+        return None
+
+    # names and intervals, checked on the tokens so every error has its own position
+    names = lexer.symbolicNames
+    used_signals, used_consts = [], []
+    known = _known_names_hint()
+    for i, tok in enumerate(tokens[2:], 2):  # skip `toggle_out =`
+        kind = names[tok.type] if 0 <= tok.type < len(names) else ""
+        if kind == "Identifier":
+            name = tok.text
+            if not _NAME.match(name):
+                errors.append(f"{at(tok.line, tok.column)}: syntax error: unexpected {name!r}; names are "
+                              f"letters, digits and _")
+            elif name in SIGNALS:
+                used_signals.append(name)
+            elif name in consts:
+                used_consts.append(name)
+            else:
+                near = difflib.get_close_matches(name, list(SIGNALS) + list(consts), n=1)
+                hint = f" (did you mean {near[0]}?)" if near else ""
+                what = "a property" if name in properties else "unknown signal or const"
+                errors.append(f"{at(tok.line, tok.column)}: {what} {name!r}{hint}; properties can use "
+                              f"the signals {known}" + (f" and the consts {', '.join(consts)}" if consts else ""))
+        elif kind == "LBRACK":
+            _check_interval(tokens, i, names, at, errors)
+    if len(errors) > n_before:
+        return None
+
+    # rtamt parse; syntax errors come back through our listener, never as rtamt exceptions
+    spec = _new_spec()
+    for v in set(used_signals) | set(used_consts):
+        spec.declare_var(v, "float")
+    spec.declare_var(OUT, "float")
+    spec.spec = text
+    parser = spec.ast.antrlParserType(CommonTokenStream(_quiet_lexer(spec.ast, text)))
+    parser.removeErrorListeners()
+    parser.addErrorListener(listener)
+    ctx = parser.specification_file()
+    if listener.errors:
+        line, column, msg, token = listener.errors[0]
+        errors.append(f"{at(line, column)}: syntax error: {_explain(msg, token)}")
+        return None
+    try:
+        spec.ast.visit(ctx.specification())
+        root = spec.ast.specs[-1]
+    except Exception as e:  # rtamt's semantic checks: say what, never its raw exception
+        errors.append(f"{at(1, len(_PREFIX))}: property {s.name}: rtamt cannot build this formula ({type(e).__name__}: "
+                      f"{str(e)[:120]})")
+        return None
+
+    first = s.text_lines[0][2]
+    start = at(1, len(_PREFIX) + len(first) - len(first.lstrip()))
+    kind_problem = _type_check(root)
+    if kind_problem:
+        errors.append(f"{start}: property {s.name}: {kind_problem}")
+        return None
+    axes = {SIGNALS[n].axis for n in used_signals}
+    if len(axes) > 1:
+        step = sorted({n for n in used_signals if SIGNALS[n].axis == STEP})
+        ans = sorted({n for n in used_signals if SIGNALS[n].axis == ANSWER})
+        errors.append(f"{start}: property {s.name} mixes answer signals ({', '.join(ans)}) with generation-step "
+                      f"signals ({', '.join(step)}); they run on different time axes: split it in two properties")
+        return None
+    for name, sign, why in _const_signs(root, set(used_consts)):
+        directions[name].add((sign, why))
+    horizon = _horizon(root)
+    return Property(
+        name=s.name, formula=" ".join(formula.split()), file=file, line=s.line,
+        signals=tuple(sorted(set(used_signals))), consts={c: consts[c].value for c in sorted(set(used_consts))},
+        axis=axes.pop() if axes else STEP, steps_needed=None if horizon is None else horizon + 1, _rtamt=spec,
+    )
+
+
+def _evaluate_one_sample(spec, data) -> float:
+    """rtamt 0.4.10's offline evaluate() fails on a one-sample trace (an unbound variable in
+    its sampling-period check, after the robustness is computed); this is the same evaluation
+    without that check. One-step traces are common: a one-token gold answer."""
+    interpreter = spec.offline_interpreter
+    if not spec.set_ast_flag:
+        interpreter.set_ast(spec.ast)
+        spec.set_ast_flag = True
+    interpreter.set_variable_to_ast_from_dataset(data)
+    interpreter.ast.offline_results["time"] = data["time"]
+    robustness = interpreter.visitAst(interpreter.ast, 1)
+    return float(robustness[-1][0])
+
+
+def _check_interval(tokens, i, names, at, errors) -> None:
+    """tokens[i] is '['; expect INT ':' INT ']' with start <= end."""
+    where = at(tokens[i].line, tokens[i].column)
+    inner = []
+    for tok in tokens[i + 1:]:
+        if names[tok.type] == "RBRACK":
+            break
+        inner.append(tok)
+    else:
+        return  # unclosed: the parser reports it
+    kinds = [names[t.type] for t in inner]
+    shown = "[" + "".join(t.text for t in inner) + "]"
+    if not inner:
+        errors.append(f"{where}: empty interval []: expected [START:END] in whole steps, e.g. [0:31]")
+        return
+    if "COLON" not in kinds:
+        errors.append(f"{where}: interval {shown} needs two bounds: [START:END] in whole steps")
+        return
+    colon = kinds.index("COLON")
+    bounds = [inner[:colon], inner[colon + 1:]]
+    values = []
+    for part in bounds:
+        if len(part) != 1 or names[part[0].type] != "IntegerLiteral":
+            text = "".join(t.text for t in part)
+            what = ("a constant" if any(names[t.type] == "Identifier" for t in part)
+                    else "a unit" if any(names[t.type] in ("SEC", "MSEC", "USEC", "NSEC", "PSEC") for t in part)
+                    else "not a whole number" if text else "missing")
+            errors.append(f"{where}: interval {shown}: bound {text!r} is {what}; bounds are whole numbers "
+                          f"of generation steps, e.g. [0:31]")
+            return
+        values.append(int(part[0].text))
+    if values[1] < values[0]:
+        errors.append(f"{where}: reversed interval {shown}: the start must not exceed the end (e.g. [{values[1]}:{values[0]}])")
+
+
+def _listener_base():
+    from antlr4.error.ErrorListener import ErrorListener
+
+    return ErrorListener
+
+
+class _Listener(_listener_base()):
+    """antlr error listener that records instead of printing or raising."""
+
+    def __init__(self):
+        super().__init__()
+        self.errors = []
+
+    def syntaxError(self, recognizer, offendingSymbol, line, column, msg, e):  # noqa: N802 - antlr API
+        self.errors.append((line, column, msg, offendingSymbol))
+
+    def reportAmbiguity(self, *args):  # noqa: N802
+        pass
+
+    def reportAttemptingFullContext(self, *args):  # noqa: N802
+        pass
+
+    def reportContextSensitivity(self, *args):  # noqa: N802
+        pass
+
+
+def _quiet_lexer(ast, text):
+    from antlr4 import InputStream
+
+    lexer = ast.antrlLexerType(InputStream(text))
+    lexer.removeErrorListeners()
+    return lexer
+
+
+def _explain(msg: str, token) -> str:
+    """antlr's message without its token soup: 'unexpected X' (+ what was expected when short)."""
+    text = getattr(token, "text", None)
+    if text is None or text == "<EOF>" or "<EOF>" in msg.split(" expecting")[0]:
+        got = "end of formula"
+    else:
+        got = repr(text)
+    if msg.startswith("missing "):
+        return f"{msg.split(' at ')[0]} before {got}"
+    expected = ""
+    if " expecting " in msg:
+        options = [o.strip() for o in msg.split(" expecting ", 1)[1].strip("{} ").split(",")]
+        options = [o for o in options if o and o != "<INVALID>"]
+        if {"Identifier", "IntegerLiteral", "'('"} & set(options):
+            expected = " (expected a signal, a number or '(')"
+        elif 0 < len(options) <= 4:
+            expected = f" (expected {' or '.join(options)})".replace("<EOF>", "end of formula")
+    return f"unexpected {got}{expected}"
+
+
+def _new_spec():
+    import rtamt
+
+    return rtamt.StlDiscreteTimeOfflineSpecification()
+
+
+_KEYWORDS: set[str] | None = None
+
+
+def _keywords() -> set[str]:
+    """Words rtamt's lexer does not read as identifiers (always, G, until, abs, ms, ...)."""
+    global _KEYWORDS
+    if _KEYWORDS is None:
+        ast = _new_spec().ast
+        candidates = ["always", "eventually", "until", "unless", "historically", "once", "since", "next",
+                      "prev", "implies", "iff", "xor", "and", "or", "not", "true", "false", "rise", "fall",
+                      "abs", "sqrt", "exp", "pow", "s", "ms", "us", "ns", "ps", "topic", "import", "input",
+                      "output", "internal", "const", "real", "float", "long", "complex", "int", "bool",
+                      "assertion", "specification", "from", "TRUE", "FALSE", "precedes", "oracle"]
+        candidates += [chr(c) for c in range(ord("A"), ord("Z") + 1)]
+        kws = set()
+        for word in candidates:
+            lexer = _quiet_lexer(ast, word)
+            toks = lexer.getAllTokens()
+            if not (len(toks) == 1 and lexer.symbolicNames[toks[0].type] == "Identifier"):
+                kws.add(word)
+        _KEYWORDS = kws
+    return _KEYWORDS
+
+
+def _known_names_hint() -> str:
+    return ", ".join(SIGNALS)
+
+
+# --- AST analysis ----------------------------------------------------------------------------
+
+def _cls(node) -> str:
+    return type(node).__name__
+
+
+_NUMERIC = {"Variable", "Constant", "Abs", "Addition", "Subtraction", "Multiplication", "Division", "Exp",
+            "Pow", "Sqrt"}
+
+
+def _type_check(node) -> str | None:
+    """A property must be a condition: comparisons combined by logic and temporal operators."""
+    name = _cls(node)
+    if name in _NUMERIC:
+        return (f"the formula is a number ({node.name}), not a condition; compare it, e.g. "
+                f"`always[0:31] (jsd <= 0.1)`")
+    if name == "Predicate":
+        return None
+    for child in node.children:
+        if _cls(child) in _NUMERIC:
+            return (f"`{child.name}` is a number where a condition is expected; compare it, "
+                    f"e.g. ({child.name} <= 0.1)")
+        problem = _type_check(child)
+        if problem:
+            return problem
+    return None
+
+
+def _horizon(node) -> int | None:
+    """How many steps after time 0 the formula reads (None: unbounded)."""
+    name = _cls(node)
+    kids = [_horizon(c) for c in node.children]
+    if any(k is None for k in kids):
+        return None
+    inner = max(kids, default=0)
+    if name in ("Always", "Eventually", "Until"):
+        return None
+    if name in ("TimedAlways", "TimedEventually", "TimedUntil", "TimedPrecedes"):
+        return int(Fraction(node.end)) + inner
+    if name in ("Next", "StrongNext"):
+        return 1 + inner
+    return inner  # atoms, logic, and past operators (they read earlier steps only)
+
+
+_FLIP_LOGIC = {"Neg"}
+_AMBIGUOUS = {"Iff": "iff", "Xor": "xor", "Rise": "rise", "Fall": "fall", "Abs": "abs()", "Pow": "pow()"}
+
+
+def _const_signs(node, consts: set[str], sign: int | None = 1, why: str = ""):
+    """Yield (const, sign of d robustness / d const or None, reason) for every occurrence."""
+    name = _cls(node)
+    if name == "Variable":
+        if node.var in consts:
+            yield node.var, sign, why
+        return
+    if name == "Constant":
+        return
+    if sign is not None and name in _AMBIGUOUS:
+        sign, why = None, f"it is used inside {_AMBIGUOUS[name]}"
+    kids = node.children
+    if name == "Predicate":
+        op = str(node.operator)
+        if op in ("==", "!="):
+            signs = (None, None)
+        elif op.startswith("<"):  # a <= b: robustness b - a
+            signs = (-1, 1)
+        else:  # a >= b: robustness a - b
+            signs = (1, -1)
+        for child, s in zip(kids, signs):
+            yield from _const_signs(child, consts, None if sign is None or s is None else sign * s,
+                                    why or "it is compared with == or !==")
+        return
+    if name in _FLIP_LOGIC:
+        yield from _const_signs(kids[0], consts, None if sign is None else -sign, why)
+        return
+    if name == "Implies":
+        yield from _const_signs(kids[0], consts, None if sign is None else -sign, why)
+        yield from _const_signs(kids[1], consts, sign, why)
+        return
+    if name == "Subtraction":
+        yield from _const_signs(kids[0], consts, sign, why)
+        yield from _const_signs(kids[1], consts, None if sign is None else -sign, why)
+        return
+    if name in ("Multiplication", "Division"):
+        for i, child in enumerate(kids):
+            other = kids[1 - i]
+            if _cls(other) == "Constant" and not (name == "Division" and i == 1) and other.val != 0:
+                s = None if sign is None else sign * (1 if other.val > 0 else -1)
+                yield from _const_signs(child, consts, s, why)
+            else:
+                yield from _const_signs(child, consts, None,
+                                        why or "it is multiplied or divided by a signal, or is a denominator")
+        return
+    # and, or, temporal operators, addition, exp, sqrt keep the direction
+    for child in kids:
+        yield from _const_signs(child, consts, sign, why)
+
+
+def _fmt_option(value) -> str:
+    if value is None:
+        return "all"
+    if isinstance(value, tuple):
+        return ",".join(f"{v[0]}:{v[1]}" if isinstance(v, tuple) else str(v) for v in value)
+    return str(value)
