@@ -13,25 +13,32 @@ class Progress:
         self.enabled = enabled
         self.base_bytes = base_bytes
         self._bar = None
+        self.description, self.total, self.live = "trials", total, False
         if not enabled:
             return
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn, TimeRemainingColumn
 
         self.console = Console(file=sys.stderr)
+        self.live = self.console.is_terminal  # otherwise (a log file, CI) one plain line per trial
+        self.total = total
         self._bar = Bar(TextColumn("[bold]{task.description}"), BarColumn(bar_width=20), MofNCompleteColumn(),
                         TimeRemainingColumn(), TextColumn("{task.fields[status]}"), console=self.console,
                         transient=False)
         self._task = self._bar.add_task("trials", total=total, completed=done, status="")
-        self._bar.start()
+        if self.live:
+            self._bar.start()
 
     def phase(self, description: str, total: int, done: int = 0) -> None:
+        self.description, self.total = description, total
         if self._bar:
             self._bar.update(self._task, description=description, total=total, completed=done, status="")
 
     def step(self, done: int, status: str = "") -> None:
         if self._bar:
             self._bar.update(self._task, completed=done, status=status)
+            if not self.live and status:
+                self.console.print(f"{self.description} {done}/{self.total}: {status}", highlight=False)
 
     def trial_status(self, best_bytes: float | None, robustness: dict, reason: str | None) -> str:
         best = (f"best {format_bytes(best_bytes)} (-{100 * (1 - best_bytes / self.base_bytes):.1f}%)"
@@ -48,5 +55,6 @@ class Progress:
 
     def close(self) -> None:
         if self._bar:
-            self._bar.stop()
+            if self.live:
+                self._bar.stop()
             self._bar = None

@@ -11,6 +11,8 @@ The trial's value is the plain cost (bytes or FLOPs per token), feasible or not.
 from __future__ import annotations
 
 import math
+import os
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +27,7 @@ from ..units import format_bytes
 from . import outputs
 from .costs import CostTable
 from .ladder import LadderStrategy, path_ladder, uniform_ladder
-from .objective import Objective
+from .objective import Objective, Outcome
 from .profile import SearchProfile
 from .progress import Progress
 from .sampler import ConstrainedBOSampler, RandomSearchSampler
@@ -36,6 +38,7 @@ from .storage import open_storage
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 SAMPLERS = ("bo", "random", "uniform", "greedy")
+WORKER = f"{socket.gethostname()}:{os.getpid()}"  # which process ran a trial (many workers, many machines)
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
@@ -96,7 +99,7 @@ def run_study(objective: Objective, budget_bytes: int, *, profile: SearchProfile
                                           prior=prior, **(sampler_options or {}))
             if not study.get_trials(deepcopy=False):
                 for index in warm_starts(path, est, costs, budget_bytes, objective_kind):
-                    study.enqueue_trial(space.to_params(index), user_attrs={"source": "warm-start"})
+                    study.enqueue_trial(space.to_params(index), user_attrs={"source": "warm-start"}, skip_if_exists=True)
         else:
             chosen = RandomSearchSampler(space, costs, budget_bytes, objective=objective_kind, seed=seed)
         if sampler == "uniform":
@@ -215,6 +218,7 @@ def _trial_function(space: SearchSpace, objective: Objective, sampler, budget_by
         params = space.suggest(trial)
         if "source" not in trial.user_attrs:
             trial.set_user_attr("source", sampler.name)
+        trial.set_user_attr("worker", WORKER)
         trial.set_user_attr("sampler_seconds", round(sampler.last_seconds, 4))
         if sampler.last_info:
             trial.set_user_attr("sampler_info", sampler.last_info)
@@ -226,9 +230,16 @@ def _trial_function(space: SearchSpace, objective: Objective, sampler, budget_by
         if cost.bytes > budget_bytes:
             trial.set_user_attr("reason", f"over budget ({format_bytes(cost.bytes)} > {format_bytes(budget_bytes)})")
             raise optuna.TrialPruned()
-        t0 = time.perf_counter()
-        out = objective.evaluate(plan)
-        trial.set_user_attr("eval_seconds", round(time.perf_counter() - t0, 4))
+        twin = _finished_twin(trial, params)
+        if twin is not None:  # another worker evaluated this point already: evaluations are deterministic
+            trial.set_user_attr("duplicate_of", twin.number)
+            out = Outcome({k: (v if v is not None else -math.inf) for k, v in twin.user_attrs["robustness"].items()},
+                          reason=twin.user_attrs.get("reason"))
+            trial.set_user_attr("eval_seconds", 0.0)
+        else:
+            t0 = time.perf_counter()
+            out = objective.evaluate(plan)
+            trial.set_user_attr("eval_seconds", round(time.perf_counter() - t0, 4))
         trial.set_user_attr("robustness", {k: _finite_or_none(v) for k, v in out.robustness.items()})
         if out.per_prompt:
             trial.set_user_attr("per_prompt", _jsonable(out.per_prompt))
@@ -240,6 +251,13 @@ def _trial_function(space: SearchSpace, objective: Objective, sampler, budget_by
         return float(cost.bytes if objective_kind == "size" else cost.flops_per_token)
 
     return func
+
+
+def _finished_twin(trial, params):
+    for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if t.number != trial.number and t.params == params and "robustness" in t.user_attrs:
+            return t
+    return None
 
 
 def _finite_or_none(v):

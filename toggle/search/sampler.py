@@ -121,6 +121,11 @@ class SpaceSampler(BaseSampler):
             x[rows, cols.ravel()] = np.minimum(x[rows, cols.ravel()] + 1, self.limit[cols.ravel()])
             if np.all(x[over] == self.limit):
                 break
+        # Rows still over (more compression can cost bytes: a sparsity bitmask on a 3-bit matrix)
+        # take the cheapest plan the allowed space has.
+        over = self.costs.of(x)[0] > self.budget
+        if over.any():
+            x[over] = np.minimum(self.costs.min_bytes_index(), self.limit)
         return x
 
 

@@ -48,9 +48,9 @@ def _fast_sqlite(engine) -> None:
     @event.listens_for(engine, "connect")
     def _pragmas(conn, _record):
         cur = conn.cursor()
+        cur.execute("PRAGMA busy_timeout=30000")  # first: switching to WAL needs a lock another worker may hold
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA synchronous=NORMAL")
-        cur.execute("PRAGMA busy_timeout=30000")
         cur.close()
 
     engine.dispose()  # connections opened before the listener reconnect with the pragmas
