@@ -230,7 +230,11 @@ def _trial_function(space: SearchSpace, objective: Objective, sampler, budget_by
         if cost.bytes > budget_bytes:
             trial.set_user_attr("reason", f"over budget ({format_bytes(cost.bytes)} > {format_bytes(budget_bytes)})")
             raise optuna.TrialPruned()
-        twin = _finished_twin(trial, params)
+        twin = _twin(trial, params)
+        if twin is not None and twin.state == TrialState.RUNNING:
+            # Two workers took the same enqueued point at once: let the earlier one evaluate it.
+            trial.set_user_attr("reason", f"duplicate of running trial {twin.number}")
+            raise optuna.TrialPruned()
         if twin is not None:  # another worker evaluated this point already: evaluations are deterministic
             trial.set_user_attr("duplicate_of", twin.number)
             out = Outcome({k: (v if v is not None else -math.inf) for k, v in twin.user_attrs["robustness"].items()},
@@ -253,11 +257,17 @@ def _trial_function(space: SearchSpace, objective: Objective, sampler, budget_by
     return func
 
 
-def _finished_twin(trial, params):
-    for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        if t.number != trial.number and t.params == params and "robustness" in t.user_attrs:
+def _twin(trial, params):
+    """A finished trial with the same point, else an earlier running one, else None."""
+    running = None
+    for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)):
+        if t.number == trial.number or t.params != params:
+            continue
+        if t.state == TrialState.COMPLETE and "robustness" in t.user_attrs:
             return t
-    return None
+        if t.state == TrialState.RUNNING and t.number < trial.number:
+            running = t
+    return running
 
 
 def _finite_or_none(v):

@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+import time
 import warnings
 from pathlib import Path
 
@@ -26,17 +27,31 @@ def open_storage(url: str | None, run_dir: Path):
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path))), url
     try:
-        # The heartbeat lets a worker that was killed hard (no Ctrl-C) have its running trial
-        # marked failed by the others, instead of counting as pending forever.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            storage = optuna.storages.RDBStorage(url, heartbeat_interval=30, grace_period=120)
+        storage = _rdb(url)
     except (ImportError, ValueError, optuna.exceptions.StorageInternalError) as e:
         raise InvalidInput(f"--storage: cannot open {url!r}: {e}; expected an SQLAlchemy URL such as "
                            f"sqlite:///study.db or postgresql://user@host/db, or journal:PATH") from None
     if url.startswith("sqlite"):
         _fast_sqlite(storage.engine)
     return storage, url
+
+
+def _rdb(url: str, attempts: int = 5):
+    """Two workers starting on a fresh database race to create its tables; the loser retries
+    and finds them made."""
+    from sqlalchemy.exc import IntegrityError, OperationalError
+
+    for attempt in range(attempts):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                # The heartbeat lets a worker killed hard (no Ctrl-C) have its running trial marked
+                # failed by the others, instead of counting as pending forever.
+                return optuna.storages.RDBStorage(url, heartbeat_interval=30, grace_period=120)
+        except (IntegrityError, OperationalError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.5 * (attempt + 1))
 
 
 def _fast_sqlite(engine) -> None:
