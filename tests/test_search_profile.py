@@ -21,7 +21,7 @@ def test_gguf_profile_only_holds_what_gguf_stores():
     for knobs in (g.knobs, g.embedding):
         assert set(knobs["bits"]) <= {4, 5, 8, 16}
         assert knobs["sparsity"] == (0.0,) and knobs["rank_ratio"] == (1.0,)
-    assert g.methods.quantizer == "rtn" and g.methods.group_size == 32
+    assert g.methods.quantizer == "rtn" and g.methods.group_size == 32 and g.format == "gguf"
 
 
 def test_profile_given_as_path(tmp_path):

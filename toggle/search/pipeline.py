@@ -31,6 +31,7 @@ class ModelObjective:
     evaluator: object  # toggle.evaluate.Evaluator
     cost_model: object  # toggle.cost.CostModel
     cache_key: str = ""
+    prompts: list[str] | None = None  # evaluate on these prompt ids only (the profiling subset)
 
     @property
     def base16_bytes(self) -> int:
@@ -41,7 +42,7 @@ class ModelObjective:
         return float(self.cost_model.base_flops_per_token)
 
     def evaluate(self, plan: Plan) -> Outcome:
-        ev = self.evaluator.evaluate(plan)
+        ev = self.evaluator.evaluate(plan, prompts=self.prompts)
         return Outcome(robustness=dict(ev.robustness), reason=getattr(ev, "reason", None),
                        per_prompt=dict(getattr(ev, "per_prompt", None) or {}), timings=dict(getattr(ev, "timings", None) or {}))
 
@@ -68,49 +69,56 @@ def run_search(model: str, budget: str | Budget, *, specs=None, prompts=None, pr
     if not 0.0 <= relax < 1.0:
         raise InvalidInput(f"--relax: {relax} is not valid; expected a fraction in [0, 1), e.g. 0.1")
     from ..prompts import load_prompts
-    from ..resources import default_specs
     from ..specs import load_specs
 
-    spec_set = load_specs(list(specs) if specs else default_specs(), overrides or {}, relax)
+    spec_set = load_specs(list(specs) if specs else None, overrides or {}, relax)
     suite = load_prompts(prompts)
-    calibration = suite.split("calibration")
-    if not calibration:
-        raise InvalidInput(f"{prompts or 'prompt suite'}: no prompts with split 'calibration'; the search needs some")
 
-    # 2. The model, its trace and the evaluators (full suite, and a subset for profiling).
+    # 2. The model, its trace, calibration statistics, the evaluator and the cost model.
+    from ..compress import PlanApplier
+    from ..cost import CostModel
+    from ..evaluate import Evaluator
     from ..load import load_model
-    from ..modules import compressible_modules, parameter_counts
+    from ..modules import compressible_modules
+    from ..trace import build_trace
 
     loaded = load_model(model, device=device or "cpu", trust_remote_code=trust_remote_code)
     refs = compressible_modules(loaded.model)
-    counts = parameter_counts(loaded.model)
-    full = _objective(loaded, refs, spec_set, calibration)
-    subset = _spread(calibration, search_profile.sensitivity.prompts)
-    profiling = _objective(loaded, refs, spec_set, subset, cost_model=full.cost_model) if len(subset) < len(calibration) else full
-
-    budget_bytes = budget.resolve(counts["compressible"], _other_bytes(full, counts))
+    trace = build_trace(loaded, suite, spec_set, split="calibration")
     run_dir = Path(out) if out else default_run_dir(model, budget)
+    stats, meta = _calibration_stats(loaded, refs, trace, search_profile.methods, run_dir)
+    evaluator = Evaluator(loaded, spec_set, trace, PlanApplier(loaded.model, refs, stats))
+    cost_model = CostModel(loaded.model, refs, fmt=search_profile.format)
+    names = [p.name for p in spec_set.properties]
+    key = f"{loaded.fingerprint}|{trace.key}|{','.join(names)}"
+    full = ModelObjective(loaded.model_id, refs, names, evaluator, cost_model, cache_key=key)
+    ids = trace.prompt_ids
+    subset = _spread(ids, search_profile.sensitivity.prompts)
+    profiling = full if len(subset) == len(ids) else ModelObjective(
+        loaded.model_id, refs, names, evaluator, cost_model, cache_key=f"{key}|{','.join(subset)}", prompts=subset)
+
+    budget_bytes = budget.resolve(cost_model.compressible_params, cost_model.other_bytes)
     result = run_study(full, budget_bytes, profile=search_profile, run_dir=run_dir, trials=trials, sampler=sampler,
                        objective_kind=objective, seed=seed, storage=storage, study_name=study,
-                       profiling_objective=profiling, progress=progress)
+                       profiling_objective=profiling, progress=progress, plan_meta=meta)
     _after_search(result)
     return result
 
 
-def _objective(loaded, refs, spec_set, prompts, cost_model=None) -> ModelObjective:
-    """Wire trace, applier, evaluator and cost model for one list of prompts."""
-    from ..compress import PlanApplier
-    from ..cost import CostModel
-    from ..evaluate import Evaluator
-    from ..trace import build_trace
+def _calibration_stats(loaded, refs, trace, methods, run_dir: Path):
+    """Input statistics for activation-aware methods (Wanda, AWQ, GPTQ, ASVD), gathered over the
+    calibration trace's token paths, kept beside the plan so `toggle apply` reproduces it."""
+    if methods.pruner != "wanda" and methods.quantizer == "rtn" and methods.lowrank == "svd":
+        return None, {}
+    import torch
 
-    trace = build_trace(loaded, prompts)
-    applier = PlanApplier(loaded.model, refs, getattr(trace, "stats", None))
-    evaluator = Evaluator(loaded, spec_set, trace, applier)
-    cost_model = cost_model or CostModel(loaded.model, refs)
-    names = [p.name for p in spec_set.properties]
-    key = f"{loaded.fingerprint}|{','.join(names)}|{len(prompts)}"
-    return ModelObjective(loaded.model_id, refs, names, evaluator, cost_model, cache_key=key)
+    from ..compress.calibrate import collect_stats
+
+    sequences = [torch.tensor(list(p.prompt_ids) + list(p.tokens)) for p in trace.paths]
+    stats = collect_stats(loaded.model, sequences, refs=refs, fingerprint=loaded.fingerprint)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    stats.save(run_dir / "calibration_stats.safetensors")
+    return stats, {"calibration_stats": "calibration_stats.safetensors"}
 
 
 def _spread(items: list, n: int) -> list:
@@ -119,11 +127,6 @@ def _spread(items: list, n: int) -> list:
         return list(items)
     step = len(items) / n
     return [items[int(i * step)] for i in range(n)]
-
-
-def _other_bytes(objective: ModelObjective, counts: dict) -> int:
-    """Bytes of the tensors no plan touches, at 16 bits (for bits-per-weight budgets)."""
-    return 2 * int(counts["other"])
 
 
 def _after_search(result: SearchResult) -> None:

@@ -25,7 +25,8 @@ from ..resources import search_profile
 GRANULARITIES = ("block", "block_part", "module")
 KNOBS = ("bits", "sparsity", "rank_ratio")
 UNTOUCHED_VALUE = {"bits": 16, "sparsity": 0.0, "rank_ratio": 1.0}
-_TOP_KEYS = ("granularity", "trials", "seed", "knobs", "embedding", "methods", "sensitivity")
+_TOP_KEYS = ("granularity", "format", "trials", "seed", "knobs", "embedding", "methods", "sensitivity")
+FORMATS = ("toggle", "gguf")  # the artifact whose bytes the search counts
 
 
 def compression_order(knob: str, values) -> tuple:
@@ -50,6 +51,7 @@ class SearchProfile:
     seed: int = 0
     sensitivity: Sensitivity = field(default_factory=Sensitivity)
     source: str = ""
+    format: str = "toggle"
 
 
 def load_profile(name_or_path: str | Path) -> SearchProfile:
@@ -76,6 +78,9 @@ def parse_profile(data, *, name: str = "profile", source: str = "profile") -> Se
     granularity = data.get("granularity", "block_part")
     if granularity not in GRANULARITIES:
         raise InvalidInput(f"{source}: granularity: {granularity!r} is not valid; expected one of {', '.join(GRANULARITIES)}")
+    fmt = data.get("format", "toggle")
+    if fmt not in FORMATS:
+        raise InvalidInput(f"{source}: format: {fmt!r} is not valid; expected one of {', '.join(FORMATS)}")
     trials = _int(data.get("trials", 60), f"{source}: trials", minimum=1)
     seed = _int(data.get("seed", 0), f"{source}: seed", minimum=0)
     if "knobs" not in data:
@@ -85,7 +90,7 @@ def parse_profile(data, *, name: str = "profile", source: str = "profile") -> Se
     methods = _parse_methods(data.get("methods") or {}, source)
     sensitivity = _sensitivity(data.get("sensitivity") or {}, f"{source}: sensitivity", knobs)
     return SearchProfile(name=name, granularity=granularity, knobs=knobs, embedding=embedding, methods=methods,
-                         trials=trials, seed=seed, sensitivity=sensitivity, source=source)
+                         trials=trials, seed=seed, sensitivity=sensitivity, source=source, format=fmt)
 
 
 def _knobs(value, where: str) -> dict[str, tuple]:

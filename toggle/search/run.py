@@ -63,7 +63,7 @@ class SearchResult:
 def run_study(objective: Objective, budget_bytes: int, *, profile: SearchProfile, run_dir: str | Path,
               trials: int | None = None, sampler: str = "bo", objective_kind: str = "size", seed: int | None = None,
               storage: str | None = None, study_name: str | None = None, profiling_objective: Objective | None = None,
-              progress: bool = False, sampler_options: dict | None = None) -> SearchResult:
+              progress: bool = False, sampler_options: dict | None = None, plan_meta: dict | None = None) -> SearchResult:
     if sampler not in SAMPLERS:
         raise InvalidInput(f"--sampler: {sampler!r} is not valid; expected one of {', '.join(SAMPLERS)}")
     if objective_kind not in ("size", "flops"):
@@ -125,12 +125,13 @@ def run_study(objective: Objective, budget_bytes: int, *, profile: SearchProfile
                                                  last["robustness"] if last else {}, last["reason"] if last else None))
     except KeyboardInterrupt:
         bar.close()
-        _finish(study, space, objective, budget_bytes, objective_kind, sampler, seed, run_dir, started, timings, url, name)
+        _finish(study, space, objective, budget_bytes, objective_kind, sampler, seed, run_dir, started, timings, url, name,
+                plan_meta)
         raise
     finally:
         bar.close()
     result = _finish(study, space, objective, budget_bytes, objective_kind, sampler, seed, run_dir, started, timings,
-                     url, name)
+                     url, name, plan_meta)
     result.sensitivity = prof
     return result
 
@@ -284,12 +285,15 @@ def _jsonable(obj):
     return obj
 
 
-def _finish(study, space, objective, budget_bytes, objective_kind, sampler, seed, run_dir, started, timings, url, name):
+def _finish(study, space, objective, budget_bytes, objective_kind, sampler, seed, run_dir, started, timings, url, name,
+                plan_meta):
     rows = outputs.trial_rows(study, space)
     summary, plan = outputs.summarise(rows, objective_fn=objective, space=space, budget_bytes=budget_bytes,
                                       objective=objective_kind, sampler=sampler, seed=seed,
                                       wall_seconds=time.perf_counter() - started,
                                       extra={**timings, "study": name, "storage": _redact(url)})
+    if plan is not None and plan_meta:
+        plan.meta.update(plan_meta)
     outputs.write_outputs(run_dir, rows, summary, plan, list(objective.properties), space.params)
     return SearchResult(run_dir=run_dir, summary=summary, plan=plan, study_name=name, storage=url)
 
