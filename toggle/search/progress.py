@@ -37,8 +37,9 @@ class Progress:
     def step(self, done: int, status: str = "") -> None:
         if self._bar:
             self._bar.update(self._task, completed=done, status=status)
-            if not self.live and status:
-                self.console.print(f"{self.description} {done}/{self.total}: {status}", highlight=False)
+            if not self.live and (status or done == self.total or done % max(1, self.total // 10) == 0):
+                line = f"{self.description} {done}/{self.total}" + (f": {status}" if status else "")
+                self.console.print(line, highlight=False)
 
     def trial_status(self, best_bytes: float | None, robustness: dict, reason: str | None) -> str:
         best = (f"best {format_bytes(best_bytes)} (-{100 * (1 - best_bytes / self.base_bytes):.1f}%)"
