@@ -148,7 +148,32 @@ def _not_built(what: str) -> int:
 # --- command handlers: parse arguments into API calls, nothing more -------------------------
 
 def _cmd_search(args) -> int:
-    return _not_built("search")
+    from .search.pipeline import final_lines, run_search
+
+    result = run_search(
+        args.model, args.budget, specs=args.specs, prompts=args.prompts, profile=args.profile, trials=args.trials,
+        objective=args.objective, relax=args.relax, overrides=_parse_overrides(args.overrides), out=args.out,
+        storage=args.storage, study=args.study, seed=args.seed, sampler=args.sampler, device=args.device,
+        trust_remote_code=args.trust_remote_code, progress=True,
+    )
+    for line in final_lines(result):
+        print(line)
+    return result.exit_code
+
+
+def _parse_overrides(items: list[str]) -> dict[str, float]:
+    """--set NAME=VALUE (repeatable) -> {NAME: VALUE}."""
+    out = {}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        try:
+            number = float(value)
+        except ValueError:
+            number = None
+        if not sep or not name.strip() or number is None:
+            raise ToggleError(f"--set {item!r}: expected NAME=NUMBER, e.g. --set eps=0.2")
+        out[name.strip()] = number
+    return out
 
 
 def _cmd_apply(args) -> int:

@@ -1,0 +1,208 @@
+"""The search engine on synthetic problems (toggle.search.synthetic): no model needed."""
+import json
+import math
+import csv
+
+import numpy as np
+import optuna
+import pytest
+
+from toggle.errors import InvalidInput
+from toggle.search import load_profile, parse_profile, run_study
+from toggle.search.costs import CostTable
+from toggle.search.ladder import LadderStrategy
+from toggle.search.space import SearchSpace
+from toggle.search.synthetic import SyntheticObjective
+
+SMALL = parse_profile({
+    "granularity": "block_part", "trials": 8, "seed": 0,
+    "knobs": {"bits": [16, 8, 5, 4, 3], "sparsity": [0.0, 0.3]},
+    "embedding": {"bits": [16, 8]},
+    "sensitivity": {"prompts": 2, "levels": {"bits": [4, 3], "sparsity": [0.3]}},
+}, name="small")
+
+
+def _study(result):
+    return optuna.load_study(study_name=result.study_name, storage=result.storage)
+
+
+def test_space_groups_params_and_plan_round_trip():
+    obj = SyntheticObjective(blocks=3)
+    space = SearchSpace(obj.model_id, obj.refs, load_profile("default"))
+    assert [g.name for g in space.groups][:3] == ["embed", "b00.attn", "b00.mlp"]
+    assert len(space.groups) == 1 + 3 * 2
+    assert "b01.mlp:sparsity" in space.params and "embed:sparsity" not in space.params  # fixed knobs are no dims
+    index = space.untouched()
+    index[space.dim_of("b01.mlp", "bits")] = space.dims[space.dim_of("b01.mlp", "bits")].choices.index(4)
+    plan = space.plan(space.to_params(index))
+    assert set(plan.modules) == {r.name for r in obj.refs if r.block == 1 and r.part == "mlp"}
+    assert {s.bits for s in plan.modules.values()} == {4}
+    assert np.array_equal(space.to_index(space.to_params(index)), index)
+    module_space = SearchSpace(obj.model_id, obj.refs, parse_profile({"granularity": "module", "knobs": {"bits": [16, 4]}}))
+    assert len(module_space.groups) == 1 + 3 * 7
+
+
+def test_cost_table_is_exact_for_additive_costs():
+    obj = SyntheticObjective(blocks=3)
+    space = SearchSpace(obj.model_id, obj.refs, load_profile("default"))
+    table = CostTable(space, obj.cost)
+    rng = np.random.default_rng(0)
+    points = (rng.random((20, len(space.dims))) * space.sizes).astype(int)
+    size, flops = table.of(points)
+    for p, b, f in zip(points, size, flops):
+        exact = obj.cost(space.plan(space.to_params(p)))
+        assert abs(b - exact.bytes) <= 2 and f == pytest.approx(exact.flops_per_token)
+    assert table.min_bytes() == pytest.approx(obj.cost(space.plan(space.to_params(table.min_bytes_index()))).bytes, abs=2)
+    assert table.cost_calls < 3 * 60  # deltas are shared between groups of equal shapes
+
+
+def test_ladder_bisection_finds_the_frontier_in_log_steps():
+    ladder = [np.array([i]) for i in range(64)]  # rung i feasible iff i <= 41
+    strategy, results, steps = LadderStrategy("t", ladder), {}, 0
+    while (point := strategy.next(results)) is not None:
+        results[tuple(point.tolist())] = int(point[0]) <= 41
+        steps += 1
+    assert max(k[0] for k, ok in results.items() if ok) == 41
+    assert steps <= 7  # log2(64) + 1; rungs dominated by a failure are never tried
+
+
+def test_run_writes_a_complete_run_directory(tmp_path):
+    obj = SyntheticObjective(blocks=3, seed=1)
+    budget = int(obj.base16_bytes * 0.5)
+    result = run_study(obj, budget, profile=SMALL, run_dir=tmp_path, trials=8, sampler="bo")
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    for key in ("model", "budget_bytes", "base_size_bytes", "compressed_size_bytes", "size_reduction",
+                "base_flops_per_token", "compressed_flops_per_token", "flops_reduction", "robustness", "satisfied",
+                "trials", "feasible_trials", "wall_seconds", "sampler", "seed", "profile"):
+        assert key in summary, key
+    assert summary["satisfied"] is True and result.exit_code == 0
+    assert summary["trials"] == 8 and summary["budget_bytes"] == budget
+    assert summary["compressed_size_bytes"] <= budget
+    assert summary["size_reduction"] == pytest.approx(1 - summary["compressed_size_bytes"] / obj.base16_bytes)
+    assert all(v >= 0 for v in summary["robustness"].values())
+    assert (tmp_path / "plan.yaml").exists() and (tmp_path / "study.db").exists()
+    assert (tmp_path / "sensitivity.json").exists()
+    plan = result.plan
+    assert obj.cost(plan).bytes == summary["compressed_size_bytes"]
+    assert min(obj.robustness(plan).values()) >= 0
+    rows = list(csv.DictReader((tmp_path / "trials.csv").open()))
+    assert len(rows) == 8 and "robustness:coherence" in rows[0] and "b00.attn:bits" in rows[0]
+    pareto = list(csv.DictReader((tmp_path / "pareto.csv").open()))
+    sizes = [int(r["bytes"]) for r in pareto]
+    margins = [float(r["min_margin"]) for r in pareto]
+    assert sizes == sorted(sizes) and margins == sorted(margins)  # bigger plans only if they buy margin
+
+
+def test_trials_store_robustness_reason_and_optuna_constraints(tmp_path):
+    obj = SyntheticObjective(blocks=2, nan_below_bits=5)
+    result = run_study(obj, int(obj.base16_bytes * 0.6), profile=SMALL, run_dir=tmp_path, trials=6, sampler="random")
+    trials = _study(result).get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert trials
+    for t in trials:
+        assert set(t.constraints) == {"size", "robustness:coherence", "robustness:factual", "valid"}
+        rob = t.user_attrs["robustness"]
+        if t.user_attrs["reason"] == "NaN logits":
+            assert t.constraints["valid"] == 1.0 and rob["coherence"] is None
+        else:
+            assert t.constraints["robustness:coherence"] == pytest.approx(-rob["coherence"])
+        assert t.value == t.user_attrs["bytes"]  # the objective is the plain size: no penalty
+    assert any(t.user_attrs["reason"] == "NaN logits" for t in trials)  # plans below 5 bits fail like NaN logits
+
+
+def test_over_budget_points_are_pruned_without_evaluation(tmp_path):
+    obj = SyntheticObjective(blocks=2)
+    budget = int(obj.base16_bytes * 0.5)
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    study = optuna.create_study(storage=storage, study_name="s", direction="minimize")
+    study.enqueue_trial({})  # the untouched model: 16-bit, over budget
+    run_study(obj, budget, profile=SMALL, run_dir=tmp_path, trials=3, sampler="random", storage=storage, study_name="s")
+    first = optuna.load_study(study_name="s", storage=storage).trials[0]
+    assert first.state == optuna.trial.TrialState.PRUNED
+    assert first.user_attrs["reason"].startswith("over budget") and "robustness" not in first.user_attrs
+    assert obj.evaluations == 2
+
+
+def test_impossible_budget_fails_at_once_with_the_minimum_size(tmp_path):
+    obj = SyntheticObjective(blocks=2)
+    space = SearchSpace(obj.model_id, obj.refs, SMALL)
+    smallest = obj.cost(space.plan(space.to_params(CostTable(space, obj.cost).min_bytes_index()))).bytes
+    with pytest.raises(InvalidInput, match=rf"smaller than the most compressed plan profile 'small' allows: .*\({smallest} bytes\)"):
+        run_study(obj, smallest - 1, profile=SMALL, run_dir=tmp_path, trials=3)
+    assert obj.evaluations == 0
+
+
+def test_unsatisfiable_specs_exit_1_and_say_how_close(tmp_path):
+    obj = SyntheticObjective(blocks=2)
+    space = SearchSpace(obj.model_id, obj.refs, SMALL)
+    budget = int(CostTable(space, obj.cost).min_bytes()) + 10  # only the most compressed plans fit
+    result = run_study(obj, budget, profile=SMALL, run_dir=tmp_path, trials=4, sampler="random")
+    assert result.exit_code == 1 and result.plan is None
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["satisfied"] is False and summary["feasible_trials"] == 0
+    assert summary["min_margin"] < 0 and summary["compressed_size_bytes"] <= budget
+    assert not (tmp_path / "plan.yaml").exists()
+
+
+def test_rerun_resumes_and_keeps_finished_trials(tmp_path):
+    obj = SyntheticObjective(blocks=2)
+    budget = int(obj.base16_bytes * 0.5)
+    first = run_study(obj, budget, profile=SMALL, run_dir=tmp_path, trials=5, sampler="random")
+    before = [(t.number, t.params, t.value) for t in _study(first).trials]
+    evaluations = obj.evaluations
+    second = run_study(obj, budget, profile=SMALL, run_dir=tmp_path, trials=8, sampler="random")
+    after = _study(second).trials
+    assert len(after) == 8 and [(t.number, t.params, t.value) for t in after[:5]] == before
+    assert obj.evaluations == evaluations + 3
+    assert json.loads((tmp_path / "summary.json").read_text())["trials"] == 8
+
+
+def test_sensitivity_profile_is_cached_and_shrinks_the_space(tmp_path):
+    obj = SyntheticObjective(blocks=2)
+    budget = int(obj.base16_bytes * 0.5)
+    r1 = run_study(obj, budget, profile=SMALL, run_dir=tmp_path, trials=2, sampler="greedy")
+    profiled = obj.evaluations - 2
+    assert profiled == 1 + 4 * 3  # untouched + 4 block groups x 3 levels (the embedding allows none of them)
+    cache = json.loads((tmp_path / "sensitivity.json").read_text())
+    assert len(cache["entries"]) == 12
+    n = obj.evaluations
+    run_study(obj, budget, profile=SMALL, run_dir=tmp_path, trials=3, sampler="greedy")
+    assert obj.evaluations == n + 1  # the profile came from the cache
+    from toggle.search.sensitivity import allowed_max
+    space = SearchSpace(obj.model_id, obj.refs, SMALL)
+    limit = allowed_max(space, r1.sensitivity)
+    for e in cache["entries"]:
+        col = space.dim_of(e["group"], e["knob"])
+        idx = space.dims[col].choices.index(e["value"])
+        if min(v for v in e["robustness"].values()) < 0:
+            assert limit[col] < idx  # a level that violates alone is never proposed by BO
+
+
+def test_keyboard_interrupt_saves_outputs_and_resumes(tmp_path):
+    obj = SyntheticObjective(blocks=2)
+    budget = int(obj.base16_bytes * 0.5)
+    real = obj.evaluate
+
+    def interrupt_on_fourth(plan):
+        if obj.evaluations == 3:
+            raise KeyboardInterrupt
+        return real(plan)
+
+    obj.evaluate = interrupt_on_fourth
+    with pytest.raises(KeyboardInterrupt):
+        run_study(obj, budget, profile=SMALL, run_dir=tmp_path, trials=6, sampler="random")
+    assert json.loads((tmp_path / "summary.json").read_text())["trials"] == 3
+    obj.evaluate = real
+    result = run_study(obj, budget, profile=SMALL, run_dir=tmp_path, trials=6, sampler="random")
+    assert result.summary["trials"] == 6
+
+
+def test_bo_beats_uniform_and_random_at_equal_trials(tmp_path):
+    obj = SyntheticObjective(blocks=4, seed=3)
+    view = obj.profiling_view(seed=7)
+    budget = int(obj.base16_bytes * 0.5)
+    found = {}
+    for sampler in ("uniform", "random", "bo"):
+        r = run_study(obj, budget, profile=SMALL, run_dir=tmp_path / sampler, trials=16, sampler=sampler,
+                      profiling_objective=view)
+        found[sampler] = r.summary["compressed_size_bytes"] if r.satisfied else math.inf
+    assert found["bo"] < found["uniform"] and found["bo"] < found["random"], found

@@ -1,0 +1,79 @@
+"""Vectorised cost of many candidate points at once.
+
+The artifact's bytes and FLOPs are sums over modules, so a plan's cost is the untouched model's
+cost plus one delta per group that depends only on that group's setting. Deltas are computed
+with the exact cost function once per (group signature, setting): groups with the same module
+shapes (every block's attention, every block's MLP) share them. A candidate pool of thousands
+of points is then costed with a few numpy gathers; the chosen point is costed exactly again.
+"""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+from ..plan import ModuleSetting, Plan
+from .objective import PlanCost
+from .profile import KNOBS
+from .space import SearchSpace
+
+
+class CostTable:
+    def __init__(self, space: SearchSpace, cost_fn):
+        self.space = space
+        base = cost_fn(space.plan({}))
+        self.base_bytes, self.base_flops = float(base.bytes), float(base.flops_per_token)
+        self._combos: list[list[tuple]] = []  # per group: every (bits, sparsity, rank_ratio)
+        self._delta: list[np.ndarray] = []  # per group: (n_combos, 2) bytes, flops
+        cache: dict[tuple, tuple[float, float]] = {}
+        for g in space.groups:
+            combos = list(itertools.product(*(g.choices[k] for k in KNOBS)))
+            deltas = np.zeros((len(combos), 2))
+            for ci, combo in enumerate(combos):
+                key = (g.signature, combo)
+                if key not in cache:
+                    s = ModuleSetting(bits=int(combo[0]), sparsity=float(combo[1]), rank_ratio=float(combo[2]))
+                    plan = Plan(model=space.model_id, modules={} if s.untouched else {m: s for m in g.modules},
+                                methods=space.methods)
+                    c = cost_fn(plan)
+                    cache[key] = (c.bytes - self.base_bytes, c.flops_per_token - self.base_flops)
+                deltas[ci] = cache[key]
+            self._combos.append(combos)
+            self._delta.append(deltas)
+        self.cost_calls = len(cache) + 1
+        # For each group: which column of an index vector drives each knob (None: fixed value).
+        self._columns = [[space.dim_of(g.name, k) for k in KNOBS] for g in space.groups]
+        self._strides = [[int(np.prod([len(g.choices[k2]) for k2 in KNOBS[ki + 1:]])) for ki in range(3)]
+                         for g in space.groups]
+
+    def of(self, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(bytes, flops) for each row of an (N, dims) index matrix (or one vector)."""
+        index = np.atleast_2d(index)
+        total = np.tile([self.base_bytes, self.base_flops], (index.shape[0], 1))
+        for gi, deltas in enumerate(self._delta):
+            combo = np.zeros(index.shape[0], dtype=np.int64)
+            for col, stride in zip(self._columns[gi], self._strides[gi]):
+                if col is not None:
+                    combo += index[:, col] * stride
+            total += deltas[combo]
+        return total[:, 0], total[:, 1]
+
+    def bytes_of(self, index) -> float:
+        return float(self.of(index)[0][0])
+
+    def min_bytes(self) -> float:
+        """The smallest artifact the space allows (every group at its cheapest setting)."""
+        return self.base_bytes + sum(float(d[:, 0].min()) for d in self._delta)
+
+    def min_bytes_index(self) -> np.ndarray:
+        index = self.space.untouched()
+        for gi, d in enumerate(self._delta):
+            combo = self._combos[gi][int(np.argmin(d[:, 0]))]
+            for ki, knob in enumerate(KNOBS):
+                col = self._columns[gi][ki]
+                if col is not None:
+                    index[col] = self.space.dims[col].choices.index(combo[ki])
+        return index
+
+    def exact(self, cost_fn, index) -> PlanCost:
+        return cost_fn(self.space.plan(self.space.to_params(index)))

@@ -1,0 +1,61 @@
+"""Progress while a search runs: trials done, best feasible size so far, the latest margins, ETA."""
+from __future__ import annotations
+
+import sys
+
+from ..units import format_bytes
+
+
+class Progress:
+    """A rich progress bar on stderr (a no-op when disabled)."""
+
+    def __init__(self, enabled: bool, total: int, done: int, base_bytes: float):
+        self.enabled = enabled
+        self.base_bytes = base_bytes
+        self._bar = None
+        self.description, self.total, self.live = "trials", total, False
+        if not enabled:
+            return
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn, TimeRemainingColumn
+
+        self.console = Console(file=sys.stderr)
+        self.live = self.console.is_terminal  # otherwise (a log file, CI) one plain line per trial
+        self.total = total
+        self._bar = Bar(TextColumn("[bold]{task.description}"), BarColumn(bar_width=20), MofNCompleteColumn(),
+                        TimeRemainingColumn(), TextColumn("{task.fields[status]}"), console=self.console,
+                        transient=False)
+        self._task = self._bar.add_task("trials", total=total, completed=done, status="")
+        if self.live:
+            self._bar.start()
+
+    def phase(self, description: str, total: int, done: int = 0) -> None:
+        self.description, self.total = description, total
+        if self._bar:
+            self._bar.update(self._task, description=description, total=total, completed=done, status="")
+
+    def step(self, done: int, status: str = "") -> None:
+        if self._bar:
+            self._bar.update(self._task, completed=done, status=status)
+            if not self.live and (status or done == self.total or done % max(1, self.total // 10) == 0):
+                line = f"{self.description} {done}/{self.total}" + (f": {status}" if status else "")
+                self.console.print(line, highlight=False)
+
+    def trial_status(self, best_bytes: float | None, robustness: dict, reason: str | None) -> str:
+        best = (f"best {format_bytes(best_bytes)} (-{100 * (1 - best_bytes / self.base_bytes):.1f}%)"
+                if best_bytes is not None else "no feasible plan yet")
+        if reason:
+            last = f"last: {reason}"
+        else:
+            last = "last: " + " ".join(f"{k}={'-inf' if v is None else f'{v:+.3f}'}" for k, v in robustness.items())
+        return f"{best} | {last}"
+
+    def print(self, text: str) -> None:
+        if self._bar:
+            self._bar.console.print(text)
+
+    def close(self) -> None:
+        if self._bar:
+            if self.live:
+                self._bar.stop()
+            self._bar = None

@@ -1,0 +1,259 @@
+"""Sensitivity profiling: compress one group at a time, at a few levels, on a prompt subset.
+
+What it buys the search:
+- a *shrunk space*: a level that violates a property when its group alone is compressed is
+  dropped for that group, with every more compressed value (robustness is a min over prompts,
+  so a violation on the subset is a violation on the full calibration suite; compressing other
+  groups as well is assumed not to help);
+- a *loss estimate* per group and knob value (the fraction of the untouched model's margin it
+  consumes), from which a greedy allocation builds a path of ever smaller plans: the greedy
+  baseline bisects along it, and BO starts from its best-looking points;
+- a table for the user.
+
+Results are cached in the run directory (sensitivity.json) and in the study's user attributes,
+keyed by the objective and the profile, so a resumed run or another worker does not redo them.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..atomic import atomic_write_json
+from .objective import Objective
+from .space import SearchSpace
+
+
+@dataclass
+class SensitivityProfile:
+    key: str
+    baseline: dict[str, float]  # robustness of the untouched model on the subset
+    entries: list[dict] = field(default_factory=list)  # {group, knob, value, robustness, reason}
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {"key": self.key, "baseline": self.baseline, "entries": self.entries, "seconds": self.seconds}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SensitivityProfile":
+        return cls(key=d["key"], baseline=d["baseline"], entries=list(d["entries"]), seconds=d.get("seconds", 0.0))
+
+    def margin(self, entry: dict) -> float:
+        if entry.get("reason"):
+            return -math.inf
+        values = [v if v is not None and math.isfinite(v) else -math.inf for v in entry["robustness"].values()]
+        return min(values) if values else math.inf
+
+
+def profiling_points(space: SearchSpace) -> list[tuple[str, str, object, np.ndarray]]:
+    """(group, knob, value, index) for every group x profiled level the group allows."""
+    points = []
+    for gi, g in enumerate(space.groups):
+        for knob, levels in space.profile.sensitivity.levels.items():
+            col = space.dim_of(g.name, knob)
+            if col is None:
+                continue
+            for value in levels:
+                if value in g.choices[knob]:
+                    index = space.untouched()
+                    index[col] = g.choices[knob].index(value)
+                    points.append((g.name, knob, value, index))
+    return points
+
+
+def profile_key(space: SearchSpace, objective: Objective) -> str:
+    s = space.profile.sensitivity
+    levels = ",".join(f"{k}={list(v)}" for k, v in sorted(s.levels.items()))
+    base = getattr(objective, "cache_key", objective.model_id)
+    return f"{base}|{space.profile.granularity}|{levels}|prompts={s.prompts}|groups={len(space.groups)}"
+
+
+def run_profiling(space: SearchSpace, objective: Objective, cache: Path | None = None, *, study=None,
+                  on_step=None) -> SensitivityProfile:
+    """Profile every group (resuming a partial cache); `on_step(done, total)` reports progress."""
+    key = profile_key(space, objective)
+    prof = _load_cached(key, cache, study)
+    if prof is None:
+        t0 = time.perf_counter()
+        prof = SensitivityProfile(key=key, baseline=objective.evaluate(space.plan({})).robustness)
+        prof.seconds = time.perf_counter() - t0
+    done = {(e["group"], e["knob"], _num(e["value"])) for e in prof.entries}
+    points = profiling_points(space)
+    for i, (group, knob, value, index) in enumerate(points):
+        if on_step:
+            on_step(i, len(points))
+        if (group, knob, _num(value)) in done:
+            continue
+        t0 = time.perf_counter()
+        out = objective.evaluate(space.plan(space.to_params(index)))
+        prof.seconds += time.perf_counter() - t0
+        prof.entries.append({"group": group, "knob": knob, "value": value,
+                             "robustness": {k: _finite_or_none(v) for k, v in out.robustness.items()},
+                             "reason": out.reason})
+        if cache is not None:
+            atomic_write_json(cache, prof.to_dict())  # a Ctrl-C loses at most one evaluation
+    if on_step:
+        on_step(len(points), len(points))
+    if cache is not None:
+        atomic_write_json(cache, prof.to_dict())
+    if study is not None:
+        study.set_user_attr("sensitivity", prof.to_dict())
+    return prof
+
+
+def _load_cached(key: str, cache: Path | None, study) -> SensitivityProfile | None:
+    candidates = []
+    if study is not None and "sensitivity" in study.user_attrs:
+        candidates.append(study.user_attrs["sensitivity"])
+    if cache is not None and cache.exists():
+        try:
+            candidates.append(json.loads(cache.read_text()))
+        except (OSError, ValueError):
+            pass  # a damaged cache is recomputed
+    matching = [SensitivityProfile.from_dict(c) for c in candidates if isinstance(c, dict) and c.get("key") == key]
+    return max(matching, key=lambda p: len(p.entries)) if matching else None
+
+
+def _num(v) -> float:
+    return float(v)
+
+
+def _finite_or_none(v: float):
+    return float(v) if v is not None and math.isfinite(v) else None
+
+
+# --- what the profile tells ---------------------------------------------------------------
+
+def allowed_max(space: SearchSpace, prof: SensitivityProfile) -> np.ndarray:
+    """Per dimension, the most compressed index still allowed: below the first violating level."""
+    limit = space.sizes - 1
+    for e in prof.entries:
+        col = space.dim_of(e["group"], e["knob"])
+        if col is None or prof.margin(e) >= 0:
+            continue
+        idx = space.dims[col].choices.index(e["value"]) if e["value"] in space.dims[col].choices else None
+        if idx is not None:
+            limit[col] = min(limit[col], max(idx - 1, 0))
+    return limit
+
+
+def drop_tables(space: SearchSpace, prof: SensitivityProfile) -> dict[str, list[np.ndarray]]:
+    """Per property, per dimension, per choice: the estimated drop in robustness when that one
+    knob of that one group takes that value.
+
+    Measured levels are used as is; bits between or above them are extrapolated as quantisation
+    noise (x4 per bit less), other knobs linearly in the ordinal index. A failed evaluation
+    (NaN logits) counts as a drop of 10x the baseline margin."""
+    tables: dict[str, list[np.ndarray]] = {}
+    for p, r0 in prof.baseline.items():
+        r0 = r0 if r0 is not None and math.isfinite(r0) else 0.0
+        worst = 10.0 * max(abs(r0), 1e-3)
+        measured: dict[tuple[int, int], float] = {}
+        for e in prof.entries:
+            col = space.dim_of(e["group"], e["knob"])
+            if col is None or e["value"] not in space.dims[col].choices:
+                continue
+            r = e["robustness"].get(p)
+            drop = worst if e.get("reason") or r is None else min(r0 - r, worst)
+            measured[(col, space.dims[col].choices.index(e["value"]))] = drop
+        tables[p] = [_interpolate(d, {i: v for (c, i), v in measured.items() if c == col})
+                     for col, d in enumerate(space.dims)]
+    return tables
+
+
+def _interpolate(dim, measured: dict[int, float]) -> np.ndarray:
+    known = {0: 0.0, **measured}
+    xs = sorted(known)
+    row = np.zeros(len(dim.choices))
+    for i in range(len(row)):
+        if i in known:
+            row[i] = known[i]
+        elif dim.knob == "bits" and len(xs) > 1:
+            ref = min((x for x in xs if x > 0), key=lambda x: abs(x - i))
+            row[i] = known[ref] * 4.0 ** (dim.choices[ref] - dim.choices[i])
+        else:
+            lo = max(x for x in xs if x < i)
+            hi = min((x for x in xs if x > i), default=None)
+            if hi is None:
+                prev = max((x for x in xs if x < lo), default=None)
+                slope = (known[lo] - known[prev]) / (lo - prev) if prev is not None else known[lo]
+                row[i] = known[lo] + max(slope, 0.0) * (i - lo)
+            else:
+                row[i] = known[lo] + (known[hi] - known[lo]) * (i - lo) / (hi - lo)
+    return np.maximum.accumulate(np.maximum(row, 0.0))  # more compression is assumed never to help
+
+
+class AdditivePrior:
+    """Robustness predicted from single-group profiling, assuming drops add up:
+    r_p(x) ~ r0_p - sum_d drop_p[d][x_d]. BO uses it (rescaled by a fitted a + b * prior) as the
+    GP's prior mean, greedy as its loss estimate."""
+
+    def __init__(self, space: SearchSpace, prof: SensitivityProfile):
+        self.names = list(prof.baseline)
+        self.base = np.array([v if v is not None and math.isfinite(v) else 0.0 for v in prof.baseline.values()])
+        self.drops = drop_tables(space, prof)
+
+    def __call__(self, index: np.ndarray) -> np.ndarray:
+        index = np.atleast_2d(index)
+        out = np.tile(self.base, (index.shape[0], 1))
+        for j, p in enumerate(self.names):
+            for col, row in enumerate(self.drops[p]):
+                out[:, j] -= row[index[:, col]]
+        return out
+
+    def loss(self) -> list[np.ndarray]:
+        """Per dimension, per choice: the largest fraction of any property's margin consumed."""
+        scale = np.maximum(np.abs(self.base), 1e-3)
+        return [np.max(np.stack([self.drops[p][col] / scale[j] for j, p in enumerate(self.names)]), axis=0)
+                if self.names else np.zeros(1) for col in range(len(next(iter(self.drops.values()), [])))]
+
+
+def greedy_path(space: SearchSpace, costs, losses: list[np.ndarray], limit: np.ndarray, *, objective: str = "size"):
+    """Greedy allocation: from the untouched model, repeatedly take the one-step compression with
+    the best saving per unit of estimated loss, until nothing saves more. Returns the index
+    vectors along the way (each cheaper than the last) and their estimated total loss."""
+    column = 0 if objective == "size" else 1
+    index = space.untouched()
+    path, est = [index.copy()], [0.0]
+    total = 0.0
+    while True:
+        cols = np.nonzero(index < limit)[0]
+        if len(cols) == 0:
+            break
+        moves = np.repeat(index[None, :], len(cols), axis=0)
+        moves[np.arange(len(cols)), cols] += 1
+        current = costs.of(index)[column][0]
+        saving = current - costs.of(moves)[column]
+        dloss = np.array([losses[c][index[c] + 1] - losses[c][index[c]] for c in cols])
+        score = np.where(saving > 0, saving / np.maximum(dloss, 1e-6), -np.inf)
+        best = int(np.argmax(score))
+        if not np.isfinite(score[best]):
+            break
+        index = moves[best]
+        total += float(dloss[best])
+        path.append(index.copy())
+        est.append(total)
+    return path, est
+
+
+def table_rows(space: SearchSpace, prof: SensitivityProfile) -> tuple[list[str], list[list[str]]]:
+    """Columns 'knob=value' and one row per group: the minimum margin with that group compressed."""
+    cols = sorted({(e["knob"], e["value"]) for e in prof.entries}, key=lambda kv: (kv[0], _rank(kv)))
+    cell = {(e["group"], e["knob"], e["value"]): prof.margin(e) for e in prof.entries}
+    rows = []
+    for g in space.groups:
+        row = [g.name]
+        for knob, value in cols:
+            m = cell.get((g.name, knob, value))
+            row.append("" if m is None else ("NaN" if m == -math.inf else f"{m:+.3f}"))
+        rows.append(row)
+    return ["group"] + [f"{k}={v}" for k, v in cols], rows
+
+
+def _rank(kv) -> float:
+    knob, value = kv
+    return -float(value) if knob in ("bits", "rank_ratio") else float(value)
