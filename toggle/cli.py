@@ -9,6 +9,7 @@ import argparse
 import logging
 import os
 import sys
+import warnings
 
 from . import __version__
 from .errors import BAD_INPUT, INTERRUPTED, ToggleError
@@ -302,6 +303,9 @@ def main(argv: list[str] | None = None) -> int:
 def _quiet_libraries() -> None:
     """transformers and optuna are chatty; a user wants toggle's own progress only."""
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    # GP fitting on a handful of trials warns about scaling and tiny variances; the sampler
+    # handles both, and a user cannot act on them.
+    warnings.filterwarnings("ignore", module=r"(botorch|gpytorch|linear_operator|optuna)(\.|$)")
     for name in ("transformers", "optuna", "accelerate", "gguf", "botorch", "linear_operator", "gpytorch"):
         logging.getLogger(name).setLevel(logging.ERROR)
     try:

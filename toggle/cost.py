@@ -141,14 +141,14 @@ class CostModel:
             problem = gguf_problem(ref, setting, methods)
             if problem:
                 raise InvalidInput(f"modules.{ref.name}: cannot be stored in GGUF: {problem}")
-            qtype = gguf_type_for(setting.bits, methods.quantizer, methods.group_size, methods.symmetric)
+            qtype = gguf_type_for(setting.bits, methods.quantizer, methods.group_size, methods.symmetric_for(setting.bits))
             return ModuleCost(gguf_tensor_bytes(qtype, ref.numel), flops, bitops, (qtype,))
         size, encodings = 0, []
         awq = methods.quantizer == "awq" and ref.is_linear  # an untied embedding falls back to RTN
         for out_f, in_f in shapes:
             keep = kept_per_row(in_f, setting.sparsity, methods.prune_pattern)
             b, enc = matrix_bytes(out_f, in_f, keep, setting.bits, group_size=methods.group_size,
-                                  symmetric=methods.symmetric, awq=awq)
+                                  symmetric=methods.symmetric_for(setting.bits), awq=awq)
             size += b
             encodings.append(enc)
         return ModuleCost(size, flops, bitops, tuple(encodings))
@@ -189,10 +189,10 @@ def gguf_problem(ref: ModuleRef, setting: ModuleSetting, methods: Methods) -> st
     if setting.rank_ratio < 1:
         return (f"rank_ratio {setting.rank_ratio}: GGUF has no factorised matrices; multiplied back the "
                 f"matrix is full size again (no saving) and re-rounded, so it is refused; use --format toggle")
-    qtype = gguf_type_for(setting.bits, methods.quantizer, methods.group_size, methods.symmetric)
+    qtype = gguf_type_for(setting.bits, methods.quantizer, methods.group_size, methods.symmetric_for(setting.bits))
     if qtype is None:
         return (f"{setting.bits} bits with quantizer {methods.quantizer}, group_size {methods.group_size}, "
-                f"symmetric {str(methods.symmetric).lower()} has no GGUF type; GGUF holds 16 bits (F16) and, with "
+                f"symmetric {str(methods.symmetric_for(setting.bits)).lower()} has no GGUF type; GGUF holds 16 bits (F16) and, with "
                 f"group_size 32 and quantizer rtn or gptq, 8 bits symmetric (Q8_0), 5 or 4 bits (Q5_0/Q4_0 "
                 f"symmetric, Q5_1/Q4_1 asymmetric)")
     if setting.sparsity > 0 and qtype in ("Q4_1", "Q5_1"):

@@ -75,7 +75,8 @@ def write_gguf_artifact(loaded, plan: Plan, out_path: str | Path, applier: PlanA
     encodings: dict[str, list[str]] = {}
     for ref in refs:
         setting = plan.setting(ref.name)
-        qtype = gguf_type_for(setting.bits, plan.methods.quantizer, plan.methods.group_size, plan.methods.symmetric)
+        qtype = gguf_type_for(setting.bits, plan.methods.quantizer, plan.methods.group_size,
+                              plan.methods.symmetric_for(setting.bits))
         matrix = applier.stored(ref, setting, plan.methods).matrices[0]
         if qtype == "F16":
             data = matrix.dequantize().half().cpu().numpy()  # float16 values, pruned ones 0

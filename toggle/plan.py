@@ -51,10 +51,18 @@ UNTOUCHED = ModuleSetting()
 class Methods:
     quantizer: str = "rtn"
     group_size: int = 128  # -1: one scale per output channel
-    symmetric: bool = False
+    # true, false, or "auto": asymmetric (scale + minimum) below 8 bits, symmetric at 8 bits,
+    # where a zero point buys nothing; this is llama.cpp's Q4_1 / Q5_1 / Q8_0 family.
+    symmetric: bool | str = False
     pruner: str = "magnitude"
     prune_pattern: str = "unstructured"
     lowrank: str = "svd"
+
+    def symmetric_for(self, bits: int) -> bool:
+        """Whether quantisation at `bits` is symmetric under these methods."""
+        if self.symmetric == "auto":
+            return bits >= 8
+        return bool(self.symmetric)
 
 
 @dataclass
@@ -191,7 +199,7 @@ def _parse_methods(value, source: str) -> Methods:
             raise InvalidInput(f"{source}: methods.{name}: {got!r} is not valid; expected one of {', '.join(allowed)}")
     if isinstance(m.group_size, bool) or not isinstance(m.group_size, int) or not (m.group_size == -1 or m.group_size >= 8):
         raise InvalidInput(f"{source}: methods.group_size: {m.group_size!r}; expected an integer >= 8, or -1 for per-channel")
-    if not isinstance(m.symmetric, bool):
-        raise InvalidInput(f"{source}: methods.symmetric: expected true or false")
+    if not isinstance(m.symmetric, bool) and m.symmetric != "auto":
+        raise InvalidInput(f"{source}: methods.symmetric: {m.symmetric!r} is not valid; expected true, false or auto")
     return m
 

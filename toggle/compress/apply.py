@@ -109,7 +109,7 @@ def methods_key(setting: ModuleSetting, methods: Methods) -> tuple:
     """The method fields that affect this setting (others may change without recomputing)."""
     key: tuple = ()
     if setting.bits < 16:
-        key += (methods.quantizer, methods.group_size, methods.symmetric)
+        key += (methods.quantizer, methods.group_size, methods.symmetric_for(setting.bits))
     if setting.sparsity > 0:
         key += (methods.pruner, methods.prune_pattern)
     if setting.rank_ratio < 1:
@@ -355,7 +355,7 @@ class PlanApplier:
 def _quant_config(setting: ModuleSetting, methods: Methods, gram: torch.Tensor | None) -> QuantConfig:
     # Without statistics (an untied embedding is a lookup, not a matmul) awq/gptq fall back to RTN.
     method = methods.quantizer if gram is not None else "rtn"
-    return QuantConfig(bits=setting.bits, group_size=methods.group_size, symmetric=methods.symmetric, method=method)
+    return QuantConfig(bits=setting.bits, group_size=methods.group_size, symmetric=methods.symmetric_for(setting.bits), method=method)
 
 
 def _pruner(methods: Methods, gram: torch.Tensor | None) -> str:
