@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from .errors import ModelLoadError
+from .modules import find_blocks
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +166,10 @@ def load_model(
         model, tokenizer = _load_hub(model_id, dtype, attn_implementation, trust_remote_code)
         fingerprint = "hub-" + hashlib.sha256(model_id.encode()).hexdigest()[:16]
         quant = None
+    try:
+        find_blocks(model)
+    except ModelLoadError as e:  # fail at load time, naming the model, not later in the pipeline
+        raise ModelLoadError(f"{spec}: {e.message}") from None
     model.to(device)
     model.eval()
     model.requires_grad_(False)
@@ -223,6 +228,7 @@ def _gguf_cache(gguf_path: Path, model_id: str) -> Path:
     target = cache_dir() / "models" / key
     if (target / "config.json").is_file() and (target / "toggle-cache.json").is_file():
         return target
+    _check_gguf(gguf_path)
     print(f"toggle: de-quantising {gguf_path.name} once (about half a minute); cached in {target}",
           file=sys.stderr, flush=True)
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -264,6 +270,38 @@ def _gguf_cache(gguf_path: Path, model_id: str) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
+
+
+def _check_gguf(path: Path) -> None:
+    """A GGUF file transformers can read: the magic bytes, a complete header, a known architecture.
+    Checked before the (slow) de-quantisation so a wrong file fails in a second with its reason."""
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError as e:
+        raise ModelLoadError(f"{path}: cannot read: {e.strerror or e}") from None
+    if magic != b"GGUF":
+        raise ModelLoadError(f"{path}: not a GGUF file (it does not start with the GGUF magic bytes); "
+                             f"expected a .gguf model file, a model directory or a built-in model")
+    try:
+        from gguf import GGUFReader
+
+        reader = GGUFReader(str(path))
+        field_ = reader.fields.get("general.architecture")
+        arch = bytes(field_.parts[field_.data[0]]).decode("utf-8", "replace") if field_ else None
+    except Exception as e:  # noqa: BLE001 - a truncated or damaged file raises many types
+        raise ModelLoadError(f"{path}: damaged or truncated GGUF file: {_one_line(e)}") from None
+    try:
+        from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
+    except ImportError:  # pragma: no cover - layout of another transformers version: let it decide
+        return
+    if arch is None:
+        raise ModelLoadError(f"{path}: the GGUF file has no general.architecture field")
+    # transformers' list also holds its non-architecture sections and models without decoder blocks
+    supported = sorted(set(GGUF_SUPPORTED_ARCHITECTURES) - {"general", "tokenizer", "mamba", "t5", "umt5"})
+    if arch not in supported and arch.replace("-", "") not in supported:
+        raise ModelLoadError(f"{path}: GGUF architecture {arch!r} is not supported; expected a decoder-only "
+                             f"model of one of the architectures {', '.join(supported)}")
 
 
 def _load_hf_dir(path: Path, spec: str, dtype, attn_implementation, trust_remote_code: bool):
