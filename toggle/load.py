@@ -304,6 +304,39 @@ def _check_gguf(path: Path) -> None:
                              f"model of one of the architectures {', '.join(supported)}")
 
 
+def _check_safetensors(path: Path) -> None:
+    """The header of a safetensors file parses and its tensors fit in the file: a truncated
+    download or a copy cut short is named as such, not as a transformers stack trace."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            n = int.from_bytes(head, "little") if len(head) == 8 else -1
+            if n < 2 or 8 + n > size:
+                raise ValueError("the header is cut off")
+            header = json.loads(f.read(n))
+        if not isinstance(header, dict):
+            raise ValueError("the header is not a JSON object")
+        end = max((int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__"), default=0)
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as e:
+        raise ModelLoadError(f"{path}: damaged or truncated safetensors file ({_one_line(e)})") from None
+    if 8 + n + end > size:
+        raise ModelLoadError(f"{path}: truncated safetensors file: its header describes {8 + n + end:,} bytes, "
+                             f"the file holds {size:,}; copy or download it again")
+
+
+def _refuse_remote_code(path: Path, spec: str) -> None:
+    """A directory whose config or tokenizer config maps to its own Python files would run them."""
+    for name in ("config.json", "tokenizer_config.json"):
+        try:
+            data = json.loads((path / name).read_text())
+        except (OSError, ValueError):
+            continue  # missing or unreadable: transformers reports it
+        if isinstance(data, dict) and data.get("auto_map"):
+            raise ModelLoadError(f"{spec}: {name} maps to the model's own Python code (auto_map), which toggle "
+                                 f"does not run unless you pass --trust-remote-code (only for code you trust)")
+
+
 def _load_hf_dir(path: Path, spec: str, dtype, attn_implementation, trust_remote_code: bool):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -312,6 +345,10 @@ def _load_hf_dir(path: Path, spec: str, dtype, attn_implementation, trust_remote
         pickled = [p.name for p in path.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt")]
         hint = f" (found {', '.join(sorted(pickled))}: pickle files are not loaded for safety)" if pickled else ""
         raise ModelLoadError(f"{spec}: no safetensors weights in the directory{hint}")
+    for file in sorted(path.glob("*.safetensors")):
+        _check_safetensors(file)
+    if not trust_remote_code:
+        _refuse_remote_code(path, spec)
     kwargs = dict(dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code)
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation

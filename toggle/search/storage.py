@@ -120,7 +120,9 @@ def recover_orphans(study) -> list[int]:
             study.enqueue_trial(t.params, user_attrs={**attrs, "retry_of": t.number}, skip_if_exists=False)
         recovered.append(t.number)
     try:
-        optuna.storages.fail_stale_trials(study)  # heartbeat-enabled storages: other machines too
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)  # heartbeat-enabled storages: other machines too
     except Exception:  # noqa: BLE001 - best effort; the storage may not support heartbeats
         pass
     return recovered
