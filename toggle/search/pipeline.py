@@ -88,7 +88,12 @@ def run_search(model: str, budget: str | Budget, *, specs=None, prompts=None, pr
     run_dir = Path(out) if out else default_run_dir(model, budget)
     stats, meta = _calibration_stats(loaded, refs, trace, search_profile.methods, run_dir)
     evaluator = Evaluator(loaded, spec_set, trace, PlanApplier(loaded.model, refs, stats))
-    cost_model = CostModel(loaded.model, refs, fmt=search_profile.format)
+    if search_profile.format == "gguf":
+        from ..gguf_export import gguf_cost_model
+
+        cost_model = gguf_cost_model(loaded, refs)  # the .gguf file's metadata counts too
+    else:
+        cost_model = CostModel(loaded.model, refs, fmt=search_profile.format)
     names = [p.name for p in spec_set.properties]
     key = f"{loaded.fingerprint}|{trace.key}|{','.join(names)}"
     full = ModelObjective(loaded.model_id, refs, names, evaluator, cost_model, cache_key=key)
