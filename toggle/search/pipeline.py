@@ -19,6 +19,7 @@ from ..units import Budget, format_bytes, parse_budget
 from .objective import Outcome, PlanCost
 from .profile import load_profile
 from .run import SearchResult, run_study
+from .space import SearchSpace
 
 
 @dataclass
@@ -106,7 +107,8 @@ def run_search(model: str, budget: str | Budget, *, specs=None, prompts=None, pr
     result = run_study(full, budget_bytes, profile=search_profile, run_dir=run_dir, trials=trials, sampler=sampler,
                        objective_kind=objective, seed=seed, storage=storage, study_name=study,
                        profiling_objective=profiling, progress=progress, plan_meta=meta)
-    _after_search(result)
+    _after_search(result, loaded=loaded, specs=spec_set, suite=suite, evaluator=evaluator,
+                  space=SearchSpace(loaded.model_id, refs, search_profile), relax=relax, overrides=overrides)
     return result
 
 
@@ -134,13 +136,11 @@ def _spread(items: list, n: int) -> list:
     return [items[int(i * step)] for i in range(n)]
 
 
-def _after_search(result: SearchResult) -> None:
-    """Hook for issue 6: the report (report.md/html, plots) and the held-out audit of the winner."""
-    try:
-        from ..report import write_report
-    except ImportError:
-        return
-    write_report(result.run_dir)
+def _after_search(result: SearchResult, **context) -> None:
+    """The held-out audit of the winner, then the report (report.md/html, plots); see toggle.winner."""
+    from ..winner import finish_search
+
+    finish_search(result, **context)
 
 
 def final_lines(result: SearchResult) -> list[str]:
@@ -159,5 +159,12 @@ def final_lines(result: SearchResult) -> list[str]:
                      f"({100 * s['size_reduction']:.1f}% smaller)")
         lines.append(f"FLOPs per token: {s['compressed_flops_per_token']:.3g} vs {s['base_flops_per_token']:.3g} "
                      f"({s['flops_reduction']:.2f}x fewer)")
+    heldout = s.get("heldout") or {}
+    if "pass_rate" in heldout:
+        verdict = "every property holds" if heldout["satisfied"] else "VIOLATED"
+        lines.append(f"held-out audit: {verdict} ({100 * heldout['pass_rate']:.1f}% of {heldout['prompts']} "
+                     f"prompts satisfy every property)")
+    elif heldout.get("skipped"):
+        lines.append(f"held-out audit: skipped ({heldout['skipped']})")
     lines.append(f"run directory: {result.run_dir}")
     return lines
