@@ -65,7 +65,7 @@ def test_toggle_round_trip(arch, methods, tiny_llama_dir, tiny_gpt2_dir, tmp_pat
 
     with safe_open(str(info.path / "model.safetensors"), framework="pt") as f:
         on_disk = sum(f.get_tensor(k).nbytes for k in f.keys())
-    assert on_disk == info.tensor_bytes_on_disk == info.cost.bytes
+    assert on_disk == info.tensor_bytes_on_disk == info.cost.tensor_bytes == info.cost.bytes
 
     back = load_compressed(info.path)
     with torch.no_grad():
@@ -93,7 +93,8 @@ def test_gguf_round_trip_generates_like_the_simulation(arch, tiny_llama_dir, tin
                 Methods(group_size=32, symmetric=True))
     expected, generated, _ = _simulate(lm, plan, ids, new_tokens=8)
     info = write_gguf_artifact(lm, plan, tmp_path / "model.gguf")
-    assert info.tensor_bytes_on_disk == info.cost.bytes  # tensor data, alignment padding included
+    assert info.tensor_bytes_on_disk == info.cost.tensor_bytes  # tensor data, alignment padding included
+    assert info.weights_file_bytes == info.cost.bytes  # and the header: the whole file, exactly
     assert set(info.encodings[names[0]]) <= {"Q4_0", "Q8_0", "Q5_0", "F16"}
     back = load_model(str(info.path))
     assert back.source == "gguf"
@@ -269,9 +270,11 @@ def test_builtin_model_artifacts(builtin_model, tmp_path):
     toggle_info = write_toggle_artifact(lm, plan, tmp_path / "q4", applier=applier)
     gguf_info = write_gguf_artifact(lm, plan, tmp_path / "q4.gguf", applier=applier)
     for info in (toggle_info, gguf_info):
-        assert info.tensor_bytes_on_disk == info.cost.bytes
-        assert 0.66 < info.cost.size_reduction < 0.67  # 4.5 bits per weight, 8.5 for the 21% in the embedding
-    assert toggle_info.cost.bytes == gguf_info.cost.bytes  # same layout per block of 32; no padding at these shapes
+        assert info.tensor_bytes_on_disk == info.cost.tensor_bytes
+        assert abs(info.weights_file_bytes - info.cost.bytes) / info.cost.bytes < 0.01
+        assert 0.65 < info.cost.size_reduction < 0.67  # 4.5 bits per weight, 8.5 for the 21% in the embedding (+ GGUF header)
+    assert gguf_info.weights_file_bytes == gguf_info.cost.bytes  # the GGUF header is accounted exactly
+    assert toggle_info.cost.tensor_bytes == gguf_info.cost.tensor_bytes  # same layout per block of 32; no padding at these shapes
     assert abs(toggle_info.weights_file_bytes - toggle_info.cost.bytes) / toggle_info.cost.bytes < 0.01
     back = load_compressed(toggle_info.path)
     with torch.no_grad():

@@ -161,9 +161,12 @@ def test_sensitivity_profile_is_cached_and_shrinks_the_space(tmp_path):
     budget = int(obj.base16_bytes * 0.5)
     r1 = run_study(obj, budget, profile=SMALL, run_dir=tmp_path, trials=2, sampler="greedy")
     profiled = obj.evaluations - 2
-    assert profiled == 1 + 4 * 3  # untouched + 4 block groups x 3 levels (the embedding allows none of them)
+    # untouched + 4 block groups x 3 levels + the embedding once: its bits stop at 8, so the
+    # 4- and 3-bit levels both profile it at 8 (an unprofiled group would look free to compress)
+    assert profiled == 1 + 4 * 3 + 1
     cache = json.loads((tmp_path / "sensitivity.json").read_text())
-    assert len(cache["entries"]) == 12
+    assert len(cache["entries"]) == 13
+    assert [(e["knob"], e["value"]) for e in cache["entries"] if e["group"] == "embed"] == [("bits", 8)]
     n = obj.evaluations
     run_study(obj, budget, profile=SMALL, run_dir=tmp_path, trials=3, sampler="greedy")
     assert obj.evaluations == n + 1  # the profile came from the cache

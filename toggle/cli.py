@@ -124,8 +124,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_signals)
 
     # report ----------------------------------------------------------------------------------
-    p = sub.add_parser("report", help="rebuild report.md / report.html of a run directory")
+    p = sub.add_parser("report", help="rebuild report.md / report.html of a run directory",
+                       description="Rebuild report.md, report.html, the PNG plots and operating_points/ of a search "
+                       "run directory from its files alone (no model is loaded).", epilog=EPILOG_EXIT)
     p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--compare", nargs="+", action="extend", default=[], metavar="OTHER_RUN",
+                   help="other run directories (baselines, --relax runs) to draw in the convergence plot and "
+                   "take a relaxed operating point from")
     p.set_defaults(func=_cmd_report)
 
     # modules ----------------------------------------------------------------------------------
@@ -140,10 +145,6 @@ def build_parser() -> argparse.ArgumentParser:
 def _usage(p: argparse.ArgumentParser) -> int:
     p.print_help(sys.stderr)
     return BAD_INPUT
-
-
-def _not_built(what: str) -> int:
-    raise ToggleError(f"`toggle {what}` is not built yet in this version")
 
 
 # --- command handlers: parse arguments into API calls, nothing more -------------------------
@@ -213,7 +214,17 @@ def _cmd_apply(args) -> int:
 
 
 def _cmd_audit(args) -> int:
-    return _not_built("audit")
+    from .atomic import atomic_write_json
+    from .audit import audit
+    from .audit_view import print_audit
+
+    result = audit(args.artifact, base=args.base, specs=args.specs, prompts=args.prompts, split=args.split,
+                   mode=args.mode, relax=args.relax, overrides=_parse_overrides(args.overrides), device=args.device,
+                   trust_remote_code=args.trust_remote_code)
+    print_audit(result)
+    if args.json:
+        atomic_write_json(args.json, result.to_dict())
+    return result.exit_code
 
 
 def _cmd_specs_check(args) -> int:
@@ -252,7 +263,19 @@ def _cmd_signals(args) -> int:
 
 
 def _cmd_report(args) -> int:
-    return _not_built("report")
+    from .report import write_report
+
+    report = write_report(args.run_dir, compare=args.compare)
+    h = report.headline
+    print(f"toggle: wrote {report.markdown} and {report.html} ({len(report.plots)} plots: "
+          f"{', '.join(p.name for p in report.plots.values())})")
+    if h["size_reduction"] is not None:
+        print(f"  size {100 * h['size_reduction']:.1f}% smaller, FLOPs {h['flops_reduction']:.2f}x fewer than 16-bit dense; "
+              f"every property holds on calibration: {'yes' if h['satisfied'] else 'no'}"
+              + (f"; held-out pass rate {100 * h['heldout_pass_rate']:.1f}%" if h["heldout_pass_rate"] is not None else ""))
+    for p in report.operating_points:
+        print(f"  operating point {p.name}: {p.path or p.note}")
+    return 0
 
 
 def _cmd_modules(args) -> int:

@@ -29,13 +29,18 @@ ACTIVATION_BITS = 16  # activations and the KV cache stay 16-bit floats
 
 @dataclass(frozen=True)
 class Cost:
-    bytes: int  # stored tensor bytes of the artifact
+    bytes: int  # the weights file: stored tensor bytes plus the file's header (header_bytes)
     flops_per_token: int  # 2 x multiply-adds of the matmuls for one token at the context length
     bitops_per_token: int  # multiply-adds x weight bits x activation bits
     weight_bytes: int  # the compressible modules' share of `bytes`
     base16_bytes: int  # the 16-bit dense model: every unique parameter at 2 bytes
     base_flops_per_token: int  # the dense model
     fmt: str = "toggle"
+    header_bytes: int = 0  # fixed per model: GGUF's metadata and tokenizer; 0 for the toggle format
+
+    @property
+    def tensor_bytes(self) -> int:
+        return self.bytes - self.header_bytes
 
     @property
     def size_reduction(self) -> float:
@@ -58,12 +63,16 @@ class ModuleCost:
 
 class CostModel:
     def __init__(self, model: torch.nn.Module, refs: list[ModuleRef] | None = None, *,
-                 context_length: int = 1024, fmt: str = "toggle"):
+                 context_length: int = 1024, fmt: str = "toggle", header_bytes: int = 0):
+        """`header_bytes`: bytes of the weights file that do not depend on the plan (for GGUF,
+        `gguf_io.gguf_header_bytes`: metadata and tokenizer, ~1.8 MB on SmolLM2); counted in
+        every plan's size so the accounted size is the file size."""
         if fmt not in FORMATS:
             raise ValueError(f"fmt must be one of {FORMATS}, got {fmt!r}")
         self.refs = list(refs) if refs is not None else compressible_modules(model)
         self.context_length = int(context_length)
         self.fmt = fmt
+        self.header_bytes = int(header_bytes)
         params = list(model.parameters())  # tied parameters are yielded once
         self.parameter_count = sum(p.numel() for p in params)
         self.base16_bytes = 2 * self.parameter_count
@@ -85,11 +94,11 @@ class CostModel:
             bitops += c.bitops
         attn = self.attention_flops_per_token
         return Cost(
-            bytes=weight_bytes + self.other_bytes,
+            bytes=weight_bytes + self.other_bytes + self.header_bytes,
             flops_per_token=flops + attn,
             bitops_per_token=bitops + attn // 2 * ACTIVATION_BITS * ACTIVATION_BITS,
             weight_bytes=weight_bytes, base16_bytes=self.base16_bytes,
-            base_flops_per_token=self.base_flops_per_token, fmt=self.fmt,
+            base_flops_per_token=self.base_flops_per_token, fmt=self.fmt, header_bytes=self.header_bytes,
         )
 
     def breakdown(self, plan: Plan) -> list[dict]:
@@ -107,7 +116,7 @@ class CostModel:
         """The smallest artifact any plan built from `allowed` settings can have (one list for
         every module, or a list per module name): a budget below it is impossible."""
         methods = methods or Methods()
-        total = self.other_bytes
+        total = self.other_bytes + self.header_bytes
         for ref in self.refs:
             choices = allowed.get(ref.name, (UNTOUCHED,)) if isinstance(allowed, Mapping) else allowed
             sizes = [self.module_cost(ref, s, methods).bytes for s in choices if self._usable(ref, s, methods)]

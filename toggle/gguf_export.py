@@ -22,7 +22,7 @@ from .compress.apply import PlanApplier, validate_plan
 from .compress.quant import QuantizedMatrix
 from .cost import GGUF_BLOCK, CostModel, gguf_problem, gguf_type_for, stored_other_tensors
 from .errors import InvalidInput
-from .gguf_io import gguf_arch, write_gguf
+from .gguf_io import gguf_arch, gguf_header_bytes, write_gguf
 from .plan import Plan
 
 __all__ = ["check_gguf_plan", "gguf_blocks", "gguf_type_for", "write_gguf_artifact"]
@@ -87,12 +87,23 @@ def write_gguf_artifact(loaded, plan: Plan, out_path: str | Path, applier: PlanA
     # Everything else stays exactly as loaded (F32), so the file decodes to the simulated model.
     qtypes = {name: "F32" for name in stored_other_tensors(model, refs)}
     with atomic_path(out_path) as tmp:
-        write_gguf(tmp, model, loaded.tokenizer, qtypes=qtypes, prepared=prepared,
-                   name=Path(loaded.model_id).name or "toggle")
-    cost = CostModel(model, refs, fmt="gguf").of(plan)
+        write_gguf(tmp, model, loaded.tokenizer, qtypes=qtypes, prepared=prepared, name=gguf_model_name(loaded))
+    cost = gguf_cost_model(loaded, refs).of(plan)
     size = out_path.stat().st_size
     return ArtifactInfo(path=out_path, fmt="gguf", cost=cost, tensor_bytes_on_disk=size - _data_offset(out_path),
                         weights_file_bytes=size, total_bytes=size, encodings=encodings)
+
+
+def gguf_model_name(loaded) -> str:
+    """The general.name written into the file (part of its fixed header)."""
+    return Path(loaded.model_id).name or "toggle"
+
+
+def gguf_cost_model(loaded, refs=None) -> CostModel:
+    """A cost model for GGUF files of this model: tensor bytes plus the file's fixed header
+    (metadata and tokenizer), so the accounted size is the size of the .gguf file."""
+    header = gguf_header_bytes(loaded.model, loaded.tokenizer, name=gguf_model_name(loaded))
+    return CostModel(loaded.model, refs, fmt="gguf", header_bytes=header)
 
 
 def _data_offset(path: Path) -> int:

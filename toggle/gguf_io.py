@@ -59,11 +59,38 @@ def write_gguf(
     written as given (llama q/k rows are still permuted here), so a caller can store codes
     it computed itself, bit for bit.
     """
+    writer, name_map = _metadata_writer(path, model, tokenizer, name)
+    config = model.config
+    arch = gguf_arch(config)
+    qtypes = qtypes or {}
+
+    for hf_name, gguf_name, tensor in _stored_tensors(model, name_map):
+        if prepared and hf_name in prepared:
+            _add_prepared(writer, gguf_name, hf_name, *prepared[hf_name], arch=arch, config=config)
+            continue
+        data = tensor.detach().to(torch.float32).cpu().numpy()
+        if arch == "llama" and hf_name.endswith("q_proj.weight"):
+            data = _permute_qk(data, config.num_attention_heads)
+        elif arch == "llama" and hf_name.endswith("k_proj.weight"):
+            data = _permute_qk(data, config.num_key_value_heads)
+        elif arch == "gpt2" and data.ndim == 2 and hf_name.startswith("transformer.h."):
+            data = data.T  # Conv1D stores (in, out); GGUF wants (out, in) rows
+        qname = qtypes.get(hf_name, default_2d if data.ndim == 2 else "F32")
+        _add_tensor(writer, gguf_name, np.ascontiguousarray(data), qname, hf_name)
+
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return Path(path)
+
+
+def _metadata_writer(path, model, tokenizer, name):
+    """A GGUFWriter at `path` holding the model's hyper-parameters and tokenizer."""
     import gguf
 
     config = model.config
     arch = gguf_arch(config)
-    qtypes = qtypes or {}
     n_layers = config.num_hidden_layers if arch == "llama" else config.n_layer
     name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH[arch.upper()], n_layers)
 
@@ -91,35 +118,46 @@ def write_gguf(
         writer.add_layer_norm_eps(config.layer_norm_epsilon)
     writer.add_vocab_size(config.vocab_size)
     _add_tokenizer(writer, tokenizer, config)
+    return writer, name_map
 
-    state = model.state_dict()
+
+def _stored_tensors(model, name_map):
+    """(HF name, GGUF name, tensor) of every tensor a GGUF file of `model` holds, in order."""
+    config = model.config
     tied = getattr(config, "tie_word_embeddings", False)
-    for hf_name, tensor in state.items():
+    for hf_name, tensor in model.state_dict().items():
         if tied and hf_name == "lm_head.weight":
             continue  # llama.cpp reuses token_embd for a tied head
         if skipped_in_gguf(hf_name):
             continue  # buffers, not weights
         gguf_name = name_map.get_name(hf_name, try_suffixes=(".weight", ".bias"))
         if gguf_name is None:
-            raise InvalidInput(f"GGUF export: no GGUF name for tensor {hf_name} of a {arch} model")
-        if prepared and hf_name in prepared:
-            _add_prepared(writer, gguf_name, hf_name, *prepared[hf_name], arch=arch, config=config)
-            continue
-        data = tensor.detach().to(torch.float32).cpu().numpy()
-        if arch == "llama" and hf_name.endswith("q_proj.weight"):
-            data = _permute_qk(data, config.num_attention_heads)
-        elif arch == "llama" and hf_name.endswith("k_proj.weight"):
-            data = _permute_qk(data, config.num_key_value_heads)
-        elif arch == "gpt2" and data.ndim == 2 and hf_name.startswith("transformer.h."):
-            data = data.T  # Conv1D stores (in, out); GGUF wants (out, in) rows
-        qname = qtypes.get(hf_name, default_2d if data.ndim == 2 else "F32")
-        _add_tensor(writer, gguf_name, np.ascontiguousarray(data), qname, hf_name)
+            raise InvalidInput(f"GGUF export: no GGUF name for tensor {hf_name} of a {gguf_arch(config)} model")
+        yield hf_name, gguf_name, tensor
 
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return Path(path)
+
+def gguf_header_bytes(model: torch.nn.Module, tokenizer, *, name: str | None = None) -> int:
+    """Bytes before the tensor data in a GGUF file of `model`: header, metadata (the tokenizer
+    is most of it: ~1.8 MB for SmolLM2) and tensor index, padded to the data alignment. It does
+    not depend on the tensors' types, so the cost model adds it to every plan."""
+    import os
+    import tempfile
+
+    import gguf
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "header.gguf"
+        writer, name_map = _metadata_writer(path, model, tokenizer, name)
+        for _, gguf_name, tensor in _stored_tensors(model, name_map):
+            shape = tuple(tensor.shape)
+            writer.add_tensor_info(gguf_name, shape, np.dtype(np.float32), 4 * int(np.prod(shape)),
+                                   raw_dtype=gguf.GGMLQuantizationType.F32)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        writer.close()
+        size = os.path.getsize(path)
+    return gguf.GGUFWriter.ggml_pad(size, gguf.GGUF_DEFAULT_ALIGNMENT)
 
 
 def _add_tensor(writer, gguf_name: str, data: np.ndarray, qname: str, hf_name: str) -> None:

@@ -20,6 +20,7 @@ from ..units import Budget, format_bytes, parse_budget
 from .objective import Outcome, PlanCost
 from .profile import load_profile
 from .run import SearchResult, run_study
+from .space import SearchSpace
 
 
 @dataclass
@@ -102,7 +103,12 @@ def run_search(model: str, budget: str | Budget, *, specs=None, prompts=None, pr
     run_dir = Path(out) if out else default_run_dir(model, budget)
     stats, meta = _calibration_stats(loaded, refs, trace, search_profile.methods, run_dir)
     evaluator = Evaluator(loaded, spec_set, trace, PlanApplier(loaded.model, refs, stats))
-    cost_model = CostModel(loaded.model, refs, fmt=search_profile.format)
+    if search_profile.format == "gguf":
+        from ..gguf_export import gguf_cost_model
+
+        cost_model = gguf_cost_model(loaded, refs)  # the .gguf file's metadata counts too
+    else:
+        cost_model = CostModel(loaded.model, refs, fmt=search_profile.format)
     names = [p.name for p in spec_set.properties]
     key = f"{loaded.fingerprint}|{trace.key}|{','.join(names)}"
     full = ModelObjective(loaded.model_id, refs, names, evaluator, cost_model, cache_key=key)
@@ -115,7 +121,8 @@ def run_search(model: str, budget: str | Budget, *, specs=None, prompts=None, pr
     result = run_study(full, budget_bytes, profile=search_profile, run_dir=run_dir, trials=trials, sampler=sampler,
                        objective_kind=objective, seed=seed, storage=storage, study_name=study,
                        profiling_objective=profiling, progress=progress, plan_meta=meta)
-    _after_search(result)
+    _after_search(result, loaded=loaded, specs=spec_set, suite=suite, evaluator=evaluator,
+                  space=SearchSpace(loaded.model_id, refs, search_profile), relax=relax, overrides=overrides)
     return result
 
 
@@ -143,13 +150,11 @@ def _spread(items: list, n: int) -> list:
     return [items[int(i * step)] for i in range(n)]
 
 
-def _after_search(result: SearchResult) -> None:
-    """Hook for issue 6: the report (report.md/html, plots) and the held-out audit of the winner."""
-    try:
-        from ..report import write_report
-    except ImportError:
-        return
-    write_report(result.run_dir)
+def _after_search(result: SearchResult, **context) -> None:
+    """The held-out audit of the winner, then the report (report.md/html, plots); see toggle.winner."""
+    from ..winner import finish_search
+
+    finish_search(result, **context)
 
 
 def final_lines(result: SearchResult) -> list[str]:
@@ -168,5 +173,12 @@ def final_lines(result: SearchResult) -> list[str]:
                      f"({100 * s['size_reduction']:.1f}% smaller)")
         lines.append(f"FLOPs per token: {s['compressed_flops_per_token']:.3g} vs {s['base_flops_per_token']:.3g} "
                      f"({s['flops_reduction']:.2f}x fewer)")
+    heldout = s.get("heldout") or {}
+    if "pass_rate" in heldout:
+        verdict = "every property holds" if heldout["satisfied"] else "VIOLATED"
+        lines.append(f"held-out audit: {verdict} ({100 * heldout['pass_rate']:.1f}% of {heldout['prompts']} "
+                     f"prompts satisfy every property)")
+    elif heldout.get("skipped"):
+        lines.append(f"held-out audit: skipped ({heldout['skipped']})")
     lines.append(f"run directory: {result.run_dir}")
     return lines

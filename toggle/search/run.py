@@ -165,17 +165,21 @@ def _profile(space, costs, objective, run_dir, study, bar, objective_kind):
 
 
 def _sensitivity_table(space, prof, limit):
+    from rich.console import Group
     from rich.table import Table
+    from rich.text import Text
 
     head, rows = table_rows(space, prof)
     dropped = int(np.sum(space.sizes - 1 - limit))
-    table = Table(title=f"sensitivity: minimum robustness margin with one group compressed "
-                        f"({len(prof.entries)} evaluations, {prof.seconds:.0f} s; {dropped} knob values dropped)")
+    # The title goes on its own line: as a table title it would wrap to the table's narrow width.
+    title = Text(f"sensitivity: minimum robustness margin with one group compressed "
+                 f"({len(prof.entries)} evaluations, {prof.seconds:.0f} s; {dropped} knob values dropped)")
+    table = Table()
     for h in head:
         table.add_column(h, justify="left" if h == "group" else "right")
     for r in rows:
         table.add_row(*[f"[red]{c}[/red]" if c.startswith("-") or c == "NaN" else c for c in r])
-    return table
+    return Group(title, table)
 
 
 def warm_starts(path, est, costs, budget_bytes, objective_kind, levels=(0.25, 0.5, 1.0)) -> list[np.ndarray]:

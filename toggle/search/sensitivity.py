@@ -57,12 +57,23 @@ def profiling_points(space: SearchSpace) -> list[tuple[str, str, object, np.ndar
             col = space.dim_of(g.name, knob)
             if col is None:
                 continue
-            for value in levels:
-                if value in g.choices[knob]:
+            for value in dict.fromkeys(_nearest_choice(g.choices[knob], v) for v in levels):
+                if value is not None:
                     index = space.untouched()
                     index[col] = g.choices[knob].index(value)
                     points.append((g.name, knob, value, index))
     return points
+
+
+def _nearest_choice(choices: list, level):
+    """The group's own value closest to a profiled level. A group whose choices stop short of
+    the level (the embedding's bits end at 4 when blocks are profiled at 3) is profiled at its
+    most compressed value instead of not at all: an unprofiled group would look free to
+    compress to the greedy path and the BO prior."""
+    compressing = choices[1:]  # choices[0] is the untouched value
+    if not compressing:
+        return None
+    return min(compressing, key=lambda c: (abs(float(c) - float(level)), -compressing.index(c)))
 
 
 def profile_key(space: SearchSpace, objective: Objective) -> str:

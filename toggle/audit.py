@@ -1,0 +1,383 @@
+"""Stage 10a, audit: re-check a compressed model against the properties on prompts the search
+never saw.
+
+    from toggle.audit import audit
+    result = audit("out/model")                                  # base model from toggle.json
+    result = audit("model.gguf", base="smollm2-135m", mode="free")
+    result.satisfied, result.pass_rate, result.properties["coherence"].median
+    result.to_dict()                                             # what `toggle audit --json` writes
+
+Two modes:
+
+* teacher: the base model's greedy continuation of every prompt (its trace, cached like the
+  search's) is the path, and the compressed model is scored by one teacher-forced pass along
+  it: what the search measured, on other prompts.
+* free: the compressed model generates its own continuation (greedy, the same number of steps)
+  and both models are scored along that path. A compressed model that drifts sees its own
+  mistakes as context (exposure drift); teacher forcing hides that.
+
+A property's robustness on a prompt is rtamt's robustness at step 0 (>= 0: it holds). The
+audit passes when every property holds on every audited prompt; `pass_rate` is the share of
+prompts on which every property that applies to them holds (gold-answer properties apply only
+to prompts with an answer).
+"""
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import InvalidInput
+from .signals import ANSWER, ATTENTION, GOLD, HIDDEN
+
+MODES = ("teacher", "free")
+SPLITS = ("heldout", "calibration", "all")
+WORST = 5  # prompts shown with their generated text side by side
+
+
+@dataclass(frozen=True)
+class PropertyAudit:
+    """One property over the audited prompts."""
+
+    name: str
+    formula: str
+    prompts: int  # prompts the property applies to
+    holds: int  # of which it holds on
+    min: float  # -inf when the compressed model could not be scored
+    median: float
+
+    @property
+    def satisfied(self) -> bool:
+        return self.prompts > 0 and self.holds == self.prompts and self.min >= 0
+
+    @property
+    def share(self) -> float:
+        """Share of the prompts it applies to on which it holds."""
+        return self.holds / self.prompts if self.prompts else 0.0
+
+    def to_dict(self) -> dict:
+        return {"formula": self.formula, "prompts": self.prompts, "holds": self.holds, "share": self.share,
+                "min": _finite(self.min), "median": _finite(self.median), "satisfied": self.satisfied}
+
+
+@dataclass
+class PromptAudit:
+    """One audited prompt: robustness of every property that applies to it, and the texts."""
+
+    id: str
+    prompt: str
+    robustness: dict[str, float]
+    tags: tuple[str, ...] = ()
+    base_text: str | None = None  # the base model's greedy continuation
+    compressed_text: str | None = None  # the compressed model's greedy continuation
+
+    @property
+    def satisfied(self) -> bool:
+        return all(v >= 0 for v in self.robustness.values())
+
+    @property
+    def margin(self) -> float:
+        return min(self.robustness.values(), default=math.inf)
+
+    @property
+    def worst_property(self) -> str | None:
+        return min(self.robustness, key=self.robustness.get) if self.robustness else None
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "prompt": self.prompt, "tags": list(self.tags), "satisfied": self.satisfied,
+                "margin": _finite(self.margin), "robustness": {k: _finite(v) for k, v in self.robustness.items()},
+                "base_text": self.base_text, "compressed_text": self.compressed_text}
+
+
+@dataclass
+class AuditResult:
+    artifact: str
+    base: str
+    mode: str
+    split: str
+    properties: dict[str, PropertyAudit]
+    prompts: list[PromptAudit]
+    feasible: bool = True
+    reason: str | None = None  # why the compressed model could not be scored (NaN logits, ...)
+    signals: dict[str, dict[str, float]] = field(default_factory=dict)  # signal -> min / mean / max
+    timings: dict[str, float] = field(default_factory=dict)
+    specs: dict = field(default_factory=dict)  # files, consts, relax, overrides
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def satisfied(self) -> bool:
+        """Every property holds on every audited prompt."""
+        return self.feasible and bool(self.prompts) and all(p.satisfied for p in self.properties.values())
+
+    @property
+    def pass_rate(self) -> float:
+        """Share of audited prompts on which every property that applies to them holds."""
+        if not self.feasible or not self.prompts:
+            return 0.0
+        return sum(p.satisfied for p in self.prompts) / len(self.prompts)
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.satisfied else 1
+
+    @property
+    def robustness(self) -> dict[str, float]:
+        return {name: p.min for name, p in self.properties.items()}
+
+    def worst(self, n: int = WORST) -> list[PromptAudit]:
+        """The n prompts with the smallest margin (violations first)."""
+        return sorted(self.prompts, key=lambda p: (p.satisfied, p.margin))[:n]
+
+    def to_dict(self) -> dict:
+        return {
+            "artifact": self.artifact, "base": self.base, "mode": self.mode, "split": self.split,
+            "satisfied": self.satisfied, "pass_rate": self.pass_rate,
+            "prompts_audited": len(self.prompts), "prompts_passed": sum(p.satisfied for p in self.prompts),
+            "feasible": self.feasible, "reason": self.reason,
+            "robustness": {k: _finite(v) for k, v in self.robustness.items()},
+            "properties": {name: p.to_dict() for name, p in self.properties.items()},
+            "worst": [p.id for p in self.worst()],
+            "prompts": [p.to_dict() for p in self.prompts],
+            "signals": self.signals, "timings": self.timings, "specs": self.specs, "notes": self.notes,
+        }
+
+
+# --- the public entry point ------------------------------------------------------------------
+
+def audit(artifact, base: str | None = None, specs=None, prompts=None, split: str = "heldout",
+          mode: str = "teacher", *, relax: float = 0.0, overrides: dict | None = None, device: str | None = None,
+          trust_remote_code: bool = False, worst: int = WORST) -> AuditResult:
+    """Audit ARTIFACT (a toggle artifact directory, a .gguf file or a model directory) against
+    its base model (default: the one recorded in the artifact's toggle.json) on a split of the
+    prompt suite. Everything a user can get wrong is checked before a model is loaded."""
+    from .load import load_model, resolve
+    from .prompts import load_prompts
+    from .specs import load_specs
+
+    if mode not in MODES:
+        raise InvalidInput(f"--mode: {mode!r} is not valid; expected teacher or free")
+    spec_set = load_specs(list(specs) if isinstance(specs, (list, tuple)) else specs, overrides or {}, relax)
+    suite = load_prompts(prompts)
+    check_split(suite, split, spec_set)
+    artifact_path = Path(artifact).expanduser()
+    if not artifact_path.exists():
+        raise InvalidInput(f"{artifact}: no such artifact: expected a toggle artifact directory (toggle apply --out), "
+                           f"a .gguf file or a model directory")
+    source, artifact_id, _ = resolve(str(artifact_path))
+    manifest = None
+    if source == "toggle":
+        from .export import read_manifest
+
+        manifest = read_manifest(Path(artifact_id))
+    if base is None:
+        if manifest is None:
+            kind = "a .gguf file" if source == "gguf" else "a model directory without toggle.json"
+            raise InvalidInput(f"{artifact}: {kind} does not record its base model; pass --base MODEL "
+                               f"(e.g. --base smollm2-135m)")
+        base = manifest["base_model"]
+    _, base_id, _ = resolve(base)
+
+    start = time.perf_counter()
+    base_loaded = load_model(base, device=device or "cpu", trust_remote_code=trust_remote_code)
+    if base_id == artifact_id:
+        candidate = base_loaded  # the same weights: audit the base model against itself
+    else:
+        candidate = load_model(artifact_id, device=device or "cpu", trust_remote_code=trust_remote_code)
+    loaded_seconds = time.perf_counter() - start
+    notes = []
+    if manifest and manifest.get("base_fingerprint") and manifest["base_fingerprint"] != base_loaded.fingerprint:
+        notes.append(f"the artifact was made from weights with fingerprint {manifest['base_fingerprint']}; "
+                     f"the base model {base} has {base_loaded.fingerprint}")
+    result = audit_models(candidate, base_loaded, spec_set, suite, split=split, mode=mode, worst=worst,
+                          artifact=artifact_id)
+    result.timings = {"load": round(loaded_seconds, 3), **result.timings}
+    result.specs.update(relax=relax, overrides=dict(overrides or {}))
+    result.notes[:0] = notes
+    return result
+
+
+def check_split(suite, split: str, spec_set) -> None:
+    """The split exists, has prompts, and has gold answers when the specs need them."""
+    if split not in SPLITS:
+        raise InvalidInput(f"--split: {split!r} is not valid; expected heldout, calibration or all")
+    chosen = suite.split(split)
+    if len(chosen) == 0:
+        other = "calibration" if split == "heldout" else "heldout"
+        raise InvalidInput(f"{suite.source}: no prompts in split {split!r} ({len(suite)} prompts, all {other}); "
+                           f"mark some with `split: {split}` or audit with --split {other}")
+    gold = [p.name for p in spec_set.properties if p.axis == ANSWER]
+    if gold and not any(p.answer for p in chosen):
+        raise InvalidInput(f"{suite.source}: propert{'ies' if len(gold) > 1 else 'y'} {', '.join(gold)} need gold "
+                           f"answers, but no {split} prompt has an `answer`; add answers or leave "
+                           f"{', '.join(sorted({p.file for p in spec_set.properties if p.axis == ANSWER}))} out of --specs")
+
+
+# --- the audit itself, on loaded models --------------------------------------------------------
+
+def audit_models(candidate, base, spec_set, suite, *, split: str = "heldout", mode: str = "teacher",
+                 applier=None, plan=None, worst: int = WORST, artifact: str | None = None) -> AuditResult:
+    """Audit `candidate` against `base` (both toggle.load.LoadedModel).
+
+    With `applier` and `plan` the candidate is the base model with the plan's weights swapped in
+    (the search audits its winner this way, without writing an artifact): `candidate` is then
+    `base` itself. The base model is left with its own weights.
+    """
+    from .evaluate import Evaluator
+    from .trace import DEFAULT_STEPS, GenerationSettings, TokenPath, build_trace, encode_suite, generate_paths, trace_along
+
+    if mode not in MODES:
+        raise InvalidInput(f"--mode: {mode!r} is not valid; expected teacher or free")
+    check_split(suite, split, spec_set)
+    check_compatible(candidate, base, spec_set)
+    chosen = suite.split(split)
+    clock = time.perf_counter
+    timings: dict[str, float] = {}
+    t0 = clock()
+    steps = spec_set.steps_needed or DEFAULT_STEPS
+    if mode == "teacher":
+        with _base_weights(applier):
+            trace = build_trace(base, suite, spec_set, split=split, steps=steps)
+        timings["trace"] = clock() - t0
+    else:
+        encoded = encode_suite(chosen, base.tokenizer)
+        with _plan_weights(applier, plan):
+            own = generate_paths(candidate.model, candidate.tokenizer, encoded, GenerationSettings(steps=steps))
+        timings["generate"] = clock() - t0
+        paths = [TokenPath(e.prompt.id, e.ids, e.content, t, e.answer_ids) for e, t in zip(encoded, own)]
+        t1 = clock()
+        with _base_weights(applier):
+            trace = trace_along(base, paths, spec_set.needs, spec_set.options, split=split)
+        timings["trace"] = clock() - t1
+    t1 = clock()
+    try:
+        evaluation = Evaluator(candidate, spec_set, trace, applier).evaluate(plan)
+    finally:
+        if applier is not None:
+            applier.restore()
+    timings["evaluate"] = clock() - t1
+
+    by_id = {p.id: p for p in chosen}
+    rows = []
+    for path in trace.paths:
+        prompt = by_id[path.prompt_id]
+        rob = {name: values[path.prompt_id] for name, values in evaluation.per_prompt.items()
+               if path.prompt_id in values}
+        if not evaluation.feasible:
+            rob = {name: -math.inf for name in spec_set.names}
+        text = decode(base.tokenizer, path.tokens)
+        rows.append(PromptAudit(prompt.id, prompt.text, rob, prompt.tags,
+                                base_text=text if mode == "teacher" else None,
+                                compressed_text=text if mode == "free" else None))
+    properties = {p.name: _property_audit(p, rows, evaluation.feasible) for p in spec_set.properties}
+    result = AuditResult(artifact=artifact or candidate.model_id, base=base.model_id, mode=mode, split=split,
+                         properties=properties, prompts=rows, feasible=evaluation.feasible, reason=evaluation.reason,
+                         signals=evaluation.signals, specs=_specs_info(spec_set))
+    t1 = clock()
+    _fill_texts(result.worst(worst), candidate, base, trace, steps, mode, applier, plan)
+    timings["texts"] = clock() - t1
+    timings["total"] = clock() - t0
+    result.timings = {k: round(v, 3) for k, v in timings.items()}
+    return result
+
+
+def check_compatible(candidate, base, spec_set) -> None:
+    """Both models read the same tokens and, for internal signals, have the same blocks."""
+    if candidate is base:
+        return
+    from .modules import find_blocks
+
+    vc, vb = _vocab_size(candidate), _vocab_size(base)
+    if vc != vb:
+        raise InvalidInput(f"{candidate.model_id} predicts over {vc} tokens, the base model {base.model_id} over {vb}; "
+                           f"audit compares next-token distributions, so both need the same vocabulary")
+    # Tokens the models can predict must mean the same; a GGUF round trip may add a special
+    # token past the end of the vocabulary, which no logit refers to.
+    vocab_c, vocab_b = ({t: i for t, i in tok.get_vocab().items() if i < vb} for tok in (candidate.tokenizer, base.tokenizer))
+    if vocab_c != vocab_b:
+        differ = sorted(set(vocab_c.items()) ^ set(vocab_b.items()), key=lambda kv: kv[1])
+        raise InvalidInput(f"{candidate.model_id} and the base model {base.model_id} have different tokenizers "
+                           f"({len(differ)} differences, e.g. token {differ[0][0]!r} -> id {differ[0][1]}); audit an "
+                           f"artifact against the model it was made from")
+    if spec_set.needs & {HIDDEN, ATTENTION}:
+        nc, nb = len(find_blocks(candidate.model)[1]), len(find_blocks(base.model)[1])
+        hc, hb = candidate.model.config.hidden_size, base.model.config.hidden_size
+        if (nc, hc) != (nb, hb):
+            raise InvalidInput(f"{candidate.model_id} has {nc} blocks of width {hc}, the base model {base.model_id} "
+                               f"{nb} of width {hb}; hidden_cos and attn_cos compare block by block")
+
+
+def decode(tokenizer, tokens) -> str:
+    return tokenizer.decode(list(tokens), skip_special_tokens=True)
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+@contextmanager
+def _base_weights(applier):
+    """Base outputs must come from the base weights (the trace cache is keyed by them)."""
+    if applier is not None:
+        applier.restore()
+    yield
+
+
+@contextmanager
+def _plan_weights(applier, plan):
+    if applier is None or plan is None:
+        yield
+        return
+    applier.apply(plan)
+    try:
+        yield
+    finally:
+        applier.restore()
+
+
+def _fill_texts(rows: list[PromptAudit], candidate, base, trace, steps: int, mode: str, applier, plan) -> None:
+    """The side of the worst prompts' texts the audit did not generate anyway."""
+    from .trace import GenerationSettings, generate_paths
+
+    if not rows:
+        return
+    from .prompts import EncodedPrompt, Prompt
+
+    by_id = {p.prompt_id: p for p in trace.paths}
+    encoded = [EncodedPrompt(Prompt(r.id, r.prompt), by_id[r.id].prompt_ids, by_id[r.id].content, True)
+               for r in rows]
+    settings = GenerationSettings(steps=steps)
+    if mode == "teacher":
+        with _plan_weights(applier, plan):
+            own = generate_paths(candidate.model, candidate.tokenizer, encoded, settings)
+        for r, tokens in zip(rows, own):
+            r.compressed_text = decode(base.tokenizer, tokens)
+    else:
+        with _base_weights(applier):
+            own = generate_paths(base.model, base.tokenizer, encoded, settings)
+        for r, tokens in zip(rows, own):
+            r.base_text = decode(base.tokenizer, tokens)
+
+
+def _property_audit(prop, rows: list[PromptAudit], feasible: bool) -> PropertyAudit:
+    values = [r.robustness[prop.name] for r in rows if prop.name in r.robustness]
+    if not feasible:
+        return PropertyAudit(prop.name, prop.formula, len(values), 0, -math.inf, -math.inf)
+    if not values:
+        return PropertyAudit(prop.name, prop.formula, 0, 0, math.inf, math.inf)
+    return PropertyAudit(prop.name, prop.formula, len(values), sum(v >= 0 for v in values), min(values),
+                         statistics.median(values))
+
+
+def _specs_info(spec_set) -> dict:
+    return {"files": list(spec_set.files),
+            "consts": {name: c.value for consts in spec_set.consts.values() for name, c in consts.items()}}
+
+
+def _vocab_size(loaded) -> int:
+    head = loaded.model.get_output_embeddings()
+    return int(head.weight.shape[0]) if head is not None else int(loaded.model.config.vocab_size)
+
+
+def _finite(v):
+    return float(v) if v is not None and math.isfinite(v) else None

@@ -1,0 +1,67 @@
+"""How `toggle audit` shows an AuditResult: the verdict, a property x robustness table and the
+worst prompts with the compressed model's text beside the base model's."""
+from __future__ import annotations
+
+import math
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+
+def verdict(result) -> str:
+    n, passed = len(result.prompts), sum(p.satisfied for p in result.prompts)
+    where = f"{n} {result.split} prompt{'s' if n != 1 else ''} ({result.mode} mode)"
+    if not result.feasible:
+        return f"VIOLATED: the compressed model cannot be scored on {where}: {result.reason}"
+    if result.satisfied:
+        return f"PASS: every property holds on all {where}"
+    broken = [f"{name} on {p.prompts - p.holds}" for name, p in result.properties.items() if not p.satisfied]
+    return (f"VIOLATED: {passed} of {where} satisfy every property (pass rate {100 * result.pass_rate:.1f}%); "
+            f"violated: {', '.join(broken)}")
+
+
+def print_audit(result, console: Console | None = None, *, text_width: int = 160) -> None:
+    console = console or Console(width=max(Console().width, 120))
+    console.print(f"audit of [bold]{escape(result.artifact)}[/bold] against {escape(result.base)}")
+    for note in result.notes:
+        console.print(f"[yellow]note:[/yellow] {escape(note)}")
+    table = Table(title=f"robustness per property over {len(result.prompts)} {result.split} prompts "
+                        f"({result.mode} mode; >= 0 holds)")
+    for col, justify in (("property", "left"), ("formula", "left"), ("prompts", "right"), ("min", "right"),
+                         ("median", "right"), ("holds on", "right")):
+        table.add_column(col, justify=justify, overflow="fold")
+    for name, p in result.properties.items():
+        colour = "green" if p.satisfied else "red"
+        table.add_row(f"[{colour}]{escape(name)}[/{colour}]", escape(p.formula), str(p.prompts), _num(p.min),
+                      _num(p.median), f"{p.holds}/{p.prompts} ({100 * p.share:.0f}%)")
+    console.print(table)
+
+    worst = result.worst()
+    if worst:
+        table = Table(title="worst prompts: the compressed model's greedy text beside the base model's")
+        table.add_column("prompt", overflow="fold", ratio=2)
+        table.add_column("margin", justify="right", no_wrap=True)
+        table.add_column("base model", overflow="fold", ratio=3)
+        table.add_column("compressed model", overflow="fold", ratio=3)
+        for r in worst:
+            colour = "green" if r.satisfied else "red"
+            table.add_row(f"{escape(r.id)}: {escape(_short(r.prompt, 120))}",
+                          f"[{colour}]{_num(r.margin)}[/{colour}]\n{escape(r.worst_property or '')}",
+                          escape(_short(r.base_text or "", 400)), escape(_short(r.compressed_text or "", 400)))
+        console.print(table)
+    console.print(("[green]" if result.satisfied else "[red]") + escape(verdict(result)) +
+                  ("[/green]" if result.satisfied else "[/red]"))
+
+
+def _num(v: float) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    if math.isinf(v):
+        return "-inf" if v < 0 else "n/a"
+    return f"{v:+.4f}"
+
+
+def _short(text: str, n: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= n else text[: n - 1] + "…"

@@ -1,0 +1,120 @@
+"""Operating points: a few plans from the Pareto front a device can switch between.
+
+  most_compressed   the smallest plan that satisfies every property (the search's winner)
+  safety_margin     the smallest plan that keeps at least SAFETY of the untouched model's slack
+                    on every property: robustness_p >= SAFETY * robustness_p(untouched)
+                    (the untouched model's robustness comes from sensitivity.json; without it,
+                    from the largest margin any trial reached)
+  relaxed           the smallest plan that satisfies the properties under --relax'ed thresholds,
+                    from a compared run directory that was searched with --relax
+
+Each is written as a plan file (operating_points/NAME.yaml) that `toggle apply` takes. Plans
+are rebuilt from a trial's parameters with space.json (the search groups), so no model is needed.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..plan import Methods, ModuleSetting, Plan
+from .data import RunData
+
+SAFETY = 0.5
+DIR = "operating_points"
+
+
+@dataclass
+class OperatingPoint:
+    name: str
+    meaning: str
+    trial: int | None
+    bytes: int | None
+    flops_per_token: float | None
+    min_margin: float | None
+    path: Path | None  # the plan file, None when it could not be written
+    source: str  # the run directory it comes from
+    note: str = ""
+
+
+def operating_points(run: RunData, compare: list[RunData]) -> list[OperatingPoint]:
+    """Choose the points and write their plan files under run_dir/operating_points/."""
+    out_dir = run.run_dir / DIR
+    points = []
+    key = run.objective_key
+    feasible = sorted((t for t in run.trials if t["feasible"]), key=lambda t: (t[key], t["number"]))
+    if feasible:
+        points.append(_point(run, feasible[0], "most_compressed", "smallest plan satisfying every property", out_dir))
+        reference = _reference(run)
+        safe = [t for t in feasible if all(
+            (t["robustness"].get(p) if t["robustness"].get(p) is not None else -math.inf) >= SAFETY * r
+            for p, r in reference.items())]
+        meaning = (f"smallest plan keeping >= {SAFETY:.0%} of the untouched model's margin on every property "
+                   f"({', '.join(f'{p} >= {SAFETY * r:.4g}' for p, r in reference.items())})")
+        if safe:
+            points.append(_point(run, safe[0], "safety_margin", meaning, out_dir))
+        else:
+            points.append(OperatingPoint("safety_margin", meaning, None, None, None, None, None, str(run.run_dir),
+                                         "no trial reached this margin; run more trials"))
+    for other in compare:
+        relax = (other.summary.get("specs") or {}).get("relax") or 0
+        if not relax:
+            continue
+        ok = sorted((t for t in other.trials if t["feasible"]), key=lambda t: (t[key], t["number"]))
+        if ok:
+            points.append(_point(other, ok[0], "relaxed", f"smallest plan satisfying every property with every "
+                                 f"threshold relaxed by {relax:.0%} (--relax {relax:g})", out_dir))
+            break
+    return points
+
+
+def _reference(run: RunData) -> dict[str, float]:
+    """Each property's robustness for the untouched model (its full slack)."""
+    baseline = (run.sensitivity or {}).get("baseline") or {}
+    ref = {p: v for p, v in baseline.items() if v is not None and math.isfinite(v) and v > 0}
+    if len(ref) == len(run.properties):
+        return ref
+    best = {}
+    for p in run.properties:
+        values = [t["robustness"].get(p) for t in run.trials]
+        values = [v for v in values if v is not None and math.isfinite(v)]
+        if values and max(values) > 0:
+            best[p] = max(values)
+    return best
+
+
+def _point(run: RunData, trial: dict, name: str, meaning: str, out_dir: Path) -> OperatingPoint:
+    plan = plan_for(run, trial)
+    path, note = None, ""
+    if plan is None:
+        note = "space.json is missing from the run directory: rerun the search to write it"
+    else:
+        plan.meta.update(operating_point=name, trial=trial["number"], bytes=trial["bytes"],
+                         flops_per_token=trial["flops_per_token"], robustness=trial["robustness"],
+                         run=str(run.run_dir))
+        stats = run.run_dir / "calibration_stats.safetensors"  # Wanda / AWQ / GPTQ statistics, as searched
+        if stats.is_file():
+            plan.meta["calibration_stats"] = os.path.relpath(stats.resolve(), out_dir.resolve())
+        path = plan.save(out_dir / f"{name}.yaml")
+    return OperatingPoint(name, meaning, trial["number"], trial["bytes"], trial["flops_per_token"],
+                          trial["min_margin"], path, str(run.run_dir), note)
+
+
+def plan_for(run: RunData, trial: dict) -> Plan | None:
+    """The plan of a trial, from its parameters and the run's space.json."""
+    space = run.space
+    if not space:
+        best = run.summary.get("best_trial")
+        if run.plan and trial["number"] == best:
+            return Plan.from_dict(run.plan, source=str(run.run_dir / "plan.yaml"))
+        return None
+    modules = {}
+    for g in space["groups"]:
+        values = {k: trial["params"].get(f"{g['name']}:{k}", g["choices"][k][0]) for k in ("bits", "sparsity", "rank_ratio")}
+        setting = ModuleSetting(bits=int(values["bits"]), sparsity=float(values["sparsity"]),
+                                rank_ratio=float(values["rank_ratio"]))
+        if not setting.untouched:
+            modules.update({m: setting for m in g["modules"]})
+    return Plan(model=space["model"], modules=modules, methods=Methods(**space["methods"]), profile=space["profile"],
+                meta={})
