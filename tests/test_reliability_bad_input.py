@@ -230,7 +230,7 @@ CASES = [
     ("spec-reversed-interval", search("--specs", "{d}/reversed.stl"), ["reversed.stl:1:", "reversed interval [3:1]"]),
     ("spec-syntax", search("--specs", "{d}/syntax.stl"), ["syntax.stl:1:", "syntax error"]),
     ("spec-duplicate-property", search("--specs", "{d}/duplicate.stl"), ["duplicate.stl:2:", "'a'"]),
-    ("spec-bad-const", search("--specs", "{d}/bad-const.stl"), ["bad-const.stl:1:", "const"]),
+    ("spec-bad-const", search("--specs", "{d}/bad-const.stl"), ["bad-const.stl:1:13", "malformed const eps", "not a number"]),
     ("spec-missing", search("--specs", "{d}/nope.stl"), ["nope.stl", "no such spec file"]),
     ("spec-set-unknown-const", search("--set", "nope=1"), ["--set nope", "unknown const", "eps"]),
     ("spec-set-not-a-number", search("--set", "eps=big"), ["--set 'eps=big'", "NAME=NUMBER"]),
@@ -317,3 +317,17 @@ def test_bad_input_exits_2_with_one_line(d, tiny_llama_dir, tmp_path, case_id, c
         assert message.startswith("toggle"), message
     assert not (d / "PWNED").exists()  # no model code ran
     assert not (d / "run" / "plan.yaml").exists()  # nothing was searched
+
+
+def test_a_malformed_const_is_reported_once_not_again_where_it_is_used(tmp_path):
+    from toggle.errors import ToggleError
+    from toggle.specs import load_specs
+
+    spec = tmp_path / "s.stl"
+    spec.write_text("const eps = lots\na = always[0:3] (jsd <= eps)\nb = always[0:3] (jsdd <= 0.1)\n")
+    with pytest.raises(ToggleError) as e:
+        load_specs([str(spec)])
+    lines = e.value.message.splitlines()
+    assert len(lines) == 2, lines  # the bad const, and the really unknown signal
+    assert "s.stl:1:13: malformed const eps: 'lots' is not a number" in lines[0]
+    assert "s.stl:3:" in lines[1] and "'jsdd'" in lines[1]
