@@ -145,3 +145,29 @@ def test_search_killed_at_random_moments_resumes_without_loss(tiny_llama_dir, tm
     study = optuna.load_study(study_name=optuna.get_all_study_names(f"sqlite:///{run / 'study.db'}")[0],
                               storage=f"sqlite:///{run / 'study.db'}")
     assert not study.get_trials(states=(optuna.trial.TrialState.RUNNING,))  # killed trials were recovered
+
+
+def test_a_trial_left_running_by_a_dead_worker_is_failed_with_its_reason_and_queued_again(tmp_path):
+    """What a SIGKILL leaves (a RUNNING trial of a process that no longer exists), recovered
+    deterministically: failed with the reason, its point queued for the next run."""
+    import socket
+
+    from toggle.search.storage import open_storage, recover_orphans
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    storage, _ = open_storage(None, tmp_path)
+    study = optuna.create_study(storage=storage, study_name="s")
+    orphan = study.ask({"x": optuna.distributions.IntDistribution(0, 9)})
+    orphan.set_user_attr("worker", f"{socket.gethostname()}:{dead.pid}")
+    alive = study.ask({"x": optuna.distributions.IntDistribution(0, 9)})
+    alive.set_user_attr("worker", f"{socket.gethostname()}:{os.getppid()}")  # pytest's parent: running
+
+    assert recover_orphans(study) == [orphan.number]
+    trials = {t.number: t for t in study.get_trials()}
+    assert trials[orphan.number].state == optuna.trial.TrialState.FAIL
+    assert trials[orphan.number].user_attrs["reason"] == f"worker {socket.gethostname()}:{dead.pid} stopped before finishing"
+    assert trials[alive.number].state == optuna.trial.TrialState.RUNNING
+    queued = [t for t in trials.values() if t.state == optuna.trial.TrialState.WAITING]
+    assert len(queued) == 1 and queued[0].user_attrs["retry_of"] == orphan.number
+    assert recover_orphans(study) == []  # idempotent

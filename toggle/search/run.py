@@ -10,6 +10,7 @@ The trial's value is the plain cost (bytes or FLOPs per token), feasible or not.
 """
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -34,6 +35,17 @@ from .space import SearchSpace
 from .storage import WORKER, open_storage, recover_orphans, redact
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+class _NoInterruptTraceback(logging.Filter):
+    """Ctrl-C or SIGTERM during a trial: optuna logs the trial as failed with a traceback.
+    toggle says "interrupted", saves, and the next run recovers the trial: the traceback is noise."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt))
+
+
+logging.getLogger("optuna.study._optimize").addFilter(_NoInterruptTraceback())
 
 SAMPLERS = ("bo", "random", "uniform", "greedy")
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -235,9 +247,13 @@ def _trial_function(space: SearchSpace, objective: Objective, sampler, budget_by
         if cost.bytes > budget_bytes:
             trial.set_user_attr("reason", f"over budget ({format_bytes(cost.bytes)} > {format_bytes(budget_bytes)})")
             raise optuna.TrialPruned()
+        # Claim the point, then look for others: of two workers that took the same point (the
+        # same enqueued warm start, say), one that claims after the other's claim is visible
+        # yields; two that claim at the same moment both yield (the point may come again,
+        # but it is never evaluated twice).
+        trial.set_user_attr("claim", True)
         twin = _twin(trial, params)
         if twin is not None and twin.state == TrialState.RUNNING:
-            # Two workers took the same enqueued point at once: let the earlier one evaluate it.
             trial.set_user_attr("reason", f"duplicate of running trial {twin.number}")
             raise optuna.TrialPruned()
         if twin is not None:  # another worker evaluated this point already: evaluations are deterministic
@@ -263,14 +279,14 @@ def _trial_function(space: SearchSpace, objective: Objective, sampler, budget_by
 
 
 def _twin(trial, params):
-    """A finished trial with the same point, else an earlier running one, else None."""
+    """A finished trial with the same point, else a running one that claimed it, else None."""
     running = None
     for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)):
         if t.number == trial.number or t.params != params:
             continue
         if t.state == TrialState.COMPLETE and "robustness" in t.user_attrs:
             return t
-        if t.state == TrialState.RUNNING and t.number < trial.number:
+        if t.state == TrialState.RUNNING and t.user_attrs.get("claim"):
             running = t
     return running
 

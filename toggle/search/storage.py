@@ -113,8 +113,11 @@ def recover_orphans(study) -> list[int]:
         name, _, pid = who.rpartition(":")
         if name != host or not pid.isdigit() or _alive(int(pid)):
             continue
-        study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-        study._storage.set_trial_user_attr(t._trial_id, "reason", f"worker {who} stopped before finishing")
+        try:  # the reason first: a finished trial cannot be updated
+            study._storage.set_trial_user_attr(t._trial_id, "reason", f"worker {who} stopped before finishing")
+            study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # another worker of this machine recovered it at the same moment
         if t.params:
             attrs = {k: v for k, v in t.user_attrs.items() if k == "source"}
             study.enqueue_trial(t.params, user_attrs={**attrs, "retry_of": t.number}, skip_if_exists=False)
