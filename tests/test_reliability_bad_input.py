@@ -57,6 +57,7 @@ def d(tmp_path_factory, tiny_llama_dir) -> Path:
         "empty.jsonl": "",
         "empty.yaml": "[]\n",
         "heldout-only.yaml": '- {prompt: "hi", split: heldout}\n',
+        "calibration-only.yaml": '- {prompt: "hi"}\n- {prompt: "ho", split: calibration}\n',
         "bad-yaml.yaml": "- {prompt: [unclosed\n",
         "prompts.txt": "The capital of France is\n",
         # specs
@@ -293,6 +294,13 @@ CASES = [
      ["artifact-symlink/toggle.json", "points outside the artifact directory"]),
     ("artifact-format-version", ("modules", "{d}/artifact-version"), ["toggle.json", "format_version: 99", "version 1"]),
     ("artifact-modules-not-mapping", ("modules", "{d}/artifact-no-modules"), ["toggle.json", "modules: expected a mapping"]),
+    # audit
+    ("audit-no-heldout-split", ("audit", "{d}/artifact", "--base", "{m}", "--specs", "{d}/ok.stl",
+                                "--prompts", "{d}/calibration-only.yaml"),
+     ["calibration-only.yaml", "no prompts in split 'heldout'", "split: heldout", "--split calibration"]),
+    ("audit-missing-artifact", ("audit", "{d}/nope", "--specs", "{d}/ok.stl"), ["nope", "no such artifact"]),
+    ("audit-manifest-escape", ("audit", "{d}/artifact-escape", "--specs", "{d}/ok.stl", "--prompts", "{d}/ok.yaml"),
+     ["artifact-escape/toggle.json", "'../../etc/passwd'", "inside the artifact directory"]),
     ("artifact-manifest-not-json", ("modules", "{d}/artifact-bad-json"), ["artifact-bad-json/toggle.json", "not valid JSON"]),
 ]
 
