@@ -229,3 +229,23 @@ def test_greedy_never_moves_a_knob_profiling_did_not_measure(tmp_path):
     assert len(path) > 1 and all(np.isfinite(est))
     assert all(p[c] == 0 for p in path for c in sparsity_cols)
     assert path[-1][space.dim_of("b00.mlp", "bits")] > 0  # bits, which were measured, did move
+
+
+def test_adding_a_profiling_level_reuses_the_entries_already_measured(tmp_path):
+    from toggle.search.sensitivity import run_profiling
+
+    obj = SyntheticObjective(blocks=2)
+    knobs = {"bits": [16, 8, 4], "sparsity": [0.0, 0.3]}
+    first = parse_profile({"knobs": knobs, "sensitivity": {"levels": {"bits": [4]}}}, name="p")
+    second = parse_profile({"knobs": knobs, "sensitivity": {"levels": {"bits": [4], "sparsity": [0.3]}}}, name="p")
+    cache = tmp_path / "sensitivity.json"
+    run_profiling(SearchSpace(obj.model_id, obj.refs, first), obj, cache)
+    n = obj.evaluations
+    assert n == 1 + 4  # untouched + 4 block groups (the embedding keeps its default: 16 bits only)
+    prof = run_profiling(SearchSpace(obj.model_id, obj.refs, second), obj, cache)
+    assert obj.evaluations == n + 4  # only the new level, on the 4 block groups
+    assert len(prof.entries) == 8
+    third = parse_profile({"knobs": knobs, "methods": {"quantizer": "awq"},
+                           "sensitivity": {"levels": {"bits": [4]}}}, name="p")
+    run_profiling(SearchSpace(obj.model_id, obj.refs, third), obj, cache)
+    assert obj.evaluations == n + 4 + 1 + 4  # another quantiser: nothing measured before applies

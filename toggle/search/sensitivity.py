@@ -77,10 +77,12 @@ def _nearest_choice(choices: list, level):
 
 
 def profile_key(space: SearchSpace, objective: Objective) -> str:
+    """What makes entries comparable: model, trace, properties, prompt subset, grouping and
+    methods. The levels are not part of it: entries are facts about one group at one value, so
+    adding a level to a profile reuses every entry already measured."""
     s = space.profile.sensitivity
-    levels = ",".join(f"{k}={list(v)}" for k, v in sorted(s.levels.items()))
     base = getattr(objective, "cache_key", objective.model_id)
-    return f"{base}|{space.profile.granularity}|{levels}|prompts={s.prompts}|groups={len(space.groups)}"
+    return f"{base}|{space.profile.granularity}|{space.methods}|prompts={s.prompts}|groups={len(space.groups)}"
 
 
 def run_profiling(space: SearchSpace, objective: Objective, cache: Path | None = None, *, study=None,
