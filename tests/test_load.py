@@ -23,6 +23,7 @@ def test_load_directory(arch, tiny_llama_dir, tiny_gpt2_dir):
     lm = load_model(str(path))
     assert lm.source == "dir"
     assert lm.model_id == str(path.resolve())
+    assert lm.source_bytes == sum(f.stat().st_size for f in path.glob("*.safetensors")) > 0
     assert lm.model.config.model_type == arch
     assert not lm.model.training
     assert all(not p.requires_grad for p in lm.model.parameters())
@@ -66,6 +67,7 @@ def test_gguf_round_trip(arch, tiny_llama_dir, tiny_gpt2_dir, tmp_path):
     f32 = write_gguf(tmp_path / "tiny-f32.gguf", src.model, src.tokenizer, default_2d="F32")
     loaded = load_model(str(f32))
     assert loaded.source == "gguf" and loaded.source_quantization in ("ALL_F32", "gguf")
+    assert loaded.source_bytes == f32.stat().st_size
     torch.testing.assert_close(_logits(loaded), _logits(src), rtol=0, atol=1e-5)
 
     q8 = write_gguf(tmp_path / "tiny-q8.gguf", src.model, src.tokenizer, default_2d="Q8_0")

@@ -29,6 +29,8 @@ def test_tiny_model_search_from_the_cli(tiny_llama_dir, tmp_path, capsys):
     assert code == (0 if summary["satisfied"] else 1)
     assert summary["trials"] == 5 and summary["budget_bytes"] == 60_000
     assert summary["compressed_size_bytes"] <= 60_000
+    assert summary["loaded_size_bytes"] == (tiny_llama_dir / "model.safetensors").stat().st_size
+    assert summary["loaded_format"] is None
     assert "16-bit dense" in out and "FLOPs per token" in out
     for name in ("trials.csv", "pareto.csv", "study.db", "sensitivity.json"):
         assert (tmp_path / "run" / name).exists(), name

@@ -209,3 +209,43 @@ def test_bo_beats_uniform_and_random_at_equal_trials(tmp_path):
                       profiling_objective=view)
         found[sampler] = r.summary["compressed_size_bytes"] if r.satisfied else math.inf
     assert found["bo"] < found["uniform"] and found["bo"] < found["random"], found
+
+
+def test_greedy_never_moves_a_knob_profiling_did_not_measure(tmp_path):
+    """Sparsity is a knob here but not a profiled level: its effect on the properties is
+    unknown, so the greedy path (and BO's warm starts taken from it) must leave it alone
+    rather than treat it as free compression."""
+    from toggle.search.sensitivity import AdditivePrior, allowed_max, greedy_path, run_profiling
+
+    obj = SyntheticObjective(blocks=2)
+    profile = parse_profile({"granularity": "block_part", "knobs": {"bits": [16, 8, 4], "sparsity": [0.0, 0.3, 0.5]},
+                             "sensitivity": {"prompts": 2, "levels": {"bits": [4]}}}, name="bits-profiled")
+    space = SearchSpace(obj.model_id, obj.refs, profile)
+    prof = run_profiling(space, obj)
+    prior = AdditivePrior(space, prof)
+    sparsity_cols = [space.dim_of(g.name, "sparsity") for g in space.groups if space.dim_of(g.name, "sparsity") is not None]
+    assert sparsity_cols and all(prior.unmeasured[c] for c in sparsity_cols)
+    path, est = greedy_path(space, CostTable(space, obj.cost), prior.loss(), allowed_max(space, prof))
+    assert len(path) > 1 and all(np.isfinite(est))
+    assert all(p[c] == 0 for p in path for c in sparsity_cols)
+    assert path[-1][space.dim_of("b00.mlp", "bits")] > 0  # bits, which were measured, did move
+
+
+def test_adding_a_profiling_level_reuses_the_entries_already_measured(tmp_path):
+    from toggle.search.sensitivity import run_profiling
+
+    obj = SyntheticObjective(blocks=2)
+    knobs = {"bits": [16, 8, 4], "sparsity": [0.0, 0.3]}
+    first = parse_profile({"knobs": knobs, "sensitivity": {"levels": {"bits": [4]}}}, name="p")
+    second = parse_profile({"knobs": knobs, "sensitivity": {"levels": {"bits": [4], "sparsity": [0.3]}}}, name="p")
+    cache = tmp_path / "sensitivity.json"
+    run_profiling(SearchSpace(obj.model_id, obj.refs, first), obj, cache)
+    n = obj.evaluations
+    assert n == 1 + 4  # untouched + 4 block groups (the embedding keeps its default: 16 bits only)
+    prof = run_profiling(SearchSpace(obj.model_id, obj.refs, second), obj, cache)
+    assert obj.evaluations == n + 4  # only the new level, on the 4 block groups
+    assert len(prof.entries) == 8
+    third = parse_profile({"knobs": knobs, "methods": {"quantizer": "awq"},
+                           "sensitivity": {"levels": {"bits": [4]}}}, name="p")
+    run_profiling(SearchSpace(obj.model_id, obj.refs, third), obj, cache)
+    assert obj.evaluations == n + 4 + 1 + 4  # another quantiser: nothing measured before applies

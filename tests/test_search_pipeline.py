@@ -45,6 +45,10 @@ def test_final_lines_report_size_and_flop_reduction():
     assert "trial 7" in lines[0] and "3 of 12 trials" in lines[0]
     assert lines[1] == "size: 90.0 MB vs 270.0 MB 16-bit dense (66.7% smaller)"
     assert lines[2] == "FLOPs per token: 1e+08 vs 2.5e+08 (2.50x fewer)"
+    assert len(lines) == 4  # no loaded file size known: no line for it
+    summary.update(loaded_size_bytes=98_400_000, loaded_format="Q4_1")
+    assert final_lines(SearchResult(Path("runs/x"), summary, Plan(model="m"), "s", "sqlite://"))[3] == \
+        "the loaded Q4_1 GGUF weights file is 98.4 MB: the plan is 8.5% smaller than that"
     summary.update(satisfied=False, min_margin=-0.2)
     assert "no plan satisfies every property within 100.0 MB after 12 trials; closest plan: trial 7, minimum margin -0.2000" \
         in final_lines(SearchResult(Path("runs/x"), summary, None, "s", "sqlite://"))[0]

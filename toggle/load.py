@@ -56,6 +56,9 @@ class LoadedModel:
     # Set when the weights came from a quantised file (GGUF): the reference model is then
     # the de-quantised float model, which makes re-quantisation to that format easier.
     source_quantization: str | None = None
+    # Bytes of the weights file(s) the model was loaded from (the .gguf, or the directory's
+    # safetensors); None for a hub id. Reports compare the compressed size with it too.
+    source_bytes: int | None = None
     extra: dict = field(default_factory=dict)
 
     @property
@@ -158,14 +161,17 @@ def load_model(
         model, tokenizer = _load_hf_dir(cached, spec, dtype, attn_implementation, trust_remote_code=False)
         fingerprint = cached.name
         quant = json.loads((cached / "toggle-cache.json").read_text()).get("file_type", "gguf")
+        source_bytes = path.stat().st_size
     elif source == "dir":
         model, tokenizer = _load_hf_dir(path, spec, dtype, attn_implementation, trust_remote_code)
         fingerprint = _dir_fingerprint(path)
         quant = None
+        source_bytes = sum(f.stat().st_size for f in path.glob("*.safetensors"))
     else:
         model, tokenizer = _load_hub(model_id, dtype, attn_implementation, trust_remote_code)
         fingerprint = "hub-" + hashlib.sha256(model_id.encode()).hexdigest()[:16]
         quant = None
+        source_bytes = None
     try:
         find_blocks(model)
     except ModelLoadError as e:  # fail at load time, naming the model, not later in the pipeline
@@ -181,6 +187,7 @@ def load_model(
         fingerprint=fingerprint,
         load_seconds=time.perf_counter() - start,
         source_quantization=quant,
+        source_bytes=source_bytes,
     )
 
 

@@ -34,6 +34,8 @@ class ModelObjective:
     cost_model: object  # toggle.cost.CostModel
     cache_key: str = ""
     prompts: list[str] | None = None  # evaluate on these prompt ids only (the profiling subset)
+    loaded_bytes: int | None = None  # the weights file the model was loaded from (a GGUF file may be 4-bit already)
+    loaded_format: str | None = None  # e.g. 'Q4_1' for the built-in model's GGUF file
 
     @property
     def base16_bytes(self) -> int:
@@ -111,7 +113,8 @@ def run_search(model: str, budget: str | Budget, *, specs=None, prompts=None, pr
         cost_model = CostModel(loaded.model, refs, fmt=search_profile.format)
     names = [p.name for p in spec_set.properties]
     key = f"{loaded.fingerprint}|{trace.key}|{','.join(names)}"
-    full = ModelObjective(loaded.model_id, refs, names, evaluator, cost_model, cache_key=key)
+    full = ModelObjective(loaded.model_id, refs, names, evaluator, cost_model, cache_key=key,
+                          loaded_bytes=loaded.source_bytes, loaded_format=loaded.source_quantization)
     ids = trace.prompt_ids
     subset = _spread(ids, search_profile.sensitivity.prompts)
     profiling = full if len(subset) == len(ids) else ModelObjective(
@@ -173,6 +176,11 @@ def final_lines(result: SearchResult) -> list[str]:
                      f"({100 * s['size_reduction']:.1f}% smaller)")
         lines.append(f"FLOPs per token: {s['compressed_flops_per_token']:.3g} vs {s['base_flops_per_token']:.3g} "
                      f"({s['flops_reduction']:.2f}x fewer)")
+    if s.get("compressed_size_bytes") is not None and s.get("loaded_size_bytes"):
+        fmt = f"{s['loaded_format']} GGUF " if s.get("loaded_format") else ""
+        change = 1.0 - s["compressed_size_bytes"] / s["loaded_size_bytes"]
+        lines.append(f"the loaded {fmt}weights file is {format_bytes(s['loaded_size_bytes'])}: the plan is "
+                     f"{100 * abs(change):.1f}% {'smaller' if change >= 0 else 'larger'} than that")
     heldout = s.get("heldout") or {}
     if "pass_rate" in heldout:
         verdict = "every property holds" if heldout["satisfied"] else "VIOLATED"

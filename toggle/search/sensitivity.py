@@ -77,10 +77,12 @@ def _nearest_choice(choices: list, level):
 
 
 def profile_key(space: SearchSpace, objective: Objective) -> str:
+    """What makes entries comparable: model, trace, properties, prompt subset, grouping and
+    methods. The levels are not part of it: entries are facts about one group at one value, so
+    adding a level to a profile reuses every entry already measured."""
     s = space.profile.sensitivity
-    levels = ",".join(f"{k}={list(v)}" for k, v in sorted(s.levels.items()))
     base = getattr(objective, "cache_key", objective.model_id)
-    return f"{base}|{space.profile.granularity}|{levels}|prompts={s.prompts}|groups={len(space.groups)}"
+    return f"{base}|{space.profile.granularity}|{space.methods}|prompts={s.prompts}|groups={len(space.groups)}"
 
 
 def run_profiling(space: SearchSpace, objective: Objective, cache: Path | None = None, *, study=None,
@@ -207,6 +209,10 @@ class AdditivePrior:
         self.names = list(prof.baseline)
         self.base = np.array([v if v is not None and math.isfinite(v) else 0.0 for v in prof.baseline.values()])
         self.drops = drop_tables(space, prof)
+        # Dimensions no profiling entry measured (a knob the profile's levels leave out): their
+        # drop is unknown, not zero, so the greedy path must not treat them as free.
+        measured = {space.dim_of(e["group"], e["knob"]) for e in prof.entries}
+        self.unmeasured = np.array([col not in measured for col in range(len(space.dims))], dtype=bool)
 
     def __call__(self, index: np.ndarray) -> np.ndarray:
         index = np.atleast_2d(index)
@@ -219,8 +225,11 @@ class AdditivePrior:
     def loss(self) -> list[np.ndarray]:
         """Per dimension, per choice: the largest fraction of any property's margin consumed."""
         scale = np.maximum(np.abs(self.base), 1e-3)
-        return [np.max(np.stack([self.drops[p][col] / scale[j] for j, p in enumerate(self.names)]), axis=0)
-                if self.names else np.zeros(1) for col in range(len(next(iter(self.drops.values()), [])))]
+        out = [np.max(np.stack([self.drops[p][col] / scale[j] for j, p in enumerate(self.names)]), axis=0)
+               if self.names else np.zeros(1) for col in range(len(next(iter(self.drops.values()), [])))]
+        for col in np.nonzero(self.unmeasured[:len(out)])[0]:
+            out[col] = np.where(np.arange(len(out[col])) == 0, 0.0, np.inf)  # unknown: never a greedy move
+        return out
 
 
 def greedy_path(space: SearchSpace, costs, losses: list[np.ndarray], limit: np.ndarray, *, objective: str = "size"):
@@ -240,7 +249,8 @@ def greedy_path(space: SearchSpace, costs, losses: list[np.ndarray], limit: np.n
         current = costs.of(index)[column][0]
         saving = current - costs.of(moves)[column]
         dloss = np.array([losses[c][index[c] + 1] - losses[c][index[c]] for c in cols])
-        score = np.where(saving > 0, saving / np.maximum(dloss, 1e-6), -np.inf)
+        with np.errstate(invalid="ignore"):
+            score = np.where((saving > 0) & np.isfinite(dloss), saving / np.maximum(dloss, 1e-6), -np.inf)
         best = int(np.argmax(score))
         if not np.isfinite(score[best]):
             break
