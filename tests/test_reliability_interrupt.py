@@ -54,6 +54,8 @@ def finished_trials(run: Path) -> dict[int, tuple[str, float | None]]:
 
 def check_run_dir(run: Path, *, complete: bool) -> None:
     """Every file parses; a completed run has the full summary, a loadable plan and one CSV row per trial."""
+    if not complete and not run.exists():
+        return  # killed before it wrote anything
     if (run / "study.db").exists():
         with sqlite3.connect(run / "study.db") as db:
             assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"

@@ -68,8 +68,8 @@ def open_storage(url: str | None, run_dir: Path):
 
 def _rdb(url: str, attempts: int = 5):
     """Two workers starting on a fresh database race to create its tables; the loser retries
-    and finds them made."""
-    from sqlalchemy.exc import IntegrityError, OperationalError
+    and finds them made (PostgreSQL reports the race as a type or table that already exists)."""
+    from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
     for attempt in range(attempts):
         try:
@@ -78,8 +78,8 @@ def _rdb(url: str, attempts: int = 5):
                 # The heartbeat lets a worker killed hard (no Ctrl-C) have its running trial marked
                 # failed by the others, instead of counting as pending forever.
                 return optuna.storages.RDBStorage(url, heartbeat_interval=30, grace_period=120)
-        except (IntegrityError, OperationalError):
-            if attempt == attempts - 1:
+        except (IntegrityError, OperationalError, ProgrammingError) as e:
+            if attempt == attempts - 1 or (isinstance(e, ProgrammingError) and "already exists" not in str(e)):
                 raise
             time.sleep(0.5 * (attempt + 1))
 
