@@ -94,7 +94,7 @@ def test_bad_models(tmp_path):
         resolve(str(empty))
     bad = tmp_path / "broken.gguf"
     bad.write_bytes(b"GGUF" + b"\0" * 20)
-    with pytest.raises(ModelLoadError, match="broken.gguf: cannot load GGUF model"):
+    with pytest.raises(ModelLoadError, match="broken.gguf: damaged or truncated GGUF file"):
         load_model(str(bad))
 
 
@@ -114,7 +114,7 @@ def test_truncated_safetensors(tiny_llama_dir, tmp_path):
     shutil.copytree(tiny_llama_dir, d)
     data = (d / "model.safetensors").read_bytes()
     (d / "model.safetensors").write_bytes(data[: len(data) // 2])
-    with pytest.raises(ModelLoadError, match="truncated: cannot load model"):
+    with pytest.raises(ModelLoadError, match="truncated/model.safetensors: truncated safetensors file"):
         load_model(str(d))
 
 

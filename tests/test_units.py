@@ -20,7 +20,7 @@ def test_bpw_budget_resolves_against_the_model():
 
 
 @pytest.mark.parametrize("text,needle", [
-    ("4XB", "unknown unit 'XB'"), ("-1GB", "is not a size"), ("0", "at least 1 byte"), ("", "empty budget"),
+    ("4XB", "unknown unit 'XB'"), ("-1GB", "must be positive"), ("0", "at least 1 byte"), ("", "empty budget"),
     ("GB", "is not a size"), ("0bpw", "must be in (0, 32]"), ("abcbpw", "not a number of bits"),
 ])
 def test_bad_budgets_name_the_field(text, needle):

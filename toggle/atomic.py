@@ -18,6 +18,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _mode_for(path))  # mkstemp makes 0600; a run directory is meant to be shared
         os.replace(tmp, path)
     except BaseException:
         _unlink(tmp)
@@ -54,6 +55,23 @@ def atomic_path(path: str | Path):
     except BaseException:
         _remove(tmp)
         raise
+
+
+def _mode_for(path: Path) -> int:
+    """The replaced file's permissions, else what open() would give a new file (0666 minus umask)."""
+    try:
+        return path.stat().st_mode & 0o777
+    except FileNotFoundError:
+        return 0o666 & ~_UMASK
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)  # the only way to read it; set back at once (at import, single-threaded)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
 
 
 def _remove(p: Path) -> None:

@@ -304,8 +304,19 @@ def _cmd_modules(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    previous = _terminate_like_interrupt()
+    try:
+        return _main(sys.argv[1:] if argv is None else list(argv))
+    finally:
+        if previous is not None:
+            import signal
+
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: list[str]) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_attach_dash_values(argv))
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     if not args.verbose:
@@ -321,6 +332,36 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("toggle: interrupted", file=sys.stderr)
         return INTERRUPTED
+
+
+def _terminate_like_interrupt():
+    """SIGTERM (a scheduler stopping the job, `kill PID`) saves and exits 130 like Ctrl-C does.
+    Returns the handler it replaced (None when it could not install one)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None  # signal handlers can only be installed from the main thread
+
+    def interrupt(signum, _frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    return signal.signal(signal.SIGTERM, interrupt)
+
+
+def _attach_dash_values(argv: list[str]) -> list[str]:
+    """`--budget -1GB` would read to argparse as a missing value followed by an option; hand
+    the value over as `--budget=-1GB` so the budget parser can say what is wrong with it."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        if argv[i] == "--budget" and i + 1 < len(argv) and argv[i + 1].startswith("-") and argv[i + 1] != "--":
+            out.append(f"--budget={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(argv[i])
+        i += 1
+    return out
 
 
 def _quiet_libraries() -> None:

@@ -415,9 +415,16 @@ def plan_stats(plan: Plan, loaded, plan_path: str | Path | None = None):
     recorded = plan.meta.get("calibration_stats")
     if not recorded:
         return None
-    path = Path(recorded)
-    if not path.is_absolute() and plan_path is not None:
-        path = Path(plan_path).parent / path
+    # A plan names its statistics file beside itself (the search writes both to the run
+    # directory); a plan file may come from someone else, so it cannot point anywhere else.
+    source = plan_path if plan_path is not None else "plan"
+    if not isinstance(recorded, str) or Path(recorded).name != recorded or recorded in (".", ".."):
+        raise InvalidInput(f"{source}: meta.calibration_stats: {recorded!r} must be a file name in the plan's "
+                           f"directory, e.g. calibration_stats.safetensors")
+    folder = Path(plan_path).parent if plan_path is not None else Path(".")
+    path = folder / recorded
+    if not path.resolve().is_relative_to(folder.resolve()):
+        raise InvalidInput(f"{source}: meta.calibration_stats: {recorded!r} points outside the plan's directory")
     stats = ActivationStats.load(path)
     if stats.fingerprint and stats.fingerprint != loaded.fingerprint:
         raise InvalidInput(f"{path}: calibration statistics of another model (fingerprint {stats.fingerprint}, "

@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from .errors import ModelLoadError
+from .modules import find_blocks
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +172,10 @@ def load_model(
         fingerprint = "hub-" + hashlib.sha256(model_id.encode()).hexdigest()[:16]
         quant = None
         source_bytes = None
+    try:
+        find_blocks(model)
+    except ModelLoadError as e:  # fail at load time, naming the model, not later in the pipeline
+        raise ModelLoadError(f"{spec}: {e.message}") from None
     model.to(device)
     model.eval()
     model.requires_grad_(False)
@@ -230,6 +235,7 @@ def _gguf_cache(gguf_path: Path, model_id: str) -> Path:
     target = cache_dir() / "models" / key
     if (target / "config.json").is_file() and (target / "toggle-cache.json").is_file():
         return target
+    _check_gguf(gguf_path)
     print(f"toggle: de-quantising {gguf_path.name} once (about half a minute); cached in {target}",
           file=sys.stderr, flush=True)
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -273,6 +279,71 @@ def _gguf_cache(gguf_path: Path, model_id: str) -> Path:
     return target
 
 
+def _check_gguf(path: Path) -> None:
+    """A GGUF file transformers can read: the magic bytes, a complete header, a known architecture.
+    Checked before the (slow) de-quantisation so a wrong file fails in a second with its reason."""
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError as e:
+        raise ModelLoadError(f"{path}: cannot read: {e.strerror or e}") from None
+    if magic != b"GGUF":
+        raise ModelLoadError(f"{path}: not a GGUF file (it does not start with the GGUF magic bytes); "
+                             f"expected a .gguf model file, a model directory or a built-in model")
+    try:
+        from gguf import GGUFReader
+
+        reader = GGUFReader(str(path))
+        field_ = reader.fields.get("general.architecture")
+        arch = bytes(field_.parts[field_.data[0]]).decode("utf-8", "replace") if field_ else None
+    except Exception as e:  # noqa: BLE001 - a truncated or damaged file raises many types
+        raise ModelLoadError(f"{path}: damaged or truncated GGUF file: {_one_line(e)}") from None
+    try:
+        from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
+    except ImportError:  # pragma: no cover - layout of another transformers version: let it decide
+        return
+    if arch is None:
+        raise ModelLoadError(f"{path}: the GGUF file has no general.architecture field")
+    # transformers' list also holds its non-architecture sections and models without decoder blocks
+    supported = sorted(set(GGUF_SUPPORTED_ARCHITECTURES) - {"general", "tokenizer", "mamba", "t5", "umt5"})
+    if arch not in supported and arch.replace("-", "") not in supported:
+        raise ModelLoadError(f"{path}: GGUF architecture {arch!r} is not supported; expected a decoder-only "
+                             f"model of one of the architectures {', '.join(supported)}")
+
+
+def _check_safetensors(path: Path) -> None:
+    """The header of a safetensors file parses and its tensors fit in the file: a truncated
+    download or a copy cut short is named as such, not as a transformers stack trace."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            n = int.from_bytes(head, "little") if len(head) == 8 else -1
+            if n < 2 or 8 + n > size:
+                raise ValueError("the header is cut off")
+            header = json.loads(f.read(n))
+        if not isinstance(header, dict):
+            raise ValueError("the header is not a JSON object")
+        end = max((int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__"), default=0)
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as e:
+        raise ModelLoadError(f"{path}: damaged or truncated safetensors file ({_one_line(e)})") from None
+    if 8 + n + end > size:
+        raise ModelLoadError(f"{path}: truncated safetensors file: its header describes {8 + n + end:,} bytes, "
+                             f"the file holds {size:,}; copy or download it again")
+
+
+def _refuse_remote_code(path: Path, spec: str) -> None:
+    """A directory whose config or tokenizer config maps to its own Python files would run them."""
+    for name in ("config.json", "tokenizer_config.json"):
+        try:
+            data = json.loads((path / name).read_text())
+        except (OSError, ValueError):
+            continue  # missing or unreadable: transformers reports it
+        if isinstance(data, dict) and data.get("auto_map"):
+            raise ModelLoadError(f"{spec}: {name} maps to the model's own Python code (auto_map), which toggle "
+                                 f"does not run unless you pass --trust-remote-code (only for code you trust)")
+
+
 def _load_hf_dir(path: Path, spec: str, dtype, attn_implementation, trust_remote_code: bool):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -281,6 +352,10 @@ def _load_hf_dir(path: Path, spec: str, dtype, attn_implementation, trust_remote
         pickled = [p.name for p in path.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt")]
         hint = f" (found {', '.join(sorted(pickled))}: pickle files are not loaded for safety)" if pickled else ""
         raise ModelLoadError(f"{spec}: no safetensors weights in the directory{hint}")
+    for file in sorted(path.glob("*.safetensors")):
+        _check_safetensors(file)
+    if not trust_remote_code:
+        _refuse_remote_code(path, spec)
     kwargs = dict(dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code)
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation

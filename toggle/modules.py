@@ -59,9 +59,11 @@ def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
                 break
         if isinstance(obj, nn.ModuleList) and len(obj) > 0:
             return path, obj
-    raise ValueError(
-        f"cannot find the transformer blocks of {type(model).__name__}: "
-        f"looked for {', '.join(_BLOCK_PATHS)}"
+    from .errors import ModelLoadError
+
+    raise ModelLoadError(
+        f"{type(model).__name__} is not a supported architecture: toggle compresses decoder-only models "
+        f"whose transformer blocks sit at {', '.join(_BLOCK_PATHS)} (Llama- and GPT-2-style models)"
     )
 
 

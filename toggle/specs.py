@@ -303,6 +303,7 @@ def _parse_file_unsorted(path: Path, errors: list[str]) -> _ParsedFile:
     consts: dict[str, Const] = {}
     options: dict[str, tuple[object, str]] = {}
     statements: list[_Statement] = []
+    declared: set[str] = set()  # const names declared, well or not (a bad one is reported once, at its line)
     last_was_property = False
     for lineno, raw in enumerate(text.splitlines(), 1):
         line = raw.split("#", 1)[0].rstrip()
@@ -329,6 +330,7 @@ def _parse_file_unsorted(path: Path, errors: list[str]) -> _ParsedFile:
             col = line.index(name, len(kind)) + 1
             vcol = len(head) + 1 + (len(rest) - len(rest.lstrip())) + 1
             if kind == "const":
+                declared.add(name)
                 _declare_const(name, value, file, lineno, col, vcol, consts, statements, errors)
             else:
                 _declare_option(name, value, f"{where}:{col}", f"{where}:{vcol}", options, errors)
@@ -361,7 +363,8 @@ def _parse_file_unsorted(path: Path, errors: list[str]) -> _ParsedFile:
     properties = []
     directions: dict[str, set] = {c: set() for c in consts}
     for s in statements:
-        prop = _parse_property(s, file, consts, {t.name for t in statements}, directions, errors)
+        prop = _parse_property(s, file, consts, {t.name for t in statements}, directions, errors,
+                               rejected=declared - set(consts))
         if prop is not None:
             properties.append(prop)
     for name, dirs in directions.items():
@@ -448,7 +451,7 @@ def _layer_item(text: str):
 # --- one property: lex, check, parse with rtamt, analyse -----------------------------------
 
 def _parse_property(s: _Statement, file: str, consts: dict[str, Const], properties: set[str],
-                    directions: dict[str, set], errors: list[str]) -> Property | None:
+                    directions: dict[str, set], errors: list[str], rejected: set[str] = frozenset()) -> Property | None:
     from antlr4 import CommonTokenStream, InputStream
 
     lines = [(ln, col0) for ln, col0, _ in s.text_lines]
@@ -482,6 +485,7 @@ def _parse_property(s: _Statement, file: str, consts: dict[str, Const], properti
     # names and intervals, checked on the tokens so every error has its own position
     names = lexer.symbolicNames
     used_signals, used_consts = [], []
+    uses_rejected = False
     known = _known_names_hint()
     for i, tok in enumerate(tokens[2:], 2):  # skip `toggle_out =`
         kind = names[tok.type] if 0 <= tok.type < len(names) else ""
@@ -494,6 +498,8 @@ def _parse_property(s: _Statement, file: str, consts: dict[str, Const], properti
                 used_signals.append(name)
             elif name in consts:
                 used_consts.append(name)
+            elif name in rejected:
+                uses_rejected = True  # its declaration's error is reported already
             else:
                 near = difflib.get_close_matches(name, list(SIGNALS) + list(consts), n=1)
                 hint = f" (did you mean {near[0]}?)" if near else ""
@@ -502,7 +508,7 @@ def _parse_property(s: _Statement, file: str, consts: dict[str, Const], properti
                               f"the signals {known}" + (f" and the consts {', '.join(consts)}" if consts else ""))
         elif kind == "LBRACK":
             _check_interval(tokens, i, names, at, errors)
-    if len(errors) > n_before:
+    if len(errors) > n_before or uses_rejected:
         return None
 
     # rtamt parse; syntax errors come back through our listener, never as rtamt exceptions

@@ -48,6 +48,8 @@ def parse_budget(text: str, *, field: str = "--budget") -> Budget:
         number = raw[:-3].strip()
         try:
             bpw = float(number)
+            if number.lower().lstrip("+-") in ("nan", "inf", "infinity"):
+                raise ValueError(number)
         except ValueError:
             raise InvalidInput(f"{field}: '{text}' is not a number of bits per weight; expected {VALID_FORMS}") from None
         if not math.isfinite(bpw) or not 0 < bpw <= 32:
@@ -60,6 +62,8 @@ def parse_size(text: str, *, field: str = "size") -> int:
     """Parse a byte size with optional decimal or binary unit; must be positive."""
     m = _PATTERN.match(text)
     if not m:
+        if text.strip().startswith("-"):
+            raise InvalidInput(f"{field}: '{text}': a size must be positive; expected {VALID_FORMS}")
         raise InvalidInput(f"{field}: '{text}' is not a size; expected {VALID_FORMS}")
     number, unit = m.groups()
     factor = _UNITS.get(unit.lower())
@@ -69,7 +73,9 @@ def parse_size(text: str, *, field: str = "size") -> int:
             f"KiB, MiB, GiB, TiB (powers of 1024) or bpw"
         )
     value = float(number) * factor
-    if not math.isfinite(value) or value < 1:
+    if not math.isfinite(value):
+        raise InvalidInput(f"{field}: '{text}' is too large to be a size; expected {VALID_FORMS}")
+    if value < 1:
         raise InvalidInput(f"{field}: '{text}': a size must be at least 1 byte")
     return int(round(value))
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,10 +96,27 @@ def _point(run: RunData, trial: dict, name: str, meaning: str, out_dir: Path) ->
                          run=str(run.run_dir))
         stats = run.run_dir / "calibration_stats.safetensors"  # Wanda / AWQ / GPTQ statistics, as searched
         if stats.is_file():
-            plan.meta["calibration_stats"] = os.path.relpath(stats.resolve(), out_dir.resolve())
+            # A plan may only name a statistics file beside itself (toggle.export.plan_stats: a plan
+            # from someone else must not read outside its directory), so each point gets its own
+            # link (or copy) of the statistics of the run it comes from.
+            beside = out_dir / f"{name}.calibration_stats.safetensors"
+            _link_or_copy(stats, beside)
+            plan.meta["calibration_stats"] = beside.name
         path = plan.save(out_dir / f"{name}.yaml")
     return OperatingPoint(name, meaning, trial["number"], trial["bytes"], trial["flops_per_token"],
                           trial["min_margin"], path, str(run.run_dir), note)
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    out_dir = target.parent
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir / f".{target.name}.tmp-{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(source, tmp)  # free on one file system
+    except OSError:
+        shutil.copyfile(source, tmp)
+    os.replace(tmp, target)
 
 
 def plan_for(run: RunData, trial: dict) -> Plan | None:

@@ -9,6 +9,7 @@ toggle.evaluate and toggle.cost; this module only wires them to the engine (run_
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +46,15 @@ class ModelObjective:
         return float(self.cost_model.base_flops_per_token)
 
     def evaluate(self, plan: Plan) -> Outcome:
-        ev = self.evaluator.evaluate(plan, prompts=self.prompts)
+        import torch
+
+        try:
+            ev = self.evaluator.evaluate(plan, prompts=self.prompts)
+        except (torch.linalg.LinAlgError, FloatingPointError) as e:
+            # A numerical fault of this candidate (an SVD that does not converge on its weights):
+            # the plan is infeasible with the reason recorded; the search goes on.
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            return Outcome({name: -math.inf for name in self.properties}, reason=f"numerical failure: {first}")
         return Outcome(robustness=dict(ev.robustness), reason=getattr(ev, "reason", None),
                        per_prompt=dict(getattr(ev, "per_prompt", None) or {}), timings=dict(getattr(ev, "timings", None) or {}))
 
@@ -69,8 +78,13 @@ def run_search(model: str, budget: str | Budget, *, specs=None, prompts=None, pr
     budget = parse_budget(budget) if isinstance(budget, str) else budget
     if trials is not None and trials < 1:
         raise InvalidInput(f"--trials: {trials} is not valid; expected an integer >= 1")
+    if seed is not None and seed < 0:
+        raise InvalidInput(f"--seed: {seed} is not valid; expected an integer >= 0")
     if not 0.0 <= relax < 1.0:
         raise InvalidInput(f"--relax: {relax} is not valid; expected a fraction in [0, 1), e.g. 0.1")
+    from .storage import check_storage_url
+
+    check_storage_url(storage)
     from ..prompts import load_prompts
     from ..specs import load_specs
 

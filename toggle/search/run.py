@@ -10,9 +10,8 @@ The trial's value is the plain cost (bytes or FLOPs per token), feasible or not.
 """
 from __future__ import annotations
 
+import logging
 import math
-import os
-import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,12 +32,22 @@ from .progress import Progress
 from .sampler import ConstrainedBOSampler, RandomSearchSampler
 from .sensitivity import AdditivePrior, SensitivityProfile, allowed_max, greedy_path, run_profiling, table_rows
 from .space import SearchSpace
-from .storage import open_storage
+from .storage import WORKER, open_storage, recover_orphans, redact
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
+
+class _NoInterruptTraceback(logging.Filter):
+    """Ctrl-C or SIGTERM during a trial: optuna logs the trial as failed with a traceback.
+    toggle says "interrupted", saves, and the next run recovers the trial: the traceback is noise."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt))
+
+
+logging.getLogger("optuna.study._optimize").addFilter(_NoInterruptTraceback())
+
 SAMPLERS = ("bo", "random", "uniform", "greedy")
-WORKER = f"{socket.gethostname()}:{os.getpid()}"  # which process ran a trial (many workers, many machines)
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
@@ -74,6 +83,8 @@ def run_study(objective: Objective, budget_bytes: int, *, profile: SearchProfile
     if n_trials < 1:
         raise InvalidInput(f"--trials: {n_trials} is not valid; expected an integer >= 1")
     seed = profile.seed if seed is None else seed
+    if seed < 0:
+        raise InvalidInput(f"--seed: {seed} is not valid; expected an integer >= 0")
     space = SearchSpace(objective.model_id, objective.refs, profile)
     costs = CostTable(space, objective.cost)
     _check_budget(budget_bytes, costs, objective, profile)
@@ -81,6 +92,7 @@ def run_study(objective: Objective, budget_bytes: int, *, profile: SearchProfile
     store, url = open_storage(storage, run_dir)
     name = study_name or f"{sampler}-{objective_kind}-{int(budget_bytes)}"
     study = optuna.create_study(storage=store, study_name=name, direction="minimize", load_if_exists=True)
+    recover_orphans(study)  # trials a killed run left RUNNING are failed and queued again
     study.set_user_attr("toggle", {"model": objective.model_id, "profile": profile.name, "budget_bytes": int(budget_bytes),
                                    "objective": objective_kind, "sampler": sampler, "properties": list(objective.properties)})
 
@@ -220,10 +232,10 @@ def _ladder_state(space, study) -> tuple[dict[tuple, bool], set[tuple]]:
 
 def _trial_function(space: SearchSpace, objective: Objective, sampler, budget_bytes: float, objective_kind: str):
     def func(trial: optuna.Trial) -> float:
+        trial.set_user_attr("worker", WORKER)  # first: a run killed from here on can be recovered
         params = space.suggest(trial)
         if "source" not in trial.user_attrs:
             trial.set_user_attr("source", sampler.name)
-        trial.set_user_attr("worker", WORKER)
         trial.set_user_attr("sampler_seconds", round(sampler.last_seconds, 4))
         if sampler.last_info:
             trial.set_user_attr("sampler_info", sampler.last_info)
@@ -235,9 +247,13 @@ def _trial_function(space: SearchSpace, objective: Objective, sampler, budget_by
         if cost.bytes > budget_bytes:
             trial.set_user_attr("reason", f"over budget ({format_bytes(cost.bytes)} > {format_bytes(budget_bytes)})")
             raise optuna.TrialPruned()
+        # Claim the point, then look for others: of two workers that took the same point (the
+        # same enqueued warm start, say), one that claims after the other's claim is visible
+        # yields; two that claim at the same moment both yield (the point may come again,
+        # but it is never evaluated twice).
+        trial.set_user_attr("claim", True)
         twin = _twin(trial, params)
         if twin is not None and twin.state == TrialState.RUNNING:
-            # Two workers took the same enqueued point at once: let the earlier one evaluate it.
             trial.set_user_attr("reason", f"duplicate of running trial {twin.number}")
             raise optuna.TrialPruned()
         if twin is not None:  # another worker evaluated this point already: evaluations are deterministic
@@ -263,14 +279,14 @@ def _trial_function(space: SearchSpace, objective: Objective, sampler, budget_by
 
 
 def _twin(trial, params):
-    """A finished trial with the same point, else an earlier running one, else None."""
+    """A finished trial with the same point, else a running one that claimed it, else None."""
     running = None
     for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)):
         if t.number == trial.number or t.params != params:
             continue
         if t.state == TrialState.COMPLETE and "robustness" in t.user_attrs:
             return t
-        if t.state == TrialState.RUNNING and t.number < trial.number:
+        if t.state == TrialState.RUNNING and t.user_attrs.get("claim"):
             running = t
     return running
 
@@ -295,16 +311,8 @@ def _finish(study, space, objective, budget_bytes, objective_kind, sampler, seed
     summary, plan = outputs.summarise(rows, objective_fn=objective, space=space, budget_bytes=budget_bytes,
                                       objective=objective_kind, sampler=sampler, seed=seed,
                                       wall_seconds=time.perf_counter() - started,
-                                      extra={**timings, "study": name, "storage": _redact(url)})
+                                      extra={**timings, "study": name, "storage": redact(url)})
     if plan is not None and plan_meta:
         plan.meta.update(plan_meta)
     outputs.write_outputs(run_dir, rows, summary, plan, list(objective.properties), space.params)
     return SearchResult(run_dir=run_dir, summary=summary, plan=plan, study_name=name, storage=url)
-
-
-def _redact(url: str) -> str:
-    """Never write a database password into summary.json."""
-    if "://" in url and "@" in url.split("://", 1)[1]:
-        scheme, rest = url.split("://", 1)
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
-    return url
