@@ -345,8 +345,6 @@ def _refuse_remote_code(path: Path, spec: str) -> None:
 
 
 def _load_hf_dir(path: Path, spec: str, dtype, attn_implementation, trust_remote_code: bool):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     has_safetensors = any(path.glob("*.safetensors")) or (path / "model.safetensors.index.json").exists()
     if not has_safetensors:
         pickled = [p.name for p in path.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt")]
@@ -356,20 +354,16 @@ def _load_hf_dir(path: Path, spec: str, dtype, attn_implementation, trust_remote
         _check_safetensors(file)
     if not trust_remote_code:
         _refuse_remote_code(path, spec)
-    kwargs = dict(dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code)
-    if attn_implementation:
-        kwargs["attn_implementation"] = attn_implementation
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
-            model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
-    except Exception as e:
-        raise ModelLoadError(f"{spec}: cannot load model: {_one_line(e)}") from None
-    return model, tokenizer
+    return _from_pretrained(str(path), dtype, attn_implementation, trust_remote_code, f"{spec}: cannot load model")
 
 
 def _load_hub(model_id: str, dtype, attn_implementation, trust_remote_code: bool):
+    return _from_pretrained(model_id, dtype, attn_implementation, trust_remote_code,
+                            f"{model_id}: cannot load from the Hugging Face hub (is the network reachable and the id right?)")
+
+
+def _from_pretrained(where: str, dtype, attn_implementation, trust_remote_code: bool, failure: str):
+    """Tokenizer and model through transformers, safetensors only; any failure is one line."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kwargs = dict(dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code)
@@ -378,13 +372,10 @@ def _load_hub(model_id: str, dtype, attn_implementation, trust_remote_code: bool
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            tokenizer = AutoTokenizer.from_pretrained(model_id, trust_remote_code=trust_remote_code)
-            model = AutoModelForCausalLM.from_pretrained(model_id, **kwargs)
+            tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code)
+            model = AutoModelForCausalLM.from_pretrained(where, **kwargs)
     except Exception as e:
-        raise ModelLoadError(
-            f"{model_id}: cannot load from the Hugging Face hub (is the network reachable and the id right?): "
-            f"{_one_line(e)}"
-        ) from None
+        raise ModelLoadError(f"{failure}: {_one_line(e)}") from None
     return model, tokenizer
 
 
