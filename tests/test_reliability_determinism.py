@@ -10,16 +10,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from search_inputs import write_search_inputs
+
 ROOT = Path(__file__).resolve().parent.parent
-PROMPTS = '- {prompt: "The capital of France is"}\n- {prompt: "Water boils at"}\n- {prompt: "Once upon a time"}\n'
-SPEC = "const eps = 0.05\ncoherence = always[0:3] (jsd <= eps)\n"
-PROFILE = """\
-granularity: block_part
-knobs: {bits: [16, 8, 4, 3], sparsity: [0.0, 0.3]}
-embedding: {bits: [16, 8]}
-methods: {quantizer: rtn, group_size: 32, symmetric: auto, pruner: magnitude}
-sensitivity: {prompts: 2, levels: {bits: [3]}}
-"""
 TIMING_COLUMNS = {"eval_seconds", "sampler_seconds"}
 
 
@@ -45,8 +38,7 @@ def _search(tmp_path: Path, tiny: Path, out: str) -> Path:
 
 
 def test_same_command_same_seed_same_results(tiny_llama_dir, tmp_path):
-    for name, text in {"p.yaml": PROMPTS, "s.stl": SPEC, "profile.yaml": PROFILE}.items():
-        (tmp_path / name).write_text(text)
+    write_search_inputs(tmp_path)
     a, b = _search(tmp_path, tiny_llama_dir, "a"), _search(tmp_path, tiny_llama_dir, "b")
 
     summary_a, summary_b = (_without_timings(json.loads((r / "summary.json").read_text())) for r in (a, b))

@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+from search_inputs import write_search_inputs
+
 import optuna
 import yaml
 
@@ -27,19 +29,6 @@ TRIALS = 12
 SUMMARY_KEYS = ("model", "budget_bytes", "base_size_bytes", "compressed_size_bytes", "size_reduction",
                 "base_flops_per_token", "compressed_flops_per_token", "flops_reduction", "robustness",
                 "satisfied", "trials", "feasible_trials", "wall_seconds")
-PROMPTS = """\
-- {prompt: "The capital of France is"}
-- {prompt: "Water boils at"}
-- {prompt: "Once upon a time"}
-"""
-SPEC = "const eps = 0.2\ncoherence = always[0:3] (jsd <= eps)\n"
-PROFILE = """\
-granularity: block_part
-knobs: {bits: [16, 8, 4, 3], sparsity: [0.0, 0.3]}
-embedding: {bits: [16, 8]}
-methods: {quantizer: rtn, group_size: 32, symmetric: auto, pruner: magnitude}
-sensitivity: {prompts: 2, levels: {bits: [3]}}
-"""
 
 
 def finished_trials(run: Path) -> dict[int, tuple[str, float | None]]:
@@ -90,8 +79,7 @@ def _wait_for(log: Path, proc: subprocess.Popen, text: str, timeout: float = 120
 
 
 def test_search_killed_at_random_moments_resumes_without_loss(tiny_llama_dir, tmp_path):
-    for name, text in {"p.yaml": PROMPTS, "s.stl": SPEC, "profile.yaml": PROFILE}.items():
-        (tmp_path / name).write_text(text)
+    write_search_inputs(tmp_path, eps=0.2)
     run = tmp_path / "run"
     command = [sys.executable, "-m", "toggle.cli", "search", str(tiny_llama_dir), "--budget", "100KB",
                "--specs", str(tmp_path / "s.stl"), "--prompts", str(tmp_path / "p.yaml"),

@@ -21,18 +21,10 @@ from pathlib import Path
 
 import optuna
 import pytest
+from search_inputs import write_search_inputs
 
 ROOT = Path(__file__).resolve().parent.parent
 TRIALS = 8
-PROMPTS = '- {prompt: "The capital of France is"}\n- {prompt: "Water boils at"}\n'
-SPEC = "const eps = 0.05\ncoherence = always[0:3] (jsd <= eps)\n"
-PROFILE = """\
-granularity: block_part
-knobs: {bits: [16, 8, 4, 3], sparsity: [0.0, 0.3]}
-embedding: {bits: [16, 8]}
-methods: {quantizer: rtn, group_size: 32, symmetric: auto, pruner: magnitude}
-sensitivity: {prompts: 1, levels: {bits: [3]}}
-"""
 
 
 def postgres_bin() -> Path | None:
@@ -99,8 +91,7 @@ def postgres_url():
 
 
 def _two_workers(tmp_path: Path, tiny: Path, storage: str) -> list[optuna.trial.FrozenTrial]:
-    for name, text in {"p.yaml": PROMPTS, "s.stl": SPEC, "profile.yaml": PROFILE}.items():
-        (tmp_path / name).write_text(text)
+    write_search_inputs(tmp_path, prompts=2, profile_prompts=1)
     env = dict(os.environ, PYTHONPATH=str(ROOT), TOGGLE_CACHE_DIR=str(tmp_path / "cache"))
     procs = []
     for i in range(2):
