@@ -1,86 +1,192 @@
-"""BO vs the baselines at an equal trial budget: smallest plan satisfying every property.
+"""Search efficiency: BO against random search, greedy sensitivity allocation and uniform plans
+at equal trial budgets, several seeds: smallest plan satisfying every property, and wall time
+split into model evaluation, sampler and profiling.
 
-    python benchmarks/bench_search.py                          # built-in SmolLM2-135M, 100MB, 40 trials
-    python benchmarks/bench_search.py --synthetic --blocks 30  # the synthetic problem (no model)
+    PYTHONPATH=$PWD python benchmarks/bench_search.py                     # reduced: 25 trials, seed 0
+    PYTHONPATH=$PWD python benchmarks/bench_search.py --trials 25,50,100 --seeds 0,1,2   # the full grid
+    PYTHONPATH=$PWD python benchmarks/bench_search.py --synthetic --blocks 30             # no model
 
-Prints, per sampler: the smallest satisfying size, its reduction against the 16-bit dense
-model, trials used, and wall time split into model evaluation, sampler and profiling time,
-then BO's size relative to the best uniform plan and to random search (target: BO at least
-15% smaller than uniform and smaller than random). Timings are noisy on a shared CPU: compare
-the ratios of one run, not absolute seconds across runs. Not a test.
+Each (sampler, seed) runs ONCE, to the largest trial count; the result at a smaller count N is
+that study's first N trials (the samplers do not depend on the total: BO's trust-region schedule
+is replayed over the trials in order), so the grid costs max(trials), not their sum. Wall time at
+N: profiling + first trial's start to the N-th trial's end (Optuna's timestamps); evaluation and
+sampler seconds are summed over the first N trials. Sensitivity profiling (BO and greedy) is
+computed once and copied to the other run directories (it depends on model, trace and specs only).
+Timings are noisy on a shared CPU: compare the ratios of one run, not seconds across runs.
+Results: benchmarks/results/bench_search.json / .csv. Not a test.
 """
 from __future__ import annotations
 
 import argparse
 import math
+import shutil
+import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from common import Run, table  # noqa: E402
 
 from toggle.search import load_profile, run_study  # noqa: E402
 from toggle.units import format_bytes  # noqa: E402
 
-SAMPLERS = ("uniform", "random", "greedy", "bo")
+SAMPLERS = ("bo", "random", "greedy", "uniform")
+
+
+def prefix_rows(run_dir: Path, summary: dict, counts: list[int]) -> list[dict]:
+    """Best satisfying size and time spent after the first N finished trials, per N."""
+    import optuna
+    from optuna.trial import TrialState
+
+    study = optuna.load_study(study_name=summary["study"], storage=f"sqlite:///{run_dir / 'study.db'}")
+    trials = sorted((t for t in study.get_trials(deepcopy=False) if t.state in (TrialState.COMPLETE, TrialState.PRUNED)),
+                    key=lambda t: t.number)
+    rows = []
+    for n in counts:
+        first = trials[:n]
+        feasible = [t.user_attrs["bytes"] for t in first if t.state == TrialState.COMPLETE and t.user_attrs.get("robustness")
+                    and all(c <= 0 for c in t.constraints.values())]
+        wall = (first[-1].datetime_complete - first[0].datetime_start).total_seconds() if first else 0.0
+        rows.append({"trials_budget": n, "trials_run": len(first),
+                     "evaluated": sum(t.user_attrs.get("eval_seconds", 0) > 0 for t in first),
+                     "feasible": len(feasible), "best_bytes": min(feasible) if feasible else None,
+                     "best_fraction": min(feasible) / summary["base_size_bytes"] if feasible else None,
+                     "wall_s": round(wall + summary.get("profiling_seconds", 0.0), 1),
+                     "eval_s": round(sum(t.user_attrs.get("eval_seconds", 0.0) for t in first), 1),
+                     "sampler_s": round(sum(t.user_attrs.get("sampler_seconds", 0.0) for t in first), 2),
+                     "profiling_s": summary.get("profiling_seconds", 0.0)})
+    return rows
+
+
+def _finished_summary(run_dir: Path, trials: int) -> dict | None:
+    import json
+
+    path = run_dir / "summary.json"
+    if not path.exists():
+        return None
+    s = json.loads(path.read_text())
+    return s if s.get("trials", 0) >= trials else None
+
+
+def _stopped_summary(run_dir: Path, model: str) -> dict | None:
+    """What prefix_rows needs from a run stopped before it wrote summary.json (killed): its study."""
+    import optuna
+
+    if not (run_dir / "study.db").exists():
+        return None
+    from toggle.cost import CostModel
+    from toggle.load import load_model
+
+    url = f"sqlite:///{run_dir / 'study.db'}"
+    name = optuna.get_all_study_names(url)[0]
+    trials = optuna.load_study(study_name=name, storage=url).get_trials(deepcopy=False)
+    return {"study": name, "trials": len(trials), "satisfied": False, "compressed_size_bytes": None,
+            "base_size_bytes": CostModel(load_model(model).model).base16_bytes, "stopped": True,
+            "profiling_seconds": 0.0}
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--synthetic", action="store_true", help="the synthetic problem instead of the built-in model")
+    ap.add_argument("--synthetic", action="store_true", help="the synthetic problem instead of the model")
     ap.add_argument("--blocks", type=int, default=30, help="synthetic: number of blocks (30 = SmolLM2's shape)")
-    ap.add_argument("--budget", default="100MB", help="built-in model budget (default 100MB)")
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--budget", default="100MB", help="model budget (default 100MB)")
     ap.add_argument("--budget-fraction", type=float, default=0.5, help="synthetic: budget as a fraction of 16-bit size")
-    ap.add_argument("--trials", type=int, default=40)
+    ap.add_argument("--trials", default="25", help="comma-separated trial budgets (full grid: 25,50,100)")
+    ap.add_argument("--seeds", default="0", help="comma-separated seeds (full grid: 0,1,2)")
     ap.add_argument("--profile", default="default")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--samplers", default=",".join(SAMPLERS))
-    ap.add_argument("--out", help="keep the run directories here (default: a temporary directory)")
+    ap.add_argument("--samplers", default="bo,random,greedy")
+    ap.add_argument("--out", default="benchmarks/results/search-runs", help="run directories (reused: resumes)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument("--read-only", action="store_true", help="only read the run directories already there (a run "
+                    "with fewer trials than a budget is reported with the trials it has)")
+    ap.add_argument("--name", default="bench_search")
     args = ap.parse_args(argv)
-    out = Path(args.out or tempfile.mkdtemp(prefix="bench-search-"))
-    rows = {}
+    import signal
+
+    # Ctrl-C / kill -INT stops a search cleanly (its study and summary are written) even when the
+    # script was started in the background, where the shell ignores SIGINT.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    run = Run(args.name, args.device, args.threads)
+    counts = sorted(int(t) for t in args.trials.split(","))
+    seeds = [int(s) for s in args.seeds.split(",")]
+    out = Path(args.out) / ("synthetic" if args.synthetic else args.budget)
+    rows: list[dict] = []
+    profiled: Path | None = None
+    for seed in seeds:
+        for sampler in args.samplers.split(","):
+            run_dir = out / f"{sampler}-seed{seed}"
+            if profiled is not None and sampler in ("bo", "greedy") and not (run_dir / "sensitivity.json").exists():
+                run_dir.mkdir(parents=True, exist_ok=True)
+                shutil.copy(profiled, run_dir / "sensitivity.json")
+            t0 = time.perf_counter()
+            done = _finished_summary(run_dir, 1 if args.read_only else counts[-1])
+            if done is None and args.read_only:
+                done = _stopped_summary(run_dir, args.model)
+                if done is None:
+                    print(f"{run_dir}: not run; left out")
+                    continue
+            if done is not None:  # a finished run of this grid: read it, do not resume (resuming re-audits)
+                from types import SimpleNamespace
+
+                result = SimpleNamespace(summary=done)
+                print(f"{run_dir}: finished earlier ({done['trials']} trials), read from its study", flush=True)
+            elif args.synthetic:
+                from toggle.search.synthetic import SyntheticObjective
+
+                obj = SyntheticObjective(blocks=args.blocks, seed=seed)
+                result = run_study(obj, int(obj.base16_bytes * args.budget_fraction), profile=load_profile(args.profile),
+                                   run_dir=run_dir, trials=counts[-1], sampler=sampler, seed=seed,
+                                   profiling_objective=obj.profiling_view(seed=seed + 100))
+            else:
+                from toggle.search import run_search
+
+                result = run_search(args.model, args.budget, profile=args.profile, trials=counts[-1], sampler=sampler,
+                                    seed=seed, out=run_dir, device=args.device, progress=False)
+            if sampler in ("bo", "greedy") and (run_dir / "sensitivity.json").exists():
+                profiled = profiled or run_dir / "sensitivity.json"
+            s = result.summary
+            held = (s.get("heldout") or {}).get("pass_rate")
+            for r in prefix_rows(run_dir, s, counts):
+                rows.append({"sampler": sampler, "seed": seed, **r,
+                             "heldout_pass_rate_final": held if r["trials_budget"] == counts[-1] else None})
+            print(f"{sampler}-seed{seed}: {s['trials']} trials, best "
+                  f"{format_bytes(s['compressed_size_bytes']) if s['satisfied'] else 'none'}, "
+                  f"{time.perf_counter() - t0:.0f} s in all (with held-out audit and report)", flush=True)
+
+    # One line per (sampler, trial budget): median over seeds.
+    summary = []
     for sampler in args.samplers.split(","):
-        t0 = time.perf_counter()
-        if args.synthetic:
-            from toggle.search.synthetic import SyntheticObjective
-
-            obj = SyntheticObjective(blocks=args.blocks, seed=args.seed)
-            result = run_study(obj, int(obj.base16_bytes * args.budget_fraction), profile=load_profile(args.profile),
-                               run_dir=out / sampler, trials=args.trials, sampler=sampler, seed=args.seed,
-                               profiling_objective=obj.profiling_view(seed=args.seed + 100))
-        else:
-            from toggle.search import run_search
-
-            result = run_search("smollm2-135m", args.budget, profile=args.profile, trials=args.trials,
-                                sampler=sampler, seed=args.seed, out=out / sampler, progress=False)
-        s = result.summary
-        rows[sampler] = {
-            "size": s["compressed_size_bytes"] if s["satisfied"] else math.inf,
-            "reduction": s["size_reduction"] if s["satisfied"] else None,
-            "trials": s["trials"], "feasible": s["feasible_trials"],
-            "wall": time.perf_counter() - t0, "eval": s["evaluation_seconds"], "sampler_s": s["sampler_seconds"],
-            "profiling": s.get("profiling_seconds", 0.0), "base": s["base_size_bytes"],
-        }
-        r = rows[sampler]
-        reduction = "-" if r["reduction"] is None else f"{100 * r['reduction']:.1f}% smaller"
-        print(f"{sampler:8s} smallest satisfying {format_bytes(r['size']) if math.isfinite(r['size']) else 'none':>9s}"
-              f"  ({reduction})"
-              f"  trials {r['trials']:3d} (feasible {r['feasible']:3d})  wall {r['wall']:7.1f} s ="
-              f" eval {r['eval']:7.1f} + sampler {r['sampler_s']:6.1f} + profiling {r['profiling']:6.1f} + other",
-              flush=True)
-    if "bo" in rows:
-        bo = rows["bo"]["size"]
-        for other in ("uniform", "random", "greedy"):
-            if other in rows and math.isfinite(bo):
-                ref = rows[other]["size"]
-                print(f"BO vs {other}: " + (f"{100 * (1 - bo / ref):.1f}% smaller" if math.isfinite(ref)
-                                            else f"{other} found no satisfying plan"))
-        b = rows["bo"]
-        per_trial = b["sampler_s"] / max(b["trials"], 1)
-        print(f"BO sampler overhead: {per_trial:.2f} s per trial, {100 * b['sampler_s'] / max(b['eval'], 1e-9):.1f}% of "
-              f"evaluation time")
-    print(f"run directories: {out}")
+        for n in counts:
+            group = [r for r in rows if r["sampler"] == sampler and r["trials_budget"] == n]
+            sizes = [r["best_bytes"] if r["best_bytes"] is not None else math.inf for r in group]
+            med = statistics.median(sizes)
+            if not group:
+                continue
+            summary.append({"sampler": sampler, "trials": n, "seeds": len(group),
+                            "trials_run": statistics.median(r["trials_run"] for r in group),
+                            "found": sum(math.isfinite(x) for x in sizes),
+                            "median_best": format_bytes(med) if math.isfinite(med) else "none",
+                            "median_best_fraction": (statistics.median(r["best_fraction"] for r in group)
+                                                     if all(r["best_fraction"] is not None for r in group) else None),
+                            "wall_s": statistics.median(r["wall_s"] for r in group),
+                            "eval_s": statistics.median(r["eval_s"] for r in group),
+                            "sampler_s": statistics.median(r["sampler_s"] for r in group),
+                            "profiling_s": statistics.median(r["profiling_s"] for r in group)})
+    print()
+    print(table(summary, [("sampler", "sampler", ""), ("trials", "trials", "d"), ("trials_run", "trials run", ".0f"),
+                          ("seeds", "seeds", "d"),
+                          ("found", "seeds with a satisfying plan", "d"), ("median_best", "smallest satisfying", ""),
+                          ("median_best_fraction", "size / 16-bit", ".3f"), ("wall_s", "wall s", ".0f"),
+                          ("eval_s", "evaluation s", ".0f"), ("sampler_s", "sampler s", ".1f"),
+                          ("profiling_s", "profiling s", ".0f")]))
+    run.finish(rows, {"summary": summary, "budget": args.budget, "trials": counts, "seeds": seeds,
+                      "note": "profiling computed once and copied to later BO/greedy run directories; its seconds are "
+                              "those of the run that computed it"})
     return 0
 
 
