@@ -249,3 +249,24 @@ def test_adding_a_profiling_level_reuses_the_entries_already_measured(tmp_path):
                            "sensitivity": {"levels": {"bits": [4]}}}, name="p")
     run_profiling(SearchSpace(obj.model_id, obj.refs, third), obj, cache)
     assert obj.evaluations == n + 4 + 1 + 4  # another quantiser: nothing measured before applies
+
+
+def test_warm_starts_run_from_conservative_to_bold_along_the_greedy_path():
+    from toggle.search.run import warm_starts
+
+    obj = SyntheticObjective(blocks=3)
+    space = SearchSpace(obj.model_id, obj.refs, SMALL)
+    costs = CostTable(space, obj.cost)
+    # a path of ever cheaper points with growing estimated loss
+    path = [space.untouched()]
+    for col in range(len(space.dims)):
+        nxt = path[-1].copy()
+        nxt[col] = space.sizes[col] - 1
+        path.append(nxt)
+    est = [0.0, 0.04, 0.1, 0.14, 0.3, 0.39, 0.6, 0.9, 1.1] + [1.5] * (len(path) - 9)
+    budget = costs.of(path[1])[0][0]  # everything but the untouched point fits
+    starts = warm_starts(path, est, costs, budget, "size")
+    index = [next(i for i, p in enumerate(path) if np.array_equal(p, s)) for s in starts]
+    # per level (0.05, 0.15, 0.4, 1.0 of the margin), the cheapest point whose estimate stays under
+    # it: 1 (0.04); 2, not 3 (a pruning bitmask makes 3 a few bytes dearer); 4, not 5; 6, not 7
+    assert index == [1, 2, 4, 6]
