@@ -25,7 +25,7 @@ import yaml
 from toggle.plan import Plan
 
 ROOT = Path(__file__).resolve().parent.parent
-TRIALS = 12
+TRIALS = 30  # enough that a signal sent soon after trials start lands mid-search
 SUMMARY_KEYS = ("model", "budget_bytes", "base_size_bytes", "compressed_size_bytes", "size_reduction",
                 "base_flops_per_token", "compressed_flops_per_token", "flops_reduction", "robustness",
                 "satisfied", "trials", "feasible_trials", "wall_seconds")
@@ -104,14 +104,19 @@ def test_search_killed_at_random_moments_resumes_without_loss(tiny_llama_dir, tm
                 time.sleep(rng.uniform(0.0, 2.0))
             else:
                 _wait_for(log, proc, "trials ")
-                time.sleep(rng.uniform(0.0, 3.0))
+                time.sleep(rng.uniform(0.0, 1.5))
             running = proc.poll() is None
             if running:
                 proc.send_signal(sig)
             code = proc.wait(timeout=180)
         text = log.read_text(errors="replace")
         assert "Traceback" not in text, text[-3000:]
-        if running and sig != signal.SIGKILL:
+        # A signal that lands while the interpreter is already shutting down after a finished
+        # search (all trials done, outputs written) has nothing left to interrupt: the process
+        # exits 0 / 1, or dies of the signal during finalisation (no handler is left by then).
+        too_late = (code in (0, 1, -sig) and f"trials {TRIALS}/{TRIALS}" in text and (run / "summary.json").exists()
+                    and json.loads((run / "summary.json").read_text())["trials"] == TRIALS)
+        if running and sig != signal.SIGKILL and not too_late:
             assert code == 130, (sig, code, text[-2000:])  # SIGTERM behaves like Ctrl-C
             assert "toggle: interrupted" in text
         elif running:
