@@ -9,17 +9,22 @@ The activation-aware plan collects calibration statistics over a few built-in pa
 """
 from __future__ import annotations
 
+from functools import partial
+
 import argparse
 import shutil
 import time
 from pathlib import Path
 
-from toggle.compress import PlanApplier, collect_stats
+from toggle.compress import collect_stats
+from toggle.compress.apply import PlanApplier
 from toggle.cost import CostModel
-from toggle.export import write_gguf_artifact, write_toggle_artifact
+from toggle.api import write_artifact
 from toggle.load import load_model
 from toggle.modules import compressible_modules
 from toggle.plan import Methods, ModuleSetting, Plan
+
+write_gguf = partial(write_artifact, fmt="gguf")
 
 CALIBRATION = [
     "The capital of France is Paris, a city known for its museums, its cafes and the river Seine.",
@@ -91,9 +96,9 @@ def main():
         applier.restore()
         t0 = time.perf_counter()
         if fmt == "gguf":
-            info = write_gguf_artifact(lm, plan, out / f"plan{i}.gguf", applier=applier)
+            info = write_gguf(lm, plan, out / f"plan{i}.gguf", applier=applier)
         else:
-            info = write_toggle_artifact(lm, plan, out / f"plan{i}", applier=applier)
+            info = write_artifact(lm, plan, out / f"plan{i}", applier=applier)
         write = time.perf_counter() - t0
         c = info.cost
         rows.append((label, fmt, c.bytes, info.tensor_bytes_on_disk, info.weights_file_bytes, c.flops_per_token,

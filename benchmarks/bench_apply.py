@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from toggle.compress import PlanApplier
+from toggle.compress.apply import PlanApplier
 from toggle.cost import CostModel
 from toggle.load import load_model
 from toggle.modules import compressible_modules

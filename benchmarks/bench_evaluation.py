@@ -38,7 +38,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import Run  # noqa: E402
 
-from toggle.compress import PlanApplier  # noqa: E402
+from toggle.compress.apply import PlanApplier  # noqa: E402
 
 from toggle.evaluate import Evaluator  # noqa: E402
 from toggle.load import load_model  # noqa: E402

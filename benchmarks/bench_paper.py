@@ -32,7 +32,7 @@ def describe(run_dir: Path, model: str, device: str) -> dict:
     from toggle.cost import CostModel
     from toggle.load import load_model
     from toggle.plan import Plan
-    from toggle.winner import read_json
+    from toggle.files import read_json
 
     s = read_json(run_dir / "summary.json")
     if s is None:

@@ -36,7 +36,8 @@ from common import Run, table  # noqa: E402
 from quality import TextScorer, heldout_pass_rate  # noqa: E402
 from textdata import text_windows  # noqa: E402
 
-from toggle.compress import PlanApplier, collect_stats  # noqa: E402
+from toggle.compress import collect_stats
+from toggle.compress.apply import PlanApplier  # noqa: E402
 from toggle.cost import CostModel  # noqa: E402
 from toggle.load import load_model  # noqa: E402
 from toggle.modules import compressible_modules  # noqa: E402
@@ -152,8 +153,8 @@ def main(argv=None) -> int:
     plans = [] if reused else baseline_plans(loaded.model_id, refs, [int(b) for b in args.rtn_bits.split(",") if b],
                             [float(s) for s in args.sparsities.split(",") if s], not args.no_awq, args.embedding_8bit,
                                               [int(g) for g in args.group_sizes.split(",")])
-    from toggle.export import plan_stats
-    from toggle.winner import read_json
+    from toggle.api import plan_stats
+    from toggle.files import read_json
 
     for d in run_dirs:
         summary = read_json(d / "summary.json") or {}

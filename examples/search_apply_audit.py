@@ -6,8 +6,8 @@ Defaults: the built-in SmolLM2-135M-Instruct, 100MB, 30 trials (tens of minutes 
 """
 import sys
 
-from toggle.audit import audit
-from toggle.export import write_toggle_artifact
+from toggle.api import audit
+from toggle.api import write_artifact
 from toggle.load import load_model
 from toggle.search import run_search
 
@@ -19,7 +19,7 @@ print(f"satisfied={result.satisfied} size_reduction={result.summary['size_reduct
 if result.plan is None:
     sys.exit(1)
 
-info = write_toggle_artifact(load_model(model), result.plan, f"{out}/artifact")
+info = write_artifact(load_model(model), result.plan, f"{out}/artifact")
 print(f"artifact: {info.path}, {info.weights_file_bytes} bytes of weights on disk")
 
 report = audit(f"{out}/artifact", split="heldout", mode="free")

@@ -8,7 +8,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from tiny_models import make_tiny_model  # noqa: E402
 
 
-from toggle.load import cache_dir  # noqa: E402
+from toggle.files import cache_dir  # noqa: E402
 
 # The built-in model's de-quantised cache is worth keeping between test runs (30 s to build);
 # everything else caches into a per-session temporary directory.

@@ -3,7 +3,8 @@ calibration statistics."""
 import pytest
 import torch
 
-from toggle.compress import PlanApplier, collect_stats
+from toggle.compress import collect_stats
+from toggle.compress.apply import PlanApplier
 from toggle.compress.calibrate import ActivationStats, stats_cache_path
 from toggle.compress.prune import kept_per_row
 from toggle.errors import InvalidInput
@@ -197,6 +198,6 @@ def test_awq_scales_are_searched_once_per_module_and_width(tiny_llama_dir):
     dense = applier.stored(name, ModuleSetting(bits=4), methods).matrices[0].quant
     pruned = applier.stored(name, ModuleSetting(bits=4, sparsity=0.5), methods).matrices[0].quant
     other_width = applier.stored(name, ModuleSetting(bits=3, sparsity=0.5), methods).matrices[0].quant
-    assert torch.equal(dense.awq_scales, pruned.awq_scales)  # reused, not searched again
+    assert torch.equal(dense.input_scales, pruned.input_scales)  # reused, not searched again
     assert not torch.equal(dense.codes, pruned.codes)
-    assert len(applier._awq) == 2 and other_width.awq_scales is not None
+    assert len(applier._awq) == 2 and other_width.input_scales is not None

@@ -1,20 +1,24 @@
 """toggle audit: exit codes, JSON fields, the base model against itself, free mode, artifacts of
 every kind, the in-process audit the search runs, and bad input."""
+from functools import partial
 import json
 import math
 import shutil
 
 import pytest
 
-from toggle.audit import AuditResult, audit, audit_models
+from toggle.api import audit
+from toggle.audit import AuditResult, audit_models
 from toggle.cli import main
 from toggle.errors import InvalidInput
-from toggle.export import write_gguf_artifact, write_toggle_artifact
+from toggle.api import write_artifact
 from toggle.load import load_model
 from toggle.modules import compressible_modules
 from toggle.plan import Methods, ModuleSetting, Plan
 from toggle.prompts import load_prompts
 from toggle.specs import load_specs
+
+write_gguf = partial(write_artifact, fmt="gguf")
 
 PROMPTS = """
 - {id: c1, prompt: "The capital of France is", answer: Paris}
@@ -51,9 +55,9 @@ def files(tmp_path_factory, tiny_llama_dir):
     blocks = [r.name for r in compressible_modules(lm.model) if r.block is not None]
     q8 = Plan.uniform(lm.model_id, blocks, ModuleSetting(bits=8), Methods(group_size=32, symmetric=True))
     q2 = Plan.uniform(lm.model_id, blocks, ModuleSetting(bits=2), Methods(group_size=32))
-    write_toggle_artifact(lm, q8, d / "q8")
-    write_toggle_artifact(lm, q2, d / "q2")
-    write_gguf_artifact(lm, q8, d / "q8.gguf")
+    write_artifact(lm, q8, d / "q8")
+    write_artifact(lm, q2, d / "q2")
+    write_gguf(lm, q8, d / "q8.gguf")
     return d
 
 
@@ -150,7 +154,7 @@ def test_gguf_artifact_needs_base_and_then_matches_the_toggle_artifact(files, ti
 
 def test_in_process_audit_of_a_plan_matches_its_artifact(files, tiny_llama_dir):
     """What the search does with its winner (applier + plan, no artifact) gives the artifact's numbers."""
-    from toggle.compress import PlanApplier
+    from toggle.compress.apply import PlanApplier
 
     lm = load_model(str(tiny_llama_dir))
     specs, suite = load_specs([files / "jsd.stl"]), load_prompts(files / "p.yaml")

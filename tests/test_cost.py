@@ -3,8 +3,10 @@ import random
 
 import pytest
 
-from toggle.compress import PlanApplier
-from toggle.cost import CostModel, gguf_tensor_bytes, gguf_type_for
+from toggle.compress.apply import PlanApplier
+from toggle.cost import CostModel
+from toggle.formats.gguf import gguf_type_for
+from toggle.formats.gguf import tensor_bytes as gguf_tensor_bytes
 from toggle.errors import InvalidInput
 from toggle.load import load_model
 from toggle.modules import compressible_modules

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from toggle.resources import default_prompts
+from toggle.files import default_prompts
 
 TOOL = Path(__file__).resolve().parent.parent / "tools" / "check_prompts.py"
 

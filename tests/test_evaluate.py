@@ -12,7 +12,7 @@ from toggle.evaluate import Evaluator
 from toggle.load import load_model
 from toggle.plan import Methods, ModuleSetting, Plan
 from toggle.prompts import load_prompts, suite_from_records
-from toggle.resources import default_specs
+from toggle.files import default_specs
 from toggle.specs import load_specs
 from toggle.trace import build_trace
 

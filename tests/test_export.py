@@ -1,5 +1,6 @@
 """Artifacts: toggle format and GGUF round trips (logits match the applier's simulation),
 accounted bytes against bytes on disk, manifest validation, atomic writes, `toggle apply`."""
+from functools import partial
 import json
 import os
 import shutil
@@ -10,12 +11,15 @@ import pytest
 import torch
 
 from toggle.cli import main
-from toggle.compress import PlanApplier
+from toggle.compress.apply import PlanApplier
 from toggle.errors import InvalidInput
-from toggle.export import load_compressed, write_gguf_artifact, write_toggle_artifact
+from toggle.api import write_artifact
+from toggle.formats import read_artifact
 from toggle.load import load_model
 from toggle.modules import compressible_modules
 from toggle.plan import Methods, ModuleSetting, Plan
+
+write_gguf = partial(write_artifact, fmt="gguf")
 
 TEXT = "The capital of France is Paris. Once upon a time a small robot"
 
@@ -55,7 +59,7 @@ def test_toggle_round_trip(arch, methods, tiny_llama_dir, tiny_gpt2_dir, tmp_pat
     stats = collect_stats(lm.model, [ids[0]])
     plan = _mixed_plan(lm, methods)
     expected, _, applier = _simulate(lm, plan, ids, stats)
-    info = write_toggle_artifact(lm, plan, tmp_path / "art", applier=applier)
+    info = write_artifact(lm, plan, tmp_path / "art", applier=applier)
     assert {"config.json", "generation_config.json", "model.safetensors", "toggle.json"} <= {p.name for p in info.path.iterdir()}
     assert (info.path / "tokenizer.json").is_file() or (info.path / "vocab.json").is_file()
     encodings = {e for per_module in info.encodings.values() for e in per_module}
@@ -67,7 +71,7 @@ def test_toggle_round_trip(arch, methods, tiny_llama_dir, tiny_gpt2_dir, tmp_pat
         on_disk = sum(f.get_tensor(k).nbytes for k in f.keys())
     assert on_disk == info.tensor_bytes_on_disk == info.cost.tensor_bytes == info.cost.bytes
 
-    back = load_compressed(info.path)
+    back = read_artifact(info.path)
     with torch.no_grad():
         got = back.model(ids).logits
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-4)
@@ -92,7 +96,7 @@ def test_gguf_round_trip_generates_like_the_simulation(arch, tiny_llama_dir, tin
     plan = Plan(lm.model_id, {n: kinds[i % len(kinds)] for i, n in enumerate(names)},
                 Methods(group_size=32, symmetric=True))
     expected, generated, _ = _simulate(lm, plan, ids, new_tokens=8)
-    info = write_gguf_artifact(lm, plan, tmp_path / "model.gguf")
+    info = write_gguf(lm, plan, tmp_path / "model.gguf")
     assert info.tensor_bytes_on_disk == info.cost.tensor_bytes  # tensor data, alignment padding included
     assert info.weights_file_bytes == info.cost.bytes  # and the header: the whole file, exactly
     assert set(info.encodings[names[0]]) <= {"Q4_0", "Q8_0", "Q5_0", "F16"}
@@ -107,7 +111,7 @@ def test_gguf_round_trip_generates_like_the_simulation(arch, tiny_llama_dir, tin
     asym = Plan(lm.model_id, {n: ModuleSetting(bits=4 if i % 2 else 5) for i, n in enumerate(names)},
                 Methods(group_size=32, symmetric=False))
     expected, _, _ = _simulate(lm, asym, ids)
-    info = write_gguf_artifact(lm, asym, tmp_path / "asym.gguf")
+    info = write_gguf(lm, asym, tmp_path / "asym.gguf")
     assert {e for v in info.encodings.values() for e in v} == {"Q4_1", "Q5_1"}
     with torch.no_grad():
         torch.testing.assert_close(load_model(str(info.path)).model(ids).logits, expected, rtol=0, atol=1e-5)
@@ -125,7 +129,7 @@ def test_gguf_refuses_what_it_cannot_hold(tiny_llama_dir, tmp_path):
     ]
     for plan, reason in cases:
         with pytest.raises(InvalidInput, match=f"modules.{up}: .*{reason}"):
-            write_gguf_artifact(lm, plan, tmp_path / "x.gguf")
+            write_gguf(lm, plan, tmp_path / "x.gguf")
     assert not list(tmp_path.iterdir())  # nothing written, not even a temporary file
 
 
@@ -144,14 +148,14 @@ def test_accounted_size_is_the_file_size_within_one_percent(tmp_path):
     names = [r.name for r in compressible_modules(lm.model)]
     plan = Plan(lm.model_id, {n: ModuleSetting(bits=4, sparsity=0.5 if i % 3 == 0 else 0.0)
                               for i, n in enumerate(names)}, Methods(group_size=32, symmetric=True))
-    for info in (write_toggle_artifact(lm, plan, tmp_path / "art"), write_gguf_artifact(lm, plan, tmp_path / "m.gguf")):
+    for info in (write_artifact(lm, plan, tmp_path / "art"), write_gguf(lm, plan, tmp_path / "m.gguf")):
         assert abs(info.weights_file_bytes - info.cost.bytes) / info.cost.bytes < 0.01, info
         assert info.cost.size_reduction > 0.65
 
 
 def test_manifest_is_validated_before_use(tiny_llama_dir, tmp_path):
     lm = load_model(str(tiny_llama_dir))
-    good = write_toggle_artifact(lm, Plan(lm.model_id, {"model.layers.0.mlp.up_proj": ModuleSetting(bits=4)}),
+    good = write_artifact(lm, Plan(lm.model_id, {"model.layers.0.mlp.up_proj": ModuleSetting(bits=4)}),
                                  tmp_path / "good").path
 
     def variant(name, edit):
@@ -164,21 +168,21 @@ def test_manifest_is_validated_before_use(tiny_llama_dir, tmp_path):
 
     escape = variant("escape", lambda m, d: m.update(weights="../good/model.safetensors"))
     with pytest.raises(InvalidInput, match="weights: '../good/model.safetensors' must be a file name inside"):
-        load_compressed(escape)
+        read_artifact(escape)
     absolute = variant("absolute", lambda m, d: m.update(weights=str(good / "model.safetensors")))
     with pytest.raises(InvalidInput, match="must be a file name inside the artifact"):
-        load_compressed(absolute)
+        read_artifact(absolute)
 
     def symlink(m, d):
         os.symlink(good / "model.safetensors", d / "elsewhere.safetensors")
         m.update(weights="elsewhere.safetensors")
 
     with pytest.raises(InvalidInput, match="points outside the artifact directory"):
-        load_compressed(variant("symlink", symlink))
+        read_artifact(variant("symlink", symlink))
     with pytest.raises(InvalidInput, match="format_version: 99 is not supported"):
-        load_compressed(variant("version", lambda m, d: m.update(format_version=99)))
+        read_artifact(variant("version", lambda m, d: m.update(format_version=99)))
     with pytest.raises(InvalidInput, match=r"modules.model.layers.0.mlp.up_proj.matrices\[0\].bits: 9"):
-        load_compressed(variant("bits", lambda m, d: m["modules"]["model.layers.0.mlp.up_proj"]["matrices"][0].update(bits=9)))
+        read_artifact(variant("bits", lambda m, d: m["modules"]["model.layers.0.mlp.up_proj"]["matrices"][0].update(bits=9)))
 
     def drop_tensor(m, d):
         from safetensors.torch import load_file, save_file
@@ -188,10 +192,10 @@ def test_manifest_is_validated_before_use(tiny_llama_dir, tmp_path):
         save_file(tensors, str(d / "model.safetensors"))
 
     with pytest.raises(InvalidInput, match="tensor model.layers.0.mlp.up_proj.scales named by toggle.json is missing"):
-        load_compressed(variant("missing", drop_tensor))
+        read_artifact(variant("missing", drop_tensor))
     with pytest.raises(InvalidInput, match="does not hold model.norm.weight"):
-        load_compressed(variant("others", lambda m, d: m["others"].remove("model.norm.weight")))
-    assert load_compressed(good).model is not None
+        read_artifact(variant("others", lambda m, d: m["others"].remove("model.norm.weight")))
+    assert read_artifact(good).model is not None
 
 
 def test_writes_are_atomic(tiny_llama_dir, tmp_path, monkeypatch):
@@ -199,7 +203,7 @@ def test_writes_are_atomic(tiny_llama_dir, tmp_path, monkeypatch):
 
     lm = load_model(str(tiny_llama_dir))
     plan = Plan(lm.model_id, {"model.layers.0.mlp.up_proj": ModuleSetting(bits=4)})
-    first = write_toggle_artifact(lm, plan, tmp_path / "art")
+    first = write_artifact(lm, plan, tmp_path / "art")
     before = (first.path / "model.safetensors").read_bytes()
 
     def crash(*args, **kwargs):
@@ -207,16 +211,16 @@ def test_writes_are_atomic(tiny_llama_dir, tmp_path, monkeypatch):
 
     monkeypatch.setattr(safetensors.torch, "save_file", crash)
     with pytest.raises(RuntimeError, match="disk full"):
-        write_toggle_artifact(lm, plan.with_setting("model.layers.1.mlp.up_proj", ModuleSetting(bits=2)), tmp_path / "art")
+        write_artifact(lm, plan.with_setting("model.layers.1.mlp.up_proj", ModuleSetting(bits=2)), tmp_path / "art")
     with pytest.raises(RuntimeError, match="disk full"):
-        write_toggle_artifact(lm, plan, tmp_path / "new")
+        write_artifact(lm, plan, tmp_path / "new")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]  # no temporary leftovers, no half artifact
     assert (first.path / "model.safetensors").read_bytes() == before  # the old artifact is intact
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "todo.txt").write_text("mine")
     monkeypatch.undo()
     with pytest.raises(InvalidInput, match="exists and is not a toggle artifact"):
-        write_toggle_artifact(lm, plan, tmp_path / "notes")
+        write_artifact(lm, plan, tmp_path / "notes")
 
 
 def test_cli_apply(tiny_llama_dir, tmp_path, capsys):
@@ -267,8 +271,8 @@ def test_builtin_model_artifacts(builtin_model, tmp_path):
     ids = lm.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
                                            return_dict=True)["input_ids"]
     expected, generated, applier = _simulate(lm, plan, ids, new_tokens=8)
-    toggle_info = write_toggle_artifact(lm, plan, tmp_path / "q4", applier=applier)
-    gguf_info = write_gguf_artifact(lm, plan, tmp_path / "q4.gguf", applier=applier)
+    toggle_info = write_artifact(lm, plan, tmp_path / "q4", applier=applier)
+    gguf_info = write_gguf(lm, plan, tmp_path / "q4.gguf", applier=applier)
     for info in (toggle_info, gguf_info):
         assert info.tensor_bytes_on_disk == info.cost.tensor_bytes
         assert abs(info.weights_file_bytes - info.cost.bytes) / info.cost.bytes < 0.01
@@ -276,7 +280,7 @@ def test_builtin_model_artifacts(builtin_model, tmp_path):
     assert gguf_info.weights_file_bytes == gguf_info.cost.bytes  # the GGUF header is accounted exactly
     assert toggle_info.cost.tensor_bytes == gguf_info.cost.tensor_bytes  # same layout per block of 32; no padding at these shapes
     assert abs(toggle_info.weights_file_bytes - toggle_info.cost.bytes) / toggle_info.cost.bytes < 0.01
-    back = load_compressed(toggle_info.path)
+    back = read_artifact(toggle_info.path)
     with torch.no_grad():
         torch.testing.assert_close(back.model(ids).logits, expected, rtol=0, atol=1e-4)
     answer = lm.tokenizer.decode(generated[0, ids.shape[1]:], skip_special_tokens=True)

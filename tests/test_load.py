@@ -7,9 +7,12 @@ import pytest
 import torch
 
 from toggle.errors import ModelLoadError
-from toggle.gguf_io import write_gguf
-from toggle.load import cache_dir, load_model, resolve
-from toggle.modules import compressible_modules, parameter_counts, weight_matrix
+from toggle.api import write_artifact
+from toggle.formats.gguf import write_gguf
+from toggle.files import cache_dir
+from toggle.load import load_model, resolve
+from toggle.modules import compressible_modules, parameter_counts, stored_other_tensors, weight_matrix
+from toggle.plan import Methods, ModuleSetting, Plan
 
 
 def _logits(lm, text="The capital of France"):
@@ -61,16 +64,22 @@ def test_module_map_gpt2_conv1d(tiny_gpt2_dir):
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
 def test_gguf_round_trip(arch, tiny_llama_dir, tiny_gpt2_dir, tmp_path):
-    """A GGUF file written with the gguf package loads back with identical logits (F32)
-    and close logits (Q8_0), and is cached as safetensors after the first load."""
+    """A GGUF file of float weights loads back with identical logits (F32) and a Q8_0 file with
+    close logits, and each is cached as safetensors after the first load."""
     src = load_model(str(tiny_llama_dir if arch == "llama" else tiny_gpt2_dir))
-    f32 = write_gguf(tmp_path / "tiny-f32.gguf", src.model, src.tokenizer, default_2d="F32")
+    refs = compressible_modules(src.model)
+    tensors = {f"{r.name}.weight": ("F32", weight_matrix(src.model.get_submodule(r.name), r).detach().numpy())
+               for r in refs}
+    tensors.update({n: ("F32", t.detach().numpy()) for n, t in stored_other_tensors(src.model, refs).items()})
+    f32 = write_gguf(tmp_path / "tiny-f32.gguf", src.model, src.tokenizer, tensors)
     loaded = load_model(str(f32))
     assert loaded.source == "gguf" and loaded.source_quantization in ("ALL_F32", "gguf")
     assert loaded.source_bytes == f32.stat().st_size
     torch.testing.assert_close(_logits(loaded), _logits(src), rtol=0, atol=1e-5)
 
-    q8 = write_gguf(tmp_path / "tiny-q8.gguf", src.model, src.tokenizer, default_2d="Q8_0")
+    q8_plan = Plan.uniform(src.model_id, [r.name for r in refs], ModuleSetting(bits=8),
+                           Methods(group_size=32, symmetric=True))
+    q8 = write_artifact(src, q8_plan, tmp_path / "tiny-q8.gguf", "gguf").path
     loaded_q8 = load_model(str(q8))
     diff = (_logits(loaded_q8) - _logits(src)).abs().max().item()
     assert 0 < diff < 0.1  # really quantised, still close

@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from toggle.compress.lowrank import LowRankConfig, LowRankLinear, low_rank, rank_for, svd_factors
+from toggle.compress.lowrank import LowRankLinear, rank_for
+from toggle.compress.registry import factorise, low_rank
 from toggle.compress.quant import output_error
 
 
@@ -24,7 +25,7 @@ def _gram(in_f=64, seed=1):
 @pytest.mark.parametrize("method", ["svd", "asvd"])
 def test_error_falls_with_rank_and_vanishes_at_full_rank(method):
     w, gram = _w(), _gram()
-    factors = svd_factors(w, LowRankConfig(method), gram)
+    factors = factorise(w, method, gram)
     errors = []
     for ratio in (0.1, 0.25, 0.5, 0.75, 1.0):
         a, b = factors.truncate(rank_for(ratio, 48, 64))
@@ -37,11 +38,11 @@ def test_error_falls_with_rank_and_vanishes_at_full_rank(method):
 def test_activation_aware_svd_has_lower_output_error():
     w, gram = _w(), _gram()
     for ratio in (0.25, 0.5):
-        a, b = low_rank(w, LowRankConfig("svd"), ratio)
-        a2, b2 = low_rank(w, LowRankConfig("asvd"), ratio, gram)
+        a, b = low_rank(w, "svd", ratio)
+        a2, b2 = low_rank(w, "asvd", ratio, gram)
         assert output_error(w, a2 @ b2, gram) < 0.9 * output_error(w, a @ b, gram)
     with pytest.raises(ValueError, match="needs calibration activation statistics"):
-        svd_factors(w, LowRankConfig("asvd"))
+        factorise(w, "asvd")
 
 
 def test_rank_for_and_the_two_factor_module():

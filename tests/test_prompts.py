@@ -137,7 +137,7 @@ def test_chat_without_template_is_an_error(tiny_llama_dir):
 
 
 def test_shipped_suite_when_present():
-    from toggle.resources import default_prompts
+    from toggle.files import default_prompts
 
     if not default_prompts().exists():
         pytest.skip("prompts/default.yaml not in this checkout yet")

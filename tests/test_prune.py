@@ -2,7 +2,10 @@
 import pytest
 import torch
 
-from toggle.compress.prune import PruneConfig, keep_mask, kept_per_row, pattern_problem, prune, prune_order
+from toggle.compress.prune import PruneConfig, keep_mask, kept_per_row, pattern_problem
+from toggle.compress.registry import method
+from toggle.compress.registry import prune_matrix as prune
+from toggle.compress.registry import prune_order
 
 
 def _w(out_f=16, in_f=40, seed=0):
@@ -67,4 +70,4 @@ def test_extreme_sparsity_keeps_one_weight_per_row():
     assert kept_per_row(10, 0.99) == 1
     assert kept_per_row(10, 0.0) == 10
     with pytest.raises(ValueError, match="pruner must be one of"):
-        PruneConfig("random")
+        method("pruner", "random")

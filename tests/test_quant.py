@@ -7,7 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from toggle.compress.packing import pack_bits, unpack_bits
-from toggle.compress.quant import (QuantConfig, output_error, quantize, quantize_awq, quantize_gptq,
+from toggle.compress.registry import quantize
+from toggle.compress.quant import (QuantConfig, output_error, quantize_awq, quantize_gptq,
                                    quantize_rtn)
 
 
@@ -62,7 +63,7 @@ def test_symmetric_keeps_zeros_and_constant_groups_are_finite():
                                                   ("Q5_1", 5, False), ("Q8_0", 8, True)])
 def test_group_32_is_bit_exact_with_the_gguf_reference(qtype, bits, symmetric):
     """At group size 32 our rules are llama.cpp's: same decoded values and same block bytes."""
-    from toggle.gguf_export import gguf_blocks
+    from toggle.formats.gguf import gguf_blocks
 
     w = _weights(out_f=16, in_f=128)
     kind = gguf.GGMLQuantizationType[qtype]
@@ -98,7 +99,7 @@ def test_awq_and_gptq_beat_rtn_on_the_output_error(bits):
     rtn = output_error(w, quantize_rtn(w, cfg).dequantize(), gram)
     awq = quantize_awq(w, cfg, gram)
     gptq = quantize_gptq(w, cfg, gram)
-    assert awq.awq_scales is not None and awq.awq_scales.shape == (128,)
+    assert awq.input_scales is not None and awq.input_scales.shape == (128,)
     assert output_error(w, awq.dequantize(), gram) < 0.8 * rtn
     assert output_error(w, gptq.dequantize(), gram) < 0.6 * rtn
     # GPTQ stores exactly what RTN stores: codes within range plus float16 scales and minimums.

@@ -149,13 +149,13 @@ def _broken_models(d: Path, tiny: Path) -> None:
 
 def _artifacts(d: Path, tiny: Path) -> None:
     """A real toggle artifact, and copies whose manifest is broken or points outside."""
-    from toggle.export import write_toggle_artifact
+    from toggle.api import write_artifact
     from toggle.load import load_model
     from toggle.plan import ModuleSetting, Plan
 
     lm = load_model(str(tiny))
     plan = Plan(lm.model_id, {"model.layers.0.mlp.up_proj": ModuleSetting(bits=4)})
-    write_toggle_artifact(lm, plan, d / "artifact")
+    write_artifact(lm, plan, d / "artifact")
     edits = {
         "artifact-escape": {"weights": "../../etc/passwd"},
         "artifact-absolute": {"weights": "/etc/passwd"},

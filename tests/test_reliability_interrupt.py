@@ -160,11 +160,11 @@ def test_a_trial_left_running_by_a_dead_worker_is_failed_with_its_reason_and_que
     alive = study.ask({"x": optuna.distributions.IntDistribution(0, 9)})
     alive.set_user_attr("worker", f"{socket.gethostname()}:{os.getppid()}")  # pytest's parent: running
 
-    assert recover_orphans(study) == [orphan.number]
+    assert recover_orphans(study, storage) == [orphan.number]
     trials = {t.number: t for t in study.get_trials()}
     assert trials[orphan.number].state == optuna.trial.TrialState.FAIL
     assert trials[orphan.number].user_attrs["reason"] == f"worker {socket.gethostname()}:{dead.pid} stopped before finishing"
     assert trials[alive.number].state == optuna.trial.TrialState.RUNNING
     queued = [t for t in trials.values() if t.state == optuna.trial.TrialState.WAITING]
     assert len(queued) == 1 and queued[0].user_attrs["retry_of"] == orphan.number
-    assert recover_orphans(study) == []  # idempotent
+    assert recover_orphans(study, storage) == []  # idempotent

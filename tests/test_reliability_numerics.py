@@ -39,7 +39,7 @@ REASONS = {"nan": "NaN or infinite logits", "inf": "NaN or infinite logits",
 def _poison_every_third_plan(monkeypatch, kind: str) -> list[bool]:
     """Patch PlanApplier.apply so every third plan breaks the model's outputs in `kind`'s way;
     returns the list of poisoned flags, one per applied plan."""
-    from toggle.compress import PlanApplier
+    from toggle.compress.apply import PlanApplier
 
     original = PlanApplier.apply
     applied: list[bool] = []

@@ -153,18 +153,19 @@ def test_artifact_manifest_cannot_name_a_file_outside_its_directory(weights, tin
     import json
 
     from toggle.errors import ToggleError
-    from toggle.export import load_compressed, write_toggle_artifact
+    from toggle.api import write_artifact
+from toggle.formats import read_artifact
     from toggle.load import load_model
     from toggle.plan import ModuleSetting, Plan
 
     lm = load_model(str(tiny_llama_dir))
     art = tmp_path / "artifact"
-    write_toggle_artifact(lm, Plan(lm.model_id, {"model.layers.0.mlp.up_proj": ModuleSetting(bits=4)}), art)
-    load_compressed(str(art))  # the untouched artifact loads
+    write_artifact(lm, Plan(lm.model_id, {"model.layers.0.mlp.up_proj": ModuleSetting(bits=4)}), art)
+    read_artifact(str(art))  # the untouched artifact loads
     manifest = json.loads((art / "toggle.json").read_text())
     manifest["weights"] = weights
     (art / "toggle.json").write_text(json.dumps(manifest))
     with pytest.raises(ToggleError) as e:
-        load_compressed(str(art))
+        read_artifact(str(art))
     assert "toggle.json" in e.value.message and repr(weights) in e.value.message, e.value.message
     assert "inside the artifact directory" in e.value.message, e.value.message

@@ -162,17 +162,18 @@ def test_in_process_heldout_audit_matches_the_applied_artifact(runs, tiny_llama_
 
 
 def test_no_heldout_prompts_skips_the_audit_with_the_reason(runs, tiny_llama_dir, tmp_path):
-    from toggle.compress import PlanApplier
+    from toggle.compress.apply import PlanApplier
     from toggle.load import load_model
     from toggle.prompts import load_prompts
     from toggle.specs import load_specs
-    from toggle.winner import audit_winner
+    from toggle.api import heldout_check
+    from toggle.rundir import RunDir
 
     d, _, _ = runs
     (tmp_path / "cal.yaml").write_text("- {prompt: hello}\n- {prompt: world}\n")
     lm = load_model(str(tiny_llama_dir))
-    block = audit_winner(Plan.load(d / "A" / "plan.yaml"), lm, load_specs([d / "s.stl"]),
-                         load_prompts(tmp_path / "cal.yaml"), PlanApplier(lm.model), tmp_path)
+    block = heldout_check(Plan.load(d / "A" / "plan.yaml"), lm, load_specs([d / "s.stl"]),
+                          load_prompts(tmp_path / "cal.yaml"), PlanApplier(lm.model), RunDir(tmp_path))
     assert "no prompts in split 'heldout'" in block["skipped"]
     assert not (tmp_path / "heldout.json").exists()
 

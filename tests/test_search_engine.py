@@ -10,7 +10,7 @@ import pytest
 from toggle.errors import InvalidInput
 from toggle.search import load_profile, parse_profile, run_study
 from toggle.search.costs import CostTable
-from toggle.search.ladder import LadderStrategy
+from toggle.search.baselines import LadderSampler
 from toggle.search.space import SearchSpace
 from toggle.search.synthetic import SyntheticObjective
 
@@ -58,8 +58,11 @@ def test_cost_table_is_exact_for_additive_costs():
 
 def test_ladder_bisection_finds_the_frontier_in_log_steps():
     ladder = [np.array([i]) for i in range(64)]  # rung i feasible iff i <= 41
-    strategy, results, steps = LadderStrategy("t", ladder), {}, 0
-    while (point := strategy.next(results)) is not None:
+    obj = SyntheticObjective(blocks=1, seed=0)
+    space = SearchSpace(obj.model_id, obj.refs, SMALL)
+    strategy = LadderSampler("t", ladder, space, CostTable(space, obj.cost), obj.base16_bytes)
+    results, steps = {}, 0
+    while (point := strategy.next_rung(results)) is not None:
         results[tuple(point.tolist())] = int(point[0]) <= 41
         steps += 1
     assert max(k[0] for k, ok in results.items() if ok) == 41
@@ -252,7 +255,7 @@ def test_adding_a_profiling_level_reuses_the_entries_already_measured(tmp_path):
 
 
 def test_warm_starts_run_from_conservative_to_bold_along_the_greedy_path():
-    from toggle.search.run import warm_starts
+    from toggle.search.study import warm_starts
 
     obj = SyntheticObjective(blocks=3)
     space = SearchSpace(obj.model_id, obj.refs, SMALL)

@@ -7,8 +7,10 @@ from types import SimpleNamespace
 import pytest
 
 from toggle.plan import ModuleSetting, Plan
-from toggle.search.pipeline import ModelObjective, _spread, default_run_dir, final_lines
-from toggle.search.run import SearchResult
+from toggle.api import default_run_dir, final_lines
+from toggle.search.objective import ModelObjective
+from toggle.search.sensitivity import spread as _spread
+from toggle.search.study import SearchResult
 from toggle.units import parse_budget
 
 

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from toggle.errors import ToggleError
-from toggle.resources import default_specs
+from toggle.files import default_specs
 from toggle.signals import SIGNALS
 from toggle.specs import SpecError, check_files, load_specs, parse_overrides
 

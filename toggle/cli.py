@@ -1,18 +1,33 @@
-"""The `toggle` command line: a thin layer over the Python API.
+"""The `toggle` command line: a thin layer over the Python API (toggle.api).
 
 Exit codes: 0 success, 1 no plan satisfies the specs / a property is violated, 2 bad input
 (the message names the file, field or value and what would be valid), 130 interrupted.
+
+SIGINT and SIGTERM save and exit 130 at any moment of a run. The handlers are installed before
+the heavy libraries are imported and, when toggle runs as a program, stay installed until the
+process has exited: after the work is done, a signal that lands while the interpreter finalises
+its libraries (a second or so with torch loaded) ends the process at once with 130 instead of
+killing it by the default action.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
+import signal
 import sys
+import threading
 import warnings
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
 
 from . import __version__
 from .errors import BAD_INPUT, INTERRUPTED, ToggleError
+from .files import atomic_write_json
+from .units import format_bytes
 
 EPILOG_EXIT = "exit codes: 0 success, 1 specs not satisfied, 2 bad input, 130 interrupted"
 
@@ -150,52 +165,20 @@ def _usage(p: argparse.ArgumentParser) -> int:
 # --- command handlers: parse arguments into API calls, nothing more -------------------------
 
 def _cmd_search(args) -> int:
-    from .search.pipeline import final_lines, run_search
-
-    result = run_search(
+    result = api.search(
         args.model, args.budget, specs=args.specs, prompts=args.prompts, profile=args.profile, trials=args.trials,
-        objective=args.objective, relax=args.relax, overrides=_parse_overrides(args.overrides), out=args.out,
+        objective=args.objective, relax=args.relax, overrides=api.parse_overrides(args.overrides), out=args.out,
         storage=args.storage, study=args.study, seed=args.seed, sampler=args.sampler, device=args.device,
         trust_remote_code=args.trust_remote_code, progress=True,
     )
-    for line in final_lines(result):
+    for line in api.final_lines(result):
         print(line)
     return result.exit_code
 
 
-def _parse_overrides(items: list[str]) -> dict[str, float]:
-    """--set NAME=VALUE (repeatable) -> {NAME: VALUE}."""
-    out = {}
-    for item in items or []:
-        name, sep, value = item.partition("=")
-        try:
-            number = float(value)
-        except ValueError:
-            number = None
-        if not sep or not name.strip() or number is None:
-            raise ToggleError(f"--set {item!r}: expected NAME=NUMBER, e.g. --set eps=0.2")
-        out[name.strip()] = number
-    return out
-
-
 def _cmd_apply(args) -> int:
-    from pathlib import Path
-
-    from .export import check_plan_model, plan_stats, write_gguf_artifact, write_toggle_artifact
-    from .load import load_model
-    from .plan import Plan
-    from .units import format_bytes
-
-    plan = Plan.load(args.plan)
-    loaded = load_model(args.model, device=args.device or "cpu", trust_remote_code=args.trust_remote_code)
-    check_plan_model(plan, loaded, source=args.plan)
-    stats = plan_stats(plan, loaded, args.plan)
-    if args.format == "gguf":
-        out = Path(args.out)
-        out = out if out.suffix.lower() == ".gguf" else out / "model.gguf"
-        info = write_gguf_artifact(loaded, plan, out, stats=stats)
-    else:
-        info = write_toggle_artifact(loaded, plan, args.out, stats=stats)
+    info = api.apply(args.plan, args.model, args.out, format=args.format, device=args.device,
+                     trust_remote_code=args.trust_remote_code)
     cost = info.cost
     rows = [
         ("accounted bytes", f"{cost.bytes:,} ({format_bytes(cost.bytes)})"),
@@ -214,24 +197,18 @@ def _cmd_apply(args) -> int:
 
 
 def _cmd_audit(args) -> int:
-    from .atomic import atomic_write_json
-    from .audit import audit
-    from .audit_view import print_audit
-
-    result = audit(args.artifact, base=args.base, specs=args.specs, prompts=args.prompts, split=args.split,
-                   mode=args.mode, relax=args.relax, overrides=_parse_overrides(args.overrides), device=args.device,
-                   trust_remote_code=args.trust_remote_code)
-    print_audit(result)
+    result = api.audit(args.artifact, base=args.base, specs=args.specs, prompts=args.prompts, split=args.split,
+                       mode=args.mode, relax=args.relax, overrides=api.parse_overrides(args.overrides), device=args.device,
+                       trust_remote_code=args.trust_remote_code)
+    api.print_audit(result)
     if args.json:
         atomic_write_json(args.json, result.to_dict())
     return result.exit_code
 
 
 def _cmd_specs_check(args) -> int:
-    from .specs import SpecError, check_files, load_specs
-
     failed = False
-    for path, errors in check_files(args.paths).items():
+    for path, errors in api.check_spec_files(args.paths).items():
         if errors:
             failed = True
             print("\n".join(errors), file=sys.stderr)
@@ -239,33 +216,25 @@ def _cmd_specs_check(args) -> int:
             print(f"{path}: OK")
     if not failed:
         try:  # names and options must also agree across the files
-            load_specs(args.paths)
-        except SpecError as e:
+            api.load_specs(args.paths)
+        except api.SpecError as e:
             print(e.message, file=sys.stderr)
             failed = True
     return BAD_INPUT if failed else 0
 
 
 def _cmd_signals(args) -> int:
-    from rich.console import Console
-    from rich.markup import escape
-    from rich.table import Table
-
-    from .signals import describe
-
     table = Table(title="signals for .stl properties (time = generation step; answer signals: gold answer token)")
     for col in ("name", "meaning", "formula", "axis"):
         table.add_column(col, overflow="fold")
-    for row in describe():
+    for row in api.describe_signals():
         table.add_row(*(escape(row[k]) for k in ("name", "meaning", "formula", "axis")))
     Console(width=max(Console().width, 160)).print(table)
     return 0
 
 
 def _cmd_report(args) -> int:
-    from .report import write_report
-
-    report = write_report(args.run_dir, compare=args.compare)
+    report = api.report(args.run_dir, compare=args.compare)
     h = report.headline
     print(f"toggle: wrote {report.markdown} and {report.html} ({len(report.plots)} plots: "
           f"{', '.join(p.name for p in report.plots.values())})")
@@ -279,19 +248,11 @@ def _cmd_report(args) -> int:
 
 
 def _cmd_modules(args) -> int:
-    import json
-
-    from .load import load_model
-    from .modules import describe
-
-    loaded = load_model(args.model, device=args.device or "cpu", trust_remote_code=args.trust_remote_code)
-    rows = describe(loaded.model)
+    loaded = api.load_model(args.model, device=args.device or "cpu", trust_remote_code=args.trust_remote_code)
+    rows = api.describe_modules(loaded.model)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    from rich.console import Console
-    from rich.table import Table
-
     table = Table(title=f"{loaded.model_id}: {len(rows)} compressible modules")
     for col in ("name", "block", "component", "part", "shape", "params", "layout"):
         table.add_column(col, justify="right" if col in ("block", "params") else "left")
@@ -304,14 +265,23 @@ def _cmd_modules(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    previous = _terminate_like_interrupt()
+    """Run one command. With `argv` (a call from Python) the signal handlers are put back as they
+    were on return; without (the `toggle` program) they stay until the process has exited."""
+    as_program = argv is None
+    previous = _install_signal_handlers()
+    code = INTERRUPTED
     try:
-        return _main(sys.argv[1:] if argv is None else list(argv))
+        code = _main(sys.argv[1:] if argv is None else list(argv))
+        return code
     finally:
-        if previous is not None:
-            import signal
+        if as_program:
+            _exit_on_late_signal()
+        else:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
 
-            signal.signal(signal.SIGTERM, previous)
+
+api = None  # toggle.api, imported by _main once the signal handlers are in place
 
 
 def _main(argv: list[str]) -> int:
@@ -325,6 +295,15 @@ def _main(argv: list[str]) -> int:
         parser.print_help(sys.stderr)
         return BAD_INPUT
     try:
+        global api
+        if api is None:
+            # Imported here, not at the top: torch and transformers take seconds to import, and
+            # SIGTERM must already save and exit 130 while they load.
+            from . import api as _api
+
+            api = _api
+            if not args.verbose:
+                api.quiet_transformers()
         return int(args.func(args) or 0)
     except ToggleError as e:
         print(f"toggle: error: {e.message}", file=sys.stderr)
@@ -334,19 +313,38 @@ def _main(argv: list[str]) -> int:
         return INTERRUPTED
 
 
-def _terminate_like_interrupt():
+def _install_signal_handlers() -> dict:
     """SIGTERM (a scheduler stopping the job, `kill PID`) saves and exits 130 like Ctrl-C does.
-    Returns the handler it replaced (None when it could not install one)."""
-    import signal
-    import threading
-
+    Returns the handlers it replaced (empty when it could not install any)."""
     if threading.current_thread() is not threading.main_thread():
-        return None  # signal handlers can only be installed from the main thread
+        return {}  # signal handlers can only be installed from the main thread
 
     def interrupt(signum, _frame):
         raise KeyboardInterrupt(f"signal {signum}")
 
-    return signal.signal(signal.SIGTERM, interrupt)
+    previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, interrupt)}
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        previous[signal.SIGINT] = signal.signal(signal.SIGINT, interrupt)
+    return previous
+
+
+def _exit_on_late_signal() -> None:
+    """The command is done and its files are written; from here on a SIGINT or SIGTERM (while the
+    interpreter finalises torch and the rest) ends the process at once, exit 130, as an
+    interruption at any other moment does, instead of dying by the default action or printing
+    a traceback from a half-finalised interpreter."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def leave(signum, _frame):
+        try:
+            sys.stdout.flush()
+            print("toggle: interrupted", file=sys.stderr, flush=True)
+        finally:
+            os._exit(INTERRUPTED)
+
+    signal.signal(signal.SIGTERM, leave)
+    signal.signal(signal.SIGINT, leave)
 
 
 def _attach_dash_values(argv: list[str]) -> list[str]:
@@ -372,13 +370,6 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", module=r"(botorch|gpytorch|linear_operator|optuna)(\.|$)")
     for name in ("transformers", "optuna", "accelerate", "gguf", "botorch", "linear_operator", "gpytorch"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-    except Exception:  # pragma: no cover - transformers always present
-        pass
 
 
 if __name__ == "__main__":  # pragma: no cover

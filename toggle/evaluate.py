@@ -21,7 +21,7 @@ import numpy as np
 
 from .errors import InvalidInput, ToggleError
 from .signals import ANSWER, SIGNALS, compute_signals
-from .trace import Trace, check_outputs, score_paths
+from .trace import Trace, check_outputs, resolve_options, score_paths
 
 
 @dataclass
@@ -56,8 +56,6 @@ class Evaluator:
         if missing:
             raise InvalidInput(f"the trace was built without {', '.join(sorted(missing))}, which the specs need; "
                                f"build it with these specs")
-        from .trace import resolve_options
-
         if resolve_options(loaded.model, specs.options) != trace.options:
             raise InvalidInput("the trace was built with other signal options (hidden_layer / attn_layers / "
                                "attn_span) than the specs declare; build it with these specs")

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .errors import ModelLoadError
+
 # Block containers of the architectures transformers ships, tried in order.
 _BLOCK_PATHS = ("model.layers", "transformer.h", "model.decoder.layers", "gpt_neox.layers", "transformer.blocks")
 
@@ -59,8 +61,6 @@ def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
                 break
         if isinstance(obj, nn.ModuleList) and len(obj) > 0:
             return path, obj
-    from .errors import ModelLoadError
-
     raise ModelLoadError(
         f"{type(model).__name__} is not a supported architecture: toggle compresses decoder-only models "
         f"whose transformer blocks sit at {', '.join(_BLOCK_PATHS)} (Llama- and GPT-2-style models)"
@@ -138,6 +138,22 @@ def set_weight_matrix(module: nn.Module, ref: ModuleRef, w: torch.Tensor) -> Non
     src = w.t() if ref.transposed else w
     with torch.no_grad():
         target.copy_(src.to(dtype=target.dtype, device=target.device))
+
+
+def stored_other_tensors(model: nn.Module, refs: list[ModuleRef]) -> dict[str, torch.Tensor]:
+    """Every state tensor that is not a compressible weight (norms, biases, position
+    embeddings), each stored once: what an artifact keeps as it is."""
+    compressible = {f"{r.name}.weight" for r in refs}
+    compressible_ptrs = {model.get_submodule(r.name).weight.data_ptr() for r in refs}
+    seen: set[int] = set()
+    out = {}
+    for name, tensor in model.state_dict().items():
+        ptr = tensor.data_ptr()
+        if name in compressible or ptr in compressible_ptrs or ptr in seen:
+            continue
+        seen.add(ptr)
+        out[name] = tensor
+    return out
 
 
 def parameter_counts(model: nn.Module) -> dict[str, int]:

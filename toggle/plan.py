@@ -20,17 +20,13 @@ import math
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-import yaml
-
-from .atomic import atomic_write_text
+from .compress import registry
+from .compress.prune import PATTERNS as PRUNE_PATTERNS
 from .errors import InvalidInput
+from .files import atomic_write_yaml, read_yaml
 
 PLAN_VERSION = 1
 ALLOWED_BITS = (2, 3, 4, 5, 6, 7, 8, 16)
-QUANTIZERS = ("rtn", "awq", "gptq")
-PRUNERS = ("magnitude", "wanda")
-PRUNE_PATTERNS = ("unstructured", "2:4")
-LOWRANK_METHODS = ("svd", "asvd")
 
 
 @dataclass(frozen=True)
@@ -102,8 +98,7 @@ class Plan:
     def save(self, path: str | Path) -> Path:
         """Write atomically (temporary name, then rename)."""
         path = Path(path)
-        text = yaml.safe_dump(self.to_dict(), sort_keys=False, width=120)
-        atomic_write_text(path, text)
+        atomic_write_yaml(path, self.to_dict())
         return path
 
     @classmethod
@@ -122,7 +117,7 @@ class Plan:
         model = data.get("model")
         if not isinstance(model, str) or not model:
             raise InvalidInput(f"{source}: model: expected the model id the plan was made for (a string)")
-        methods = _parse_methods(data.get("methods") or {}, source)
+        methods = parse_methods(data.get("methods") or {}, source)
         raw_modules = data.get("modules") or {}
         if not isinstance(raw_modules, dict):
             raise InvalidInput(f"{source}: modules: expected a mapping of module name -> {{bits, sparsity, rank_ratio}}")
@@ -135,19 +130,7 @@ class Plan:
     @classmethod
     def load(cls, path: str | Path) -> "Plan":
         path = Path(path)
-        try:
-            text = path.read_text()
-        except FileNotFoundError:
-            raise InvalidInput(f"{path}: no such plan file") from None
-        except OSError as e:
-            raise InvalidInput(f"{path}: cannot read: {e.strerror or e}") from None
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-            raise InvalidInput(f"{where}: not valid YAML: {getattr(e, 'problem', e)}") from None
-        return cls.from_dict(data, source=str(path))
+        return cls.from_dict(read_yaml(path, what="plan file"), source=str(path))
 
     def validate_for(self, module_names) -> None:
         """Every module named by the plan must exist in the model."""
@@ -180,7 +163,7 @@ def _parse_setting(value, where: str) -> ModuleSetting:
     return ModuleSetting(bits=int(bits), sparsity=float(sparsity), rank_ratio=float(rank))
 
 
-def _parse_methods(value, source: str) -> Methods:
+def parse_methods(value, source: str) -> Methods:
     if not isinstance(value, dict):
         raise InvalidInput(f"{source}: methods: expected a mapping")
     valid = Methods.__dataclass_fields__
@@ -188,12 +171,8 @@ def _parse_methods(value, source: str) -> Methods:
     if unknown:
         raise InvalidInput(f"{source}: methods: unknown key(s) {', '.join(sorted(map(str, unknown)))}; valid: {', '.join(valid)}")
     m = Methods(**value)
-    checks = [
-        ("quantizer", m.quantizer, QUANTIZERS),
-        ("pruner", m.pruner, PRUNERS),
-        ("prune_pattern", m.prune_pattern, PRUNE_PATTERNS),
-        ("lowrank", m.lowrank, LOWRANK_METHODS),
-    ]
+    checks = [(family, getattr(m, family), registry.names(family)) for family in registry.FAMILIES]
+    checks.append(("prune_pattern", m.prune_pattern, PRUNE_PATTERNS))
     for name, got, allowed in checks:
         if got not in allowed:
             raise InvalidInput(f"{source}: methods.{name}: {got!r} is not valid; expected one of {', '.join(allowed)}")

@@ -20,9 +20,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from .errors import InvalidInput
+from .files import default_prompts, parse_yaml, read_text
 
 SPLITS = ("calibration", "heldout")
 FIELDS = ("id", "prompt", "answer", "split", "tags", "chat")
@@ -86,21 +85,8 @@ class PromptSuite:
 
 def load_prompts(path: str | Path | None = None) -> PromptSuite:
     """Read a suite file (YAML or JSONL); None means the shipped default suite."""
-    if path is None:
-        from .resources import default_prompts
-
-        path = default_prompts()
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InvalidInput(f"{path}: no such prompt suite file") from None
-    except IsADirectoryError:
-        raise InvalidInput(f"{path}: is a directory; expected a .yaml or .jsonl prompt suite") from None
-    except UnicodeDecodeError:
-        raise InvalidInput(f"{path}: not UTF-8 text; expected a .yaml or .jsonl prompt suite") from None
-    except OSError as e:
-        raise InvalidInput(f"{path}: cannot read: {e.strerror or e}") from None
+    path = Path(default_prompts() if path is None else path)
+    text = read_text(path, what="prompt suite file", expected=".yaml or .jsonl prompt suite")
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".ndjson"):
         prompts = _parse_jsonl(text, str(path))
@@ -199,14 +185,7 @@ def _parse_jsonl(text: str, source: str) -> list[Prompt]:
 
 
 def _parse_yaml(text: str, source: str) -> list[Prompt]:
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
-        raise InvalidInput(f"{where}: not valid YAML: {getattr(e, 'problem', None) or e}") from None
-    except RecursionError:
-        raise InvalidInput(f"{source}: not valid YAML: nested too deeply") from None
+    data = parse_yaml(text, source)
     chat = None
     if isinstance(data, dict):
         unknown = set(data) - {"chat", "prompts"}

@@ -148,7 +148,7 @@ class SpecSet:
 def spec_files(paths=None) -> list[Path]:
     """Expand paths (files or directories of .stl files); None means the shipped specs/."""
     if not paths:
-        from .resources import default_specs
+        from .files import default_specs
 
         files = default_specs()
         if not files:

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from .atomic import atomic_path
+from .files import atomic_path
 from .errors import InvalidInput, ToggleError
 from .modules import find_blocks
 from .prompts import EncodedPrompt, PromptSuite, encode
@@ -481,7 +481,7 @@ def _capturing(model, capture: _AttentionCapture | None):
 # --- disk cache ---------------------------------------------------------------------------------
 
 def _trace_dir() -> Path:
-    from .load import cache_dir
+    from .files import cache_dir
 
     return cache_dir() / "traces"
 

@@ -14,12 +14,16 @@ scales per module and bit-width), and
 a byte-bounded LRU of effective weights. `apply(plan)` points each changed module's weight
 parameter at its effective weight (the same Parameter objects, new data: no copy, and a
 plan seen before costs nothing), skipping modules whose setting did not change;
-`restore()` points them back at the loaded weights. The model's weights then alias cached
-tensors: do not modify them in place while an applier manages the model.
+`restore()` points them back at the loaded weights. `with applier.applied(plan):` does both,
+restoring on the way out (on an error too). The model's weights then alias cached tensors: do
+not modify them in place while an applier manages the model.
+
+Which method does what, needs what and stores what is read from the registry (registry.py).
 """
 from __future__ import annotations
 
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -27,14 +31,14 @@ import torch
 from ..errors import InvalidInput
 from ..modules import ModuleRef, compressible_modules, weight_matrix
 from ..plan import Methods, ModuleSetting, Plan
+from . import prune, registry
 from .calibrate import ActivationStats
 from .linalg import single_threaded
-from .lowrank import LowRankConfig, SVDFactors, rank_for, svd_factors
+from .lowrank import SVDFactors, rank_for
 from .packing import matrix_bytes
-from .prune import PruneConfig, keep_mask, kept_per_row, pattern_problem, prune_order
-from .quant import QuantConfig, QuantizedMatrix, awq_search, quantize, quantize_awq
-
-NEEDS_STATS = {"quantizer": ("awq", "gptq"), "pruner": ("wanda",), "lowrank": ("asvd",)}
+from .prune import keep_mask, kept_per_row
+from .quant import QuantConfig, QuantizedMatrix
+from .rules import methods_key, setting_problem
 
 
 @dataclass
@@ -63,7 +67,7 @@ class StoredMatrix:
             return matrix_bytes(out_f, in_f, self.keep, 16)
         q = self.quant
         return matrix_bytes(out_f, in_f, self.keep, q.bits, group_size=q.group_size, symmetric=q.symmetric,
-                            awq=q.awq_scales is not None)
+                            input_scales=q.input_scales is not None)
 
     def dequantize(self) -> torch.Tensor:
         w = self.values.float() if self.quant is None else self.quant.dequantize()
@@ -89,34 +93,6 @@ class StoredModule:
         return self.matrices[0].dequantize()
 
 
-def setting_problem(ref: ModuleRef, setting: ModuleSetting, methods: Methods) -> str | None:
-    """Why `setting` cannot be applied to this module, or None."""
-    if setting.rank_ratio < 1 and ref.part == "embed":
-        return ("rank_ratio < 1 is not supported for the token embedding (it is a lookup table); "
-                "use bits and sparsity for it")
-    if setting.sparsity > 0:
-        in_f = ref.in_features
-        if setting.rank_ratio < 1:
-            in_f = rank_for(setting.rank_ratio, ref.out_features, ref.in_features)  # factor A's inputs
-        for size in {ref.in_features, in_f}:
-            problem = pattern_problem(methods.prune_pattern, size, setting.sparsity)
-            if problem:
-                return problem
-    return None
-
-
-def methods_key(setting: ModuleSetting, methods: Methods) -> tuple:
-    """The method fields that affect this setting (others may change without recomputing)."""
-    key: tuple = ()
-    if setting.bits < 16:
-        key += (methods.quantizer, methods.group_size, methods.symmetric_for(setting.bits))
-    if setting.sparsity > 0:
-        key += (methods.pruner, methods.prune_pattern)
-    if setting.rank_ratio < 1:
-        key += (methods.lowrank,)
-    return key
-
-
 def validate_plan(plan: Plan, refs: list[ModuleRef], stats: ActivationStats | None = None) -> None:
     """Every module exists, every setting applies to its module, and methods that need
     calibration statistics have them. Raises InvalidInput naming the module and the field."""
@@ -126,26 +102,15 @@ def validate_plan(plan: Plan, refs: list[ModuleRef], stats: ActivationStats | No
         problem = setting_problem(by_name[name], setting, plan.methods)
         if problem:
             raise InvalidInput(f"plan for {plan.model}: modules.{name}: {problem}")
-    for field_name, methods_needing in NEEDS_STATS.items():
-        chosen = getattr(plan.methods, field_name)
-        if chosen not in methods_needing:
-            continue
-        used = [n for n, s in plan.modules.items() if _uses(field_name, s) and by_name[n].is_linear]
+    for family in registry.stats_families(plan.methods):
+        used = [n for n, s in plan.modules.items() if registry.acts(family, s) and by_name[n].is_linear]
         missing = [n for n in used if stats is None or n not in stats]
         if missing:
             raise InvalidInput(
-                f"plan for {plan.model}: methods.{field_name}: {chosen} needs calibration activation statistics "
-                f"for {missing[0]}{' and others' if len(missing) > 1 else ''}; collect them with "
+                f"plan for {plan.model}: methods.{family}: {getattr(plan.methods, family)} needs calibration activation "
+                f"statistics for {missing[0]}{' and others' if len(missing) > 1 else ''}; collect them with "
                 f"toggle.compress.collect_stats (or record them in the plan's meta.calibration_stats)"
             )
-
-
-def _needs_stats(setting: ModuleSetting, methods: Methods) -> bool:
-    return any(_uses(f, setting) and getattr(methods, f) in chosen for f, chosen in NEEDS_STATS.items())
-
-
-def _uses(field_name: str, s: ModuleSetting) -> bool:
-    return {"quantizer": s.bits < 16, "pruner": s.sparsity > 0, "lowrank": s.rank_ratio < 1}[field_name]
 
 
 class PlanApplier:
@@ -177,7 +142,7 @@ class PlanApplier:
         self._quant: dict[tuple, QuantizedMatrix] = {}  # dense full-rank codes per (module, bits, quantiser)
         self._order: dict[tuple, torch.Tensor] = {}  # pruning order per (module, pruner, pattern)
         self._svd: dict[tuple, SVDFactors] = {}  # full-rank factors per (module, method)
-        self._awq: dict[tuple, torch.Tensor] = {}  # AWQ input scales per (matrix, quantiser config)
+        self._prepared: dict[tuple, object] = {}  # a quantiser's per-matrix state (AWQ's input scales)
         self._lru: OrderedDict[tuple, torch.Tensor] = OrderedDict()  # effective weights
         self._lru_bytes = 0
         self.counters = {"applied": 0, "skipped": 0, "lru_hits": 0, "composed": 0}
@@ -208,6 +173,19 @@ class PlanApplier:
         self._applied.clear()
         return changed
 
+    @contextmanager
+    def applied(self, plan: Plan | None):
+        """The model computes `plan` inside the block (None: the base model) and its own weights
+        again after it, however the block ends."""
+        if plan is None:
+            self.restore()
+        else:
+            self.apply(plan)
+        try:
+            yield self.model
+        finally:
+            self.restore()
+
     def base_weight(self, name: str) -> torch.Tensor:
         return self._base[name]
 
@@ -233,7 +211,7 @@ class PlanApplier:
         if problem:
             raise InvalidInput(f"{ref.name}: {problem}")
         self.counters["composed"] += 1
-        gram = self._gram(ref) if _needs_stats(setting, methods) else None
+        gram = self._gram(ref) if registry.needs_stats(setting, methods) else None
         with single_threaded():  # many small ops: see linalg.py
             if setting.rank_ratio < 1:
                 return StoredModule(ref, setting, self._factor_matrices(ref, setting, methods, gram))
@@ -247,6 +225,7 @@ class PlanApplier:
                                if t.data_ptr() != self._original[n].data_ptr()),
             "quantised": sum(q.codes.nbytes + q.scales.nbytes + (q.mins.nbytes if q.mins is not None else 0)
                              for q in self._quant.values()),
+            "prepared": sum(getattr(t, "nbytes", 0) for t in self._prepared.values()),
             "prune_order": sum(t.nbytes for t in self._order.values()),
             "svd": sum(f.nbytes for f in self._svd.values()),
             "effective_lru": self._lru_bytes,
@@ -263,82 +242,86 @@ class PlanApplier:
         w = self._base[ref.name]
         order = None
         if setting.sparsity > 0:
-            pruner = _pruner(methods, gram)
-            key = (ref.name, pruner, methods.prune_pattern)
+            pruner = registry.chosen("pruner", methods, has_stats=gram is not None)
+            key = (ref.name, pruner.name, methods.prune_pattern)
             order = self._order.get(key)
             if order is None:
-                order = self._order[key] = prune_order(w, PruneConfig(pruner, methods.prune_pattern), _norm(gram))
+                order = self._order[key] = _prune_order(pruner, w, methods.prune_pattern, gram)
         elif setting.bits < 16:
             qcfg = _quant_config(setting, methods, gram)
             key = (ref.name, qcfg)
             q = self._quant.get(key)
             if q is None:
-                q = self._quant[key] = self._quantize(w, w, qcfg, gram, None, awq_key=(ref.name,))
+                q = self._quant[key] = self._quantize(w, w, qcfg, gram, None, key=(ref.name,))
             return StoredMatrix(bits=setting.bits, values=None, quant=q, mask=None, keep=ref.in_features)
-        return self._matrix(w, setting, methods, gram, order=order, awq_key=(ref.name,))
+        return self._matrix(w, setting, methods, gram, order=order, key=(ref.name,))
 
     def _factor_matrices(self, ref: ModuleRef, setting: ModuleSetting, methods: Methods,
                          gram: torch.Tensor | None) -> list[StoredMatrix]:
         """[A, B] of a factorised module, each pruned and quantised; B first, since A's
         input statistics are those of B's output."""
         k = rank_for(setting.rank_ratio, ref.out_features, ref.in_features)
-        factors = self._factors(ref, methods.lowrank, gram)
+        factors = self._factors(ref, methods, gram)
         a, b = factors.truncate(k)
         order_b = order_a = None
         if setting.sparsity > 0:
-            pruner = PruneConfig(_pruner(methods, gram), methods.prune_pattern)
+            pruner = registry.chosen("pruner", methods, has_stats=gram is not None)
+            pattern = methods.prune_pattern
             # B's rows are a prefix of the full factor's rows: one ordering serves every rank.
-            key = (ref.name, "B", methods.lowrank, pruner)
+            key = (ref.name, "B", methods.lowrank, pruner.name, pattern)
             full = self._order.get(key)
             if full is None:
-                full = self._order[key] = prune_order(factors.right, pruner, _norm(gram))
+                full = self._order[key] = _prune_order(pruner, factors.right, pattern, gram)
             order_b = full[:k]
-            if pruner.method == "magnitude":  # A's ordering depends on k only
-                key = (ref.name, "A", methods.lowrank, pruner, k)
+            if not pruner.needs_stats:  # A's ordering depends on k only
+                key = (ref.name, "A", methods.lowrank, pruner.name, pattern, k)
                 order_a = self._order.get(key)
                 if order_a is None:
-                    order_a = self._order[key] = prune_order(a, pruner)
-        stored_b = self._matrix(b, setting, methods, gram, order=order_b, awq_key=(ref.name, "B", k))
+                    order_a = self._order[key] = _prune_order(pruner, a, pattern, None)
+        stored_b = self._matrix(b, setting, methods, gram, order=order_b, key=(ref.name, "B", k))
         gram_a = None
-        a_needs_stats = (setting.bits < 16 and methods.quantizer in NEEDS_STATS["quantizer"]) or (
-            setting.sparsity > 0 and methods.pruner in NEEDS_STATS["pruner"])
+        a_needs_stats = any(registry.acts(f, setting) and registry.chosen(f, methods).needs_stats
+                            for f in ("quantizer", "pruner"))
         if gram is not None and a_needs_stats:
             b_eff = stored_b.dequantize()
             gram_a = b_eff @ gram @ b_eff.T  # E[(B x)(B x)^T]: what factor A sees
         return [self._matrix(a, setting, methods, gram_a, order=order_a), stored_b]
 
     def _matrix(self, w: torch.Tensor, setting: ModuleSetting, methods: Methods, gram: torch.Tensor | None,
-                order: torch.Tensor | None = None, awq_key: tuple | None = None) -> StoredMatrix:
+                order: torch.Tensor | None = None, key: tuple | None = None) -> StoredMatrix:
         """Prune then quantise one matrix (a full weight or a factor)."""
         mask, keep, pruned = None, w.shape[1], w
         if setting.sparsity > 0:
             if order is None:
-                order = prune_order(w, PruneConfig(_pruner(methods, gram), methods.prune_pattern), _norm(gram))
+                pruner = registry.chosen("pruner", methods, has_stats=gram is not None)
+                order = _prune_order(pruner, w, methods.prune_pattern, gram)
             mask = keep_mask(order, setting.sparsity, methods.prune_pattern)
             keep = kept_per_row(w.shape[1], setting.sparsity, methods.prune_pattern)
             pruned = w * mask
         if setting.bits == 16:
             return StoredMatrix(bits=16, values=pruned.half(), quant=None, mask=mask, keep=keep)
-        q = self._quantize(w, pruned, _quant_config(setting, methods, gram), gram, mask, awq_key)
+        q = self._quantize(w, pruned, _quant_config(setting, methods, gram), gram, mask, key)
         return StoredMatrix(bits=setting.bits, values=None, quant=q, mask=mask, keep=keep)
 
     def _quantize(self, unpruned: torch.Tensor, w: torch.Tensor, qcfg: QuantConfig, gram: torch.Tensor | None,
-                  mask: torch.Tensor | None, awq_key: tuple | None) -> QuantizedMatrix:
-        """AWQ's scales are searched once per (matrix, bits, group, symmetric) on the unpruned
-        matrix and reused for its pruned versions; other methods quantise `w` directly."""
-        if qcfg.method != "awq" or awq_key is None:
-            return quantize(w, qcfg, gram=gram, mask=mask)
-        key = (*awq_key, qcfg)
-        scales = self._awq.get(key)
-        if scales is None:
-            scales = self._awq[key] = awq_search(unpruned, qcfg, gram)
-        return quantize_awq(w, qcfg, gram, mask=mask, scales=scales)
+                  mask: torch.Tensor | None, key: tuple | None) -> QuantizedMatrix:
+        """A quantiser's prepared state (AWQ's scales) is computed once per (matrix, bits, group,
+        symmetric) on the unpruned matrix and reused for its pruned versions; a matrix without a
+        cache key (a factor whose shape depends on the rank) is quantised from scratch."""
+        method = registry.method("quantizer", qcfg.method)
+        prepared = None
+        if method.prepare is not None and key is not None:
+            prepared = self._prepared.get((*key, qcfg))
+            if prepared is None:
+                prepared = self._prepared[(*key, qcfg)] = method.prepare(unpruned, qcfg, gram)
+        return method.quantize(w, qcfg, gram, mask, prepared)
 
-    def _factors(self, ref: ModuleRef, method: str, gram: torch.Tensor | None) -> SVDFactors:
-        key = (ref.name, method if gram is not None else "svd")
+    def _factors(self, ref: ModuleRef, methods: Methods, gram: torch.Tensor | None) -> SVDFactors:
+        method = registry.chosen("lowrank", methods, has_stats=gram is not None)
+        key = (ref.name, method.name)
         factors = self._svd.get(key)
         if factors is None:
-            factors = self._svd[key] = svd_factors(self._base[ref.name], LowRankConfig(key[1]), gram)
+            factors = self._svd[key] = method.factor(self._base[ref.name], gram)
         return factors
 
     def _remember(self, key: tuple, weight: torch.Tensor) -> None:
@@ -354,12 +337,13 @@ class PlanApplier:
 
 def _quant_config(setting: ModuleSetting, methods: Methods, gram: torch.Tensor | None) -> QuantConfig:
     # Without statistics (an untied embedding is a lookup, not a matmul) awq/gptq fall back to RTN.
-    method = methods.quantizer if gram is not None else "rtn"
-    return QuantConfig(bits=setting.bits, group_size=methods.group_size, symmetric=methods.symmetric_for(setting.bits), method=method)
+    method = registry.chosen("quantizer", methods, has_stats=gram is not None).name
+    return QuantConfig(bits=setting.bits, group_size=methods.group_size, symmetric=methods.symmetric_for(setting.bits),
+                       method=method)
 
 
-def _pruner(methods: Methods, gram: torch.Tensor | None) -> str:
-    return methods.pruner if gram is not None else "magnitude"
+def _prune_order(pruner: registry.Method, w: torch.Tensor, pattern: str, gram: torch.Tensor | None) -> torch.Tensor:
+    return prune.prune_order(pruner.score(w, _norm(gram)), pattern)
 
 
 def _norm(gram: torch.Tensor | None) -> torch.Tensor | None:

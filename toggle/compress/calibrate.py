@@ -18,9 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
-from ..atomic import atomic_path
 from ..errors import InvalidInput
+from ..files import atomic_path, cache_dir
 from ..modules import compressible_modules
 
 
@@ -58,8 +60,6 @@ class ActivationStats:
         return sum(g.nbytes for g in self.grams.values())
 
     def save(self, path: str | Path) -> Path:
-        from safetensors.torch import save_file
-
         path = Path(path)
         meta = {"aliases": json.dumps(self.aliases), "n_tokens": str(self.n_tokens),
                 "fingerprint": self.fingerprint, "data_hash": self.data_hash, "meta": json.dumps(self.meta)}
@@ -69,8 +69,6 @@ class ActivationStats:
 
     @classmethod
     def load(cls, path: str | Path) -> "ActivationStats":
-        from safetensors import safe_open
-
         path = Path(path)
         try:
             with safe_open(str(path), framework="pt") as f:
@@ -100,8 +98,6 @@ def data_hash(sequences: list[torch.Tensor]) -> str:
 
 
 def stats_cache_path(fingerprint: str, digest: str) -> Path:
-    from ..load import cache_dir
-
     return cache_dir() / "stats" / f"{fingerprint}-{digest}.safetensors"
 
 

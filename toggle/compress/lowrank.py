@@ -10,7 +10,7 @@ smaller matmuls. The rank is given as a ratio of the full rank min(out, in).
          the best rank-k approximation for the calibration inputs: W L = U S V^T,
          A = U_k sqrt(S_k), B = sqrt(S_k) V_k^T L^-1.
 
-The factorisation is computed once per module at full rank (`svd_factors`); any rank is
+The factorisation is computed once per module at full rank (`svd` / `asvd`); any rank is
 then a prefix of its columns and rows (`SVDFactors.truncate`). Splitting sqrt(S) between
 the factors keeps both on the same scale, which matters when they are quantised next.
 Storing factors saves bytes only when k (out + in) < out * in.
@@ -23,18 +23,6 @@ from dataclasses import dataclass
 import torch
 
 from .linalg import single_threaded
-
-LOWRANK_METHODS = ("svd", "asvd")
-
-
-@dataclass(frozen=True)
-class LowRankConfig:
-    method: str = "svd"  # 'svd' or 'asvd'
-
-    def __post_init__(self):
-        if self.method not in LOWRANK_METHODS:
-            raise ValueError(f"low-rank method must be one of {LOWRANK_METHODS}, got {self.method!r}")
-
 
 def rank_for(rank_ratio: float, out_features: int, in_features: int) -> int:
     """Rank k for a ratio of the full rank min(out, in), at least 1."""
@@ -57,20 +45,23 @@ class SVDFactors:
         return self.left.nbytes + self.right.nbytes
 
 
-def svd_factors(w: torch.Tensor, cfg: LowRankConfig, gram: torch.Tensor | None = None,
-                damp: float = 0.01) -> SVDFactors:
-    """Factorise once; computed in float64 and returned in float32."""
+def svd(w: torch.Tensor, gram: torch.Tensor | None = None, damp: float = 0.01) -> SVDFactors:
+    """Plain truncated SVD at full rank (float64 algebra, float32 factors)."""
     with single_threaded():
-        return _svd_factors(w.double(), cfg, gram, damp)
-
-
-def _svd_factors(w64: torch.Tensor, cfg: LowRankConfig, gram: torch.Tensor | None, damp: float) -> SVDFactors:
-    if cfg.method == "svd":
-        U, S, Vh = torch.linalg.svd(w64, full_matrices=False)
+        U, S, Vh = torch.linalg.svd(w.double(), full_matrices=False)
         root = S.sqrt()
         return SVDFactors((U * root).float(), (root[:, None] * Vh).float())
+
+
+def asvd(w: torch.Tensor, gram: torch.Tensor | None = None, damp: float = 0.01) -> SVDFactors:
+    """Activation-aware SVD (whitened by the input Gram matrix) at full rank."""
     if gram is None:
         raise ValueError("activation-aware SVD needs calibration activation statistics (a Gram matrix)")
+    with single_threaded():
+        return _asvd(w.double(), gram, damp)
+
+
+def _asvd(w64: torch.Tensor, gram: torch.Tensor, damp: float) -> SVDFactors:
     L = _cholesky(gram.double(), damp)
     U, S, Vh = torch.linalg.svd(w64 @ L, full_matrices=False)
     root = S.sqrt()
@@ -87,12 +78,6 @@ def _cholesky(gram: torch.Tensor, damp: float) -> torch.Tensor:
             return L
         damp *= 10
     raise ValueError("activation-aware SVD: the Gram matrix is not positive definite even with damping")
-
-
-def low_rank(w: torch.Tensor, cfg: LowRankConfig, rank_ratio: float,
-             gram: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """One-off factorisation: (A, B) with A @ B ~= w at rank `rank_ratio`."""
-    return svd_factors(w, cfg, gram).truncate(rank_for(rank_ratio, *w.shape))
 
 
 class LowRankLinear(torch.nn.Module):

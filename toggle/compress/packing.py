@@ -60,21 +60,21 @@ def choose_encoding(out_f: int, in_f: int, keep: int, bits: int, zero_exact: boo
     return min(candidates, key=lambda e: encoding_bytes(e, out_f, in_f, keep, bits))
 
 
-def quant_param_bytes(out_f: int, in_f: int, group_size: int, symmetric: bool, awq: bool) -> int:
-    """float16 scales (and minimums when asymmetric) per group, float16 AWQ input scales."""
+def quant_param_bytes(out_f: int, in_f: int, group_size: int, symmetric: bool, input_scales: bool) -> int:
+    """float16 scales (and minimums when asymmetric) per group, float16 per-input scales (AWQ)."""
     groups = 1 if group_size == -1 else math.ceil(in_f / group_size)
     per_group = 2 if symmetric else 4
-    return out_f * groups * per_group + (2 * in_f if awq else 0)
+    return out_f * groups * per_group + (2 * in_f if input_scales else 0)
 
 
 def matrix_bytes(out_f: int, in_f: int, keep: int, bits: int, *, group_size: int = 128,
-                 symmetric: bool = False, awq: bool = False) -> tuple[int, str]:
+                 symmetric: bool = False, input_scales: bool = False) -> tuple[int, str]:
     """Exact stored bytes of one matrix and the encoding chosen for it."""
     zero_exact = bits == 16 or symmetric
     encoding = choose_encoding(out_f, in_f, keep, bits, zero_exact)
     size = encoding_bytes(encoding, out_f, in_f, keep, bits)
     if bits < 16:
-        size += quant_param_bytes(out_f, in_f, group_size, symmetric, awq)
+        size += quant_param_bytes(out_f, in_f, group_size, symmetric, input_scales)
     return size, encoding
 
 

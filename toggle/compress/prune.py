@@ -1,7 +1,8 @@
 """Pruning: unstructured magnitude and Wanda, per row, with an optional 2:4 pattern.
 
 Every weight gets a score (magnitude |W|, or Wanda |W| * ||x_j||_2 with x_j the module's
-j-th input channel over the calibration tokens). Pruning compares weights within a row
+j-th input channel over the calibration tokens; the registry, compress/registry.py, names the
+score function of each pruner). Pruning compares weights within a row
 (one output), as Wanda does, so every row keeps the same number of weights; the 2:4
 pattern compares within each group of 4 consecutive inputs and keeps 2.
 
@@ -16,18 +17,15 @@ from dataclasses import dataclass
 
 import torch
 
-PRUNERS = ("magnitude", "wanda")
 PATTERNS = ("unstructured", "2:4")
 
 
 @dataclass(frozen=True)
 class PruneConfig:
-    method: str = "magnitude"  # 'magnitude' or 'wanda'
+    method: str = "magnitude"  # a pruner of the registry: 'magnitude' or 'wanda'
     pattern: str = "unstructured"  # 'unstructured' or '2:4'
 
     def __post_init__(self):
-        if self.method not in PRUNERS:
-            raise ValueError(f"pruner must be one of {PRUNERS}, got {self.method!r}")
         if self.pattern not in PATTERNS:
             raise ValueError(f"prune pattern must be one of {PATTERNS}, got {self.pattern!r}")
 
@@ -51,22 +49,23 @@ def kept_per_row(in_features: int, sparsity: float, pattern: str = "unstructured
     return max(1, in_features - pruned)
 
 
-def prune_scores(w: torch.Tensor, method: str, channel_norm: torch.Tensor | None = None) -> torch.Tensor:
-    """Importance of each weight; higher is kept longer."""
-    score = w.abs().float()
-    if method == "wanda":
-        if channel_norm is None:
-            raise ValueError("Wanda pruning needs the input channel norms ||x_j||_2 (calibration statistics)")
-        score = score * channel_norm.float().reshape(1, -1)
-    return score
+def magnitude_score(w: torch.Tensor, channel_norm: torch.Tensor | None = None) -> torch.Tensor:
+    """|W|: importance of each weight; higher is kept longer."""
+    return w.abs().float()
 
 
-def prune_order(w: torch.Tensor, cfg: PruneConfig, channel_norm: torch.Tensor | None = None) -> torch.Tensor:
-    """Rank of every weight within its comparison group (0 = pruned first): within its row,
-    or within its group of 4 for the 2:4 pattern. int16 when the row fits, else int32."""
-    score = prune_scores(w, cfg.method, channel_norm)
+def wanda_score(w: torch.Tensor, channel_norm: torch.Tensor | None = None) -> torch.Tensor:
+    """|W_ij| * ||x_j||_2 (Sun et al. 2023)."""
+    if channel_norm is None:
+        raise ValueError("Wanda pruning needs the input channel norms ||x_j||_2 (calibration statistics)")
+    return w.abs().float() * channel_norm.float().reshape(1, -1)
+
+
+def prune_order(score: torch.Tensor, pattern: str = "unstructured") -> torch.Tensor:
+    """Rank of every weight within its comparison group (0 = pruned first), from its score: within
+    its row, or within its group of 4 for the 2:4 pattern. int16 when the row fits, else int32."""
     out_f, in_f = score.shape
-    if cfg.pattern == "2:4":
+    if pattern == "2:4":
         if in_f % 4:
             raise ValueError(f"the 2:4 pattern needs the input size to be a multiple of 4, not {in_f}")
         score = score.reshape(out_f, in_f // 4, 4)
@@ -85,9 +84,3 @@ def keep_mask(order: torch.Tensor, sparsity: float, pattern: str = "unstructured
         return order >= 2 if sparsity > 0 else torch.ones_like(order, dtype=torch.bool)
     return order >= in_f - kept_per_row(in_f, sparsity, pattern)
 
-
-def prune(w: torch.Tensor, cfg: PruneConfig, sparsity: float,
-          channel_norm: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """One-off pruning: (pruned weights, keep mask)."""
-    mask = keep_mask(prune_order(w, cfg, channel_norm), sparsity, cfg.pattern)
-    return w * mask, mask

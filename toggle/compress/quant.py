@@ -34,23 +34,19 @@ import torch
 
 from .linalg import single_threaded
 
-QUANTIZERS = ("rtn", "awq", "gptq")
-
 
 @dataclass(frozen=True)
 class QuantConfig:
     bits: int = 4
     group_size: int = 128  # -1: one group per output row
     symmetric: bool = False
-    method: str = "rtn"  # 'rtn', 'awq' or 'gptq'
+    method: str = "rtn"  # a quantizer of the registry (compress/registry.py): 'rtn', 'awq' or 'gptq'
 
     def __post_init__(self):
         if not 2 <= self.bits <= 8:
             raise ValueError(f"bits must be 2..8, got {self.bits}")
         if self.group_size != -1 and self.group_size < 1:
             raise ValueError(f"group_size must be positive or -1, got {self.group_size}")
-        if self.method not in QUANTIZERS:
-            raise ValueError(f"method must be one of {QUANTIZERS}, got {self.method!r}")
 
 
 @dataclass
@@ -62,7 +58,8 @@ class QuantizedMatrix:
     mins: torch.Tensor | None  # float16 (out, groups): m, asymmetric only
     bits: int
     group_size: int  # as configured (-1 allowed)
-    awq_scales: torch.Tensor | None = None  # float16 (in,): the input-channel scales s
+    # float16 (in,): input-channel scales s (AWQ), stored beside the codes; decode divides by them
+    input_scales: torch.Tensor | None = None
 
     @property
     def symmetric(self) -> bool:
@@ -84,8 +81,8 @@ class QuantizedMatrix:
                 dst.sub_(_offset(self.bits)).mul_(d[:, groups, None])
             else:
                 dst.mul_(d[:, groups, None]).add_(m[:, groups, None])
-        if self.awq_scales is not None:
-            w.div_(self.awq_scales.float())
+        if self.input_scales is not None:
+            w.div_(self.input_scales.float())
         return w.to(dtype)
 
 
@@ -208,7 +205,7 @@ def _awq_scales(rms: torch.Tensor, alpha: float) -> torch.Tensor:
 
 def _scaled_rtn(w: torch.Tensor, cfg: QuantConfig, s16: torch.Tensor) -> QuantizedMatrix:
     q = quantize_rtn(w * s16.float(), cfg)
-    q.awq_scales = s16
+    q.input_scales = s16
     return q
 
 
@@ -275,16 +272,3 @@ def _inverse_hessian_factor(H: torch.Tensor, damp: float) -> torch.Tensor:
                 return torch.linalg.cholesky(torch.cholesky_inverse(L), upper=True)
             damp *= 10
     raise ValueError("GPTQ: the calibration Gram matrix is not positive definite even with damping")
-
-
-def quantize(w: torch.Tensor, cfg: QuantConfig, *, gram: torch.Tensor | None = None,
-             mask: torch.Tensor | None = None) -> QuantizedMatrix:
-    """Quantise with cfg.method; awq and gptq need the input Gram matrix. `mask` (kept
-    positions) is only used by the error-aware methods; the caller zeroes pruned weights."""
-    if cfg.method == "rtn":
-        return quantize_rtn(w, cfg)
-    if gram is None:
-        raise ValueError(f"quantizer {cfg.method} needs calibration activation statistics (a Gram matrix)")
-    if cfg.method == "awq":
-        return quantize_awq(w, cfg, gram, mask=mask)
-    return quantize_gptq(w, cfg, gram, mask=mask)

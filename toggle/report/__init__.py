@@ -15,10 +15,11 @@ device can switch between) are written to operating_points/.
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..atomic import atomic_write_text
+from ..rundir import REPORT_HTML, REPORT_MD, RunDir
 from ..units import format_bytes
 from . import plots
 from .data import RunData, load_run
@@ -55,9 +56,9 @@ def write_report(run_dir: str | Path, compare=()) -> Report:
     points = operating_points(run, others)
     blocks = _blocks(run, others, made, points)
     title = f"toggle report: {run.summary.get('model')} within {format_bytes(run.summary['budget_bytes'])}"
-    md_path, html_path = d / "report.md", d / "report.html"
-    atomic_write_text(md_path, markdown(blocks))
-    atomic_write_text(html_path, html_page(title, blocks))
+    out = RunDir(d)
+    md_path = out.write_text(REPORT_MD, markdown(blocks))
+    html_path = out.write_text(REPORT_HTML, html_page(title, blocks))
     return Report(d, md_path, html_path, made, headline(run), points)
 
 
@@ -197,8 +198,6 @@ def _comparison(run: RunData, others: list[RunData]) -> list[list[str]]:
 
 
 def _median(values):
-    import statistics
-
     return statistics.median(values)
 
 

@@ -14,6 +14,7 @@ import numpy as np  # noqa: E402
 
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from ..rundir import pareto_front  # noqa: E402
 from ..units import format_bytes  # noqa: E402
 from .data import RunData, Series  # noqa: E402
 
@@ -55,7 +56,7 @@ def pareto(run: RunData, path: Path) -> Path | None:
             y = [t["min_margin"] if math.isfinite(t["min_margin"]) else floor for t in rows]
             ax.scatter([t["bytes"] / scale for t in rows], y, c=colour, marker=marker, s=28, label=f"{label} ({len(rows)})",
                        alpha=0.8)
-    front = _front(finite)
+    front = pareto_front(finite)
     if front:
         ax.step([t["bytes"] / scale for t in front], [t["min_margin"] for t in front], where="post", color=BLUE, lw=1.2,
                 label="Pareto front")
@@ -76,15 +77,6 @@ def pareto(run: RunData, path: Path) -> Path | None:
     ax.legend(fontsize=8, loc="lower right")
     ax.grid(alpha=0.3)
     return _save(fig, path)
-
-
-def _front(rows: list[dict]) -> list[dict]:
-    front, best = [], -math.inf
-    for t in sorted(rows, key=lambda t: (t["bytes"], -t["min_margin"])):
-        if t["min_margin"] > best:
-            front.append(t)
-            best = t["min_margin"]
-    return front
 
 
 def _linthresh(rows: list[dict]) -> float:

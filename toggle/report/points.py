@@ -14,16 +14,15 @@ are rebuilt from a trial's parameters with space.json (the search groups), so no
 from __future__ import annotations
 
 import math
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..plan import Methods, ModuleSetting, Plan
+from ..plan import Plan
+from ..rundir import POINTS, STATS, RunDir
+from ..search.space import plan_from_groups
 from .data import RunData
 
 SAFETY = 0.5
-DIR = "operating_points"
 
 
 @dataclass
@@ -41,7 +40,7 @@ class OperatingPoint:
 
 def operating_points(run: RunData, compare: list[RunData]) -> list[OperatingPoint]:
     """Choose the points and write their plan files under run_dir/operating_points/."""
-    out_dir = run.run_dir / DIR
+    out_dir = run.run_dir / POINTS
     points = []
     key = run.objective_key
     feasible = sorted((t for t in run.trials if t["feasible"]), key=lambda t: (t[key], t["number"]))
@@ -94,29 +93,9 @@ def _point(run: RunData, trial: dict, name: str, meaning: str, out_dir: Path) ->
         plan.meta.update(operating_point=name, trial=trial["number"], bytes=trial["bytes"],
                          flops_per_token=trial["flops_per_token"], robustness=trial["robustness"],
                          run=str(run.run_dir))
-        stats = run.run_dir / "calibration_stats.safetensors"  # Wanda / AWQ / GPTQ statistics, as searched
-        if stats.is_file():
-            # A plan may only name a statistics file beside itself (toggle.export.plan_stats: a plan
-            # from someone else must not read outside its directory), so each point gets its own
-            # link (or copy) of the statistics of the run it comes from.
-            beside = out_dir / f"{name}.calibration_stats.safetensors"
-            _link_or_copy(stats, beside)
-            plan.meta["calibration_stats"] = beside.name
-        path = plan.save(out_dir / f"{name}.yaml")
+        path = RunDir(run.run_dir).write_point(name, plan, stats_from=run.run_dir / STATS)
     return OperatingPoint(name, meaning, trial["number"], trial["bytes"], trial["flops_per_token"],
                           trial["min_margin"], path, str(run.run_dir), note)
-
-
-def _link_or_copy(source: Path, target: Path) -> None:
-    out_dir = target.parent
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / f".{target.name}.tmp-{os.getpid()}"
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(source, tmp)  # free on one file system
-    except OSError:
-        shutil.copyfile(source, tmp)
-    os.replace(tmp, target)
 
 
 def plan_for(run: RunData, trial: dict) -> Plan | None:
@@ -127,12 +106,4 @@ def plan_for(run: RunData, trial: dict) -> Plan | None:
         if run.plan and trial["number"] == best:
             return Plan.from_dict(run.plan, source=str(run.run_dir / "plan.yaml"))
         return None
-    modules = {}
-    for g in space["groups"]:
-        values = {k: trial["params"].get(f"{g['name']}:{k}", g["choices"][k][0]) for k in ("bits", "sparsity", "rank_ratio")}
-        setting = ModuleSetting(bits=int(values["bits"]), sparsity=float(values["sparsity"]),
-                                rank_ratio=float(values["rank_ratio"]))
-        if not setting.untouched:
-            modules.update({m: setting for m in g["modules"]})
-    return Plan(model=space["model"], modules=modules, methods=Methods(**space["methods"]), profile=space["profile"],
-                meta={})
+    return plan_from_groups(space, trial["params"])

@@ -13,7 +13,6 @@ import itertools
 import numpy as np
 
 from ..plan import ModuleSetting, Plan
-from .objective import PlanCost
 from .profile import KNOBS
 from .space import SearchSpace
 
@@ -58,9 +57,6 @@ class CostTable:
             total += deltas[combo]
         return total[:, 0], total[:, 1]
 
-    def bytes_of(self, index) -> float:
-        return float(self.of(index)[0][0])
-
     def min_bytes(self) -> float:
         """The smallest artifact the space allows (every group at its cheapest setting)."""
         return self.base_bytes + sum(float(d[:, 0].min()) for d in self._delta)
@@ -74,6 +70,3 @@ class CostTable:
                 if col is not None:
                     index[col] = self.space.dims[col].choices.index(combo[ki])
         return index
-
-    def exact(self, cost_fn, index) -> PlanCost:
-        return cost_fn(self.space.plan(self.space.to_params(index)))

@@ -1,14 +1,17 @@
 """What the search engine needs from the rest of toggle: score a plan, and cost a plan.
 
-The engine (sampler, baselines, study) only talks to an `Objective`; the real one is built by
-toggle.search.pipeline from a model, specs and prompts, a synthetic one lives in
-toggle.search.synthetic for tests and benchmarks.
+The engine (sampler, baselines, study) only talks to an `Objective`; the real one,
+`ModelObjective`, scores a plan with an Evaluator (a model, its trace, the specs) and costs it
+with a CostModel (toggle.api.search builds it); a synthetic one lives in toggle.search.synthetic
+for tests and benchmarks.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
 from typing import Protocol
+
+import torch
 
 from ..modules import ModuleRef
 from ..plan import Plan
@@ -49,3 +52,41 @@ class Objective(Protocol):
     def evaluate(self, plan: Plan) -> Outcome: ...
 
     def cost(self, plan: Plan) -> PlanCost: ...
+
+
+@dataclass
+class ModelObjective:
+    """An Objective over a loaded model: the evaluator scores a plan, the cost model costs it."""
+
+    model_id: str
+    refs: list
+    properties: list[str]
+    evaluator: object  # toggle.evaluate.Evaluator
+    cost_model: object  # toggle.cost.CostModel
+    cache_key: str = ""
+    prompts: list[str] | None = None  # evaluate on these prompt ids only (the profiling subset)
+    loaded_bytes: int | None = None  # the weights file the model was loaded from (a GGUF file may be 4-bit already)
+    loaded_format: str | None = None  # e.g. 'Q4_1' for the built-in model's GGUF file
+
+    @property
+    def base16_bytes(self) -> int:
+        return int(self.cost_model.base16_bytes)
+
+    @property
+    def base_flops_per_token(self) -> float:
+        return float(self.cost_model.base_flops_per_token)
+
+    def evaluate(self, plan: Plan) -> Outcome:
+        try:
+            ev = self.evaluator.evaluate(plan, prompts=self.prompts)
+        except (torch.linalg.LinAlgError, FloatingPointError) as e:
+            # A numerical fault of this candidate (an SVD that does not converge on its weights):
+            # the plan is infeasible with the reason recorded; the search goes on.
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            return Outcome({name: -math.inf for name in self.properties}, reason=f"numerical failure: {first}")
+        return Outcome(robustness=dict(ev.robustness), reason=getattr(ev, "reason", None),
+                       per_prompt=dict(getattr(ev, "per_prompt", None) or {}), timings=dict(getattr(ev, "timings", None) or {}))
+
+    def cost(self, plan: Plan) -> PlanCost:
+        c = self.cost_model.of(plan)
+        return PlanCost(bytes=int(c.bytes), flops_per_token=float(c.flops_per_token))

@@ -16,17 +16,15 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from ..errors import InvalidInput
-from ..plan import ALLOWED_BITS, Methods, _parse_methods
-from ..resources import search_profile
+from ..files import read_yaml, search_profile
+from ..formats import FORMATS
+from ..plan import ALLOWED_BITS, Methods, parse_methods
 
 GRANULARITIES = ("block", "block_part", "module")
 KNOBS = ("bits", "sparsity", "rank_ratio")
 UNTOUCHED_VALUE = {"bits": 16, "sparsity": 0.0, "rank_ratio": 1.0}
 _TOP_KEYS = ("granularity", "format", "trials", "seed", "knobs", "embedding", "methods", "sensitivity")
-FORMATS = ("toggle", "gguf")  # the artifact whose bytes the search counts
 
 
 def compression_order(knob: str, values) -> tuple:
@@ -51,7 +49,7 @@ class SearchProfile:
     seed: int = 0
     sensitivity: Sensitivity = field(default_factory=Sensitivity)
     source: str = ""
-    format: str = "toggle"
+    format: str = "toggle"  # the artifact whose bytes the search counts (a toggle.formats name)
 
 
 def load_profile(name_or_path: str | Path) -> SearchProfile:
@@ -60,15 +58,7 @@ def load_profile(name_or_path: str | Path) -> SearchProfile:
     if not path.exists():
         shipped = sorted(p.stem for p in path.parent.glob("*.yaml"))
         raise InvalidInput(f"{path}: no such search profile; shipped profiles: {', '.join(shipped) or 'none'}")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        raise InvalidInput(f"{where}: not valid YAML: {getattr(e, 'problem', e)}") from None
-    except OSError as e:
-        raise InvalidInput(f"{path}: cannot read: {e.strerror or e}") from None
-    return parse_profile(data, name=path.stem, source=str(path))
+    return parse_profile(read_yaml(path, what="search profile"), name=path.stem, source=str(path))
 
 
 def parse_profile(data, *, name: str = "profile", source: str = "profile") -> SearchProfile:
@@ -87,7 +77,7 @@ def parse_profile(data, *, name: str = "profile", source: str = "profile") -> Se
         raise InvalidInput(f"{source}: knobs: missing; give the allowed values, e.g. knobs: {{bits: [16, 8, 4]}}")
     knobs = _knobs(data["knobs"], f"{source}: knobs")
     embedding = _knobs(data.get("embedding") or {"bits": [16]}, f"{source}: embedding")
-    methods = _parse_methods(data.get("methods") or {}, source)
+    methods = parse_methods(data.get("methods") or {}, source)
     sensitivity = _sensitivity(data.get("sensitivity") or {}, f"{source}: sensitivity", knobs)
     return SearchProfile(name=name, granularity=granularity, knobs=knobs, embedding=embedding, methods=methods,
                          trials=trials, seed=seed, sensitivity=sensitivity, source=source, format=fmt)

@@ -3,6 +3,11 @@ from __future__ import annotations
 
 import sys
 
+from rich.console import Console, Group
+from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn, TimeRemainingColumn
+from rich.table import Table
+from rich.text import Text
+
 from ..units import format_bytes
 
 
@@ -16,9 +21,6 @@ class Progress:
         self.description, self.total, self.live = "trials", total, False
         if not enabled:
             return
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn, TimeRemainingColumn
-
         self.console = Console(file=sys.stderr)
         self.live = self.console.is_terminal  # otherwise (a log file, CI) one plain line per trial
         self.total = total
@@ -59,3 +61,14 @@ class Progress:
             if self.live:
                 self._bar.stop()
             self._bar = None
+
+
+def sensitivity_table(title: str, head: list[str], rows: list[list[str]]):
+    """The profiling table: one row per group, negative margins in red."""
+    table = Table()
+    for h in head:
+        table.add_column(h, justify="left" if h == "group" else "right")
+    for r in rows:
+        table.add_row(*[f"[red]{c}[/red]" if c.startswith("-") or c == "NaN" else c for c in r])
+    # The title goes on its own line: as a table title it would wrap to the table's narrow width.
+    return Group(Text(title), table)

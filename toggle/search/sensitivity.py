@@ -10,20 +10,19 @@ What it buys the search:
   baseline bisects along it, and BO starts from its best-looking points;
 - a table for the user.
 
-Results are cached in the run directory (sensitivity.json) and in the study's user attributes,
-keyed by the objective and the profile, so a resumed run or another worker does not redo them.
+Results are cached in the run directory (sensitivity.json, through a `store` the run directory
+gives) and in the study's user attributes, keyed by the objective and the profile, so a resumed
+run or another worker does not redo them.
 """
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
-from ..atomic import atomic_write_json
+from ..files import finite_or_none
 from .objective import Objective
 from .space import SearchSpace
 
@@ -47,6 +46,15 @@ class SensitivityProfile:
             return -math.inf
         values = [v if v is not None and math.isfinite(v) else -math.inf for v in entry["robustness"].values()]
         return min(values) if values else math.inf
+
+
+def spread(items: list, n: int) -> list:
+    """n items spread evenly over the list: the profiling subset of the calibration prompts covers
+    every domain of the suite."""
+    if n >= len(items):
+        return list(items)
+    step = len(items) / n
+    return [items[int(i * step)] for i in range(n)]
 
 
 def profiling_points(space: SearchSpace) -> list[tuple[str, str, object, np.ndarray]]:
@@ -85,11 +93,12 @@ def profile_key(space: SearchSpace, objective: Objective) -> str:
     return f"{base}|{space.profile.granularity}|{space.methods}|prompts={s.prompts}|groups={len(space.groups)}"
 
 
-def run_profiling(space: SearchSpace, objective: Objective, cache: Path | None = None, *, study=None,
+def run_profiling(space: SearchSpace, objective: Objective, store=None, *, study=None,
                   on_step=None) -> SensitivityProfile:
-    """Profile every group (resuming a partial cache); `on_step(done, total)` reports progress."""
+    """Profile every group (resuming a partial cache); `store` (load() -> dict or None, save(dict))
+    keeps the profile, e.g. RunDir.store(SENSITIVITY); `on_step(done, total)` reports progress."""
     key = profile_key(space, objective)
-    prof = _load_cached(key, cache, study)
+    prof = _load_cached(key, store, study)
     if prof is None:
         t0 = time.perf_counter()
         prof = SensitivityProfile(key=key, baseline=objective.evaluate(space.plan({})).robustness)
@@ -105,38 +114,33 @@ def run_profiling(space: SearchSpace, objective: Objective, cache: Path | None =
         out = objective.evaluate(space.plan(space.to_params(index)))
         prof.seconds += time.perf_counter() - t0
         prof.entries.append({"group": group, "knob": knob, "value": value,
-                             "robustness": {k: _finite_or_none(v) for k, v in out.robustness.items()},
+                             "robustness": {k: finite_or_none(v) for k, v in out.robustness.items()},
                              "reason": out.reason})
-        if cache is not None:
-            atomic_write_json(cache, prof.to_dict())  # a Ctrl-C loses at most one evaluation
+        if store is not None:
+            store.save(prof.to_dict())  # a Ctrl-C loses at most one evaluation
     if on_step:
         on_step(len(points), len(points))
-    if cache is not None:
-        atomic_write_json(cache, prof.to_dict())
+    if store is not None:
+        store.save(prof.to_dict())
     if study is not None:
         study.set_user_attr("sensitivity", prof.to_dict())
     return prof
 
 
-def _load_cached(key: str, cache: Path | None, study) -> SensitivityProfile | None:
+def _load_cached(key: str, store, study) -> SensitivityProfile | None:
     candidates = []
     if study is not None and "sensitivity" in study.user_attrs:
         candidates.append(study.user_attrs["sensitivity"])
-    if cache is not None and cache.exists():
-        try:
-            candidates.append(json.loads(cache.read_text()))
-        except (OSError, ValueError):
-            pass  # a damaged cache is recomputed
+    if store is not None:
+        cached = store.load()
+        if cached is not None:
+            candidates.append(cached)
     matching = [SensitivityProfile.from_dict(c) for c in candidates if isinstance(c, dict) and c.get("key") == key]
     return max(matching, key=lambda p: len(p.entries)) if matching else None
 
 
 def _num(v) -> float:
     return float(v)
-
-
-def _finite_or_none(v: float):
-    return float(v) if v is not None and math.isfinite(v) else None
 
 
 # --- what the profile tells ---------------------------------------------------------------

@@ -11,13 +11,13 @@ Points are handled three ways: Optuna params (dict), a Plan, and an integer inde
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 from optuna.distributions import CategoricalDistribution
 
 from ..modules import ModuleRef
-from ..plan import ModuleSetting, Plan
+from ..plan import Methods, ModuleSetting, Plan
 from .profile import KNOBS, SearchProfile
 
 
@@ -68,6 +68,7 @@ class SearchSpace:
         self.params = [d.param(self.groups) for d in self.dims]
         self.sizes = np.array([len(d.choices) for d in self.dims], dtype=np.int64)
         self._index = {p: i for i, p in enumerate(self.params)}
+        self._doc: dict | None = None
 
     # --- Optuna -----------------------------------------------------------------------------
     def distributions(self) -> dict[str, CategoricalDistribution]:
@@ -78,22 +79,19 @@ class SearchSpace:
         return {p: trial.suggest_categorical(p, list(d.choices)) for p, d in zip(self.params, self.dims)}
 
     # --- conversions ------------------------------------------------------------------------
-    def settings(self, params: dict) -> list[ModuleSetting]:
-        """One setting per group; knobs missing from params take their least compressed value."""
-        out = []
-        for g in self.groups:
-            values = {k: params.get(f"{g.name}:{k}", g.choices[k][0]) for k in KNOBS}
-            out.append(ModuleSetting(bits=int(values["bits"]), sparsity=float(values["sparsity"]),
-                                     rank_ratio=float(values["rank_ratio"])))
-        return out
-
     def plan(self, params: dict, **meta) -> Plan:
-        modules = {}
-        for g, s in zip(self.groups, self.settings(params)):
-            if not s.untouched:
-                modules.update({name: s for name in g.modules})
-        return Plan(model=self.model_id, modules=modules, methods=self.methods, profile=self.profile.name,
-                    meta=dict(meta))
+        return plan_from_groups(self.to_dict(), params, **meta)
+
+    def to_dict(self) -> dict:
+        """The groups as space.json stores them: enough to turn trial parameters into a plan."""
+        if self._doc is None:
+            self._doc = {
+                "model": self.model_id, "profile": self.profile.name, "granularity": self.profile.granularity,
+                "methods": asdict(self.methods),
+                "groups": [{"name": g.name, "modules": list(g.modules), "choices": {k: list(v) for k, v in g.choices.items()}}
+                           for g in self.groups],
+            }
+        return self._doc
 
     def to_index(self, params: dict) -> np.ndarray:
         return np.array([d.choices.index(params[p]) if p in params else 0 for p, d in zip(self.params, self.dims)],
@@ -141,6 +139,20 @@ class SearchSpace:
     def describe(self) -> str:
         return (f"{len(self.groups)} groups ({self.profile.granularity}), {len(self.dims)} dimensions, "
                 f"{float(np.prod(self.sizes.astype(float))):.2e} plans")
+
+
+def plan_from_groups(doc: dict, params: dict, **meta) -> Plan:
+    """The plan of a point: every group's modules at the group's setting, knobs missing from
+    `params` at their least compressed value (`doc`: SearchSpace.to_dict(), or space.json)."""
+    modules = {}
+    for g in doc["groups"]:
+        values = {k: params.get(f"{g['name']}:{k}", g["choices"][k][0]) for k in KNOBS}
+        setting = ModuleSetting(bits=int(values["bits"]), sparsity=float(values["sparsity"]),
+                                rank_ratio=float(values["rank_ratio"]))
+        if not setting.untouched:
+            modules.update({name: setting for name in g["modules"]})
+    return Plan(model=doc["model"], modules=modules, methods=Methods(**doc["methods"]), profile=doc["profile"],
+                meta=dict(meta))
 
 
 def _compression_rank(knob: str, value) -> float:

@@ -13,7 +13,11 @@ import warnings
 from pathlib import Path
 
 import optuna
+from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import TrialState
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError, SQLAlchemyError
 
 from ..errors import InvalidInput
 
@@ -28,9 +32,6 @@ def check_storage_url(url: str | None) -> None:
         if url is not None and not url[len("journal:"):].strip():
             raise InvalidInput(f"--storage {url!r}: journal:PATH needs a file path, e.g. journal:runs/study.log")
         return
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import SQLAlchemyError
-
     try:
         make_url(url).get_dialect().import_dbapi()
     except ImportError as e:
@@ -47,13 +48,9 @@ def open_storage(url: str | None, run_dir: Path):
         url = f"sqlite:///{(run_dir / 'study.db').resolve()}"
     check_storage_url(url)
     if url.startswith("journal:"):
-        from optuna.storages.journal import JournalFileBackend, JournalStorage
-
         path = Path(url[len("journal:"):]).expanduser()
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path))), url
-    from sqlalchemy.exc import OperationalError, SQLAlchemyError
-
     try:
         storage = _rdb(url)
     except OperationalError as e:
@@ -69,8 +66,6 @@ def open_storage(url: str | None, run_dir: Path):
 def _rdb(url: str, attempts: int = 5):
     """Two workers starting on a fresh database race to create its tables; the loser retries
     and finds them made (PostgreSQL reports the race as a type or table that already exists)."""
-    from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
-
     for attempt in range(attempts):
         try:
             with warnings.catch_warnings():
@@ -88,8 +83,6 @@ def _fast_sqlite(engine) -> None:
     """Optuna commits once per parameter; with sqlite's default full fsync that costs ~1 s per
     trial of 180 parameters. WAL with synchronous=NORMAL stays crash-safe (a power cut may lose
     the last trial, never corrupt the file) and lets several local workers read while one writes."""
-    from sqlalchemy import event
-
     @event.listens_for(engine, "connect")
     def _pragmas(conn, _record):
         cur = conn.cursor()
@@ -101,21 +94,25 @@ def _fast_sqlite(engine) -> None:
     engine.dispose()  # connections opened before the listener reconnect with the pragmas
 
 
-def recover_orphans(study) -> list[int]:
+def recover_orphans(study, storage) -> list[int]:
     """Trials left RUNNING by a worker of this machine that no longer runs (killed with SIGKILL,
     a power cut) are marked FAIL and their points queued again, so a resumed search evaluates
     them instead of treating them as pending forever. Trials of other machines are left to the
-    RDB storage's heartbeat (a worker silent for its grace period is failed by the others)."""
+    RDB storage's heartbeat (a worker silent for its grace period is failed by the others).
+    `storage`: the study's storage object (open_storage), through which a trial of another
+    process is updated (Optuna's public BaseStorage API)."""
     host = socket.gethostname()
     recovered = []
+    study_id = storage.get_study_id_from_name(study.study_name)
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         who = str(t.user_attrs.get("worker", ""))
         name, _, pid = who.rpartition(":")
         if name != host or not pid.isdigit() or _alive(int(pid)):
             continue
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
         try:  # the reason first: a finished trial cannot be updated
-            study._storage.set_trial_user_attr(t._trial_id, "reason", f"worker {who} stopped before finishing")
-            study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+            storage.set_trial_user_attr(trial_id, "reason", f"worker {who} stopped before finishing")
+            storage.set_trial_state_values(trial_id, TrialState.FAIL)
         except optuna.exceptions.UpdateFinishedTrialError:
             continue  # another worker of this machine recovered it at the same moment
         if t.params:

@@ -11,6 +11,7 @@ Costs follow the packed-storage accounting of toggle.cost (values, scales, bitma
 """
 from __future__ import annotations
 
+import copy
 import math
 import time
 
@@ -73,8 +74,6 @@ class SyntheticObjective:
         """The same problem seen through a few prompts: every sensitivity off by a log-normal factor
         (what a profiling subset does to a real model), so single-group profiling ranks groups
         imperfectly and only full evaluations tell the truth."""
-        import copy
-
         rng = np.random.default_rng(seed)
         view = copy.copy(self)
         view.sensitivity = {k: v * np.exp(rng.normal(0.0, noise, size=v.shape)) for k, v in self.sensitivity.items()}

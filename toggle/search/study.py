@@ -2,6 +2,11 @@
 
     result = run_study(objective, budget_bytes, profile=load_profile("default"), run_dir=Path("runs/x"))
 
+The sampler is an Optuna sampler passed to the study: constrained BO, random search, or a
+baseline (uniform, greedy: toggle.search.baselines). When the trials are done the results are
+written to the run directory (toggle.rundir): plan.yaml, trials.csv, pareto.csv, and
+summary.json once, after `finish(summary, plan)` (the pipeline's held-out audit) has added to it.
+
 Every trial: the sampler (or a baseline's ladder) picks a point, its exact cost is computed,
 a plan over the budget is pruned without a model evaluation, otherwise the objective scores it
 and the trial records robustness per property, the infeasibility reason and Optuna constraints
@@ -21,18 +26,21 @@ import optuna
 from optuna.trial import TrialState
 
 from ..errors import InvalidInput
+from ..files import finite_or_none, jsonable
 from ..plan import Plan
+from ..rundir import FINISHED, SENSITIVITY, RunDir, best_row, trial_rows
 from ..units import format_bytes
-from . import outputs
+from .baselines import LadderSampler, path_ladder, uniform_ladder
 from .costs import CostTable
-from .ladder import LadderStrategy, path_ladder, uniform_ladder
 from .objective import Objective, Outcome
 from .profile import SearchProfile
-from .progress import Progress
+from .progress import Progress, sensitivity_table
 from .sampler import ConstrainedBOSampler, RandomSearchSampler
-from .sensitivity import AdditivePrior, SensitivityProfile, allowed_max, greedy_path, run_profiling, table_rows
+from .sensitivity import (AdditivePrior, SensitivityProfile, allowed_max, greedy_path, profiling_points, run_profiling,
+                          table_rows)
 from .space import SearchSpace
 from .storage import WORKER, open_storage, recover_orphans, redact
+from .summary import summarise
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -48,7 +56,6 @@ class _NoInterruptTraceback(logging.Filter):
 logging.getLogger("optuna.study._optimize").addFilter(_NoInterruptTraceback())
 
 SAMPLERS = ("bo", "random", "uniform", "greedy")
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
 @dataclass
@@ -72,13 +79,16 @@ class SearchResult:
 def run_study(objective: Objective, budget_bytes: int, *, profile: SearchProfile, run_dir: str | Path,
               trials: int | None = None, sampler: str = "bo", objective_kind: str = "size", seed: int | None = None,
               storage: str | None = None, study_name: str | None = None, profiling_objective: Objective | None = None,
-              progress: bool = False, sampler_options: dict | None = None, plan_meta: dict | None = None) -> SearchResult:
+              progress: bool = False, sampler_options: dict | None = None, plan_meta: dict | None = None,
+              finish=None) -> SearchResult:
+    """Search `objective` within `budget_bytes`; see the module docstring. `finish(summary, plan)`,
+    when given, runs after the trials and before summary.json is written (not after Ctrl-C)."""
     if sampler not in SAMPLERS:
         raise InvalidInput(f"--sampler: {sampler!r} is not valid; expected one of {', '.join(SAMPLERS)}")
     if objective_kind not in ("size", "flops"):
         raise InvalidInput(f"--objective: {objective_kind!r} is not valid; expected size or flops")
     started = time.perf_counter()
-    run_dir = Path(run_dir)
+    run = RunDir(run_dir)
     n_trials = trials if trials is not None else profile.trials
     if n_trials < 1:
         raise InvalidInput(f"--trials: {n_trials} is not valid; expected an integer >= 1")
@@ -89,10 +99,10 @@ def run_study(objective: Objective, budget_bytes: int, *, profile: SearchProfile
     costs = CostTable(space, objective.cost)
     _check_budget(budget_bytes, costs, objective, profile)
 
-    store, url = open_storage(storage, run_dir)
+    store, url = open_storage(storage, run.path)
     name = study_name or f"{sampler}-{objective_kind}-{int(budget_bytes)}"
     study = optuna.create_study(storage=store, study_name=name, direction="minimize", load_if_exists=True)
-    recover_orphans(study)  # trials a killed run left RUNNING are failed and queued again
+    recover_orphans(study, store)  # trials a killed run left RUNNING are failed and queued again
     study.set_user_attr("toggle", {"model": objective.model_id, "profile": profile.name, "budget_bytes": int(budget_bytes),
                                    "objective": objective_kind, "sampler": sampler, "properties": list(objective.properties)})
 
@@ -100,10 +110,10 @@ def run_study(objective: Objective, budget_bytes: int, *, profile: SearchProfile
     prof: SensitivityProfile | None = None
     timings = {"profiling_seconds": 0.0}
     try:
-        limit, strategy, prior = None, None, None
+        limit, prior = None, None
         if sampler in ("bo", "greedy"):
-            prof, limit, path, est, prior = _profile(space, costs, profiling_objective or objective, run_dir, study, bar,
-                                              objective_kind)
+            prof, limit, path, est, prior = _profile(space, costs, profiling_objective or objective, run, study, bar,
+                                                     objective_kind)
             timings["profiling_seconds"] = round(prof.seconds, 2)
             timings["profiling_evaluations"] = len(prof.entries) + 1
         if sampler == "bo":
@@ -112,38 +122,36 @@ def run_study(objective: Objective, budget_bytes: int, *, profile: SearchProfile
             if not study.get_trials(deepcopy=False):
                 for index in warm_starts(path, est, costs, budget_bytes, objective_kind):
                     study.enqueue_trial(space.to_params(index), user_attrs={"source": "warm-start"}, skip_if_exists=True)
+        elif sampler == "uniform":
+            chosen = LadderSampler("uniform", uniform_ladder(space, costs, budget_bytes, objective_kind), space, costs,
+                                   budget_bytes, objective=objective_kind, seed=seed)
+        elif sampler == "greedy":
+            chosen = LadderSampler("greedy", path_ladder(path, costs, budget_bytes, objective_kind), space, costs,
+                                   budget_bytes, objective=objective_kind, seed=seed)
         else:
             chosen = RandomSearchSampler(space, costs, budget_bytes, objective=objective_kind, seed=seed)
-        if sampler == "uniform":
-            strategy = LadderStrategy("uniform", uniform_ladder(space, costs, budget_bytes, objective_kind))
-        elif sampler == "greedy":
-            strategy = LadderStrategy("greedy", path_ladder(path, costs, budget_bytes, objective_kind))
         study.sampler = chosen
         func = _trial_function(space, objective, chosen, budget_bytes, objective_kind)
         bar.phase(f"{sampler} trials", n_trials, _finished(study))
         while _finished(study) < n_trials:
-            if strategy is not None:
-                results, pending = _ladder_state(space, study)
-                point = strategy.next(results, pending)
-                if point is None:
-                    bar.print(f"{strategy.name}: every rung of the ladder within the budget has been evaluated")
-                    break
-                study.enqueue_trial(space.to_params(point), user_attrs={"source": strategy.name})
+            if isinstance(chosen, LadderSampler) and chosen.exhausted(study):
+                bar.print(f"{chosen.name}: every rung of the ladder within the budget has been evaluated")
+                break
             study.optimize(func, n_trials=1, catch=())
-            rows = outputs.trial_rows(study, space)
-            best = outputs.best_row(rows, objective_kind)
+            rows = trial_rows(study, space.params)
+            best = best_row(rows, objective_kind)
             last = rows[-1] if rows else None
             bar.step(len(rows), bar.trial_status(best["bytes"] if best else None,
                                                  last["robustness"] if last else {}, last["reason"] if last else None))
     except KeyboardInterrupt:
         bar.close()
-        _finish(study, space, objective, budget_bytes, objective_kind, sampler, seed, run_dir, started, timings, url, name,
-                plan_meta)
+        _finish(study, space, objective, budget_bytes, objective_kind, sampler, seed, run, started, timings, url, name,
+                plan_meta, finish=None, interrupted=True)
         raise
     finally:
         bar.close()
-    result = _finish(study, space, objective, budget_bytes, objective_kind, sampler, seed, run_dir, started, timings,
-                     url, name, plan_meta)
+    result = _finish(study, space, objective, budget_bytes, objective_kind, sampler, seed, run, started, timings,
+                     url, name, plan_meta, finish=finish)
     result.sensitivity = prof
     return result
 
@@ -161,12 +169,10 @@ def _finished(study) -> int:
     return len(study.get_trials(deepcopy=False, states=FINISHED))
 
 
-def _profile(space, costs, objective, run_dir, study, bar, objective_kind):
-    from .sensitivity import profiling_points
-
+def _profile(space, costs, objective, run: RunDir, study, bar, objective_kind):
     total = len(profiling_points(space))
     bar.phase("sensitivity profiling", total)
-    prof = run_profiling(space, objective, run_dir / "sensitivity.json", study=study,
+    prof = run_profiling(space, objective, run.mkdir().store(SENSITIVITY), study=study,
                          on_step=lambda done, _total: bar.step(done))
     limit = allowed_max(space, prof)
     prior = AdditivePrior(space, prof)
@@ -177,21 +183,11 @@ def _profile(space, costs, objective, run_dir, study, bar, objective_kind):
 
 
 def _sensitivity_table(space, prof, limit):
-    from rich.console import Group
-    from rich.table import Table
-    from rich.text import Text
-
     head, rows = table_rows(space, prof)
     dropped = int(np.sum(space.sizes - 1 - limit))
-    # The title goes on its own line: as a table title it would wrap to the table's narrow width.
-    title = Text(f"sensitivity: minimum robustness margin with one group compressed "
-                 f"({len(prof.entries)} evaluations, {prof.seconds:.0f} s; {dropped} knob values dropped)")
-    table = Table()
-    for h in head:
-        table.add_column(h, justify="left" if h == "group" else "right")
-    for r in rows:
-        table.add_row(*[f"[red]{c}[/red]" if c.startswith("-") or c == "NaN" else c for c in r])
-    return Group(title, table)
+    return sensitivity_table(f"sensitivity: minimum robustness margin with one group compressed "
+                             f"({len(prof.entries)} evaluations, {prof.seconds:.0f} s; {dropped} knob values dropped)",
+                             head, rows)
 
 
 def warm_starts(path, est, costs, budget_bytes, objective_kind, levels=(0.05, 0.15, 0.4, 1.0)) -> list[np.ndarray]:
@@ -218,21 +214,6 @@ def warm_starts(path, est, costs, budget_bytes, objective_kind, levels=(0.05, 0.
     if fits and not out:
         out.append(path[fits[0]])  # the least compressed plan along the path that fits
     return out
-
-
-def _ladder_state(space, study) -> tuple[dict[tuple, bool], set[tuple]]:
-    results, pending = {}, set()
-    for t in study.get_trials(deepcopy=False):
-        if not all(p in t.params for p in space.params):
-            if t.state == TrialState.WAITING and "fixed_params" in t.system_attrs:
-                pending.add(tuple(space.to_index(t.system_attrs["fixed_params"]).tolist()))
-            continue
-        key = tuple(space.to_index(t.params).tolist())
-        if t.state in FINISHED:
-            results[key] = t.state == TrialState.COMPLETE and all(c <= 0 for c in t.constraints.values())
-        elif t.state == TrialState.RUNNING:
-            pending.add(key)
-    return results, pending
 
 
 def _trial_function(space: SearchSpace, objective: Objective, sampler, budget_bytes: float, objective_kind: str):
@@ -270,9 +251,9 @@ def _trial_function(space: SearchSpace, objective: Objective, sampler, budget_by
             t0 = time.perf_counter()
             out = objective.evaluate(plan)
             trial.set_user_attr("eval_seconds", round(time.perf_counter() - t0, 4))
-        trial.set_user_attr("robustness", {k: _finite_or_none(v) for k, v in out.robustness.items()})
+        trial.set_user_attr("robustness", {k: finite_or_none(v) for k, v in out.robustness.items()})
         if out.per_prompt:
-            trial.set_user_attr("per_prompt", _jsonable(out.per_prompt))
+            trial.set_user_attr("per_prompt", jsonable(out.per_prompt))
         trial.set_user_attr("reason", out.reason)
         for name in objective.properties:
             r = out.robustness.get(name, -math.inf)
@@ -296,28 +277,19 @@ def _twin(trial, params):
     return running
 
 
-def _finite_or_none(v):
-    return float(v) if v is not None and math.isfinite(v) else None
-
-
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, float) or hasattr(obj, "item"):
-        return _finite_or_none(float(obj))
-    return obj
-
-
-def _finish(study, space, objective, budget_bytes, objective_kind, sampler, seed, run_dir, started, timings, url, name,
-                plan_meta):
-    rows = outputs.trial_rows(study, space)
-    summary, plan = outputs.summarise(rows, objective_fn=objective, space=space, budget_bytes=budget_bytes,
-                                      objective=objective_kind, sampler=sampler, seed=seed,
-                                      wall_seconds=time.perf_counter() - started,
-                                      extra={**timings, "study": name, "storage": redact(url)})
+def _finish(study, space, objective, budget_bytes, objective_kind, sampler, seed, run: RunDir, started, timings, url,
+            name, plan_meta, *, finish=None, interrupted=False):
+    rows = trial_rows(study, space.params)
+    summary, plan = summarise(rows, objective_fn=objective, space=space, budget_bytes=budget_bytes,
+                              objective=objective_kind, sampler=sampler, seed=seed,
+                              wall_seconds=time.perf_counter() - started,
+                              extra={**timings, "study": name, "storage": redact(url)})
     if plan is not None and plan_meta:
         plan.meta.update(plan_meta)
-    outputs.write_outputs(run_dir, rows, summary, plan, list(objective.properties), space.params)
-    return SearchResult(run_dir=run_dir, summary=summary, plan=plan, study_name=name, storage=url)
+    run.write_results(rows, plan, list(objective.properties), space.params)
+    if finish is not None:
+        finish(summary, plan)
+    elif interrupted:
+        summary["interrupted"] = True
+    run.write_summary(summary)
+    return SearchResult(run_dir=run.path, summary=summary, plan=plan, study_name=name, storage=url)

@@ -1,10 +1,10 @@
-"""Stage 9, export: write the compressed model a plan describes, and load it back.
+"""The toggle format: a directory of packed safetensors, loadable back into a transformers model.
 
-    info = write_toggle_artifact(lm, plan, "out/model")     # packed safetensors + toggle.json
-    lm2 = load_compressed("out/model")                       # a transformers model again
-    info = write_gguf_artifact(lm, plan, "out/model.gguf")   # llama.cpp, GGUF-mappable plans
+    fmt = get_format("toggle")
+    info = fmt.write(lm, plan, Path("out/model"), applier)   # packed safetensors + toggle.json
+    lm2 = fmt.read(Path("out/model"))                        # a transformers model again
 
-The toggle format is a directory:
+The directory holds:
   model.safetensors   per compressed matrix P (a module name, or P.lowrank_a / P.lowrank_b
                       for the two factors of a factorised module):
                         P.values   float16 values (16-bit matrices)
@@ -24,57 +24,75 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+import time
+import warnings
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from .atomic import atomic_path
-from .compress.apply import PlanApplier, StoredMatrix, validate_plan
-from .compress.lowrank import LowRankLinear
-from .compress.packing import (ENCODINGS, indices_to_mask, mask_to_indices, pack_bits, pack_mask, unpack_bits,
-                               unpack_mask)
-from .compress.quant import QuantizedMatrix
-from .cost import Cost, CostModel, stored_other_tensors
-from .errors import InvalidInput
-from .modules import ModuleRef, compressible_modules, set_weight_matrix
-from .plan import ALLOWED_BITS, Plan
+from ..compress import registry
+from ..compress.apply import PlanApplier, StoredMatrix, validate_plan
+from ..compress.lowrank import LowRankLinear
+from ..compress.packing import (ENCODINGS, indices_to_mask, mask_to_indices, matrix_bytes, pack_bits, pack_mask,
+                                unpack_bits, unpack_mask)
+from ..compress.prune import kept_per_row
+from ..compress.quant import QuantizedMatrix
+from ..compress.rules import stored_shapes
+from ..errors import InvalidInput
+from ..hf import ready
+from ..loaded import LoadedModel, dir_fingerprint
+from ..modules import ModuleRef, compressible_modules, set_weight_matrix, stored_other_tensors
+from ..plan import ALLOWED_BITS, Plan
+from ..files import atomic_path
+from .base import ArtifactInfo, Format
 
 FORMAT_VERSION = 1
 MANIFEST = "toggle.json"
 WEIGHTS = "model.safetensors"
 
 
-@dataclass
-class ArtifactInfo:
-    """What was written, and the bytes accounted for it against the bytes on disk."""
+class ToggleFormat(Format):
+    name = "toggle"
+    label = "toggle"
+    description = "packed safetensors + toggle.json manifest (loadable back through the Python API)"
 
-    path: Path
-    fmt: str
-    cost: Cost  # the cost model's figures for the plan in this format
-    tensor_bytes_on_disk: int  # tensor data in the weights file (what `cost.bytes` accounts)
-    weights_file_bytes: int  # the safetensors / GGUF file, headers and metadata included
-    total_bytes: int  # everything written (config, tokenizer, manifest included)
-    encodings: dict[str, list[str]] = field(default_factory=dict)  # module -> encoding per matrix
+    def problem(self, ref, setting, methods) -> str | None:
+        return None  # every setting the applier can build is stored exactly
 
-    @property
-    def accounted_bytes(self) -> int:
-        return self.cost.bytes
+    def module_bytes(self, ref, setting, methods) -> tuple[int, tuple[str, ...]]:
+        # Per-input scales (AWQ) are stored only where the method had statistics: an untied
+        # embedding falls back to its family's statistics-free method.
+        scales = registry.chosen("quantizer", methods, has_stats=ref.is_linear).input_scales
+        size, encodings = 0, []
+        for out_f, in_f in stored_shapes(ref, setting):
+            keep = kept_per_row(in_f, setting.sparsity, methods.prune_pattern)
+            b, enc = matrix_bytes(out_f, in_f, keep, setting.bits, group_size=methods.group_size,
+                                  symmetric=methods.symmetric_for(setting.bits), input_scales=scales)
+            size += b
+            encodings.append(enc)
+        return size, tuple(encodings)
+
+    def other_bytes(self, model, refs) -> int:
+        return sum(t.numel() * t.element_size() for t in stored_other_tensors(model, refs).values())
+
+    def write(self, loaded, plan: Plan, out: Path, applier: PlanApplier, cost) -> ArtifactInfo:
+        return write_artifact(loaded, plan, out, applier, cost)
+
+    def read(self, path: Path, *, device="cpu", dtype=torch.float32, attn_implementation=None) -> LoadedModel:
+        return read_artifact(path, device=device, dtype=dtype, attn_implementation=attn_implementation)
 
 
-# --- write: toggle format --------------------------------------------------------------------
+# --- write -------------------------------------------------------------------------------------
 
-def write_toggle_artifact(loaded, plan: Plan, out_dir: str | Path, applier: PlanApplier | None = None,
-                          stats=None) -> ArtifactInfo:
-    """Write `plan` applied to `loaded` (a toggle.load.LoadedModel) as a toggle artifact.
-
-    `applier` (with its caches and statistics) is reused when given; otherwise one is built
-    with `stats`. The model's own weights are not modified.
-    """
+def write_artifact(loaded, plan: Plan, out_dir: Path, applier: PlanApplier, cost) -> ArtifactInfo:
+    """Write `plan` applied to `loaded` (a LoadedModel) as a toggle artifact, with the caches
+    and statistics of `applier`. The model's own weights are not modified."""
     out_dir = Path(out_dir)
     _refuse_foreign_dir(out_dir, MANIFEST)
     model = loaded.model
-    applier = applier or PlanApplier(model, stats=stats)
     refs = applier.refs
     validate_plan(plan, refs, applier.stats)
 
@@ -95,15 +113,12 @@ def write_toggle_artifact(loaded, plan: Plan, out_dir: str | Path, applier: Plan
     for name, tensor in others.items():
         tensors[name] = tensor.detach().cpu().contiguous()
 
-    cost = CostModel(model, refs, fmt="toggle").of(plan)
     manifest = {
         "format": "toggle", "format_version": FORMAT_VERSION,
         "base_model": loaded.model_id, "base_fingerprint": loaded.fingerprint,
         "weights": WEIGHTS, "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
         "accounted_bytes": cost.bytes, "plan": plan.to_dict(), "modules": modules, "others": sorted(others),
     }
-    from safetensors.torch import save_file
-
     with atomic_path(out_dir) as tmp:
         tmp.mkdir(parents=True)
         save_file(tensors, str(tmp / WEIGHTS), metadata={"format": "pt", "toggle_format": str(FORMAT_VERSION)})
@@ -135,13 +150,14 @@ def _encode_matrix(prefix: str, role: str, m: StoredMatrix, tensors: dict[str, t
         tensors[f"{prefix}.values"] = values.reshape(out_f, -1) if encoding != "bitmask" else values
         return entry
     q = m.quant
-    entry.update(group_size=q.group_size, symmetric=q.symmetric, awq=q.awq_scales is not None)
+    # "awq" and P.awq_scales are the format's (version 1) names for per-input scales
+    entry.update(group_size=q.group_size, symmetric=q.symmetric, awq=q.input_scales is not None)
     tensors[f"{prefix}.codes"] = pack_bits(select(q.codes.cpu()), q.bits)
     tensors[f"{prefix}.scales"] = q.scales.cpu().contiguous()
     if q.mins is not None:
         tensors[f"{prefix}.mins"] = q.mins.cpu().contiguous()
-    if q.awq_scales is not None:
-        tensors[f"{prefix}.awq_scales"] = q.awq_scales.cpu().contiguous()
+    if q.input_scales is not None:
+        tensors[f"{prefix}.awq_scales"] = q.input_scales.cpu().contiguous()
     return entry
 
 
@@ -154,18 +170,11 @@ def _refuse_foreign_dir(path: Path, marker: str) -> None:
         raise InvalidInput(f"--out {path}: exists and is a file; a toggle artifact is a directory")
 
 
-# --- load: toggle format ---------------------------------------------------------------------
+# --- read --------------------------------------------------------------------------------------
 
-def load_compressed(path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-                    attn_implementation: str | None = None):
-    """Rebuild the model of a toggle artifact as a transformers model (a toggle.load.LoadedModel)."""
-    import time
-    import warnings
-
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    from .load import LoadedModel, _dir_fingerprint
-
+def read_artifact(path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                  attn_implementation: str | None = None) -> LoadedModel:
+    """Rebuild the model of a toggle artifact as a transformers model."""
     start = time.perf_counter()
     path = Path(path).resolve()
     manifest = read_manifest(path)
@@ -181,8 +190,6 @@ def load_compressed(path: str | Path, *, device: str | torch.device = "cpu", dty
             tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
     except Exception as e:  # transformers raises many types for bad configs
         raise InvalidInput(f"{path}: cannot build the model from config.json: {str(e).splitlines()[0][:300]}") from None
-
-    from safetensors import safe_open
 
     refs = {r.name: r for r in compressible_modules(model)}
     with safe_open(str(weights), framework="pt") as f:
@@ -217,12 +224,10 @@ def load_compressed(path: str | Path, *, device: str | torch.device = "cpu", dty
             with torch.no_grad():
                 target.copy_(value.to(target.dtype))
     _check_complete(model, manifest, path)
-    model.to(device)
-    model.eval()
-    model.requires_grad_(False)
+    ready(model.to(device))
     plan = Plan.from_dict(manifest["plan"], source=f"{path / MANIFEST}: plan")
     return LoadedModel(model=model, tokenizer=tokenizer, model_id=str(path), source="toggle",
-                       fingerprint=_dir_fingerprint(path), load_seconds=time.perf_counter() - start,
+                       fingerprint=dir_fingerprint(path), load_seconds=time.perf_counter() - start,
                        extra={"base_model": manifest["base_model"], "base_fingerprint": manifest.get("base_fingerprint"),
                               "plan": plan, "manifest": manifest})
 
@@ -255,7 +260,7 @@ def _decode_matrix(entry: dict, get) -> torch.Tensor:
         mins = None if entry["symmetric"] else get(f"{prefix}.mins")
         awq = get(f"{prefix}.awq_scales") if entry["awq"] else None
         q = QuantizedMatrix(codes=codes, scales=scales, mins=mins, bits=bits, group_size=entry["group_size"],
-                            awq_scales=awq)
+                            input_scales=awq)
         w = q.dequantize()
     return w if mask is None else w * mask
 
@@ -394,43 +399,3 @@ def _check_module_entry(where: Path, name: str, entry) -> None:
 def _is_shape(value) -> bool:
     return (isinstance(value, list) and len(value) == 2
             and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value))
-
-
-# --- plan checks used by `toggle apply` ----------------------------------------------------------
-
-def check_plan_model(plan: Plan, loaded, source: str = "plan") -> None:
-    """The plan was made for this model: same id, or the same weights (meta.fingerprint)."""
-    if plan.model == loaded.model_id or plan.meta.get("fingerprint") == loaded.fingerprint:
-        return
-    raise InvalidInput(f"{source}: model: the plan was made for {plan.model!r}, not for {loaded.model_id!r}; "
-                       f"apply it to the model it was searched on")
-
-
-def plan_stats(plan: Plan, loaded, plan_path: str | Path | None = None):
-    """The calibration statistics a plan's activation-aware methods were evaluated with:
-    meta.calibration_stats, a statistics file (relative paths are relative to the plan file).
-    None when the plan records none."""
-    from .compress.calibrate import ActivationStats
-
-    recorded = plan.meta.get("calibration_stats")
-    if not recorded:
-        return None
-    # A plan names its statistics file beside itself (the search writes both to the run
-    # directory); a plan file may come from someone else, so it cannot point anywhere else.
-    source = plan_path if plan_path is not None else "plan"
-    if not isinstance(recorded, str) or Path(recorded).name != recorded or recorded in (".", ".."):
-        raise InvalidInput(f"{source}: meta.calibration_stats: {recorded!r} must be a file name in the plan's "
-                           f"directory, e.g. calibration_stats.safetensors")
-    folder = Path(plan_path).parent if plan_path is not None else Path(".")
-    path = folder / recorded
-    if not path.resolve().is_relative_to(folder.resolve()):
-        raise InvalidInput(f"{source}: meta.calibration_stats: {recorded!r} points outside the plan's directory")
-    stats = ActivationStats.load(path)
-    if stats.fingerprint and stats.fingerprint != loaded.fingerprint:
-        raise InvalidInput(f"{path}: calibration statistics of another model (fingerprint {stats.fingerprint}, "
-                           f"this model is {loaded.fingerprint})")
-    return stats
-
-
-# GGUF export lives in its own file; re-exported here as the one export entry point.
-from .gguf_export import gguf_type_for, write_gguf_artifact  # noqa: E402,F401

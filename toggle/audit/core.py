@@ -1,7 +1,7 @@
 """Stage 10a, audit: re-check a compressed model against the properties on prompts the search
-never saw.
+never saw (`toggle.api.audit` loads the models; `audit_models` audits loaded ones).
 
-    from toggle.audit import audit
+    from toggle.api import audit
     result = audit("out/model")                                  # base model from toggle.json
     result = audit("model.gguf", base="smollm2-135m", mode="free")
     result.satisfied, result.pass_rate, result.properties["coherence"].median
@@ -26,12 +26,16 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from contextlib import contextmanager
+from contextlib import nullcontext
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from .errors import InvalidInput
-from .signals import ANSWER, ATTENTION, GOLD, HIDDEN
+from ..errors import InvalidInput
+from ..evaluate import Evaluator
+from ..files import finite_or_none
+from ..modules import find_blocks
+from ..prompts import EncodedPrompt, Prompt
+from ..signals import ANSWER, ATTENTION, HIDDEN
+from ..trace import DEFAULT_STEPS, GenerationSettings, TokenPath, build_trace, encode_suite, generate_paths, trace_along
 
 MODES = ("teacher", "free")
 SPLITS = ("heldout", "calibration", "all")
@@ -60,7 +64,7 @@ class PropertyAudit:
 
     def to_dict(self) -> dict:
         return {"formula": self.formula, "prompts": self.prompts, "holds": self.holds, "share": self.share,
-                "min": _finite(self.min), "median": _finite(self.median), "satisfied": self.satisfied}
+                "min": finite_or_none(self.min), "median": finite_or_none(self.median), "satisfied": self.satisfied}
 
 
 @dataclass
@@ -88,7 +92,7 @@ class PromptAudit:
 
     def to_dict(self) -> dict:
         return {"id": self.id, "prompt": self.prompt, "tags": list(self.tags), "satisfied": self.satisfied,
-                "margin": _finite(self.margin), "robustness": {k: _finite(v) for k, v in self.robustness.items()},
+                "margin": finite_or_none(self.margin), "robustness": {k: finite_or_none(v) for k, v in self.robustness.items()},
                 "base_text": self.base_text, "compressed_text": self.compressed_text}
 
 
@@ -137,66 +141,12 @@ class AuditResult:
             "satisfied": self.satisfied, "pass_rate": self.pass_rate,
             "prompts_audited": len(self.prompts), "prompts_passed": sum(p.satisfied for p in self.prompts),
             "feasible": self.feasible, "reason": self.reason,
-            "robustness": {k: _finite(v) for k, v in self.robustness.items()},
+            "robustness": {k: finite_or_none(v) for k, v in self.robustness.items()},
             "properties": {name: p.to_dict() for name, p in self.properties.items()},
             "worst": [p.id for p in self.worst()],
             "prompts": [p.to_dict() for p in self.prompts],
             "signals": self.signals, "timings": self.timings, "specs": self.specs, "notes": self.notes,
         }
-
-
-# --- the public entry point ------------------------------------------------------------------
-
-def audit(artifact, base: str | None = None, specs=None, prompts=None, split: str = "heldout",
-          mode: str = "teacher", *, relax: float = 0.0, overrides: dict | None = None, device: str | None = None,
-          trust_remote_code: bool = False, worst: int = WORST) -> AuditResult:
-    """Audit ARTIFACT (a toggle artifact directory, a .gguf file or a model directory) against
-    its base model (default: the one recorded in the artifact's toggle.json) on a split of the
-    prompt suite. Everything a user can get wrong is checked before a model is loaded."""
-    from .load import load_model, resolve
-    from .prompts import load_prompts
-    from .specs import load_specs
-
-    if mode not in MODES:
-        raise InvalidInput(f"--mode: {mode!r} is not valid; expected teacher or free")
-    spec_set = load_specs(list(specs) if isinstance(specs, (list, tuple)) else specs, overrides or {}, relax)
-    suite = load_prompts(prompts)
-    check_split(suite, split, spec_set)
-    artifact_path = Path(artifact).expanduser()
-    if not artifact_path.exists():
-        raise InvalidInput(f"{artifact}: no such artifact: expected a toggle artifact directory (toggle apply --out), "
-                           f"a .gguf file or a model directory")
-    source, artifact_id, _ = resolve(str(artifact_path))
-    manifest = None
-    if source == "toggle":
-        from .export import read_manifest
-
-        manifest = read_manifest(Path(artifact_id))
-    if base is None:
-        if manifest is None:
-            kind = "a .gguf file" if source == "gguf" else "a model directory without toggle.json"
-            raise InvalidInput(f"{artifact}: {kind} does not record its base model; pass --base MODEL "
-                               f"(e.g. --base smollm2-135m)")
-        base = manifest["base_model"]
-    _, base_id, _ = resolve(base)
-
-    start = time.perf_counter()
-    base_loaded = load_model(base, device=device or "cpu", trust_remote_code=trust_remote_code)
-    if base_id == artifact_id:
-        candidate = base_loaded  # the same weights: audit the base model against itself
-    else:
-        candidate = load_model(artifact_id, device=device or "cpu", trust_remote_code=trust_remote_code)
-    loaded_seconds = time.perf_counter() - start
-    notes = []
-    if manifest and manifest.get("base_fingerprint") and manifest["base_fingerprint"] != base_loaded.fingerprint:
-        notes.append(f"the artifact was made from weights with fingerprint {manifest['base_fingerprint']}; "
-                     f"the base model {base} has {base_loaded.fingerprint}")
-    result = audit_models(candidate, base_loaded, spec_set, suite, split=split, mode=mode, worst=worst,
-                          artifact=artifact_id)
-    result.timings = {"load": round(loaded_seconds, 3), **result.timings}
-    result.specs.update(relax=relax, overrides=dict(overrides or {}))
-    result.notes[:0] = notes
-    return result
 
 
 def check_split(suite, split: str, spec_set) -> None:
@@ -225,9 +175,6 @@ def audit_models(candidate, base, spec_set, suite, *, split: str = "heldout", mo
     (the search audits its winner this way, without writing an artifact): `candidate` is then
     `base` itself. The base model is left with its own weights.
     """
-    from .evaluate import Evaluator
-    from .trace import DEFAULT_STEPS, GenerationSettings, TokenPath, build_trace, encode_suite, generate_paths, trace_along
-
     if mode not in MODES:
         raise InvalidInput(f"--mode: {mode!r} is not valid; expected teacher or free")
     check_split(suite, split, spec_set)
@@ -238,25 +185,22 @@ def audit_models(candidate, base, spec_set, suite, *, split: str = "heldout", mo
     t0 = clock()
     steps = spec_set.steps_needed or DEFAULT_STEPS
     if mode == "teacher":
-        with _base_weights(applier):
+        with _weights(applier, None):  # base outputs come from the base weights (the trace cache is keyed by them)
             trace = build_trace(base, suite, spec_set, split=split, steps=steps)
         timings["trace"] = clock() - t0
     else:
         encoded = encode_suite(chosen, base.tokenizer)
-        with _plan_weights(applier, plan):
+        with _weights(applier, plan):
             own = generate_paths(candidate.model, candidate.tokenizer, encoded, GenerationSettings(steps=steps))
         timings["generate"] = clock() - t0
         paths = [TokenPath(e.prompt.id, e.ids, e.content, t, e.answer_ids) for e, t in zip(encoded, own)]
         t1 = clock()
-        with _base_weights(applier):
+        with _weights(applier, None):
             trace = trace_along(base, paths, spec_set.needs, spec_set.options, split=split)
         timings["trace"] = clock() - t1
     t1 = clock()
-    try:
+    with _weights(applier, None):
         evaluation = Evaluator(candidate, spec_set, trace, applier).evaluate(plan)
-    finally:
-        if applier is not None:
-            applier.restore()
     timings["evaluate"] = clock() - t1
 
     by_id = {p.id: p for p in chosen}
@@ -287,8 +231,6 @@ def check_compatible(candidate, base, spec_set) -> None:
     """Both models read the same tokens and, for internal signals, have the same blocks."""
     if candidate is base:
         return
-    from .modules import find_blocks
-
     vc, vb = _vocab_size(candidate), _vocab_size(base)
     if vc != vb:
         raise InvalidInput(f"{candidate.model_id} predicts over {vc} tokens, the base model {base.model_id} over {vb}; "
@@ -315,45 +257,26 @@ def decode(tokenizer, tokens) -> str:
 
 # --- helpers -------------------------------------------------------------------------------------
 
-@contextmanager
-def _base_weights(applier):
-    """Base outputs must come from the base weights (the trace cache is keyed by them)."""
-    if applier is not None:
-        applier.restore()
-    yield
-
-
-@contextmanager
-def _plan_weights(applier, plan):
-    if applier is None or plan is None:
-        yield
-        return
-    applier.apply(plan)
-    try:
-        yield
-    finally:
-        applier.restore()
+def _weights(applier, plan):
+    """The model with `plan`'s weights (None: its base weights) inside the block, base weights after."""
+    return nullcontext() if applier is None else applier.applied(plan)
 
 
 def _fill_texts(rows: list[PromptAudit], candidate, base, trace, steps: int, mode: str, applier, plan) -> None:
     """The side of the worst prompts' texts the audit did not generate anyway."""
-    from .trace import GenerationSettings, generate_paths
-
     if not rows:
         return
-    from .prompts import EncodedPrompt, Prompt
-
     by_id = {p.prompt_id: p for p in trace.paths}
     encoded = [EncodedPrompt(Prompt(r.id, r.prompt), by_id[r.id].prompt_ids, by_id[r.id].content, True)
                for r in rows]
     settings = GenerationSettings(steps=steps)
     if mode == "teacher":
-        with _plan_weights(applier, plan):
+        with _weights(applier, plan):
             own = generate_paths(candidate.model, candidate.tokenizer, encoded, settings)
         for r, tokens in zip(rows, own):
             r.compressed_text = decode(base.tokenizer, tokens)
     else:
-        with _base_weights(applier):
+        with _weights(applier, None):
             own = generate_paths(base.model, base.tokenizer, encoded, settings)
         for r, tokens in zip(rows, own):
             r.base_text = decode(base.tokenizer, tokens)
@@ -377,7 +300,3 @@ def _specs_info(spec_set) -> dict:
 def _vocab_size(loaded) -> int:
     head = loaded.model.get_output_embeddings()
     return int(head.weight.shape[0]) if head is not None else int(loaded.model.config.vocab_size)
-
-
-def _finite(v):
-    return float(v) if v is not None and math.isfinite(v) else None

@@ -1,0 +1,295 @@
+"""The pipeline in one place: search, apply, audit, report. The CLI is a thin layer over these.
+
+    import toggle.api as toggle
+    result = toggle.search("smollm2-135m", "100MB", trials=12)       # plan.yaml, summary.json, report
+    info = toggle.apply(result.run_dir / "plan.yaml", "smollm2-135m", "out/model")
+    audit = toggle.audit("out/model")                                  # held-out prompts
+    toggle.report(result.run_dir)
+
+Each function checks everything a user can get wrong before any model work, then calls the
+stages in order: load (toggle.load), prompts, trace, specs, compress (the applier and its
+statistics), evaluate, cost, search, formats, audit, report.
+"""
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import torch
+
+from .audit import MODES, AuditResult, audit_models, check_split, print_audit
+from .compress.apply import PlanApplier
+from .compress.calibrate import ActivationStats, collect_stats
+from .compress.registry import stats_families
+from .cost import CostModel
+from .errors import InvalidInput
+from .evaluate import Evaluator
+from .files import finite_or_none
+from .formats import ArtifactInfo, get_format, read_manifest
+from .hf import quiet_transformers
+from .load import load_model, resolve
+from .modules import compressible_modules
+from .modules import describe as describe_modules
+from .plan import Plan
+from .prompts import load_prompts
+from .report import Report, write_report
+from .rundir import CALIBRATION, HELDOUT, SPACE, STATS, RunDir
+from .search.objective import ModelObjective
+from .search.profile import load_profile
+from .search.sensitivity import spread
+from .search.space import SearchSpace
+from .search.storage import check_storage_url
+from .search.study import SearchResult, run_study
+from .signals import describe as describe_signals
+from .specs import SpecError, load_specs, parse_overrides
+from .specs import check_files as check_spec_files
+from .trace import build_trace
+from .units import Budget, format_bytes, parse_budget
+
+
+# --- search --------------------------------------------------------------------------------------
+
+def search(model: str, budget: str | Budget, *, specs=None, prompts=None, profile: str = "default",
+           trials: int | None = None, objective: str = "size", relax: float = 0.0, overrides: dict | None = None,
+           out: str | Path | None = None, storage: str | None = None, study: str | None = None,
+           seed: int | None = None, sampler: str = "bo", device: str | None = None, trust_remote_code: bool = False,
+           progress: bool = True) -> SearchResult:
+    """Search for the smallest plan satisfying every property of MODEL within a budget, audit the
+    winner on the held-out prompts and write the run directory (plan, summary, trials, report)."""
+    # 1. Inputs a user can get wrong, before any model work.
+    search_profile = load_profile(profile)
+    budget = parse_budget(budget) if isinstance(budget, str) else budget
+    if trials is not None and trials < 1:
+        raise InvalidInput(f"--trials: {trials} is not valid; expected an integer >= 1")
+    if seed is not None and seed < 0:
+        raise InvalidInput(f"--seed: {seed} is not valid; expected an integer >= 0")
+    check_storage_url(storage)
+    spec_set = load_specs(list(specs) if specs else None, overrides or {}, relax)
+    suite = load_prompts(prompts)
+
+    # 2. The model, its trace, calibration statistics, the evaluator and the cost model.
+    loaded = load_model(model, device=device or "cpu", trust_remote_code=trust_remote_code)
+    refs = compressible_modules(loaded.model)
+    trace = build_trace(loaded, suite, spec_set, split="calibration")
+    run = RunDir(out or default_run_dir(model, budget))
+    stats, meta = calibration_stats(loaded, refs, trace, search_profile.methods, run)
+    applier = PlanApplier(loaded.model, refs, stats)
+    evaluator = Evaluator(loaded, spec_set, trace, applier)
+    cost_model = CostModel.for_model(loaded, get_format(search_profile.format), refs)
+    names = [p.name for p in spec_set.properties]
+    key = f"{loaded.fingerprint}|{trace.key}|{','.join(names)}"
+    full = ModelObjective(loaded.model_id, refs, names, evaluator, cost_model, cache_key=key,
+                          loaded_bytes=loaded.source_bytes, loaded_format=loaded.source_quantization)
+    ids = trace.prompt_ids
+    subset = spread(ids, search_profile.sensitivity.prompts)
+    profiling = full if len(subset) == len(ids) else ModelObjective(
+        loaded.model_id, refs, names, evaluator, cost_model, cache_key=f"{key}|{','.join(subset)}", prompts=subset)
+    space = SearchSpace(loaded.model_id, refs, search_profile)
+
+    # 3. The study; then the winner's held-out audit goes into summary.json; then the report.
+    def finish(summary: dict, plan: Plan | None) -> None:
+        summary["specs"] = {"files": list(spec_set.files), "relax": relax, "overrides": dict(overrides or {}),
+                            "consts": {n: c.value for consts in spec_set.consts.values() for n, c in consts.items()}}
+        run.write_json(SPACE, space.to_dict())
+        run.clear(HELDOUT, CALIBRATION)  # a previous run's winner is not this one's
+        if plan is None:
+            summary["heldout"] = {"skipped": "no plan satisfies every property within the budget"}
+            return
+        calibration = evaluator.evaluate(plan)
+        applier.restore()
+        run.write_json(CALIBRATION, {
+            "trial": plan.meta.get("trial"), "split": "calibration", "robustness": calibration.robustness,
+            "per_prompt": calibration.per_prompt})
+        summary["heldout"] = heldout_check(plan, loaded, spec_set, suite, applier, run)
+
+    budget_bytes = budget.resolve(cost_model.compressible_params, cost_model.other_bytes)
+    result = run_study(full, budget_bytes, profile=search_profile, run_dir=run.path, trials=trials, sampler=sampler,
+                       objective_kind=objective, seed=seed, storage=storage, study_name=study,
+                       profiling_objective=profiling, progress=progress, plan_meta=meta, finish=finish)
+    write_report(run.path)
+    return result
+
+
+def default_run_dir(model: str, budget: Budget) -> Path:
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(model).name or model)
+    return Path("runs") / f"{name}-{re.sub(r'[^A-Za-z0-9.]+', '', str(budget))}"
+
+
+def calibration_stats(loaded, refs, trace, methods, run: RunDir) -> tuple[ActivationStats | None, dict]:
+    """Input statistics for activation-aware methods (Wanda, AWQ, GPTQ, ASVD), gathered over the
+    calibration trace's token paths, kept beside the plan so `toggle apply` reproduces it."""
+    if not stats_families(methods):
+        return None, {}
+    sequences = [torch.tensor(list(p.prompt_ids) + list(p.tokens)) for p in trace.paths]
+    stats = collect_stats(loaded.model, sequences, refs=refs, fingerprint=loaded.fingerprint)
+    run.mkdir()
+    stats.save(run / STATS)
+    return stats, {"calibration_stats": STATS}
+
+
+def heldout_check(plan: Plan, loaded, specs, suite, applier: PlanApplier, run: RunDir) -> dict:
+    """The held-out audit of `plan` (teacher mode, in process, the simulated weights the artifact
+    decodes to): written as heldout.json; summary.json's `heldout` block is returned."""
+    try:
+        check_split(suite, "heldout", specs)
+    except InvalidInput as e:  # the search itself was fine: say why there is no held-out check
+        return {"skipped": e.message}
+    result = audit_models(loaded, loaded, specs, suite, split="heldout", mode="teacher", applier=applier, plan=plan,
+                          artifact=f"{run / 'plan.yaml'} (simulated)")
+    run.write_json(HELDOUT, result.to_dict())
+    return {"pass_rate": result.pass_rate, "satisfied": result.satisfied, "prompts": len(result.prompts),
+            "mode": result.mode, "robustness": {k: finite_or_none(v) for k, v in result.robustness.items()},
+            "share": {k: p.share for k, p in result.properties.items()}, "reason": result.reason}
+
+
+def final_lines(result: SearchResult) -> list[str]:
+    """What the CLI prints last: the verdict, size and FLOP reduction against the 16-bit dense model."""
+    s = result.summary
+    lines = []
+    if s.get("satisfied"):
+        lines.append(f"best plan: trial {s['best_trial']}, every property holds (minimum margin {s['min_margin']:+.4f}); "
+                     f"{s['feasible_trials']} of {s['trials']} trials satisfied the specs within {format_bytes(s['budget_bytes'])}")
+    else:
+        closest = (f"closest plan: trial {s['best_trial']}, minimum margin {s['min_margin']:+.4f}"
+                   if s.get("best_trial") is not None and s.get("min_margin") is not None else "no plan within the budget was evaluated")
+        lines.append(f"no plan satisfies every property within {format_bytes(s['budget_bytes'])} after {s['trials']} trials; {closest}")
+    if s.get("compressed_size_bytes") is not None:
+        lines.append(f"size: {format_bytes(s['compressed_size_bytes'])} vs {format_bytes(s['base_size_bytes'])} 16-bit dense "
+                     f"({100 * s['size_reduction']:.1f}% smaller)")
+        lines.append(f"FLOPs per token: {s['compressed_flops_per_token']:.3g} vs {s['base_flops_per_token']:.3g} "
+                     f"({s['flops_reduction']:.2f}x fewer)")
+    if s.get("compressed_size_bytes") is not None and s.get("loaded_size_bytes"):
+        fmt = f"{s['loaded_format']} GGUF " if s.get("loaded_format") else ""
+        change = 1.0 - s["compressed_size_bytes"] / s["loaded_size_bytes"]
+        lines.append(f"the loaded {fmt}weights file is {format_bytes(s['loaded_size_bytes'])}: the plan is "
+                     f"{100 * abs(change):.1f}% {'smaller' if change >= 0 else 'larger'} than that")
+    heldout = s.get("heldout") or {}
+    if "pass_rate" in heldout:
+        verdict = "every property holds" if heldout["satisfied"] else "VIOLATED"
+        lines.append(f"held-out audit: {verdict} ({100 * heldout['pass_rate']:.1f}% of {heldout['prompts']} "
+                     f"prompts satisfy every property)")
+    elif heldout.get("skipped"):
+        lines.append(f"held-out audit: skipped ({heldout['skipped']})")
+    lines.append(f"run directory: {result.run_dir}")
+    return lines
+
+
+# --- apply ---------------------------------------------------------------------------------------
+
+def apply(plan: str | Path | Plan, model: str, out: str | Path, *, format: str = "toggle", device: str | None = None,
+          trust_remote_code: bool = False, loaded=None) -> ArtifactInfo:
+    """Write the compressed model `plan` describes (a plan.yaml path or a Plan) for MODEL at `out`:
+    the plan is checked against the model, its calibration statistics (recorded beside a plan
+    file) are read, and the artifact is written in `format` ("toggle" or "gguf")."""
+    plan_path = None
+    if not isinstance(plan, Plan):
+        plan_path = Path(plan)
+        plan = Plan.load(plan_path)
+    loaded = loaded or load_model(model, device=device or "cpu", trust_remote_code=trust_remote_code)
+    check_plan_model(plan, loaded, source=str(plan_path or "plan"))
+    return write_artifact(loaded, plan, out, format, stats=plan_stats(plan, loaded, plan_path))
+
+
+def write_artifact(loaded, plan: Plan, out: str | Path, fmt: str = "toggle", *, applier: PlanApplier | None = None,
+                   stats: ActivationStats | None = None) -> ArtifactInfo:
+    """Write `plan` applied to an already loaded model in `fmt` at `out` (the format's output path
+    for it), priced by the cost model in that format. `applier` (with its caches and statistics)
+    is reused when given, else one is built with `stats`."""
+    fmt = get_format(fmt)
+    applier = applier or PlanApplier(loaded.model, stats=stats)
+    cost = CostModel.for_model(loaded, fmt, applier.refs).of(plan)
+    return fmt.write(loaded, plan, fmt.output_path(out), applier, cost)
+
+
+def check_plan_model(plan: Plan, loaded, source: str = "plan") -> None:
+    """The plan was made for this model: same id, or the same weights (meta.fingerprint)."""
+    if plan.model == loaded.model_id or plan.meta.get("fingerprint") == loaded.fingerprint:
+        return
+    raise InvalidInput(f"{source}: model: the plan was made for {plan.model!r}, not for {loaded.model_id!r}; "
+                       f"apply it to the model it was searched on")
+
+
+def plan_stats(plan: Plan, loaded, plan_path: str | Path | None = None) -> ActivationStats | None:
+    """The calibration statistics a plan's activation-aware methods were evaluated with:
+    meta.calibration_stats, a statistics file (relative paths are relative to the plan file).
+    None when the plan records none."""
+    recorded = plan.meta.get("calibration_stats")
+    if not recorded:
+        return None
+    # A plan names its statistics file beside itself (the search writes both to the run
+    # directory); a plan file may come from someone else, so it cannot point anywhere else.
+    source = plan_path if plan_path is not None else "plan"
+    if not isinstance(recorded, str) or Path(recorded).name != recorded or recorded in (".", ".."):
+        raise InvalidInput(f"{source}: meta.calibration_stats: {recorded!r} must be a file name in the plan's "
+                           f"directory, e.g. calibration_stats.safetensors")
+    folder = Path(plan_path).parent if plan_path is not None else Path(".")
+    path = folder / recorded
+    if not path.resolve().is_relative_to(folder.resolve()):
+        raise InvalidInput(f"{source}: meta.calibration_stats: {recorded!r} points outside the plan's directory")
+    stats = ActivationStats.load(path)
+    if stats.fingerprint and stats.fingerprint != loaded.fingerprint:
+        raise InvalidInput(f"{path}: calibration statistics of another model (fingerprint {stats.fingerprint}, "
+                           f"this model is {loaded.fingerprint})")
+    return stats
+
+
+# --- audit ---------------------------------------------------------------------------------------
+
+def audit(artifact, base: str | None = None, specs=None, prompts=None, split: str = "heldout",
+          mode: str = "teacher", *, relax: float = 0.0, overrides: dict | None = None, device: str | None = None,
+          trust_remote_code: bool = False, worst: int = 5) -> AuditResult:
+    """Audit ARTIFACT (a toggle artifact directory, a .gguf file or a model directory) against
+    its base model (default: the one recorded in the artifact's toggle.json) on a split of the
+    prompt suite. Everything a user can get wrong is checked before a model is loaded."""
+    if mode not in MODES:
+        raise InvalidInput(f"--mode: {mode!r} is not valid; expected teacher or free")
+    spec_set = load_specs(list(specs) if isinstance(specs, (list, tuple)) else specs, overrides or {}, relax)
+    suite = load_prompts(prompts)
+    check_split(suite, split, spec_set)
+    artifact_path = Path(artifact).expanduser()
+    if not artifact_path.exists():
+        raise InvalidInput(f"{artifact}: no such artifact: expected a toggle artifact directory (toggle apply --out), "
+                           f"a .gguf file or a model directory")
+    source, artifact_id, _ = resolve(str(artifact_path))
+    manifest = read_manifest(Path(artifact_id)) if source == "toggle" else None
+    if base is None:
+        if manifest is None:
+            kind = "a .gguf file" if source == "gguf" else "a model directory without toggle.json"
+            raise InvalidInput(f"{artifact}: {kind} does not record its base model; pass --base MODEL "
+                               f"(e.g. --base smollm2-135m)")
+        base = manifest["base_model"]
+    _, base_id, _ = resolve(base)
+
+    start = time.perf_counter()
+    base_loaded = load_model(base, device=device or "cpu", trust_remote_code=trust_remote_code)
+    if base_id == artifact_id:
+        candidate = base_loaded  # the same weights: audit the base model against itself
+    else:
+        candidate = load_model(artifact_id, device=device or "cpu", trust_remote_code=trust_remote_code)
+    loaded_seconds = time.perf_counter() - start
+    notes = []
+    if manifest and manifest.get("base_fingerprint") and manifest["base_fingerprint"] != base_loaded.fingerprint:
+        notes.append(f"the artifact was made from weights with fingerprint {manifest['base_fingerprint']}; "
+                     f"the base model {base} has {base_loaded.fingerprint}")
+    result = audit_models(candidate, base_loaded, spec_set, suite, split=split, mode=mode, worst=worst,
+                          artifact=artifact_id)
+    result.timings = {"load": round(loaded_seconds, 3), **result.timings}
+    result.specs.update(relax=relax, overrides=dict(overrides or {}))
+    result.notes[:0] = notes
+    return result
+
+
+# --- report --------------------------------------------------------------------------------------
+
+def report(run_dir: str | Path, compare=()) -> Report:
+    """Rebuild report.md, report.html, the plots and operating_points/ of a run directory from its
+    files alone (no model is loaded)."""
+    return write_report(run_dir, compare=compare)
+
+
+__all__ = ["apply", "audit", "check_plan_model", "default_run_dir", "final_lines", "heldout_check", "plan_stats",
+           "report", "search", "write_artifact",
+           # what the command line uses besides the four stages
+           "SpecError", "check_spec_files", "describe_modules", "describe_signals", "load_model", "load_specs",
+           "parse_overrides", "print_audit", "quiet_transformers"]

@@ -1,0 +1,11 @@
+"""Stage 10a, audit: re-check a compressed model on prompts the search never saw.
+
+    core.py   the audit of loaded models (teacher or free-running) and its results
+    view.py   how `toggle audit` shows a result in the terminal
+"""
+from .core import (MODES, SPLITS, AuditResult, PromptAudit, PropertyAudit, audit_models, check_compatible, check_split,
+                   decode)
+from .view import print_audit, verdict
+
+__all__ = ["MODES", "SPLITS", "AuditResult", "PromptAudit", "PropertyAudit", "audit_models", "check_compatible",
+           "check_split", "decode", "print_audit", "verdict"]

@@ -1,0 +1,221 @@
+"""Files: atomic writes, YAML and JSON read with located errors, the cache directory, and
+where the shipped specs, search profiles and prompt suite live.
+
+Atomic writes: a reader (or a crash) sees the old file or the new one, never half of one.
+JSON is written strictly: a non-finite float (a -inf robustness, a NaN) becomes null, since
+JSON has no such numbers; readers treat null as "not a finite value".
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import yaml
+
+from .errors import InvalidInput
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+# --- atomic writes ----------------------------------------------------------------------------
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, _mode_for(path))  # mkstemp makes 0600; a run directory is meant to be shared
+        os.replace(tmp, path)
+    except BaseException:
+        _unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | Path, obj) -> None:
+    atomic_write_text(path, json.dumps(jsonable(obj), indent=2, sort_keys=False, allow_nan=False) + "\n")
+
+
+def atomic_write_yaml(path: str | Path, obj) -> None:
+    atomic_write_text(path, yaml.safe_dump(obj, sort_keys=False, width=120))
+
+
+@contextmanager
+def atomic_path(path: str | Path):
+    """Yield a temporary sibling path to write a file (or directory) at; rename on success.
+
+    An existing target is replaced only after the new one is complete.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    _remove(tmp)
+    try:
+        yield tmp
+        if path.is_dir() and not path.is_symlink():
+            old = path.parent / f".{path.name}.old-{os.getpid()}"
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
+def finite_or_none(value):
+    """A finite float, or None for None / inf / NaN (how JSON and trial attributes store them)."""
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def jsonable(obj):
+    """obj with numpy scalars and arrays as Python numbers and lists, paths as text, tuples as
+    lists and non-finite floats as None."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, bool) or obj is None or isinstance(obj, (int, str)):
+        return obj
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "tolist"):  # numpy scalars and arrays
+        return jsonable(obj.tolist())
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def _mode_for(path: Path) -> int:
+    """The replaced file's permissions, else what open() would give a new file (0666 minus umask)."""
+    try:
+        return path.stat().st_mode & 0o777
+    except FileNotFoundError:
+        return 0o666 & ~_UMASK
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)  # the only way to read it; set back at once (at import, single-threaded)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
+def _remove(p: Path) -> None:
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p, ignore_errors=True)
+    else:
+        _unlink(p)
+
+
+def _unlink(p) -> None:
+    try:
+        os.unlink(p)
+    except FileNotFoundError:
+        pass
+
+
+# --- reading, with errors that say where ---------------------------------------------------------
+
+def read_text(path: str | Path, *, what: str, expected: str | None = None) -> str:
+    """A UTF-8 text file; a missing or unreadable one is a one-line error: "no such `what`", or
+    what was expected instead (`expected`, default `what`)."""
+    path = Path(path)
+    expected = expected or what
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InvalidInput(f"{path}: no such {what}") from None
+    except IsADirectoryError:
+        raise InvalidInput(f"{path}: is a directory; expected a {expected}") from None
+    except UnicodeDecodeError:
+        raise InvalidInput(f"{path}: not UTF-8 text; expected a {expected}") from None
+    except OSError as e:
+        raise InvalidInput(f"{path}: cannot read: {e.strerror or e}") from None
+
+
+def parse_yaml(text: str, source: str):
+    """YAML through safe_load (no Python tags); a syntax error is reported as FILE:LINE:COL."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
+        raise InvalidInput(f"{where}: not valid YAML: {getattr(e, 'problem', None) or e}") from None
+    except RecursionError:
+        raise InvalidInput(f"{source}: not valid YAML: nested too deeply") from None
+
+
+def read_yaml(path: str | Path, *, what: str, expected: str | None = None):
+    return parse_yaml(read_text(path, what=what, expected=expected), str(path))
+
+
+def read_json(path: str | Path, *, missing_ok: bool = True, hint: str = "rerun the search to rewrite it"):
+    """A JSON file, or None when it is absent (and `missing_ok`); a damaged one is a clear error."""
+    path = Path(path)
+    if missing_ok and not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InvalidInput(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InvalidInput(f"{path}: not valid JSON ({e}); {hint}") from None
+
+
+# --- the cache directory and shipped resources ---------------------------------------------------
+
+def cache_dir() -> Path:
+    """Cache root: $TOGGLE_CACHE_DIR, else $XDG_CACHE_HOME/toggle, else ~/.cache/toggle."""
+    env = os.environ.get("TOGGLE_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "toggle"
+
+
+def resource_dir(kind: str) -> Path:
+    """Directory of shipped resources: kind is 'specs', 'search' or 'prompts'. They sit at the
+    top of the repository (readable, copyable); an editable install finds them there, a
+    regular install finds the copies placed under <prefix>/share/toggle."""
+    for base in (REPO_ROOT, Path(sys.prefix) / "share" / "toggle"):
+        candidate = base / kind
+        if candidate.is_dir():
+            return candidate
+    return REPO_ROOT / kind
+
+
+def default_specs() -> list[Path]:
+    return sorted(resource_dir("specs").glob("*.stl"))
+
+
+def default_prompts() -> Path:
+    return resource_dir("prompts") / "default.yaml"
+
+
+def search_profile(name: str) -> Path:
+    """A profile given as a path is used as is; a bare name ('default') is looked up in search/."""
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml") and (path.exists() or path.parent != Path(".")):
+        return path
+    return resource_dir("search") / f"{path.stem}.yaml"

@@ -1,0 +1,464 @@
+"""GGUF: the llama.cpp file format, as one `Format`.
+
+Everything toggle knows about GGUF lives here: which settings map to which GGML type and the
+bytes each type takes, the writer (metadata, tokenizer, tensors in llama.cpp's layout) and the
+reader (transformers de-quantises a GGUF file to float once; the result is cached).
+
+What maps (`gguf_type_for`): 16 bits -> F16; with group_size 32 and a quantiser whose result fits
+GGUF blocks (registry: rtn, gptq), 8 bits symmetric -> Q8_0, 5 bits -> Q5_0 / Q5_1 (symmetric /
+asymmetric), 4 bits -> Q4_0 / Q4_1. toggle's quantisation rules are llama.cpp's (compress/quant.py),
+so the codes and float16 scales toggle computed are written as GGUF blocks bit for bit and the
+file decodes to exactly the weights the plan was evaluated with. Pruned weights are stored as
+zeros (symmetric types and F16 hold 0 exactly; the asymmetric Q4_1/Q5_1 do not, so pruning with
+them is refused). Low-rank is refused: GGUF has no factorised matrices. Tensors that are not
+compressible weights (norms, biases, GPT-2 position embeddings) are written as F32, exactly as
+loaded. Supports the Llama and GPT-2 architectures with byte-level BPE tokenizers.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import gguf
+import numpy as np
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from ..compress import registry
+from ..compress.apply import PlanApplier, validate_plan
+from ..compress.quant import QuantizedMatrix
+from ..errors import InvalidInput, ModelLoadError
+from ..files import atomic_path, cache_dir
+from ..hf import load_hf_dir, one_line
+from ..loaded import LoadedModel, file_digest
+from ..modules import stored_other_tensors
+from ..plan import Plan
+from .base import ArtifactInfo, Format
+
+# HF model_type -> GGUF architecture name
+ARCHITECTURES = {"llama": "llama", "gpt2": "gpt2"}
+BLOCK = 32
+ALIGNMENT = 32  # GGUF pads every tensor's data to this many bytes
+BLOCK_BYTES = {"Q8_0": 34, "Q5_1": 24, "Q5_0": 22, "Q4_1": 20, "Q4_0": 18}
+QTYPES = ("F32", "F16", *BLOCK_BYTES)
+# Bump when the cached layout of de-quantised GGUF models changes so stale caches are rebuilt.
+_CACHE_VERSION = "2"
+
+
+class GGUFFormat(Format):
+    name = "gguf"
+    label = "GGUF"
+    description = "one .gguf file that llama.cpp runs (legacy block types, F16 and F32)"
+
+    def problem(self, ref, setting, methods) -> str | None:
+        return gguf_problem(ref, setting, methods)
+
+    def module_bytes(self, ref, setting, methods) -> tuple[int, tuple[str, ...]]:
+        qtype = gguf_type_for(setting.bits, methods.quantizer, methods.group_size, methods.symmetric_for(setting.bits))
+        return tensor_bytes(qtype, ref.numel), (qtype,)
+
+    def other_bytes(self, model, refs) -> int:
+        return sum(tensor_bytes("F32", t.numel()) for n, t in stored_other_tensors(model, refs).items()
+                   if not skipped_in_gguf(n))
+
+    def header_bytes(self, loaded) -> int:
+        return gguf_header_bytes(loaded.model, loaded.tokenizer, name=model_name(loaded))
+
+    def output_path(self, out) -> Path:
+        out = Path(out)
+        return out if out.suffix.lower() == ".gguf" else out / "model.gguf"
+
+    def write(self, loaded, plan: Plan, out: Path, applier: PlanApplier, cost) -> ArtifactInfo:
+        return write_artifact(loaded, plan, out, applier, cost)
+
+    def read(self, path: Path, *, device="cpu", dtype=torch.float32, attn_implementation=None) -> LoadedModel:
+        start = time.perf_counter()
+        path = Path(path)
+        cached = dequantised_cache(path, str(path))
+        model, tokenizer = load_hf_dir(cached, str(path), dtype, attn_implementation, trust_remote_code=False)
+        quant = json.loads((cached / "toggle-cache.json").read_text()).get("file_type", "gguf")
+        return LoadedModel(model=model, tokenizer=tokenizer, model_id=str(path), source="gguf", fingerprint=cached.name,
+                           load_seconds=time.perf_counter() - start, source_quantization=quant,
+                           source_bytes=path.stat().st_size, source_path=path)
+
+
+# --- which settings map to which type, and their bytes -------------------------------------------
+
+def gguf_type_for(bits: int, quantizer: str = "rtn", group_size: int = 32, symmetric: bool = True) -> str | None:
+    """The GGUF type that stores exactly what toggle computes for these choices, or None.
+
+    16 bits -> F16. With group size 32 and a quantiser whose codes fit GGUF blocks: 8 bits
+    symmetric -> Q8_0, 5 bits -> Q5_0 (symmetric) / Q5_1 (asymmetric), 4 bits -> Q4_0 / Q4_1.
+    Nothing else maps: GGUF has no 2, 3, 6 or 7-bit type with these block rules, no asymmetric
+    8-bit type, and no place for per-input-channel scales (AWQ).
+    """
+    if bits == 16:
+        return "F16"
+    if group_size != BLOCK or not registry.method("quantizer", quantizer).gguf:
+        return None
+    return {(8, True): "Q8_0", (5, True): "Q5_0", (5, False): "Q5_1",
+            (4, True): "Q4_0", (4, False): "Q4_1"}.get((bits, symmetric))
+
+
+def gguf_problem(ref, setting, methods) -> str | None:
+    """Why this module's setting cannot be written to GGUF exactly, or None."""
+    if setting.rank_ratio < 1:
+        return (f"rank_ratio {setting.rank_ratio}: GGUF has no factorised matrices; multiplied back the "
+                f"matrix is full size again (no saving) and re-rounded, so it is refused; use --format toggle")
+    qtype = gguf_type_for(setting.bits, methods.quantizer, methods.group_size, methods.symmetric_for(setting.bits))
+    if qtype is None:
+        fitting = ", ".join(n for n, m in registry.METHODS["quantizer"].items() if m.gguf)
+        return (f"{setting.bits} bits with quantizer {methods.quantizer}, group_size {methods.group_size}, "
+                f"symmetric {str(methods.symmetric_for(setting.bits)).lower()} has no GGUF type; GGUF holds 16 bits (F16) and, with "
+                f"group_size 32 and quantizer {fitting.replace(', ', ' or ')}, 8 bits symmetric (Q8_0), 5 or 4 bits (Q5_0/Q4_0 "
+                f"symmetric, Q5_1/Q4_1 asymmetric)")
+    if setting.sparsity > 0 and qtype in ("Q4_1", "Q5_1"):
+        return (f"sparsity {setting.sparsity} with {qtype}: its per-block minimum cannot represent the pruned "
+                f"zeros exactly; use symmetric quantisation (Q4_0/Q5_0) for pruned modules")
+    if qtype != "F16" and ref.in_features % BLOCK:
+        return f"rows of {ref.in_features} values do not split into GGUF blocks of {BLOCK}"
+    return None
+
+
+def tensor_bytes(qtype: str, numel: int) -> int:
+    """Bytes of one tensor in a GGUF file, alignment padding included."""
+    if qtype == "F16":
+        size = 2 * numel
+    elif qtype == "F32":
+        size = 4 * numel
+    else:
+        size = numel // BLOCK * BLOCK_BYTES[qtype]
+    return -(-size // ALIGNMENT) * ALIGNMENT
+
+
+def skipped_in_gguf(hf_name: str) -> bool:
+    """State tensors GGUF does not store: buffers llama.cpp recomputes."""
+    return hf_name.endswith(("rotary_emb.inv_freq", ".attn.bias", ".attn.masked_bias"))
+
+
+def gguf_arch(config) -> str:
+    arch = ARCHITECTURES.get(getattr(config, "model_type", None))
+    if arch is None:
+        raise InvalidInput(
+            f"GGUF export supports the architectures {', '.join(ARCHITECTURES)}; "
+            f"this model is '{getattr(config, 'model_type', '?')}' (use --format toggle)"
+        )
+    return arch
+
+
+def check_gguf_plan(plan: Plan, refs) -> None:
+    """Raise InvalidInput naming the first module whose setting has no exact GGUF form, and why."""
+    bad = [(r.name, p) for r in refs if (p := gguf_problem(r, plan.setting(r.name), plan.methods))]
+    if bad:
+        name, problem = bad[0]
+        more = f" ({len(bad) - 1} more modules have the same kind of problem)" if len(bad) > 1 else ""
+        raise InvalidInput(f"plan cannot be written as GGUF: modules.{name}: {problem}{more}")
+
+
+# --- write ---------------------------------------------------------------------------------------
+
+def write_artifact(loaded, plan: Plan, out_path: Path, applier: PlanApplier, cost) -> ArtifactInfo:
+    """Write `plan` applied to `loaded` as a GGUF file at `out_path` (temporary name, then rename)."""
+    out_path = Path(out_path)
+    if out_path.is_dir():
+        raise InvalidInput(f"--out {out_path}: is a directory; give the .gguf file to write")
+    model = loaded.model
+    gguf_arch(model.config)  # unsupported architectures fail before any work
+    refs = applier.refs
+    validate_plan(plan, refs, applier.stats)
+    check_gguf_plan(plan, refs)
+
+    prepared: dict[str, tuple[str, np.ndarray]] = {}
+    encodings: dict[str, list[str]] = {}
+    for ref in refs:
+        setting = plan.setting(ref.name)
+        qtype = gguf_type_for(setting.bits, plan.methods.quantizer, plan.methods.group_size,
+                              plan.methods.symmetric_for(setting.bits))
+        matrix = applier.stored(ref, setting, plan.methods).matrices[0]
+        if qtype == "F16":
+            data = matrix.dequantize().half().cpu().numpy()  # float16 values, pruned ones 0
+        else:
+            data = gguf_blocks(matrix.quant, qtype)
+        prepared[f"{ref.name}.weight"] = (qtype, data)
+        encodings[ref.name] = [qtype]
+    # Everything else stays exactly as loaded (F32), so the file decodes to the simulated model.
+    for name, tensor in stored_other_tensors(model, refs).items():
+        prepared.setdefault(name, ("F32", tensor.detach().to(torch.float32).cpu().numpy()))
+    with atomic_path(out_path) as tmp:
+        write_gguf(tmp, model, loaded.tokenizer, prepared, name=model_name(loaded))
+    size = out_path.stat().st_size
+    return ArtifactInfo(path=out_path, fmt="gguf", cost=cost, tensor_bytes_on_disk=size - _data_offset(out_path),
+                        weights_file_bytes=size, total_bytes=size, encodings=encodings)
+
+
+def model_name(loaded) -> str:
+    """The general.name written into the file (part of its fixed header)."""
+    return Path(loaded.model_id).name or "toggle"
+
+
+def write_gguf(path: str | Path, model: torch.nn.Module, tokenizer, tensors: dict[str, tuple[str, np.ndarray]], *,
+               name: str | None = None) -> Path:
+    """Write `model`'s metadata and tokenizer and `tensors` (HF parameter name -> (GGML type, data)):
+    an (out, in) float32 / float16 array for F32 / F16, or (out, bytes per row) uint8 blocks for a
+    quantised type, written as given (this is not a quantiser). Every tensor a GGUF file of the
+    model holds must be in `tensors`. Llama q/k rows are permuted here for llama.cpp's rope
+    kernel; GPT-2's Conv1D weights must already be (out, in)."""
+    writer, name_map = _metadata_writer(path, model, tokenizer, name)
+    config = model.config
+    arch = gguf_arch(config)
+    for hf_name, gguf_name, _ in _stored_tensors(model, name_map):
+        if hf_name not in tensors:
+            raise InvalidInput(f"GGUF export: no data for tensor {hf_name}")
+        qname, data = tensors[hf_name]
+        if qname not in QTYPES:
+            raise InvalidInput(f"GGUF export: {hf_name}: type {qname} is not supported; use one of {', '.join(QTYPES)}")
+        if arch == "llama" and hf_name.endswith("q_proj.weight"):
+            data = _permute_qk(data, config.num_attention_heads)
+        elif arch == "llama" and hf_name.endswith("k_proj.weight"):
+            data = _permute_qk(data, config.num_key_value_heads)
+        data = np.ascontiguousarray(data)
+        if qname in ("F32", "F16"):
+            writer.add_tensor(gguf_name, data.astype(np.float32 if qname == "F32" else np.float16))
+        else:
+            writer.add_tensor(gguf_name, data, raw_shape=data.shape, raw_dtype=gguf.GGMLQuantizationType[qname])
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return Path(path)
+
+
+def gguf_blocks(q: QuantizedMatrix, qtype: str) -> np.ndarray:
+    """Our codes and float16 parameters as GGUF blocks of 32: (rows, bytes per row) uint8."""
+    out_f, in_f = q.codes.shape
+    nb = in_f // BLOCK
+    codes = q.codes.cpu().numpy().reshape(out_f, nb, BLOCK)
+    d = q.scales.cpu().numpy().astype(np.float16).reshape(out_f, nb, 1).view(np.uint8)
+    parts = [d]
+    if qtype in ("Q4_1", "Q5_1"):
+        parts.append(q.mins.cpu().numpy().astype(np.float16).reshape(out_f, nb, 1).view(np.uint8))
+    if qtype == "Q8_0":
+        parts.append((codes.astype(np.int16) - 128).astype(np.int8).view(np.uint8))
+    else:
+        if qtype in ("Q5_0", "Q5_1"):
+            parts.append(np.packbits((codes >> 4) & 1, axis=-1, bitorder="little"))
+        low = codes & 0x0F
+        parts.append(low[..., :16] | (low[..., 16:] << 4))
+    return np.concatenate(parts, axis=-1).reshape(out_f, -1)
+
+
+def _permute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
+    """llama.cpp stores q/k rows interleaved for its rope kernel (convert_hf_to_gguf.permute)."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def _metadata_writer(path, model, tokenizer, name):
+    """A GGUFWriter at `path` holding the model's hyper-parameters and tokenizer."""
+    config = model.config
+    arch = gguf_arch(config)
+    n_layers = config.num_hidden_layers if arch == "llama" else config.n_layer
+    name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH[arch.upper()], n_layers)
+
+    writer = gguf.GGUFWriter(str(path), arch)
+    writer.add_name(name or getattr(config, "_name_or_path", None) or arch)
+    if arch == "llama":
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        writer.add_context_length(config.max_position_embeddings)
+        writer.add_embedding_length(config.hidden_size)
+        writer.add_block_count(n_layers)
+        writer.add_feed_forward_length(config.intermediate_size)
+        writer.add_rope_dimension_count(head_dim)
+        writer.add_head_count(config.num_attention_heads)
+        writer.add_head_count_kv(config.num_key_value_heads)
+        writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+        rope = getattr(config, "rope_parameters", None) or {}
+        theta = rope.get("rope_theta") if isinstance(rope, dict) else None
+        writer.add_rope_freq_base(float(theta or getattr(config, "rope_theta", 10000.0)))
+    else:
+        writer.add_context_length(config.n_positions)
+        writer.add_embedding_length(config.n_embd)
+        writer.add_block_count(n_layers)
+        writer.add_feed_forward_length(config.n_inner or 4 * config.n_embd)
+        writer.add_head_count(config.n_head)
+        writer.add_layer_norm_eps(config.layer_norm_epsilon)
+    writer.add_vocab_size(config.vocab_size)
+    _add_tokenizer(writer, tokenizer, config)
+    return writer, name_map
+
+
+def _stored_tensors(model, name_map):
+    """(HF name, GGUF name, tensor) of every tensor a GGUF file of `model` holds, in order."""
+    config = model.config
+    tied = getattr(config, "tie_word_embeddings", False)
+    for hf_name, tensor in model.state_dict().items():
+        if tied and hf_name == "lm_head.weight":
+            continue  # llama.cpp reuses token_embd for a tied head
+        if skipped_in_gguf(hf_name):
+            continue  # buffers, not weights
+        gguf_name = name_map.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        if gguf_name is None:
+            raise InvalidInput(f"GGUF export: no GGUF name for tensor {hf_name} of a {gguf_arch(config)} model")
+        yield hf_name, gguf_name, tensor
+
+
+def gguf_header_bytes(model: torch.nn.Module, tokenizer, *, name: str | None = None) -> int:
+    """Bytes before the tensor data in a GGUF file of `model`: header, metadata (the tokenizer
+    is most of it: ~1.8 MB for SmolLM2) and tensor index, padded to the data alignment. It does
+    not depend on the tensors' types, so the cost model adds it to every plan."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "header.gguf"
+        writer, name_map = _metadata_writer(path, model, tokenizer, name)
+        for _, gguf_name, tensor in _stored_tensors(model, name_map):
+            shape = tuple(tensor.shape)
+            writer.add_tensor_info(gguf_name, shape, np.dtype(np.float32), 4 * int(np.prod(shape)),
+                                   raw_dtype=gguf.GGMLQuantizationType.F32)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        writer.close()
+        size = os.path.getsize(path)
+    return gguf.GGUFWriter.ggml_pad(size, gguf.GGUF_DEFAULT_ALIGNMENT)
+
+
+def _add_tokenizer(writer, tokenizer, config) -> None:
+    """Byte-level BPE vocabulary, merges, special ids and chat template (the 'gpt2' model)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        raise InvalidInput("GGUF export needs a fast (tokenizers) tokenizer")
+    spec = json.loads(backend.to_str())
+    bpe = spec.get("model", {})
+    if bpe.get("type") != "BPE":
+        raise InvalidInput(f"GGUF export supports byte-level BPE tokenizers; this one is {bpe.get('type')}")
+    vocab: dict[str, int] = dict(bpe["vocab"])
+    special = {}
+    for tok in spec.get("added_tokens", []):
+        vocab[tok["content"]] = tok["id"]
+        special[tok["id"]] = tok.get("special", False)
+    size = max(config.vocab_size, max(vocab.values()) + 1)
+    tokens = [f"[PAD{i}]" for i in range(size)]
+    types = [5] * size  # UNUSED
+    for text, idx in vocab.items():
+        tokens[idx] = text
+        types[idx] = 3 if special.get(idx) else (4 if idx in special else 1)  # CONTROL / USER_DEFINED / NORMAL
+    merges = [m if isinstance(m, str) else " ".join(m) for m in bpe.get("merges", [])]
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    writer.add_token_merges(merges)
+    for attr, add in (("bos_token_id", writer.add_bos_token_id), ("eos_token_id", writer.add_eos_token_id),
+                      ("unk_token_id", writer.add_unk_token_id), ("pad_token_id", writer.add_pad_token_id)):
+        value = getattr(tokenizer, attr, None)
+        if value is None:
+            value = getattr(config, attr, None)
+        if isinstance(value, int):
+            add(value)
+    template = getattr(tokenizer, "chat_template", None)
+    if isinstance(template, str):
+        writer.add_chat_template(template)
+
+
+def _data_offset(path: Path) -> int:
+    return gguf.GGUFReader(str(path)).data_offset
+
+
+# --- read: de-quantise once, cache as safetensors -------------------------------------------------
+
+def _gguf_file_type(path: Path) -> str | None:
+    try:
+        reader = gguf.GGUFReader(str(path))
+        field_ = reader.fields.get("general.file_type")
+        if field_ is None:
+            return "gguf"
+        return gguf.LlamaFileType(int(field_.parts[field_.data[0]][0])).name.removeprefix("MOSTLY_")
+    except Exception:  # metadata only: never fail a load over it
+        return "gguf"
+
+
+def dequantised_cache(gguf_path: Path, model_id: str) -> Path:
+    """De-quantise a GGUF file once into a safetensors model directory in the cache."""
+    try:
+        key = f"gguf-{file_digest(gguf_path)}-v{_CACHE_VERSION}"
+    except OSError as e:
+        raise ModelLoadError(f"{gguf_path}: cannot read: {e.strerror or e}") from None
+    target = cache_dir() / "models" / key
+    if (target / "config.json").is_file() and (target / "toggle-cache.json").is_file():
+        return target
+    _check_gguf(gguf_path)
+    print(f"toggle: de-quantising {gguf_path.name} once (about half a minute); cached in {target}",
+          file=sys.stderr, flush=True)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+            model = AutoModelForCausalLM.from_pretrained(
+                str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32
+            )
+    except Exception as e:  # transformers raises many types for bad GGUF files
+        raise ModelLoadError(f"{gguf_path}: cannot load GGUF model: {one_line(e)}") from None
+    # transformers marks GGUF-loaded models as quantised and refuses save_pretrained; the
+    # weights are already plain float tensors, so the marker is dropped.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    for attr in ("is_quantized", "quantization_method"):
+        if hasattr(model, attr):
+            try:
+                setattr(model, attr, False if attr == "is_quantized" else None)
+            except AttributeError:
+                pass
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=target.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "toggle-cache.json").write_text(
+            json.dumps({"source": str(gguf_path), "model_id": model_id, "version": _CACHE_VERSION,
+                        "file_type": _gguf_file_type(gguf_path)})
+        )
+        if target.exists():  # a concurrent loader finished first; keep theirs
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def _check_gguf(path: Path) -> None:
+    """A GGUF file transformers can read: the magic bytes, a complete header, a known architecture.
+    Checked before the (slow) de-quantisation so a wrong file fails in a second with its reason."""
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError as e:
+        raise ModelLoadError(f"{path}: cannot read: {e.strerror or e}") from None
+    if magic != b"GGUF":
+        raise ModelLoadError(f"{path}: not a GGUF file (it does not start with the GGUF magic bytes); "
+                             f"expected a .gguf model file, a model directory or a built-in model")
+    try:
+        reader = gguf.GGUFReader(str(path))
+        field_ = reader.fields.get("general.architecture")
+        arch = bytes(field_.parts[field_.data[0]]).decode("utf-8", "replace") if field_ else None
+    except Exception as e:  # noqa: BLE001 - a truncated or damaged file raises many types
+        raise ModelLoadError(f"{path}: damaged or truncated GGUF file: {one_line(e)}") from None
+    try:
+        from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
+    except ImportError:  # pragma: no cover - layout of another transformers version: let it decide
+        return
+    if arch is None:
+        raise ModelLoadError(f"{path}: the GGUF file has no general.architecture field")
+    # transformers' list also holds its non-architecture sections and models without decoder blocks
+    supported = sorted(set(GGUF_SUPPORTED_ARCHITECTURES) - {"general", "tokenizer", "mamba", "t5", "umt5"})
+    if arch not in supported and arch.replace("-", "") not in supported:
+        raise ModelLoadError(f"{path}: GGUF architecture {arch!r} is not supported; expected a decoder-only "
+                             f"model of one of the architectures {', '.join(supported)}")
+
+
