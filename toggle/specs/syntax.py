@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..errors import InvalidInput, ToggleError
 from ..signals import ANSWER, SIGNALS, STEP, SignalOptions
+from . import semantics
 from .analysis import _const_signs, _horizon, _type_check
 
 OUT = "toggle_out"  # rtamt's output variable; not a valid signal, const or property name
@@ -62,17 +63,7 @@ class Property:
 
     def robustness(self, signals: dict, length: int | None = None) -> float:
         """rtamt robustness at time 0 of one trace; `signals` maps name -> sequence of floats."""
-        n = length if length is not None else len(signals[self.signals[0]]) if self.signals else 1
-        if n == 0:
-            return math.inf  # nothing to check on an empty trace (never produced by the trace stage)
-        data = {"time": list(range(n))}
-        for s in self.signals:
-            data[s] = [float(v) for v in signals[s]]
-        for c, v in self.consts.items():
-            data[c] = [v] * n
-        if n > 1:
-            return float(self._rtamt.evaluate(data)[0][1])
-        return _evaluate_one_sample(self._rtamt, data)
+        return semantics.robustness(self, signals, length)
 
 
 @dataclass
@@ -109,11 +100,7 @@ class SpecSet:
         `traces`: prompt id -> {signal -> per-step values} on the step axis; `answers`: the same
         on the answer axis, only for prompts with a gold answer.
         """
-        out: dict[str, dict[str, float]] = {}
-        for prop in self.properties:
-            source = traces if prop.axis == STEP else (answers or {})
-            out[prop.name] = {pid: prop.robustness(sig) for pid, sig in source.items()}
-        return out
+        return semantics.evaluate(self, traces, answers)
 
 
 # --- loading -------------------------------------------------------------------------------
@@ -527,20 +514,6 @@ def _parse_property(s: _Statement, file: str, consts: dict[str, Const], properti
         signals=tuple(sorted(set(used_signals))), consts={c: consts[c].value for c in sorted(set(used_consts))},
         axis=axes.pop() if axes else STEP, steps_needed=None if horizon is None else horizon + 1, _rtamt=spec,
     )
-
-
-def _evaluate_one_sample(spec, data) -> float:
-    """rtamt 0.4.10's offline evaluate() fails on a one-sample trace (an unbound variable in
-    its sampling-period check, after the robustness is computed); this is the same evaluation
-    without that check. One-step traces are common: a one-token gold answer."""
-    interpreter = spec.offline_interpreter
-    if not spec.set_ast_flag:
-        interpreter.set_ast(spec.ast)
-        spec.set_ast_flag = True
-    interpreter.set_variable_to_ast_from_dataset(data)
-    interpreter.ast.offline_results["time"] = data["time"]
-    robustness = interpreter.visitAst(interpreter.ast, 1)
-    return float(robustness[-1][0])
 
 
 def _check_interval(tokens, i, names, at, errors) -> None:
