@@ -28,8 +28,8 @@ a denominator, or used both ways) cannot be relaxed; `--relax` then fails naming
 """
 from __future__ import annotations
 
-from .syntax import (OPTIONS, OUT, Const, Property, SpecError, SpecSet, check_files, load_specs,
-                     parse_overrides, spec_files)
+from .model import Const, Property, SpecError, SpecSet
+from .syntax import OPTIONS, OUT, check_files, load_specs, parse_overrides, spec_files
 
 __all__ = ["OPTIONS", "OUT", "Const", "Property", "SpecError", "SpecSet", "check_files", "load_specs",
            "parse_overrides", "spec_files"]
