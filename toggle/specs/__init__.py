@@ -25,6 +25,11 @@ becomes eps + R|eps|; `p_ratio >= tau`: tau - ... shrinks, so tau becomes tau - 
 `not`, the left side of `implies`, subtraction and negative factors flip the sign). A const
 whose direction cannot be told (inside abs, ==, iff, xor, rise/fall, a product of signals,
 a denominator, or used both ways) cannot be relaxed; `--relax` then fails naming it.
+
+The package: syntax.py reads and checks the files and parses each property with rtamt,
+analysis.py reads the parsed formula (its type, horizon and const directions), semantics.py
+evaluates it with rtamt, and model.py holds what loading gives (SpecSet, Property, Const) and
+SpecError. This module re-exports the public names.
 """
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""Loading, checking and evaluating `.stl` spec files (the format is described in __init__.py)."""
+"""The `.stl` file format (described in __init__.py): loading files (spec_files, load_specs,
+check_files), --set / --relax (parse_overrides), const and option declarations, the per-file
+statement parser, and the per-property lexing, checking and parse with rtamt: rtamt's syntax.
+Its semantics, evaluation, are in semantics.py; the analysis of the parsed formula in analysis.py."""
 from __future__ import annotations
 
 import difflib
@@ -136,6 +139,14 @@ def _apply_overrides(parsed, overrides: dict, relax: float) -> dict[str, dict[st
     if errors:
         raise SpecError(errors)
     return out
+
+
+def _fmt_option(value) -> str:
+    if value is None:
+        return "all"
+    if isinstance(value, tuple):
+        return ",".join(f"{v[0]}:{v[1]}" if isinstance(v, tuple) else str(v) for v in value)
+    return str(value)
 
 
 # --- one file --------------------------------------------------------------------------------
@@ -557,11 +568,3 @@ def _keywords() -> set[str]:
 
 def _known_names_hint() -> str:
     return ", ".join(SIGNALS)
-
-
-def _fmt_option(value) -> str:
-    if value is None:
-        return "all"
-    if isinstance(value, tuple):
-        return ",".join(f"{v[0]}:{v[1]}" if isinstance(v, tuple) else str(v) for v in value)
-    return str(value)
