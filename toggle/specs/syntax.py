@@ -10,7 +10,11 @@ import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from antlr4 import CommonTokenStream, InputStream
+from antlr4.error.ErrorListener import ErrorListener
+
 from ..errors import InvalidInput
+from ..resources import default_specs
 from ..signals import ANSWER, SIGNALS, STEP, SignalOptions
 from .analysis import _const_signs, _horizon, _type_check
 from .model import Const, Property, SpecError, SpecSet
@@ -31,8 +35,6 @@ OPTIONS = {
 def spec_files(paths=None) -> list[Path]:
     """Expand paths (files or directories of .stl files); None means the shipped specs/."""
     if not paths:
-        from ..resources import default_specs
-
         files = default_specs()
         if not files:
             raise InvalidInput("no spec files given and the shipped specs/ directory has none")
@@ -343,8 +345,6 @@ def _layer_item(text: str):
 
 def _parse_property(s: _Statement, file: str, consts: dict[str, Const], properties: set[str],
                     directions: dict[str, set], errors: list[str], rejected: set[str] = frozenset()) -> Property | None:
-    from antlr4 import CommonTokenStream, InputStream
-
     lines = [(ln, col0) for ln, col0, _ in s.text_lines]
     formula = "\n".join(t for _, _, t in s.text_lines)
 
@@ -482,13 +482,7 @@ def _check_interval(tokens, i, names, at, errors) -> None:
         errors.append(f"{where}: reversed interval {shown}: the start must not exceed the end (e.g. [{values[1]}:{values[0]}])")
 
 
-def _listener_base():
-    from antlr4.error.ErrorListener import ErrorListener
-
-    return ErrorListener
-
-
-class _Listener(_listener_base()):
+class _Listener(ErrorListener):
     """antlr error listener that records instead of printing or raising."""
 
     def __init__(self):
@@ -509,8 +503,6 @@ class _Listener(_listener_base()):
 
 
 def _quiet_lexer(ast, text):
-    from antlr4 import InputStream
-
     lexer = ast.antrlLexerType(InputStream(text))
     lexer.removeErrorListeners()
     return lexer
@@ -537,6 +529,8 @@ def _explain(msg: str, token) -> str:
 
 
 def _new_spec():
+    # imported here, on the first parse: at module level rtamt would add about 0.1 s to
+    # `import toggle.specs`, so to every `import toggle`, and only parsing a property needs it
     import rtamt
 
     return rtamt.StlDiscreteTimeOfflineSpecification()
