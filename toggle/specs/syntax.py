@@ -1,42 +1,23 @@
-"""Stage 5, specs: `.stl` property files, checked up front and evaluated with rtamt.
-
-File format (DESIGN.md, extended compatibly):
-
-    # a comment (to the end of the line)
-    const eps = 0.1                               # a threshold --set and --relax can change
-    option hidden_layer = 0.7                     # where model-internal signals look
-    coherence = always[0:31] (jsd <= eps)         # a property: NAME = FORMULA
-    factual = always (gold_p_ratio >= 0.5)
-        and eventually (gold_logprob >= -1)       # indented lines continue the property above
-
-Formulas are rtamt discrete-time STL over the signals of toggle.signals (no declarations
-needed); time is the generation step, 0 = first generated token. Interval bounds are whole
-steps. A property's robustness on one prompt is rtamt's robustness at time 0; over a suite
-it is the minimum over prompts (per-prompt values are kept). A trace that ends (EOS) before
-a bounded operator's window does is evaluated on the steps it has.
-
-Every problem in a file is reported, as `FILE:LINE:COL: message`, before any model work;
-rtamt's own exceptions never reach the user.
-
-`--relax R` loosens every const by the fraction R, in the direction that makes the
-properties that use it easier to satisfy: the direction is the sign of d(robustness)/d(const),
-read off the formula (e.g. `jsd <= eps`: robustness = eps - jsd grows with eps, so eps
-becomes eps + R|eps|; `p_ratio >= tau`: tau - ... shrinks, so tau becomes tau - R|tau|;
-`not`, the left side of `implies`, subtraction and negative factors flip the sign). A const
-whose direction cannot be told (inside abs, ==, iff, xor, rise/fall, a product of signals,
-a denominator, or used both ways) cannot be relaxed; `--relax` then fails naming it.
-"""
+"""The `.stl` file format (described in __init__.py): loading files (spec_files, load_specs,
+check_files), --set / --relax (parse_overrides), const and option declarations, the per-file
+statement parser, and the per-property lexing, checking and parse with rtamt: rtamt's syntax.
+Its semantics, evaluation, are in semantics.py; the analysis of the parsed formula in analysis.py."""
 from __future__ import annotations
 
 import difflib
 import math
 import re
-from dataclasses import dataclass, field, replace
-from fractions import Fraction
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .errors import InvalidInput, ToggleError
-from .signals import ANSWER, SIGNALS, STEP, SignalOptions
+from antlr4 import CommonTokenStream, InputStream
+from antlr4.error.ErrorListener import ErrorListener
+
+from ..errors import InvalidInput
+from ..files import default_specs
+from ..signals import ANSWER, SIGNALS, STEP, SignalOptions
+from .analysis import _const_signs, _horizon, _type_check
+from .model import Const, Property, SpecError, SpecSet
 
 OUT = "toggle_out"  # rtamt's output variable; not a valid signal, const or property name
 _PREFIX = f"{OUT} = "
@@ -49,107 +30,11 @@ OPTIONS = {
 }
 
 
-class SpecError(ToggleError):
-    """One or more problems in spec files; the message holds every one, one per line."""
-
-    def __init__(self, errors: list[str]):
-        self.errors = errors
-        super().__init__("\n".join(errors))
-
-
-@dataclass(frozen=True)
-class Const:
-    name: str
-    value: float
-    file: str
-    line: int
-    col: int
-    direction: int | None = None  # +1: raising it loosens, -1: lowering it loosens, None: unknown
-    why_unknown: str = ""  # why the direction is unknown (for --relax errors)
-    used: bool = False
-
-
-@dataclass
-class Property:
-    """One named property, parsed by rtamt once and evaluated on any number of traces."""
-
-    name: str
-    formula: str  # source text, consts by name
-    file: str
-    line: int
-    signals: tuple[str, ...]
-    consts: dict[str, float]  # the values this property's consts have after --set / --relax
-    axis: str  # signals.STEP or signals.ANSWER
-    steps_needed: int | None  # steps of trace the formula looks at from time 0 (None: all of it)
-    _rtamt: object = field(repr=False, default=None)
-
-    @property
-    def where(self) -> str:
-        return f"{self.file}:{self.line}"
-
-    def robustness(self, signals: dict, length: int | None = None) -> float:
-        """rtamt robustness at time 0 of one trace; `signals` maps name -> sequence of floats."""
-        n = length if length is not None else len(signals[self.signals[0]]) if self.signals else 1
-        if n == 0:
-            return math.inf  # nothing to check on an empty trace (never produced by the trace stage)
-        data = {"time": list(range(n))}
-        for s in self.signals:
-            data[s] = [float(v) for v in signals[s]]
-        for c, v in self.consts.items():
-            data[c] = [v] * n
-        if n > 1:
-            return float(self._rtamt.evaluate(data)[0][1])
-        return _evaluate_one_sample(self._rtamt, data)
-
-
-@dataclass
-class SpecSet:
-    files: tuple[str, ...]
-    properties: list[Property]
-    consts: dict[str, dict[str, Const]]  # file -> name -> const (values after --set / --relax)
-    options: SignalOptions = SignalOptions()
-
-    @property
-    def names(self) -> list[str]:
-        return [p.name for p in self.properties]
-
-    @property
-    def signals(self) -> list[str]:
-        return sorted({s for p in self.properties for s in p.signals})
-
-    @property
-    def needs(self) -> frozenset[str]:
-        """What the trace must cache: a subset of logprobs, attention, hidden, gold."""
-        return frozenset(SIGNALS[s].needs for s in self.signals)
-
-    @property
-    def steps_needed(self) -> int | None:
-        """Steps of generation the step-axis properties look at (None: no bound, use the default)."""
-        step_props = [p for p in self.properties if p.axis == STEP]
-        if not step_props or any(p.steps_needed is None for p in step_props):
-            return None
-        return max(p.steps_needed for p in step_props)
-
-    def evaluate(self, traces: dict[str, dict], answers: dict[str, dict] | None = None) -> dict[str, dict[str, float]]:
-        """Robustness per property per prompt.
-
-        `traces`: prompt id -> {signal -> per-step values} on the step axis; `answers`: the same
-        on the answer axis, only for prompts with a gold answer.
-        """
-        out: dict[str, dict[str, float]] = {}
-        for prop in self.properties:
-            source = traces if prop.axis == STEP else (answers or {})
-            out[prop.name] = {pid: prop.robustness(sig) for pid, sig in source.items()}
-        return out
-
-
 # --- loading -------------------------------------------------------------------------------
 
 def spec_files(paths=None) -> list[Path]:
     """Expand paths (files or directories of .stl files); None means the shipped specs/."""
     if not paths:
-        from .files import default_specs
-
         files = default_specs()
         if not files:
             raise InvalidInput("no spec files given and the shipped specs/ directory has none")
@@ -177,8 +62,8 @@ def load_specs(paths=None, overrides: dict | None = None, relax: float = 0.0) ->
     Raises SpecError (exit 2) listing every problem of every file as FILE:LINE:COL: message.
     """
     files = spec_files(paths)
-    if isinstance(relax, bool) or not isinstance(relax, (int, float)) or not (0.0 <= relax <= 1.0):
-        raise InvalidInput(f"--relax {relax!r}: expected a fraction between 0 and 1 (e.g. 0.1)")
+    if isinstance(relax, bool) or not isinstance(relax, (int, float)) or not (0.0 <= relax < 1.0):
+        raise InvalidInput(f"--relax: {relax} is not valid; expected a fraction in [0, 1), e.g. 0.1")
     errors: list[str] = []
     parsed = [_parse_file(f, errors) for f in files]
     seen: dict[str, str] = {}
@@ -256,6 +141,14 @@ def _apply_overrides(parsed, overrides: dict, relax: float) -> dict[str, dict[st
     if errors:
         raise SpecError(errors)
     return out
+
+
+def _fmt_option(value) -> str:
+    if value is None:
+        return "all"
+    if isinstance(value, tuple):
+        return ",".join(f"{v[0]}:{v[1]}" if isinstance(v, tuple) else str(v) for v in value)
+    return str(value)
 
 
 # --- one file --------------------------------------------------------------------------------
@@ -452,8 +345,6 @@ def _layer_item(text: str):
 
 def _parse_property(s: _Statement, file: str, consts: dict[str, Const], properties: set[str],
                     directions: dict[str, set], errors: list[str], rejected: set[str] = frozenset()) -> Property | None:
-    from antlr4 import CommonTokenStream, InputStream
-
     lines = [(ln, col0) for ln, col0, _ in s.text_lines]
     formula = "\n".join(t for _, _, t in s.text_lines)
 
@@ -556,20 +447,6 @@ def _parse_property(s: _Statement, file: str, consts: dict[str, Const], properti
     )
 
 
-def _evaluate_one_sample(spec, data) -> float:
-    """rtamt 0.4.10's offline evaluate() fails on a one-sample trace (an unbound variable in
-    its sampling-period check, after the robustness is computed); this is the same evaluation
-    without that check. One-step traces are common: a one-token gold answer."""
-    interpreter = spec.offline_interpreter
-    if not spec.set_ast_flag:
-        interpreter.set_ast(spec.ast)
-        spec.set_ast_flag = True
-    interpreter.set_variable_to_ast_from_dataset(data)
-    interpreter.ast.offline_results["time"] = data["time"]
-    robustness = interpreter.visitAst(interpreter.ast, 1)
-    return float(robustness[-1][0])
-
-
 def _check_interval(tokens, i, names, at, errors) -> None:
     """tokens[i] is '['; expect INT ':' INT ']' with start <= end."""
     where = at(tokens[i].line, tokens[i].column)
@@ -605,13 +482,7 @@ def _check_interval(tokens, i, names, at, errors) -> None:
         errors.append(f"{where}: reversed interval {shown}: the start must not exceed the end (e.g. [{values[1]}:{values[0]}])")
 
 
-def _listener_base():
-    from antlr4.error.ErrorListener import ErrorListener
-
-    return ErrorListener
-
-
-class _Listener(_listener_base()):
+class _Listener(ErrorListener):
     """antlr error listener that records instead of printing or raising."""
 
     def __init__(self):
@@ -632,8 +503,6 @@ class _Listener(_listener_base()):
 
 
 def _quiet_lexer(ast, text):
-    from antlr4 import InputStream
-
     lexer = ast.antrlLexerType(InputStream(text))
     lexer.removeErrorListeners()
     return lexer
@@ -660,6 +529,8 @@ def _explain(msg: str, token) -> str:
 
 
 def _new_spec():
+    # imported here, on the first parse: at module level rtamt would add about 0.1 s to
+    # `import toggle.specs`, so to every `import toggle`, and only parsing a property needs it
     import rtamt
 
     return rtamt.StlDiscreteTimeOfflineSpecification()
@@ -691,109 +562,3 @@ def _keywords() -> set[str]:
 
 def _known_names_hint() -> str:
     return ", ".join(SIGNALS)
-
-
-# --- AST analysis ----------------------------------------------------------------------------
-
-def _cls(node) -> str:
-    return type(node).__name__
-
-
-_NUMERIC = {"Variable", "Constant", "Abs", "Addition", "Subtraction", "Multiplication", "Division", "Exp",
-            "Pow", "Sqrt"}
-
-
-def _type_check(node) -> str | None:
-    """A property must be a condition: comparisons combined by logic and temporal operators."""
-    name = _cls(node)
-    if name in _NUMERIC:
-        return (f"the formula is a number ({node.name}), not a condition; compare it, e.g. "
-                f"`always[0:31] (jsd <= 0.1)`")
-    if name == "Predicate":
-        return None
-    for child in node.children:
-        if _cls(child) in _NUMERIC:
-            return (f"`{child.name}` is a number where a condition is expected; compare it, "
-                    f"e.g. ({child.name} <= 0.1)")
-        problem = _type_check(child)
-        if problem:
-            return problem
-    return None
-
-
-def _horizon(node) -> int | None:
-    """How many steps after time 0 the formula reads (None: unbounded)."""
-    name = _cls(node)
-    kids = [_horizon(c) for c in node.children]
-    if any(k is None for k in kids):
-        return None
-    inner = max(kids, default=0)
-    if name in ("Always", "Eventually", "Until"):
-        return None
-    if name in ("TimedAlways", "TimedEventually", "TimedUntil", "TimedPrecedes"):
-        return int(Fraction(node.end)) + inner
-    if name in ("Next", "StrongNext"):
-        return 1 + inner
-    return inner  # atoms, logic, and past operators (they read earlier steps only)
-
-
-_FLIP_LOGIC = {"Neg"}
-_AMBIGUOUS = {"Iff": "iff", "Xor": "xor", "Rise": "rise", "Fall": "fall", "Abs": "abs()", "Pow": "pow()"}
-
-
-def _const_signs(node, consts: set[str], sign: int | None = 1, why: str = ""):
-    """Yield (const, sign of d robustness / d const or None, reason) for every occurrence."""
-    name = _cls(node)
-    if name == "Variable":
-        if node.var in consts:
-            yield node.var, sign, why
-        return
-    if name == "Constant":
-        return
-    if sign is not None and name in _AMBIGUOUS:
-        sign, why = None, f"it is used inside {_AMBIGUOUS[name]}"
-    kids = node.children
-    if name == "Predicate":
-        op = str(node.operator)
-        if op in ("==", "!="):
-            signs = (None, None)
-        elif op.startswith("<"):  # a <= b: robustness b - a
-            signs = (-1, 1)
-        else:  # a >= b: robustness a - b
-            signs = (1, -1)
-        for child, s in zip(kids, signs):
-            yield from _const_signs(child, consts, None if sign is None or s is None else sign * s,
-                                    why or "it is compared with == or !==")
-        return
-    if name in _FLIP_LOGIC:
-        yield from _const_signs(kids[0], consts, None if sign is None else -sign, why)
-        return
-    if name == "Implies":
-        yield from _const_signs(kids[0], consts, None if sign is None else -sign, why)
-        yield from _const_signs(kids[1], consts, sign, why)
-        return
-    if name == "Subtraction":
-        yield from _const_signs(kids[0], consts, sign, why)
-        yield from _const_signs(kids[1], consts, None if sign is None else -sign, why)
-        return
-    if name in ("Multiplication", "Division"):
-        for i, child in enumerate(kids):
-            other = kids[1 - i]
-            if _cls(other) == "Constant" and not (name == "Division" and i == 1) and other.val != 0:
-                s = None if sign is None else sign * (1 if other.val > 0 else -1)
-                yield from _const_signs(child, consts, s, why)
-            else:
-                yield from _const_signs(child, consts, None,
-                                        why or "it is multiplied or divided by a signal, or is a denominator")
-        return
-    # and, or, temporal operators, addition, exp, sqrt keep the direction
-    for child in kids:
-        yield from _const_signs(child, consts, sign, why)
-
-
-def _fmt_option(value) -> str:
-    if value is None:
-        return "all"
-    if isinstance(value, tuple):
-        return ",".join(f"{v[0]}:{v[1]}" if isinstance(v, tuple) else str(v) for v in value)
-    return str(value)

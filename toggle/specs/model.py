@@ -1,0 +1,89 @@
+"""What loading spec files gives: SpecSet (the properties, consts and signal options of a set of
+files), Property, Const, and SpecError for the problems found instead."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..errors import ToggleError
+from ..signals import SIGNALS, STEP, SignalOptions
+from . import semantics
+
+
+class SpecError(ToggleError):
+    """One or more problems in spec files; the message holds every one, one per line."""
+
+    def __init__(self, errors: list[str]):
+        self.errors = errors
+        super().__init__("\n".join(errors))
+
+
+@dataclass(frozen=True)
+class Const:
+    name: str
+    value: float
+    file: str
+    line: int
+    col: int
+    direction: int | None = None  # +1: raising it loosens, -1: lowering it loosens, None: unknown
+    why_unknown: str = ""  # why the direction is unknown (for --relax errors)
+    used: bool = False
+
+
+@dataclass
+class Property:
+    """One named property, parsed by rtamt once and evaluated on any number of traces."""
+
+    name: str
+    formula: str  # source text, consts by name
+    file: str
+    line: int
+    signals: tuple[str, ...]
+    consts: dict[str, float]  # the values this property's consts have after --set / --relax
+    axis: str  # signals.STEP or signals.ANSWER
+    steps_needed: int | None  # steps of trace the formula looks at from time 0 (None: all of it)
+    _rtamt: object = field(repr=False, default=None)
+
+    @property
+    def where(self) -> str:
+        return f"{self.file}:{self.line}"
+
+    def robustness(self, signals: dict, length: int | None = None) -> float:
+        """rtamt robustness at time 0 of one trace; `signals` maps name -> sequence of floats."""
+        return semantics.robustness(self, signals, length)
+
+
+@dataclass
+class SpecSet:
+    files: tuple[str, ...]
+    properties: list[Property]
+    consts: dict[str, dict[str, Const]]  # file -> name -> const (values after --set / --relax)
+    options: SignalOptions = SignalOptions()
+
+    @property
+    def names(self) -> list[str]:
+        return [p.name for p in self.properties]
+
+    @property
+    def signals(self) -> list[str]:
+        return sorted({s for p in self.properties for s in p.signals})
+
+    @property
+    def needs(self) -> frozenset[str]:
+        """What the trace must cache: a subset of logprobs, attention, hidden, gold."""
+        return frozenset(SIGNALS[s].needs for s in self.signals)
+
+    @property
+    def steps_needed(self) -> int | None:
+        """Steps of generation the step-axis properties look at (None: no bound, use the default)."""
+        step_props = [p for p in self.properties if p.axis == STEP]
+        if not step_props or any(p.steps_needed is None for p in step_props):
+            return None
+        return max(p.steps_needed for p in step_props)
+
+    def evaluate(self, traces: dict[str, dict], answers: dict[str, dict] | None = None) -> dict[str, dict[str, float]]:
+        """Robustness per property per prompt.
+
+        `traces`: prompt id -> {signal -> per-step values} on the step axis; `answers`: the same
+        on the answer axis, only for prompts with a gold answer.
+        """
+        return semantics.evaluate(self, traces, answers)

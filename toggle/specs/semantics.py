@@ -1,0 +1,46 @@
+"""Evaluation with rtamt: the robustness of a parsed property on one trace, of a spec set per
+property per prompt, and the one-sample workaround (rtamt's semantics; the parse, rtamt's
+syntax, is in syntax.py)."""
+from __future__ import annotations
+
+import math
+
+from ..signals import STEP
+
+
+def robustness(prop, signals: dict, length: int | None = None) -> float:
+    """Property.robustness: rtamt robustness at time 0 of one trace of `prop`."""
+    n = length if length is not None else len(signals[prop.signals[0]]) if prop.signals else 1
+    if n == 0:
+        return math.inf  # nothing to check on an empty trace (never produced by the trace stage)
+    data = {"time": list(range(n))}
+    for s in prop.signals:
+        data[s] = [float(v) for v in signals[s]]
+    for c, v in prop.consts.items():
+        data[c] = [v] * n
+    if n > 1:
+        return float(prop._rtamt.evaluate(data)[0][1])
+    return _evaluate_one_sample(prop._rtamt, data)
+
+
+def evaluate(specs, traces: dict[str, dict], answers: dict[str, dict] | None = None) -> dict[str, dict[str, float]]:
+    """SpecSet.evaluate: robustness per property of `specs` per prompt."""
+    out: dict[str, dict[str, float]] = {}
+    for prop in specs.properties:
+        source = traces if prop.axis == STEP else (answers or {})
+        out[prop.name] = {pid: prop.robustness(sig) for pid, sig in source.items()}
+    return out
+
+
+def _evaluate_one_sample(spec, data) -> float:
+    """rtamt 0.4.10's offline evaluate() fails on a one-sample trace (an unbound variable in
+    its sampling-period check, after the robustness is computed); this is the same evaluation
+    without that check. One-step traces are common: a one-token gold answer."""
+    interpreter = spec.offline_interpreter
+    if not spec.set_ast_flag:
+        interpreter.set_ast(spec.ast)
+        spec.set_ast_flag = True
+    interpreter.set_variable_to_ast_from_dataset(data)
+    interpreter.ast.offline_results["time"] = data["time"]
+    robustness = interpreter.visitAst(interpreter.ast, 1)
+    return float(robustness[-1][0])
