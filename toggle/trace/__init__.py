@@ -30,11 +30,11 @@ from pathlib import Path
 
 import torch
 
-from .atomic import atomic_path
-from .errors import InvalidInput, ToggleError
-from .modules import find_blocks
-from .prompts import EncodedPrompt, PromptSuite, encode
-from .signals import ATTENTION, GOLD, HIDDEN, LOGPROBS, SignalOptions
+from ..atomic import atomic_path
+from ..errors import InvalidInput, ToggleError
+from ..modules import find_blocks
+from ..prompts import EncodedPrompt, PromptSuite, encode
+from ..signals import ATTENTION, GOLD, HIDDEN, LOGPROBS, SignalOptions
 
 log = logging.getLogger(__name__)
 
@@ -481,7 +481,7 @@ def _capturing(model, capture: _AttentionCapture | None):
 # --- disk cache ---------------------------------------------------------------------------------
 
 def _trace_dir() -> Path:
-    from .load import cache_dir
+    from ..load import cache_dir
 
     return cache_dir() / "traces"
 
