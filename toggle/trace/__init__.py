@@ -34,23 +34,18 @@ from ..modules import find_blocks
 from ..prompts import EncodedPrompt, PromptSuite, encode
 from ..signals import ATTENTION, GOLD, HIDDEN, LOGPROBS, SignalOptions
 from .capture import _AttentionCapture, _capturing
+from .generate import DEFAULT_STEPS, GenerationSettings, generate_paths
+from .padding import _left_pad
 
 log = logging.getLogger(__name__)
 
 TRACE_VERSION = 1
-DEFAULT_STEPS = 32  # when no property bounds the steps it reads (e.g. an unbounded `always`)
 # Padded tokens per forward batch. On a 2-core CPU 512 measured fastest for SmolLM2-135M over
 # the default suite (7.0 s vs 8.3 s one sequence at a time and 12.8 s at 2048: large batches
 # make the (batch, steps, vocabulary) logits tensors memory-bound).
 DEFAULT_BATCH_TOKENS = 512
 _MEMORY: dict[str, "Trace"] = {}
 _MEMORY_LIMIT = 4
-
-
-@dataclass(frozen=True)
-class GenerationSettings:
-    steps: int = DEFAULT_STEPS  # at most this many generated tokens per prompt
-    stop_at_eos: bool = True  # a continuation ends at (and includes) the end-of-sequence token
 
 
 @dataclass(frozen=True)
@@ -267,38 +262,6 @@ def _where(steps, bad: torch.Tensor) -> str:
     return "?"
 
 
-# --- generation ---------------------------------------------------------------------------
-
-def generate_paths(model, tokenizer, encoded: list[EncodedPrompt], settings: GenerationSettings,
-                   *, batch_size: int = 8) -> list[tuple[int, ...]]:
-    """Greedy continuations (token ids, ending with EOS when the model stopped)."""
-    from transformers import GenerationConfig
-
-    eos = model.generation_config.eos_token_id
-    if eos is None:
-        eos = tokenizer.eos_token_id
-    eos_ids = set(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (min(eos_ids) if eos_ids else 0)
-    config = GenerationConfig(
-        max_new_tokens=settings.steps, do_sample=False, pad_token_id=pad,
-        eos_token_id=sorted(eos_ids) if settings.stop_at_eos and eos_ids else None,
-        min_new_tokens=None if settings.stop_at_eos else settings.steps,
-    )
-    device = next(model.parameters()).device
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].ids))
-    out: dict[int, tuple[int, ...]] = {}
-    with torch.no_grad():
-        for b in range(0, len(order), batch_size):
-            idx = order[b:b + batch_size]
-            ids, mask, _ = _left_pad([encoded[i].ids for i in idx], pad, device)
-            generated = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
-            for row, i in enumerate(idx):
-                new = generated[row, ids.shape[1]:].tolist()
-                stop = next((k for k, t in enumerate(new) if t in eos_ids), None) if settings.stop_at_eos else None
-                out[i] = tuple(new[: stop + 1] if stop is not None else new)
-    return [out[i] for i in range(len(encoded))]
-
-
 # --- one teacher-forced pass -----------------------------------------------------------------
 
 @dataclass
@@ -395,18 +358,6 @@ def _batches(seqs: list[_Sequence], batch_tokens: int):
         batch.append(s)
     if batch:
         yield batch
-
-
-def _left_pad(rows, pad: int, device):
-    length = max(len(r) for r in rows)
-    ids = torch.full((len(rows), length), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), length), dtype=torch.long)
-    pads = []
-    for i, r in enumerate(rows):
-        ids[i, length - len(r):] = torch.tensor(r, dtype=torch.long)
-        mask[i, length - len(r):] = 1
-        pads.append(length - len(r))
-    return ids.to(device), mask.to(device), pads
 
 
 # --- disk cache ---------------------------------------------------------------------------------
