@@ -21,27 +21,22 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
 
-from ..atomic import atomic_path
 from ..errors import InvalidInput, ToggleError
 from ..prompts import EncodedPrompt, PromptSuite, encode
 from ..signals import GOLD, LOGPROBS, SignalOptions
+from .cache import DEFAULT_CACHE, TraceCache
 from .generate import DEFAULT_STEPS, GenerationSettings, generate_paths
 from .padding import _left_pad
 from .score import (DEFAULT_BATCH_TOKENS, StepOutputs, TokenPath, _batches, _Sequence, check_outputs, resolve_options,
                     score_paths)
 
-log = logging.getLogger(__name__)
-
 TRACE_VERSION = 1
-_MEMORY: dict[str, "Trace"] = {}
-_MEMORY_LIMIT = 4
 
 
 @dataclass
@@ -79,13 +74,17 @@ class Trace:
 def build_trace(loaded, suite: PromptSuite, specs=None, *, split: str = "calibration",
                 steps: int | None = None, needs=None, options: SignalOptions | None = None,
                 stop_at_eos: bool = True, batch_tokens: int = DEFAULT_BATCH_TOKENS,
-                use_cache: bool = True) -> Trace:
+                use_cache: bool = True, cache: TraceCache | None = None) -> Trace:
     """Generate (once) and score (once) the base model on a split of the suite.
 
     `specs` (a SpecSet) supplies needs, options and the steps its properties read; `steps`,
     `needs` and `options` override it. Cached on disk and in memory; a second call with the
     same inputs does no model work. The model must hold its base weights (call
     `applier.restore()` first if a plan was applied): the cache key is the model's fingerprint.
+
+    `cache` is where traces are looked up and stored; None means the process-wide
+    DEFAULT_CACHE (memory shared by every caller, files under cache_dir()/traces). Pass your
+    own TraceCache for isolation. `use_cache=False` neither reads nor writes any cache.
     """
     chosen = suite.split(split)
     if len(chosen) == 0:
@@ -110,22 +109,22 @@ def build_trace(loaded, suite: PromptSuite, specs=None, *, split: str = "calibra
     score_key = _key({"paths": path_key, "needs": sorted(needs), "options": asdict(resolved),
                       "device": device.type, "dtype": str(dtype), "batch_tokens": batch_tokens,
                       "torch": torch.__version__, "transformers": _transformers_version()})
-    if use_cache and score_key in _MEMORY:
-        return _MEMORY[score_key]
+    cache = cache if cache is not None else DEFAULT_CACHE
+    if use_cache:
+        hit = cache.get(score_key)
+        if hit is not None:
+            return hit
 
-    directory = _trace_dir()
-    path_file = directory / f"paths-{path_key}.safetensors"
-    score_file = directory / f"scores-{score_key}.safetensors"
     timings = {"generate": 0.0, "score": 0.0}
-    tokens = _read_paths(path_file, encoded) if use_cache else None
+    tokens = cache.read_paths(path_key, encoded) if use_cache else None
     if tokens is None:
         start = time.perf_counter()
         tokens = generate_paths(model, tokenizer, encoded, settings)
         timings["generate"] = time.perf_counter() - start
         if use_cache:
-            _write_paths(path_file, encoded, tokens, settings)
+            cache.write_paths(path_key, encoded, tokens, settings)
     paths = [TokenPath(e.prompt.id, e.ids, e.content, t, e.answer_ids) for e, t in zip(encoded, tokens)]
-    base = _read_scores(score_file, paths, needs) if use_cache else None
+    base = cache.read_scores(score_key, paths) if use_cache else None
     if base is None:
         start = time.perf_counter()
         base = score_paths(model, paths, needs, resolved, batch_tokens=batch_tokens)
@@ -134,13 +133,11 @@ def build_trace(loaded, suite: PromptSuite, specs=None, *, split: str = "calibra
         if problem:
             raise ToggleError(f"{loaded.model_id}: the base model itself gives {problem}; cannot build a trace")
         if use_cache:
-            _write_scores(score_file, base)
+            cache.write_scores(score_key, base)
     trace = Trace(score_key, loaded.model_id, split, settings, needs, resolved, paths, base, batch_tokens,
-                  timings, (path_file, score_file) if use_cache else ())
+                  timings, (cache.paths_file(path_key), cache.scores_file(score_key)) if use_cache else ())
     if use_cache:
-        while len(_MEMORY) >= _MEMORY_LIMIT:
-            _MEMORY.pop(next(iter(_MEMORY)))
-        _MEMORY[score_key] = trace
+        cache.put(trace)
     return trace
 
 
@@ -161,14 +158,6 @@ def encode_suite(suite: PromptSuite, tokenizer) -> list[EncodedPrompt]:
     return [encode(p, tokenizer) for p in suite]
 
 
-# --- disk cache ---------------------------------------------------------------------------------
-
-def _trace_dir() -> Path:
-    from ..load import cache_dir
-
-    return cache_dir() / "traces"
-
-
 def _key(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
@@ -186,62 +175,3 @@ def _template_hash(tokenizer) -> str:
 def _device_dtype(model):
     p = next(model.parameters())
     return p.device, p.dtype
-
-
-def _write_paths(path: Path, encoded, tokens, settings) -> None:
-    from safetensors.torch import save_file
-
-    flat = torch.tensor([t for seq in tokens for t in seq], dtype=torch.long)
-    meta = {"prompt_ids": json.dumps([e.prompt.id for e in encoded]),
-            "lengths": json.dumps([len(t) for t in tokens]), "settings": json.dumps(asdict(settings))}
-    with atomic_path(path) as tmp:
-        save_file({"tokens": flat}, str(tmp), metadata=meta)
-
-
-def _read_paths(path: Path, encoded) -> list[tuple[int, ...]] | None:
-    from safetensors import safe_open
-
-    if not path.is_file():
-        return None
-    try:
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata()
-            flat = f.get_tensor("tokens").tolist()
-        ids, lengths = json.loads(meta["prompt_ids"]), json.loads(meta["lengths"])
-    except Exception as e:  # a damaged cache file is rebuilt, never trusted
-        log.warning("ignoring unreadable trace cache %s: %s", path, e)
-        return None
-    if ids != [e.prompt.id for e in encoded] or sum(lengths) != len(flat):
-        return None
-    out, at = [], 0
-    for n in lengths:
-        out.append(tuple(flat[at:at + n]))
-        at += n
-    return out
-
-
-def _write_scores(path: Path, scores: StepOutputs) -> None:
-    from safetensors.torch import save_file
-
-    meta = {"steps": json.dumps(list(scores.steps)), "answer_steps": json.dumps(list(scores.answer_steps))}
-    with atomic_path(path) as tmp:
-        save_file(scores.tensors(), str(tmp), metadata=meta)
-
-
-def _read_scores(path: Path, paths: list[TokenPath], needs) -> StepOutputs | None:
-    from safetensors.torch import load_file
-    from safetensors import safe_open
-
-    if not path.is_file():
-        return None
-    try:
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata()
-        tensors = load_file(str(path))
-        out = StepOutputs(tuple(json.loads(meta["steps"])), tuple(json.loads(meta["answer_steps"])), **tensors)
-    except Exception as e:
-        log.warning("ignoring unreadable trace cache %s: %s", path, e)
-        return None
-    if out.steps != tuple(len(p.tokens) for p in paths):
-        return None
-    return out
