@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import toggle.trace as trace_mod
+import toggle.trace.build as build_mod
 from toggle.errors import ToggleError
 from toggle.load import load_model
 from toggle.modules import find_blocks
@@ -94,8 +95,8 @@ def test_cache_in_memory_and_on_disk(tiny, monkeypatch):
         raise AssertionError("base work repeated")
 
     with monkeypatch.context() as m:
-        m.setattr(trace_mod, "generate_paths", no_model_work)
-        m.setattr(trace_mod, "score_paths", no_model_work)
+        m.setattr(build_mod, "generate_paths", no_model_work)
+        m.setattr(build_mod, "score_paths", no_model_work)
         again = build_trace(tiny, suite, steps=4, needs=ALL, options=OPTIONS)
     assert again.timings == {"generate": 0.0, "score": 0.0}
     assert again.key == first.key and [p.tokens for p in again.paths] == [p.tokens for p in first.paths]
@@ -104,7 +105,7 @@ def test_cache_in_memory_and_on_disk(tiny, monkeypatch):
 
     # other needs: paths are reused (no generation), scores are new
     with monkeypatch.context() as m:
-        m.setattr(trace_mod, "generate_paths", no_model_work)
+        m.setattr(build_mod, "generate_paths", no_model_work)
         other = build_trace(tiny, suite, steps=4, needs={"logprobs"}, options=OPTIONS)
     assert other.key != first.key and other.timings["score"] > 0
     # other steps or prompts: new paths
