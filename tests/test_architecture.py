@@ -28,10 +28,15 @@ def _imports(name: str, path: Path, modules: dict[str, Path]):
     tree = ast.parse(path.read_text(), str(path))
     package = name if _is_package(name, modules) else name.rpartition(".")[0]
     inside: set[int] = set()
+    typing_only: set[int] = set()  # under `if TYPE_CHECKING:`: never executed, no cycle at run time
     for node in ast.walk(tree):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
             inside.update(id(n) for n in ast.walk(node) if n is not node)
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            typing_only.update(id(n) for n in ast.walk(node))
     for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
         targets = []
         if isinstance(node, ast.Import):
             targets = [a.name for a in node.names]

@@ -162,7 +162,7 @@ SUITE = Path(__file__).parent / "data" / "suite.yaml"  # 8 calibration prompts: 
 @pytest.mark.integration
 def test_builtin_model_unmodified_and_8bit_pass_3bit_fails(builtin_model, tmp_path, monkeypatch):
     monkeypatch.setenv("TOGGLE_CACHE_DIR", str(tmp_path))
-    trace_mod._MEMORY.clear()
+    trace_mod.DEFAULT_CACHE.clear()
     specs = load_specs(default_specs())
     trace = build_trace(builtin_model, load_prompts(SUITE), specs)
     assert len(trace.paths) == 8 and trace.settings.steps == 32

@@ -1,16 +1,19 @@
 """Trace: greedy paths, one teacher-forced pass reproducing plain forwards, attention and
 hidden capture against transformers' own outputs, and the memory / disk cache."""
+from types import SimpleNamespace
+
 import pytest
 import torch
 
 import toggle.trace as trace_mod
+import toggle.trace.build as build_mod
 from toggle.errors import ToggleError
 from toggle.load import load_model
 from toggle.modules import find_blocks
 from toggle.prompts import suite_from_records
 from toggle.signals import SignalOptions
-from toggle.trace import (GenerationSettings, TokenPath, build_trace, encode_suite, generate_paths, score_paths,
-                          trace_along)
+from toggle.trace import (GenerationSettings, TokenPath, TraceCache, build_trace, encode_suite, generate_paths,
+                          score_paths, trace_along)
 
 ALL = {"logprobs", "attention", "hidden", "gold"}
 RECORDS = [
@@ -30,9 +33,9 @@ def tiny(request, tiny_llama_dir, tiny_gpt2_dir):
 @pytest.fixture(autouse=True)
 def fresh_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("TOGGLE_CACHE_DIR", str(tmp_path / "cache"))
-    trace_mod._MEMORY.clear()
+    trace_mod.DEFAULT_CACHE.clear()
     yield
-    trace_mod._MEMORY.clear()
+    trace_mod.DEFAULT_CACHE.clear()
 
 
 def test_paths_are_greedy_and_stop_at_eos(tiny):
@@ -86,14 +89,14 @@ def test_cache_in_memory_and_on_disk(tiny, monkeypatch):
     first = build_trace(tiny, suite, steps=4, needs=ALL, options=OPTIONS)
     assert first.timings["generate"] > 0 and all(f.is_file() for f in first.files)
     assert build_trace(tiny, suite, steps=4, needs=ALL, options=OPTIONS) is first
-    trace_mod._MEMORY.clear()
+    trace_mod.DEFAULT_CACHE.clear()
 
     def no_model_work(*a, **k):
         raise AssertionError("base work repeated")
 
     with monkeypatch.context() as m:
-        m.setattr(trace_mod, "generate_paths", no_model_work)
-        m.setattr(trace_mod, "score_paths", no_model_work)
+        m.setattr(build_mod, "generate_paths", no_model_work)
+        m.setattr(build_mod, "score_paths", no_model_work)
         again = build_trace(tiny, suite, steps=4, needs=ALL, options=OPTIONS)
     assert again.timings == {"generate": 0.0, "score": 0.0}
     assert again.key == first.key and [p.tokens for p in again.paths] == [p.tokens for p in first.paths]
@@ -102,7 +105,7 @@ def test_cache_in_memory_and_on_disk(tiny, monkeypatch):
 
     # other needs: paths are reused (no generation), scores are new
     with monkeypatch.context() as m:
-        m.setattr(trace_mod, "generate_paths", no_model_work)
+        m.setattr(build_mod, "generate_paths", no_model_work)
         other = build_trace(tiny, suite, steps=4, needs={"logprobs"}, options=OPTIONS)
     assert other.key != first.key and other.timings["score"] > 0
     # other steps or prompts: new paths
@@ -116,10 +119,46 @@ def test_damaged_cache_is_rebuilt(tiny):
     first = build_trace(tiny, suite, steps=3, needs={"logprobs"})
     for f in first.files:
         f.write_bytes(b"not safetensors")
-    trace_mod._MEMORY.clear()
+    trace_mod.DEFAULT_CACHE.clear()
     again = build_trace(tiny, suite, steps=3, needs={"logprobs"})
     assert again.timings["generate"] > 0
     assert torch.equal(again.base.logprobs, first.base.logprobs)
+
+
+def test_own_cache_is_isolated_from_the_default(tiny, tmp_path):
+    suite = suite_from_records(RECORDS)
+    own = TraceCache(tmp_path / "own", memory_limit=1)
+    first = build_trace(tiny, suite, steps=3, needs={"logprobs"}, cache=own)
+    assert first.key in own and len(own) == 1 and len(trace_mod.DEFAULT_CACHE) == 0
+    assert [f.parent for f in first.files] == [tmp_path / "own"] * 2 and all(f.is_file() for f in first.files)
+    assert first.files[0].name.startswith("paths-") and first.files[1].name == f"scores-{first.key}.safetensors"
+    assert build_trace(tiny, suite, steps=3, needs={"logprobs"}, cache=own) is first
+    # the default cache holds neither the trace nor its files: it builds the same one again
+    default = build_trace(tiny, suite, steps=3, needs={"logprobs"})
+    assert default is not first and default.key == first.key and default.timings["generate"] > 0
+    assert torch.equal(default.base.logprobs, first.base.logprobs)
+    # a full memory drops the trace stored first; its files stay and are read back
+    second = build_trace(tiny, suite, steps=2, needs={"logprobs"}, cache=own)
+    assert second.key in own and first.key not in own and len(own) == 1
+    again = build_trace(tiny, suite, steps=3, needs={"logprobs"}, cache=own)
+    assert again is not first and again.timings == {"generate": 0.0, "score": 0.0}
+    own.clear()
+    assert len(own) == 0 and all(f.is_file() for f in first.files)
+    # use_cache=False neither reads nor writes the cache it is given
+    unused = TraceCache(tmp_path / "unused")
+    assert build_trace(tiny, suite, steps=3, needs={"logprobs"}, use_cache=False, cache=unused).files == ()
+    assert len(unused) == 0 and not unused.directory.exists()
+
+
+def test_cache_memory_drops_the_trace_stored_first(tmp_path):
+    cache = TraceCache(tmp_path / "own", memory_limit=2)
+    a, b, c = (SimpleNamespace(key=k) for k in "abc")
+    cache.put(a)
+    cache.put(b)
+    assert cache.get("a") is a and cache.get("x") is None
+    cache.put(c)  # a was stored first: it goes, although it was read last
+    assert "a" not in cache and cache.get("b") is b and cache.get("c") is c
+    assert TraceCache().directory == tmp_path / "cache" / "traces"  # $TOGGLE_CACHE_DIR (fixture), read at use
 
 
 def test_subset_and_trace_along(tiny):

@@ -1,0 +1,47 @@
+"""Greedy generation of each prompt's continuation: the token paths the signals are measured
+along (the base model's for the search, the compressed model's in a free-running audit)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import GenerationConfig
+
+from ..prompts import EncodedPrompt
+from .padding import _left_pad
+
+DEFAULT_STEPS = 32  # when no property bounds the steps it reads (e.g. an unbounded `always`)
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    steps: int = DEFAULT_STEPS  # at most this many generated tokens per prompt
+    stop_at_eos: bool = True  # a continuation ends at (and includes) the end-of-sequence token
+
+
+def generate_paths(model, tokenizer, encoded: list[EncodedPrompt], settings: GenerationSettings,
+                   *, batch_size: int = 8) -> list[tuple[int, ...]]:
+    """Greedy continuations (token ids, ending with EOS when the model stopped)."""
+    eos = model.generation_config.eos_token_id
+    if eos is None:
+        eos = tokenizer.eos_token_id
+    eos_ids = set(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (min(eos_ids) if eos_ids else 0)
+    config = GenerationConfig(
+        max_new_tokens=settings.steps, do_sample=False, pad_token_id=pad,
+        eos_token_id=sorted(eos_ids) if settings.stop_at_eos and eos_ids else None,
+        min_new_tokens=None if settings.stop_at_eos else settings.steps,
+    )
+    device = next(model.parameters()).device
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].ids))
+    out: dict[int, tuple[int, ...]] = {}
+    with torch.no_grad():
+        for b in range(0, len(order), batch_size):
+            idx = order[b:b + batch_size]
+            ids, mask, _ = _left_pad([encoded[i].ids for i in idx], pad, device)
+            generated = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
+            for row, i in enumerate(idx):
+                new = generated[row, ids.shape[1]:].tolist()
+                stop = next((k for k, t in enumerate(new) if t in eos_ids), None) if settings.stop_at_eos else None
+                out[i] = tuple(new[: stop + 1] if stop is not None else new)
+    return [out[i] for i in range(len(encoded))]
