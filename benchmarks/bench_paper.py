@@ -75,7 +75,7 @@ def main(argv=None) -> int:
     run = Run("bench_paper", args.device)
     dirs = [Path(d) for d in args.run]
     if not dirs:
-        from toggle.search import run_search
+        from toggle.api import search as run_search
 
         run_search(args.model, args.budget, trials=args.trials, out=args.out, device=args.device, progress=False)
         dirs = [Path(args.out)]

@@ -76,7 +76,7 @@ def baseline_plans(model_id: str, refs, rtn_bits, sparsities, awq: bool, embeddi
 
 def search_runs(model: str, budgets: list[str], trials: int, out: Path, device: str, seed: int) -> list[Path]:
     """Run the default search at each budget (sensitivity profiling shared between them)."""
-    from toggle.search import run_search
+    from toggle.api import search as run_search
 
     dirs = []
     profiled = None

@@ -143,7 +143,7 @@ def main(argv=None) -> int:
                                    run_dir=run_dir, trials=counts[-1], sampler=sampler, seed=seed,
                                    profiling_objective=obj.profiling_view(seed=seed + 100))
             else:
-                from toggle.search import run_search
+                from toggle.api import search as run_search
 
                 result = run_search(args.model, args.budget, profile=args.profile, trials=counts[-1], sampler=sampler,
                                     seed=seed, out=run_dir, device=args.device, progress=False)

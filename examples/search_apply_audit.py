@@ -1,27 +1,35 @@
 """The whole pipeline from Python: search, write the compressed model, audit it on held-out prompts.
 
-    python examples/search_apply_audit.py [MODEL] [BUDGET] [TRIALS]
+    python examples/search_apply_audit.py [MODEL] [BUDGET] [TRIALS] [--specs PATH ...] [--prompts FILE] [--out DIR]
 
-Defaults: the built-in SmolLM2-135M-Instruct, 100MB, 30 trials (tens of minutes on a laptop CPU).
+Defaults: the built-in SmolLM2-135M-Instruct, 100MB, 30 trials (minutes to tens of minutes on a
+laptop CPU), the shipped specs and prompt suite. The default search profile prunes with Wanda,
+which needs the calibration statistics the search kept beside its plan: `toggle.api.apply` reads
+them from the plan file, as `toggle apply` does.
 """
+import argparse
 import sys
 
-from toggle.api import audit
-from toggle.api import write_artifact
-from toggle.load import load_model
-from toggle.search import run_search
+from toggle import api
 
-model, budget, trials = (sys.argv[1:] + ["smollm2-135m", "100MB", "30"][len(sys.argv) - 1:])[:3]
-out = f"runs/example-{budget}"
+parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+parser.add_argument("model", nargs="?", default="smollm2-135m")
+parser.add_argument("budget", nargs="?", default="100MB")
+parser.add_argument("trials", nargs="?", type=int, default=30)
+parser.add_argument("--specs", nargs="+")
+parser.add_argument("--prompts")
+parser.add_argument("--out")
+args = parser.parse_args()
+out = args.out or f"runs/example-{args.budget}"
 
-result = run_search(model, budget, trials=int(trials), out=out)
+result = api.search(args.model, args.budget, trials=args.trials, specs=args.specs, prompts=args.prompts, out=out)
 print(f"satisfied={result.satisfied} size_reduction={result.summary['size_reduction']:.3f}")
 if result.plan is None:
     sys.exit(1)
 
-info = write_artifact(load_model(model), result.plan, f"{out}/artifact")
+info = api.apply(result.run_dir / "plan.yaml", args.model, f"{out}/artifact")
 print(f"artifact: {info.path}, {info.weights_file_bytes} bytes of weights on disk")
 
-report = audit(f"{out}/artifact", split="heldout", mode="free")
+report = api.audit(f"{out}/artifact", specs=args.specs, prompts=args.prompts, split="heldout", mode="free")
 print(f"held-out audit (free-running): satisfied={report.satisfied} pass_rate={report.pass_rate:.2f}")
 sys.exit(0 if report.satisfied else 1)

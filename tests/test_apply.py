@@ -200,4 +200,4 @@ def test_awq_scales_are_searched_once_per_module_and_width(tiny_llama_dir):
     other_width = applier.stored(name, ModuleSetting(bits=3, sparsity=0.5), methods).matrices[0].quant
     assert torch.equal(dense.input_scales, pruned.input_scales)  # reused, not searched again
     assert not torch.equal(dense.codes, pruned.codes)
-    assert len(applier._awq) == 2 and other_width.input_scales is not None
+    assert len(applier._prepared) == 2 and other_width.input_scales is not None

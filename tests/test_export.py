@@ -199,7 +199,7 @@ def test_manifest_is_validated_before_use(tiny_llama_dir, tmp_path):
 
 
 def test_writes_are_atomic(tiny_llama_dir, tmp_path, monkeypatch):
-    import safetensors.torch
+    import toggle.formats.toggle_dir
 
     lm = load_model(str(tiny_llama_dir))
     plan = Plan(lm.model_id, {"model.layers.0.mlp.up_proj": ModuleSetting(bits=4)})
@@ -209,7 +209,7 @@ def test_writes_are_atomic(tiny_llama_dir, tmp_path, monkeypatch):
     def crash(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(safetensors.torch, "save_file", crash)
+    monkeypatch.setattr(toggle.formats.toggle_dir, "save_file", crash)
     with pytest.raises(RuntimeError, match="disk full"):
         write_artifact(lm, plan.with_setting("model.layers.1.mlp.up_proj", ModuleSetting(bits=2)), tmp_path / "art")
     with pytest.raises(RuntimeError, match="disk full"):

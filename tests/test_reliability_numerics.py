@@ -1,7 +1,7 @@
 """Numerical faults: a candidate whose model gives NaN or infinite logits, zero-norm hidden
 states or empty attention rows is infeasible with the reason recorded, and the search goes on.
 
-The faults are injected into the real pipeline (toggle.search.run_search on a tiny model) by
+The faults are injected into the real pipeline (toggle.api.search on a tiny model) by
 forward hooks that break the model's outputs whenever the plan being evaluated is "poisoned":
 every third plan the applier puts into the model.
 """
@@ -79,7 +79,7 @@ def _install_hooks(model, kind: str):
 
 @pytest.mark.parametrize("kind", ["nan", "inf", "zero"])
 def test_broken_candidates_are_infeasible_and_the_search_goes_on(kind, tiny_llama_dir, tmp_path, monkeypatch):
-    from toggle.search import run_search
+    from toggle.api import search as run_search
 
     for name, text in {"p.yaml": PROMPTS, "s.stl": SPEC, "profile.yaml": PROFILE}.items():
         (tmp_path / name).write_text(text)

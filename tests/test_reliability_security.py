@@ -154,7 +154,7 @@ def test_artifact_manifest_cannot_name_a_file_outside_its_directory(weights, tin
 
     from toggle.errors import ToggleError
     from toggle.api import write_artifact
-from toggle.formats import read_artifact
+    from toggle.formats import read_artifact
     from toggle.load import load_model
     from toggle.plan import ModuleSetting, Plan
 

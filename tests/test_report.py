@@ -10,7 +10,7 @@ from toggle.cli import main
 from toggle.errors import InvalidInput
 from toggle.plan import Plan
 from toggle.report import write_report
-from toggle.search import run_search
+from toggle.api import search as run_search
 
 PROMPTS = """
 - {id: c1, prompt: "The capital of France is", split: calibration}
@@ -203,14 +203,14 @@ def test_report_bad_input_exits_2(runs, tmp_path, capsys, case, message):
 
 
 def _trials(run_dir):
-    from toggle.report.data import read_trials
+    from toggle.rundir import RunDir
 
-    return read_trials(run_dir / "trials.csv")[0]
+    return RunDir(run_dir).read_trials()[0]
 
 
 def test_read_trials_rejects_a_foreign_csv(tmp_path):
-    from toggle.report.data import read_trials
+    from toggle.rundir import RunDir
 
     (tmp_path / "trials.csv").write_text("a,b,c\n1,2,3\n")
     with pytest.raises(InvalidInput, match="line 1: expected the columns number, state"):
-        read_trials(tmp_path / "trials.csv")
+        RunDir(tmp_path).read_trials()

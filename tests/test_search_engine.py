@@ -235,13 +235,14 @@ def test_greedy_never_moves_a_knob_profiling_did_not_measure(tmp_path):
 
 
 def test_adding_a_profiling_level_reuses_the_entries_already_measured(tmp_path):
+    from toggle.rundir import RunDir
     from toggle.search.sensitivity import run_profiling
 
     obj = SyntheticObjective(blocks=2)
     knobs = {"bits": [16, 8, 4], "sparsity": [0.0, 0.3]}
     first = parse_profile({"knobs": knobs, "sensitivity": {"levels": {"bits": [4]}}}, name="p")
     second = parse_profile({"knobs": knobs, "sensitivity": {"levels": {"bits": [4], "sparsity": [0.3]}}}, name="p")
-    cache = tmp_path / "sensitivity.json"
+    cache = RunDir(tmp_path).store("sensitivity.json")
     run_profiling(SearchSpace(obj.model_id, obj.refs, first), obj, cache)
     n = obj.evaluations
     assert n == 1 + 4  # untouched + 4 block groups (the embedding keeps its default: 16 bits only)

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from .audit import MODES, AuditResult, audit_models, check_split, print_audit
-from .compress.apply import PlanApplier
+from .compress.apply import PlanApplier, validate_plan
 from .compress.calibrate import ActivationStats, collect_stats
 from .compress.registry import stats_families
 from .cost import CostModel
@@ -198,6 +198,8 @@ def write_artifact(loaded, plan: Plan, out: str | Path, fmt: str = "toggle", *, 
     is reused when given, else one is built with `stats`."""
     fmt = get_format(fmt)
     applier = applier or PlanApplier(loaded.model, stats=stats)
+    validate_plan(plan, applier.refs, applier.stats)
+    fmt.check_plan(plan, applier.refs)  # before pricing: the cost model would refuse it less helpfully
     cost = CostModel.for_model(loaded, fmt, applier.refs).of(plan)
     return fmt.write(loaded, plan, fmt.output_path(out), applier, cost)
 

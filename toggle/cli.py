@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Optuna storage URL shared by several workers (default: sqlite in the run directory)")
     p.add_argument("--study", metavar="NAME", help="study name inside the storage (default: derived from the run)")
     p.add_argument("--seed", type=int, default=0, metavar="N", help="random seed (default: 0)")
-    p.add_argument("--sampler", choices=["bo", "random", "uniform", "greedy"], default="bo",
+    p.add_argument("--sampler", default="bo", metavar="NAME",
                    help="bo (constrained BoTorch, default), or a baseline: random, uniform (best "
                    "single setting for every group), greedy (sensitivity allocation)")
     _add_model_options(p)
@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("plan", metavar="PLAN", help="plan.yaml written by toggle search")
     p.add_argument("model", metavar="MODEL", help="the model the plan was made for")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory (toggle) or .gguf path")
-    p.add_argument("--format", choices=["toggle", "gguf"], default="toggle",
+    p.add_argument("--format", default="toggle", metavar="NAME",
                    help="toggle: packed safetensors + manifest (default); gguf: llama.cpp-loadable file")
     _add_model_options(p)
     p.set_defaults(func=_cmd_apply)

@@ -12,6 +12,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import InvalidInput
+
 
 @dataclass
 class ArtifactInfo:
@@ -46,6 +48,14 @@ class Format(ABC):
     @abstractmethod
     def other_bytes(self, model, refs) -> int:
         """Bytes of every tensor that is not a compressible weight (norms, biases), as stored."""
+
+    def check_plan(self, plan, refs) -> None:
+        """Raise InvalidInput naming the first module whose setting this format cannot store, and why."""
+        bad = [(r.name, p) for r in refs if (p := self.problem(r, plan.setting(r.name), plan.methods))]
+        if bad:
+            name, problem = bad[0]
+            more = f" ({len(bad) - 1} more modules have the same kind of problem)" if len(bad) > 1 else ""
+            raise InvalidInput(f"plan cannot be written as {self.label}: modules.{name}: {problem}{more}")
 
     def header_bytes(self, loaded) -> int:
         """Bytes of the weights file that do not depend on the plan (metadata, tokenizer)."""

@@ -152,15 +152,6 @@ def gguf_arch(config) -> str:
     return arch
 
 
-def check_gguf_plan(plan: Plan, refs) -> None:
-    """Raise InvalidInput naming the first module whose setting has no exact GGUF form, and why."""
-    bad = [(r.name, p) for r in refs if (p := gguf_problem(r, plan.setting(r.name), plan.methods))]
-    if bad:
-        name, problem = bad[0]
-        more = f" ({len(bad) - 1} more modules have the same kind of problem)" if len(bad) > 1 else ""
-        raise InvalidInput(f"plan cannot be written as GGUF: modules.{name}: {problem}{more}")
-
-
 # --- write ---------------------------------------------------------------------------------------
 
 def write_artifact(loaded, plan: Plan, out_path: Path, applier: PlanApplier, cost) -> ArtifactInfo:
@@ -172,7 +163,7 @@ def write_artifact(loaded, plan: Plan, out_path: Path, applier: PlanApplier, cos
     gguf_arch(model.config)  # unsupported architectures fail before any work
     refs = applier.refs
     validate_plan(plan, refs, applier.stats)
-    check_gguf_plan(plan, refs)
+    GGUFFormat().check_plan(plan, refs)
 
     prepared: dict[str, tuple[str, np.ndarray]] = {}
     encodings: dict[str, list[str]] = {}

@@ -55,7 +55,48 @@ class _NoInterruptTraceback(logging.Filter):
 
 logging.getLogger("optuna.study._optimize").addFilter(_NoInterruptTraceback())
 
-SAMPLERS = ("bo", "random", "uniform", "greedy")
+@dataclass
+class SamplerContext:
+    """What a sampler is built from: the space and its costs, the budget, and (for samplers that
+    need sensitivity profiling) what profiling found."""
+
+    space: SearchSpace
+    costs: CostTable
+    budget_bytes: float
+    objective: str
+    seed: int
+    options: dict
+    limit: np.ndarray | None = None  # per dimension, the most compressed index profiling allows
+    path: list | None = None  # the greedy allocation's path
+    estimate: list | None = None  # its estimated loss per point
+    prior: AdditivePrior | None = None
+
+
+def _bo(c: SamplerContext):
+    sampler = ConstrainedBOSampler(c.space, c.costs, c.budget_bytes, objective=c.objective, seed=c.seed, limit=c.limit,
+                                   prior=c.prior, **c.options)
+    sampler.warm_starts = warm_starts(c.path, c.estimate, c.costs, c.budget_bytes, c.objective)
+    return sampler
+
+
+def _random(c: SamplerContext):
+    return RandomSearchSampler(c.space, c.costs, c.budget_bytes, objective=c.objective, seed=c.seed)
+
+
+def _uniform(c: SamplerContext):
+    return LadderSampler("uniform", uniform_ladder(c.space, c.costs, c.budget_bytes, c.objective), c.space, c.costs,
+                         c.budget_bytes, objective=c.objective, seed=c.seed)
+
+
+def _greedy(c: SamplerContext):
+    return LadderSampler("greedy", path_ladder(c.path, c.costs, c.budget_bytes, c.objective), c.space, c.costs,
+                         c.budget_bytes, objective=c.objective, seed=c.seed)
+
+
+# The sampler registry: name -> (factory(SamplerContext) -> Optuna sampler, needs sensitivity profiling).
+# A sampler may carry `warm_starts` (index vectors evaluated first) and `exhausted(study)` (True
+# when it has nothing left to propose); adding one is its file and one entry here.
+SAMPLERS = {"bo": (_bo, True), "random": (_random, False), "uniform": (_uniform, False), "greedy": (_greedy, True)}
 
 
 @dataclass
@@ -110,31 +151,22 @@ def run_study(objective: Objective, budget_bytes: int, *, profile: SearchProfile
     prof: SensitivityProfile | None = None
     timings = {"profiling_seconds": 0.0}
     try:
-        limit, prior = None, None
-        if sampler in ("bo", "greedy"):
-            prof, limit, path, est, prior = _profile(space, costs, profiling_objective or objective, run, study, bar,
-                                                     objective_kind)
+        make, needs_profile = SAMPLERS[sampler]
+        context = SamplerContext(space, costs, budget_bytes, objective_kind, seed, sampler_options or {})
+        if needs_profile:
+            prof, context.limit, context.path, context.estimate, context.prior = _profile(
+                space, costs, profiling_objective or objective, run, study, bar, objective_kind)
             timings["profiling_seconds"] = round(prof.seconds, 2)
             timings["profiling_evaluations"] = len(prof.entries) + 1
-        if sampler == "bo":
-            chosen = ConstrainedBOSampler(space, costs, budget_bytes, objective=objective_kind, seed=seed, limit=limit,
-                                          prior=prior, **(sampler_options or {}))
-            if not study.get_trials(deepcopy=False):
-                for index in warm_starts(path, est, costs, budget_bytes, objective_kind):
-                    study.enqueue_trial(space.to_params(index), user_attrs={"source": "warm-start"}, skip_if_exists=True)
-        elif sampler == "uniform":
-            chosen = LadderSampler("uniform", uniform_ladder(space, costs, budget_bytes, objective_kind), space, costs,
-                                   budget_bytes, objective=objective_kind, seed=seed)
-        elif sampler == "greedy":
-            chosen = LadderSampler("greedy", path_ladder(path, costs, budget_bytes, objective_kind), space, costs,
-                                   budget_bytes, objective=objective_kind, seed=seed)
-        else:
-            chosen = RandomSearchSampler(space, costs, budget_bytes, objective=objective_kind, seed=seed)
+        chosen = make(context)
+        if not study.get_trials(deepcopy=False):
+            for index in getattr(chosen, "warm_starts", ()):  # points to evaluate before the sampler proposes
+                study.enqueue_trial(space.to_params(index), user_attrs={"source": "warm-start"}, skip_if_exists=True)
         study.sampler = chosen
         func = _trial_function(space, objective, chosen, budget_bytes, objective_kind)
         bar.phase(f"{sampler} trials", n_trials, _finished(study))
         while _finished(study) < n_trials:
-            if isinstance(chosen, LadderSampler) and chosen.exhausted(study):
+            if getattr(chosen, "exhausted", None) and chosen.exhausted(study):
                 bar.print(f"{chosen.name}: every rung of the ladder within the budget has been evaluated")
                 break
             study.optimize(func, n_trials=1, catch=())

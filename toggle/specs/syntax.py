@@ -109,9 +109,9 @@ def parse_overrides(items) -> dict[str, float]:
         name, sep, value = str(item).partition("=")
         name, value = name.strip(), value.strip()
         if not sep or not _NAME.match(name):
-            raise InvalidInput(f"--set {item!r}: expected NAME=VALUE, e.g. --set eps=0.2")
+            raise InvalidInput(f"--set {item!r}: expected NAME=NUMBER, e.g. --set eps=0.2")
         if not _NUMBER.match(value):
-            raise InvalidInput(f"--set {item!r}: {value!r} is not a number")
+            raise InvalidInput(f"--set {item!r}: {value!r} is not a number; expected NAME=NUMBER, e.g. --set eps=0.2")
         out[name] = float(value)
     return out
 
