@@ -168,3 +168,46 @@ def test_a_trial_left_running_by_a_dead_worker_is_failed_with_its_reason_and_que
     queued = [t for t in trials.values() if t.state == optuna.trial.TrialState.WAITING]
     assert len(queued) == 1 and queued[0].user_attrs["retry_of"] == orphan.number
     assert recover_orphans(study, storage) == []  # idempotent
+
+
+# Each stage boundary of a search, as its progress output marks it, then the moments after the
+# last line (the interpreter finalising torch and the rest, with every file already written).
+BOUNDARIES = [("stderr", "toggle: loading"), ("stderr", "toggle: tracing"), ("stderr", "sensitivity profiling"),
+              ("stderr", "trials "), ("stderr", "toggle: held-out audit"), ("stderr", "toggle: writing the report"),
+              ("stdout", "run directory:")]
+
+
+def test_sigterm_at_every_stage_boundary_saves_and_exits_130(tiny_llama_dir, tmp_path):
+    """SIGTERM right after each stage starts, and after the command's last line, is handled: exit
+    130, "toggle: interrupted", no traceback, never the default action (-15). After the last line
+    the program leaves at once (os._exit), so there the signal usually finds it gone (exit 0 or 1):
+    that is the point, no window is left in which SIGTERM kills a finished run."""
+    write_search_inputs(tmp_path, eps=0.2, prompts=3)
+    with open(tmp_path / "p.yaml", "a") as f:
+        f.write('- {prompt: "The sun rises in the", split: heldout}\n')
+    env = dict(os.environ, PYTHONPATH=str(ROOT), TOGGLE_CACHE_DIR=str(tmp_path / "cache"))
+    missed = []
+    for i, (stream, marker) in enumerate(BOUNDARIES):
+        run = tmp_path / f"run{i}"
+        command = [sys.executable, "-m", "toggle.cli", "search", str(tiny_llama_dir), "--budget", "100KB",
+                   "--specs", str(tmp_path / "s.stl"), "--prompts", str(tmp_path / "p.yaml"),
+                   "--profile", str(tmp_path / "profile.yaml"), "--trials", "4", "--out", str(run)]
+        logs = {name: tmp_path / f"{name}{i}.txt" for name in ("stdout", "stderr")}
+        with open(logs["stdout"], "w") as out, open(logs["stderr"], "w") as err:
+            proc = subprocess.Popen(command, stdout=out, stderr=err, env=env)
+            _wait_for(logs[stream], proc, marker, timeout=300)
+            sent = proc.poll() is None and marker in logs[stream].read_text(errors="replace")
+            if sent:
+                proc.send_signal(signal.SIGTERM)
+            code = proc.wait(timeout=300)
+        text = logs["stderr"].read_text(errors="replace")
+        assert "Traceback" not in text, (marker, text[-3000:])
+        if not sent:
+            assert code in (0, 1), (marker, code, text[-2000:])
+            missed.append(marker)
+            continue
+        assert code == 130, (marker, code, text[-2000:])
+        assert "toggle: interrupted" in text, marker
+        check_run_dir(run, complete=False)
+    print(f"boundaries passed before the signal could be sent: {missed}")
+    assert set(missed) <= {"run directory:"}, missed

@@ -13,6 +13,7 @@ statistics), evaluate, cost, search, formats, audit, report.
 from __future__ import annotations
 
 import re
+import sys
 import time
 from pathlib import Path
 
@@ -69,8 +70,11 @@ def search(model: str, budget: str | Budget, *, specs=None, prompts=None, profil
     suite = load_prompts(prompts)
 
     # 2. The model, its trace, calibration statistics, the evaluator and the cost model.
+    say = _stage_printer(progress)
+    say(f"loading {model}")
     loaded = load_model(model, device=device or "cpu", trust_remote_code=trust_remote_code)
     refs = compressible_modules(loaded.model)
+    say(f"tracing the base model on {len(suite.split('calibration'))} calibration prompts")
     trace = build_trace(loaded, suite, spec_set, split="calibration")
     run = RunDir(out or default_run_dir(model, budget))
     stats, meta = calibration_stats(loaded, refs, trace, search_profile.methods, run)
@@ -96,6 +100,7 @@ def search(model: str, budget: str | Budget, *, specs=None, prompts=None, profil
         if plan is None:
             summary["heldout"] = {"skipped": "no plan satisfies every property within the budget"}
             return
+        say(f"held-out audit of trial {plan.meta.get('trial')}")
         calibration = evaluator.evaluate(plan)
         applier.restore()
         run.write_json(CALIBRATION, {
@@ -107,8 +112,17 @@ def search(model: str, budget: str | Budget, *, specs=None, prompts=None, profil
     result = run_study(full, budget_bytes, profile=search_profile, run_dir=run.path, trials=trials, sampler=sampler,
                        objective_kind=objective, seed=seed, storage=storage, study_name=study,
                        profiling_objective=profiling, progress=progress, plan_meta=meta, finish=finish)
+    say("writing the report")
     write_report(run.path)
     return result
+
+
+def _stage_printer(enabled: bool):
+    """One line on stderr as each stage of a long run starts (the progress bar covers the trials)."""
+    def say(text: str) -> None:
+        if enabled:
+            print(f"toggle: {text}", file=sys.stderr, flush=True)
+    return say
 
 
 def default_run_dir(model: str, budget: Budget) -> Path:

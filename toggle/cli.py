@@ -4,10 +4,10 @@ Exit codes: 0 success, 1 no plan satisfies the specs / a property is violated, 2
 (the message names the file, field or value and what would be valid), 130 interrupted.
 
 SIGINT and SIGTERM save and exit 130 at any moment of a run. The handlers are installed before
-the heavy libraries are imported and, when toggle runs as a program, stay installed until the
-process has exited: after the work is done, a signal that lands while the interpreter finalises
-its libraries (a second or so with torch loaded) ends the process at once with 130 instead of
-killing it by the default action.
+the heavy libraries are imported, and the program (`run`) ends with os._exit once the command is
+done and its output flushed: Python's own shutdown first puts every signal back to its default
+action and then spends a second or more finalising torch and the rest, a window in which SIGTERM
+used to kill the process (exit -15) after all its work was saved.
 """
 from __future__ import annotations
 
@@ -265,20 +265,24 @@ def _cmd_modules(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one command. With `argv` (a call from Python) the signal handlers are put back as they
-    were on return; without (the `toggle` program) they stay until the process has exited."""
-    as_program = argv is None
+    """Run one command (default: the process's arguments) and return its exit code. The signal
+    handlers are put back as they were on return."""
     previous = _install_signal_handlers()
+    try:
+        return _main(sys.argv[1:] if argv is None else list(argv))
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def run() -> None:
+    """The `toggle` program: run the command, then leave at once (see the module docstring)."""
+    _install_signal_handlers()
     code = INTERRUPTED
     try:
-        code = _main(sys.argv[1:] if argv is None else list(argv))
-        return code
+        code = _main(sys.argv[1:])
     finally:
-        if as_program:
-            _exit_on_late_signal()
-        else:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
+        _exit_now(code)
 
 
 api = None  # toggle.api, imported by _main once the signal handlers are in place
@@ -328,23 +332,21 @@ def _install_signal_handlers() -> dict:
     return previous
 
 
-def _exit_on_late_signal() -> None:
-    """The command is done and its files are written; from here on a SIGINT or SIGTERM (while the
-    interpreter finalises torch and the rest) ends the process at once, exit 130, as an
-    interruption at any other moment does, instead of dying by the default action or printing
-    a traceback from a half-finalised interpreter."""
-    if threading.current_thread() is not threading.main_thread():
-        return
+def _exit_now(code: int) -> None:
+    """Flush what was printed and logged, then end the process without Python's shutdown. Every
+    file toggle writes is complete by now (atomic writes, committed study), so nothing is lost."""
+    def interrupted(_signum, _frame):
+        os._exit(INTERRUPTED)
 
-    def leave(signum, _frame):
-        try:
-            sys.stdout.flush()
-            print("toggle: interrupted", file=sys.stderr, flush=True)
-        finally:
-            os._exit(INTERRUPTED)
-
-    signal.signal(signal.SIGTERM, leave)
-    signal.signal(signal.SIGINT, leave)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, interrupted)
+        signal.signal(signal.SIGINT, interrupted)
+    try:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+    finally:
+        os._exit(code)
 
 
 def _attach_dash_values(argv: list[str]) -> list[str]:
@@ -373,4 +375,4 @@ def _quiet_libraries() -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    run()

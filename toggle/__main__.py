@@ -1,0 +1,4 @@
+"""`python -m toggle`: the command line."""
+from .cli import run
+
+run()
