@@ -27,10 +27,6 @@ class ArtifactInfo:
     total_bytes: int  # everything written (config, tokenizer, manifest included)
     encodings: dict[str, list[str]] = field(default_factory=dict)  # module -> encoding (or type) per matrix
 
-    @property
-    def weights_file_name(self) -> str:
-        return self.path.name if self.path.is_file() else "weights file"
-
 
 class Format(ABC):
     name: str = ""  # what --format and search profiles call it

@@ -262,6 +262,7 @@ def observations(space: SearchSpace, study) -> dict:
 
 
 def _finite(v) -> float:
+    """A trial's robustness as the GP sees it: a failed evaluation (stored as null) is -inf."""
     return float(v) if v is not None and math.isfinite(float(v)) else -math.inf
 
 
