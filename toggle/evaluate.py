@@ -101,7 +101,7 @@ class Evaluator:
 
         step_traces, answer_traces = _per_prompt(values, trace)
         per_prompt = self.specs.evaluate(step_traces, answer_traces)
-        robustness = {name: min(v.values(), default=math.inf) for name, v in per_prompt.items()}
+        robustness = self.specs.over_suite(per_prompt)
         timings["rtamt"] = clock() - t_signals
         timings["total"] = clock() - start
         summary = {name: {"min": float(v.min()), "mean": float(v.mean()), "max": float(v.max())}

@@ -42,6 +42,7 @@ class Property:
     axis: str  # signals.STEP or signals.ANSWER
     steps_needed: int | None  # steps of trace the formula looks at from time 0 (None: all of it)
     _rtamt: object = field(repr=False, default=None)
+    share: float | None = None  # must hold on at least this share of the prompts (None: on every prompt)
 
     @property
     def where(self) -> str:
@@ -87,3 +88,9 @@ class SpecSet:
         on the answer axis, only for prompts with a gold answer.
         """
         return semantics.evaluate(self, traces, answers)
+
+    def over_suite(self, per_prompt: dict[str, dict[str, float]]) -> dict[str, float]:
+        """Robustness per property over the suite from `evaluate`'s per-prompt values (the minimum,
+        or the order statistic a chance constraint asks for; +inf where no prompt applies)."""
+        by_name = {p.name: p for p in self.properties}
+        return {name: semantics.over_suite(by_name[name], values.values()) for name, values in per_prompt.items()}

@@ -32,6 +32,30 @@ def evaluate(specs, traces: dict[str, dict], answers: dict[str, dict] | None = N
     return out
 
 
+def allowed_failures(prop, prompts: int) -> int:
+    """How many of `prompts` prompts a property may fail: 0, or with a share s (a chance constraint:
+    it must hold on at least s of the prompts) prompts - ceil(s * prompts)."""
+    if prop.share is None:
+        return 0
+    return prompts - math.ceil(prop.share * prompts - 1e-9)
+
+
+def over_suite(prop, values) -> float:
+    """A property's robustness over a suite from its per-prompt values: the minimum; with a share,
+    the (k+1)-th smallest value for k allowed failures, so it is >= 0 exactly when the property
+    holds on at least that share of the prompts. +inf when no prompt applies (vacuously true)."""
+    ordered = sorted(values)
+    if not ordered:
+        return math.inf
+    return ordered[min(allowed_failures(prop, len(ordered)), len(ordered) - 1)]
+
+
+def decided_violated(prop, values, prompts: int) -> bool:
+    """Whether `values` (some of the `prompts` per-prompt values) already prove the property
+    violated over the suite, whatever the others are: more failures than it may have."""
+    return sum(v < 0 for v in values) > allowed_failures(prop, prompts)
+
+
 def _evaluate_one_sample(spec, data) -> float:
     """rtamt 0.4.10's offline evaluate() fails on a one-sample trace (an unbound variable in
     its sampling-period check, after the robustness is computed); this is the same evaluation
