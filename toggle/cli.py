@@ -77,7 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", default="default", metavar="search/NAME.yaml",
                    help="search profile: knobs, granularity, allowed values (default: search/default.yaml)")
     p.add_argument("--trials", type=int, metavar="N", help="number of trials (default: from the profile)")
-    p.add_argument("--objective", choices=["size", "flops"], default="size", help="what to minimise (default: size)")
+    p.add_argument("--objective", choices=["size", "flops", "margin"], default="size",
+                   help="size or flops: the cheapest plan satisfying every property (default: size); margin: the "
+                   "most robust plan (largest minimum robustness margin) that fits the budget")
     p.add_argument("--relax", type=float, default=0.0, metavar="R",
                    help="loosen every threshold declared with `const` by the fraction R (e.g. 0.1)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="NAME=VALUE",

@@ -130,7 +130,8 @@ class CostModel:
 
     def usable(self, ref: ModuleRef, setting: ModuleSetting, methods: Methods) -> bool:
         """The setting applies to the module and the format can store it."""
-        return not setting_problem(ref, setting, methods) and self.format.problem(ref, setting, methods) is None
+        return (not setting_problem(ref, setting, methods)
+                and self.format.problem(ref, setting, methods.for_setting(setting)) is None)
 
     def module_cost(self, ref: ModuleRef, setting: ModuleSetting, methods: Methods) -> ModuleCost:
         key = (ref.name, setting, methods_key(setting, methods))
@@ -143,14 +144,14 @@ class CostModel:
         problem = setting_problem(ref, setting, methods)
         if problem:
             raise InvalidInput(f"modules.{ref.name}: {problem}")
-        problem = self.format.problem(ref, setting, methods)
+        problem = self.format.problem(ref, setting, methods.for_setting(setting))
         if problem:
             raise InvalidInput(f"modules.{ref.name}: cannot be stored in {self.format.label}: {problem}")
         macs = 0
         if ref.is_linear:
             macs = sum(out_f * kept_per_row(in_f, setting.sparsity, methods.prune_pattern)
                        for out_f, in_f in stored_shapes(ref, setting))
-        size, encodings = self.format.module_bytes(ref, setting, methods)
+        size, encodings = self.format.module_bytes(ref, setting, methods.for_setting(setting))
         return ModuleCost(size, 2 * macs, macs * setting.bits * ACTIVATION_BITS, encodings)
 
 

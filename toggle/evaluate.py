@@ -21,7 +21,10 @@ import numpy as np
 
 from .errors import InvalidInput, ToggleError
 from .signals import ANSWER, SIGNALS, compute_signals
+from .specs.semantics import decided_below, over_suite
 from .trace import Trace, check_outputs, resolve_options, score_paths
+
+EARLY_CHUNK = 4  # prompts scored first when a candidate may stop early (then twice as many, then the rest)
 
 
 @dataclass
@@ -32,6 +35,9 @@ class Evaluation:
     reason: str | None = None  # why the candidate could not be scored (NaN logits, ...)
     signals: dict[str, dict[str, float]] = field(default_factory=dict)  # signal -> min / mean / max
     timings: dict[str, float] = field(default_factory=dict)  # apply, forward, signals, rtamt, total (s)
+    partial: bool = False  # stopped early: `robustness` is an upper bound (prompts_evaluated of prompts_total)
+    prompts_evaluated: int = 0
+    prompts_total: int = 0
 
     @property
     def satisfied(self) -> bool:
@@ -45,7 +51,8 @@ class Evaluation:
     def to_dict(self) -> dict:
         return {"robustness": self.robustness, "per_prompt": self.per_prompt, "feasible": self.feasible,
                 "reason": self.reason, "satisfied": self.satisfied, "signals": self.signals,
-                "timings": self.timings}
+                "timings": self.timings, "partial": self.partial, "prompts_evaluated": self.prompts_evaluated,
+                "prompts_total": self.prompts_total}
 
 
 class Evaluator:
@@ -65,12 +72,20 @@ class Evaluator:
                                f"but no prompt of the trace has one")
         self.loaded, self.specs, self.trace, self.applier = loaded, specs, trace, applier
         self._subsets: dict[tuple[str, ...], Trace] = {}
+        self._hardness: dict[str, float] = {}  # prompt id -> its lowest relative margin seen (early exit's order)
+        self._scale: dict[str, float] = {}  # property -> the largest |robustness| seen on a prompt
 
-    def evaluate(self, plan=None, prompts=None) -> Evaluation:
+    def evaluate(self, plan=None, prompts=None, *, stop_below: float | None = None) -> Evaluation:
         """Robustness of every property for `plan` (None: the base model).
 
         `prompts`: optional prompt ids to evaluate on (e.g. a quick subset for profiling);
         properties with no prompt in the subset (gold properties) are vacuously +inf.
+
+        `stop_below` (early exit): score the prompts hardest first, a few at a time, and stop as soon
+        as some property's robustness over the whole suite is sure to be below this value (0: the
+        plan violates a property) whatever the other prompts give. Such an Evaluation is `partial`:
+        its robustness is an upper bound (the minimum, or a share's order statistic, over fewer
+        prompts can only be larger).
         """
         trace = self._trace_for(prompts)
         clock = time.perf_counter
@@ -82,31 +97,85 @@ class Evaluator:
                 self.applier.apply(plan)
         elif plan is not None:
             raise ToggleError("evaluate(plan) needs an applier to put the plan's weights into the model")
-        t_apply = clock()
+        timings = {"apply": clock() - start}
+        if stop_below is None:
+            chunks = [trace]
+        else:
+            order = sorted(trace.prompt_ids, key=lambda pid: (self._hardness.get(pid, math.inf), pid))
+            sizes = [EARLY_CHUNK, 2 * EARLY_CHUNK, len(order)]
+            cuts = sorted({min(sum(sizes[:i + 1]), len(order)) for i in range(len(sizes))})
+            chunks = [trace.subset(order[lo:hi]) for lo, hi in zip([0] + cuts[:-1], cuts) if hi > lo]
+        per_prompt: dict[str, dict[str, float]] = {p: {} for p in self.specs.names}
+        summaries, partial = [], False
+        for i, chunk in enumerate(chunks):
+            scored = self._score(chunk, timings)
+            if isinstance(scored, str):
+                return self._infeasible(scored, timings, clock() - start)
+            values, summary = scored
+            summaries.append(summary)
+            for name, by_prompt in values.items():
+                per_prompt[name].update(by_prompt)
+            if stop_below is not None and i < len(chunks) - 1 and self._decided(per_prompt, len(trace.paths), stop_below):
+                partial = True
+                break
+        if stop_below is not None or prompts is None:
+            self._remember_hardness(per_prompt)
+        robustness = {p.name: over_suite(p, per_prompt[p.name].values(), prompts=self._applies(p, trace))
+                      for p in self.specs.properties}
+        timings["total"] = clock() - start
+        scored = sum(len(c.paths) for c in chunks[:i + 1])
+        return Evaluation(robustness, per_prompt, True, None, _merge(summaries), timings, partial=partial,
+                          prompts_evaluated=scored, prompts_total=len(trace.paths))
+
+    def _score(self, trace: Trace, timings: dict):
+        """One teacher-forced pass over `trace`'s paths: (property -> prompt -> robustness, signal
+        summaries), or the reason the outputs cannot be compared."""
+        clock = time.perf_counter
+        t0 = clock()
         cand = score_paths(self.loaded.model, trace.paths, self.specs.needs, trace.options,
                            batch_tokens=trace.batch_tokens)
-        t_forward = clock()
-        timings = {"apply": t_apply - start, "forward": t_forward - t_apply}
+        t1 = clock()
+        timings["forward"] = timings.get("forward", 0.0) + t1 - t0
         problem = check_outputs(cand, trace.options)
         if problem:
-            return self._infeasible(problem, timings, clock() - start)
-
+            return problem
         values = compute_signals(self.specs.signals, cand, trace.base)
-        t_signals = clock()
-        timings["signals"] = t_signals - t_forward
+        t2 = clock()
+        timings["signals"] = timings.get("signals", 0.0) + t2 - t1
         for name, v in values.items():
             if v.size and not np.isfinite(v).all():
-                return self._infeasible(f"signal {name} is not finite at {int((~np.isfinite(v)).sum())} steps",
-                                        timings, clock() - start)
-
+                return f"signal {name} is not finite at {int((~np.isfinite(v)).sum())} steps"
         step_traces, answer_traces = _per_prompt(values, trace)
         per_prompt = self.specs.evaluate(step_traces, answer_traces)
-        robustness = self.specs.over_suite(per_prompt)
-        timings["rtamt"] = clock() - t_signals
-        timings["total"] = clock() - start
-        summary = {name: {"min": float(v.min()), "mean": float(v.mean()), "max": float(v.max())}
+        timings["rtamt"] = timings.get("rtamt", 0.0) + clock() - t2
+        summary = {name: (float(v.min()), float(v.sum()), int(v.size), float(v.max()))
                    for name, v in values.items() if v.size}
-        return Evaluation(robustness, per_prompt, True, None, summary, timings)
+        return per_prompt, summary
+
+    def _applies(self, prop, trace: Trace) -> int:
+        """How many prompts of `trace` a property is evaluated on (answer properties: those with one)."""
+        return len(trace.paths) if prop.axis != ANSWER else sum(1 for p in trace.paths if p.answer)
+
+    def _decided(self, per_prompt: dict, prompts: int, threshold: float) -> bool:
+        trace_answers = sum(1 for p in self.trace.paths if p.answer)
+        for prop in self.specs.properties:
+            n = prompts if prop.axis != ANSWER else trace_answers
+            if decided_below(prop, per_prompt[prop.name].values(), n, threshold):
+                return True
+        return False
+
+    def _remember_hardness(self, per_prompt: dict) -> None:
+        """Each prompt's lowest margin seen, relative to the property's scale (its largest value
+        seen): early exit scores the prompts that broke plans before first."""
+        for name, values in per_prompt.items():
+            finite = [abs(v) for v in values.values() if math.isfinite(v)]
+            if finite:
+                self._scale[name] = max(self._scale.get(name, 0.0), max(finite))
+        for name, values in per_prompt.items():
+            scale = self._scale.get(name) or 1.0
+            for pid, v in values.items():
+                if math.isfinite(v):
+                    self._hardness[pid] = min(self._hardness.get(pid, math.inf), v / scale)
 
     def _trace_for(self, prompts) -> Trace:
         if prompts is None:
@@ -119,6 +188,17 @@ class Evaluator:
     def _infeasible(self, reason: str, timings: dict, total: float) -> Evaluation:
         timings = {**timings, "total": total}
         return Evaluation({p: -math.inf for p in self.specs.names}, {}, False, reason, {}, timings)
+
+
+def _merge(summaries: list[dict]) -> dict[str, dict[str, float]]:
+    """Signal min / mean / max over the chunks scored."""
+    out = {}
+    for name in {n for s in summaries for n in s}:
+        parts = [s[name] for s in summaries if name in s]
+        count = sum(p[2] for p in parts)
+        out[name] = {"min": min(p[0] for p in parts), "mean": sum(p[1] for p in parts) / count,
+                     "max": max(p[3] for p in parts)}
+    return out
 
 
 def _per_prompt(values: dict[str, np.ndarray], trace: Trace):

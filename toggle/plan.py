@@ -34,6 +34,15 @@ class ModuleSetting:
     bits: int = 16
     sparsity: float = 0.0
     rank_ratio: float = 1.0
+    # Per-module overrides of the plan's methods (None: the plan's methods.group_size / quantizer);
+    # they only mean something for quantised modules, so 16 bits drops them.
+    group_size: int | None = None
+    quantizer: str | None = None
+
+    def __post_init__(self):
+        if self.bits >= 16 and (self.group_size is not None or self.quantizer is not None):
+            object.__setattr__(self, "group_size", None)
+            object.__setattr__(self, "quantizer", None)
 
     @property
     def untouched(self) -> bool:
@@ -59,6 +68,13 @@ class Methods:
         if self.symmetric == "auto":
             return bits >= 8
         return bool(self.symmetric)
+
+    def for_setting(self, setting: ModuleSetting) -> "Methods":
+        """These methods with a module setting's own group size and quantiser, where it has them."""
+        if setting.group_size is None and setting.quantizer is None:
+            return self
+        return replace(self, group_size=setting.group_size if setting.group_size is not None else self.group_size,
+                       quantizer=setting.quantizer or self.quantizer)
 
 
 @dataclass
@@ -88,10 +104,7 @@ class Plan:
             "model": self.model,
             "profile": self.profile,
             "methods": asdict(self.methods),
-            "modules": {
-                n: {"bits": s.bits, "sparsity": float(s.sparsity), "rank_ratio": float(s.rank_ratio)}
-                for n, s in self.modules.items()
-            },
+            "modules": {n: setting_dict(s) for n, s in self.modules.items()},
             **({"meta": self.meta} if self.meta else {}),
         }
 
@@ -145,12 +158,25 @@ class Plan:
             )
 
 
+def setting_dict(s: ModuleSetting) -> dict:
+    """A module setting as plan.yaml writes it (the per-module method overrides only when set)."""
+    out = {"bits": s.bits, "sparsity": float(s.sparsity), "rank_ratio": float(s.rank_ratio)}
+    if s.group_size is not None:
+        out["group_size"] = s.group_size
+    if s.quantizer is not None:
+        out["quantizer"] = s.quantizer
+    return out
+
+
+SETTING_KEYS = ("bits", "sparsity", "rank_ratio", "group_size", "quantizer")
+
+
 def _parse_setting(value, where: str) -> ModuleSetting:
     if not isinstance(value, dict):
         raise InvalidInput(f"{where}: expected a mapping with bits, sparsity, rank_ratio")
-    unknown = set(value) - {"bits", "sparsity", "rank_ratio"}
+    unknown = set(value) - set(SETTING_KEYS)
     if unknown:
-        raise InvalidInput(f"{where}: unknown key(s) {', '.join(sorted(map(str, unknown)))}; valid: bits, sparsity, rank_ratio")
+        raise InvalidInput(f"{where}: unknown key(s) {', '.join(sorted(map(str, unknown)))}; valid: {', '.join(SETTING_KEYS)}")
     bits = value.get("bits", 16)
     if isinstance(bits, bool) or not isinstance(bits, int) or bits not in ALLOWED_BITS:
         raise InvalidInput(f"{where}.bits: {bits!r} is not valid; expected an integer 2..8, or 16 for untouched")
@@ -160,7 +186,20 @@ def _parse_setting(value, where: str) -> ModuleSetting:
     rank = value.get("rank_ratio", 1.0)
     if isinstance(rank, bool) or not isinstance(rank, (int, float)) or not math.isfinite(rank) or not (0.0 < rank <= 1.0):
         raise InvalidInput(f"{where}.rank_ratio: {rank!r} is not valid; expected a number in (0, 1]")
-    return ModuleSetting(bits=int(bits), sparsity=float(sparsity), rank_ratio=float(rank))
+    group = value.get("group_size")
+    if group is not None:
+        _check_group_size(group, f"{where}.group_size")
+    quantizer = value.get("quantizer")
+    if quantizer is not None and quantizer not in registry.names("quantizer"):
+        raise InvalidInput(f"{where}.quantizer: {quantizer!r} is not valid; expected one of "
+                           f"{', '.join(registry.names('quantizer'))}")
+    return ModuleSetting(bits=int(bits), sparsity=float(sparsity), rank_ratio=float(rank), group_size=group,
+                         quantizer=quantizer)
+
+
+def _check_group_size(g, where: str) -> None:
+    if isinstance(g, bool) or not isinstance(g, int) or not (g == -1 or g >= 8):
+        raise InvalidInput(f"{where}: {g!r}; expected an integer >= 8, or -1 for per-channel")
 
 
 def parse_methods(value, source: str) -> Methods:
@@ -176,8 +215,7 @@ def parse_methods(value, source: str) -> Methods:
     for name, got, allowed in checks:
         if got not in allowed:
             raise InvalidInput(f"{source}: methods.{name}: {got!r} is not valid; expected one of {', '.join(allowed)}")
-    if isinstance(m.group_size, bool) or not isinstance(m.group_size, int) or not (m.group_size == -1 or m.group_size >= 8):
-        raise InvalidInput(f"{source}: methods.group_size: {m.group_size!r}; expected an integer >= 8, or -1 for per-channel")
+    _check_group_size(m.group_size, f"{source}: methods.group_size")
     if not isinstance(m.symmetric, bool) and m.symmetric != "auto":
         raise InvalidInput(f"{source}: methods.symmetric: {m.symmetric!r} is not valid; expected true, false or auto")
     return m

@@ -6,6 +6,7 @@
     pareto.csv         the trials not dominated in (smaller size, larger minimum margin)
     study.db           the Optuna study (sqlite; any Optuna storage with --storage)
     sensitivity.json   single-group profiling, reused by a resumed run
+    measured.json      measured-error profiling (output errors, one probe per group), likewise
     space.json         the search groups, so any trial's parameters become a plan without the model
     calibration.json   the winner's robustness per property and calibration prompt
     heldout.json       the winner's held-out audit, as `toggle audit --json` writes it
@@ -37,6 +38,7 @@ TRIALS = "trials.csv"
 PARETO = "pareto.csv"
 STUDY = "study.db"
 SENSITIVITY = "sensitivity.json"
+MEASURED = "measured.json"
 SPACE = "space.json"
 CALIBRATION = "calibration.json"
 HELDOUT = "heldout.json"
@@ -47,6 +49,9 @@ POINTS = "operating_points"
 
 FIXED_COLUMNS = ("number", "state", "source", "value", "bytes", "flops_per_token", "feasible", "min_margin")
 TIMING_COLUMNS = ("reason", "eval_seconds", "sampler_seconds")
+# After TIMING_COLUMNS: how many prompts an early-stopped trial was scored on (empty: all of them).
+# trials.csv files written before it existed have no such column.
+PARTIAL_COLUMN = "prompts_evaluated"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 log = logging.getLogger(__name__)
 
@@ -74,13 +79,20 @@ def trial_rows(study, params: list[str] | None = None) -> list[dict]:
             "reason": t.user_attrs.get("reason"),
             "eval_seconds": t.user_attrs.get("eval_seconds", 0.0),
             "sampler_seconds": t.user_attrs.get("sampler_seconds", 0.0),
+            "partial": bool(t.user_attrs.get("partial")),
+            "prompts_evaluated": t.user_attrs.get("prompts_evaluated"),
             "params": {p: t.params.get(p) for p in params or ()},
         })
     return rows
 
 
-def best_row(rows: list[dict], objective: str) -> dict | None:
-    """The cheapest trial that satisfies every property (the earliest among equals)."""
+def best_row(rows: list[dict], objective: str, budget_bytes: float | None = None) -> dict | None:
+    """size / flops: the cheapest trial that satisfies every property; margin: the trial within the
+    budget with the largest minimum margin, fully evaluated (the earliest among equals)."""
+    if objective == "margin":
+        scored = [r for r in rows if r["robustness"] and not r.get("partial") and r["min_margin"] is not None
+                  and math.isfinite(r["min_margin"]) and (budget_bytes is None or r["bytes"] <= budget_bytes)]
+        return max(scored, key=lambda r: (r["min_margin"], -r["number"])) if scored else None
     key = "bytes" if objective == "size" else "flops_per_token"
     feasible = [r for r in rows if r["feasible"]]
     return min(feasible, key=lambda r: (r[key], r["number"])) if feasible else None
@@ -110,6 +122,14 @@ def _cell(v) -> str:
     if isinstance(v, float):
         return repr(v) if math.isfinite(v) else ("-inf" if v < 0 else "inf")
     return str(v)
+
+
+def _param(text: str):
+    """A trial parameter: a number, or a name (a quantiser), or None (empty)."""
+    try:
+        return _number(text)
+    except ValueError:
+        return text
 
 
 def _number(text: str):
@@ -181,10 +201,12 @@ class RunDir:
     def _write_trials(self, rows: list[dict], properties: list[str], params: list[str]) -> None:
         buf = io.StringIO()
         w = csv.writer(buf)
-        w.writerow(list(FIXED_COLUMNS) + [f"robustness:{p}" for p in properties] + list(TIMING_COLUMNS) + params)
+        w.writerow(list(FIXED_COLUMNS) + [f"robustness:{p}" for p in properties] + list(TIMING_COLUMNS)
+                   + [PARTIAL_COLUMN] + params)
         for r in rows:
             w.writerow([_cell(r[k]) for k in FIXED_COLUMNS] + [_cell(r["robustness"].get(p)) for p in properties]
                        + [r["reason"] or "", _cell(r["eval_seconds"]), _cell(r["sampler_seconds"])]
+                       + [_cell(r.get("prompts_evaluated") if r.get("partial") else None)]
                        + [_cell(r["params"][p]) for p in params])
         atomic_write_text(self.path / TRIALS, buf.getvalue())
 
@@ -230,7 +252,10 @@ class RunDir:
                                    f"not a toggle trials file")
             properties = [h.split(":", 1)[1] for h in head if h.startswith("robustness:")]
             end = len(FIXED_COLUMNS) + len(properties)
-            params = head[end + len(TIMING_COLUMNS):]
+            first_param = end + len(TIMING_COLUMNS)
+            has_partial = len(head) > first_param and head[first_param] == PARTIAL_COLUMN
+            first_param += has_partial
+            params = head[first_param:]
             rows = []
             for lineno, cells in enumerate(reader, 2):
                 if len(cells) != len(head):
@@ -243,7 +268,9 @@ class RunDir:
                         "robustness": {p: _number(v) for p, v in zip(properties, cells[len(FIXED_COLUMNS):end])},
                         "reason": cells[end] or None,
                         "eval_seconds": _number(cells[end + 1]), "sampler_seconds": _number(cells[end + 2]),
-                        "params": {p: _number(v) for p, v in zip(params, cells[end + len(TIMING_COLUMNS):])},
+                        "partial": has_partial and cells[end + 3] != "",
+                        "prompts_evaluated": _number(cells[end + 3]) if has_partial else None,
+                        "params": {p: _param(v) for p, v in zip(params, cells[first_param:])},
                     })
                 except ValueError as e:
                     raise InvalidInput(f"{path}: line {lineno}: {e}") from None

@@ -102,15 +102,18 @@ def validate_plan(plan: Plan, refs: list[ModuleRef], stats: ActivationStats | No
         problem = setting_problem(by_name[name], setting, plan.methods)
         if problem:
             raise InvalidInput(f"plan for {plan.model}: modules.{name}: {problem}")
-    for family in registry.stats_families(plan.methods):
-        used = [n for n, s in plan.modules.items() if registry.acts(family, s) and by_name[n].is_linear]
-        missing = [n for n in used if stats is None or n not in stats]
-        if missing:
-            raise InvalidInput(
-                f"plan for {plan.model}: methods.{family}: {getattr(plan.methods, family)} needs calibration activation "
-                f"statistics for {missing[0]}{' and others' if len(missing) > 1 else ''}; collect them with "
-                f"toggle.compress.collect_stats (or record them in the plan's meta.calibration_stats)"
-            )
+    missing: dict[tuple[str, str], list[str]] = {}  # (family, method) -> modules without statistics
+    for name, setting in plan.modules.items():
+        methods = plan.methods.for_setting(setting)
+        for family in registry.stats_families(methods):
+            if registry.acts(family, setting) and by_name[name].is_linear and (stats is None or name not in stats):
+                missing.setdefault((family, getattr(methods, family)), []).append(name)
+    for (family, method), names in missing.items():
+        raise InvalidInput(
+            f"plan for {plan.model}: methods.{family}: {method} needs calibration activation "
+            f"statistics for {names[0]}{' and others' if len(names) > 1 else ''}; collect them with "
+            f"toggle.compress.collect_stats (or record them in the plan's meta.calibration_stats)"
+        )
 
 
 class PlanApplier:
@@ -207,6 +210,7 @@ class PlanApplier:
     def stored(self, ref: ModuleRef | str, setting: ModuleSetting, methods: Methods) -> StoredModule:
         """The stored form of one module under `setting` (what the artifact writer serialises)."""
         ref = self._by_name[ref] if isinstance(ref, str) else ref
+        methods = methods.for_setting(setting)
         problem = setting_problem(ref, setting, methods)
         if problem:
             raise InvalidInput(f"{ref.name}: {problem}")
@@ -216,6 +220,23 @@ class PlanApplier:
             if setting.rank_ratio < 1:
                 return StoredModule(ref, setting, self._factor_matrices(ref, setting, methods, gram))
             return StoredModule(ref, setting, [self._full_matrix(ref, setting, methods, gram)])
+
+    def output_error(self, ref: ModuleRef | str, setting: ModuleSetting, methods: Methods, *,
+                     max_rows: int = 512) -> float:
+        """Relative output error of one module under `setting`: E||(W' - W) x||^2 / E||W x||^2 over
+        the calibration inputs (tr(dW G dW^T) / tr(W G W^T) with the input Gram matrix G), or the
+        relative Frobenius error for a module without statistics. Up to `max_rows` evenly spaced
+        rows are used: an estimate of the same ratio at a fraction of the cost."""
+        ref = self._by_name[ref] if isinstance(ref, str) else ref
+        w = self._base[ref.name].float()
+        w_hat = self.stored(ref, setting, methods).weight().float()
+        rows = torch.linspace(0, w.shape[0] - 1, min(max_rows, w.shape[0])).round().long().unique()
+        w, diff = w[rows], w_hat[rows] - w[rows]
+        gram = self._gram(ref)
+        if gram is None:
+            return float(diff.pow(2).sum() / w.pow(2).sum().clamp(min=1e-30))
+        gram = gram.float()
+        return float(((diff @ gram) * diff).sum() / ((w @ gram) * w).sum().clamp(min=1e-30))
 
     @property
     def cache_bytes(self) -> dict[str, int]:

@@ -31,6 +31,7 @@ def setting_problem(ref: ModuleRef, setting: ModuleSetting, methods: Methods) ->
 
 def methods_key(setting: ModuleSetting, methods: Methods) -> tuple:
     """The method fields that affect this setting (others may change without recomputing)."""
+    methods = methods.for_setting(setting)
     key: tuple = ()
     if setting.bits < 16:
         key += (methods.quantizer, methods.group_size, methods.symmetric_for(setting.bits))

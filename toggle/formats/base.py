@@ -47,7 +47,8 @@ class Format(ABC):
 
     def check_plan(self, plan, refs) -> None:
         """Raise InvalidInput naming the first module whose setting this format cannot store, and why."""
-        bad = [(r.name, p) for r in refs if (p := self.problem(r, plan.setting(r.name), plan.methods))]
+        bad = [(r.name, p) for r in refs
+               if (p := self.problem(r, plan.setting(r.name), plan.methods.for_setting(plan.setting(r.name))))]
         if bad:
             name, problem = bad[0]
             more = f" ({len(bad) - 1} more modules have the same kind of problem)" if len(bad) > 1 else ""

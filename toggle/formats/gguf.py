@@ -169,8 +169,8 @@ def write_artifact(loaded, plan: Plan, out_path: Path, applier: PlanApplier, cos
     encodings: dict[str, list[str]] = {}
     for ref in refs:
         setting = plan.setting(ref.name)
-        qtype = gguf_type_for(setting.bits, plan.methods.quantizer, plan.methods.group_size,
-                              plan.methods.symmetric_for(setting.bits))
+        methods = plan.methods.for_setting(setting)
+        qtype = gguf_type_for(setting.bits, methods.quantizer, methods.group_size, methods.symmetric_for(setting.bits))
         matrix = applier.stored(ref, setting, plan.methods).matrices[0]
         if qtype == "F16":
             data = matrix.dequantize().half().cpu().numpy()  # float16 values, pruned ones 0

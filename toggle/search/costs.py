@@ -12,9 +12,9 @@ import itertools
 
 import numpy as np
 
-from ..plan import ModuleSetting, Plan
+from ..plan import Plan
 from .profile import KNOBS
-from .space import SearchSpace
+from .space import SearchSpace, setting_of
 
 
 class CostTable:
@@ -31,7 +31,7 @@ class CostTable:
             for ci, combo in enumerate(combos):
                 key = (g.signature, combo)
                 if key not in cache:
-                    s = ModuleSetting(bits=int(combo[0]), sparsity=float(combo[1]), rank_ratio=float(combo[2]))
+                    s = setting_of(dict(zip(KNOBS, combo)))
                     plan = Plan(model=space.model_id, modules={} if s.untouched else {m: s for m in g.modules},
                                 methods=space.methods)
                     c = cost_fn(plan)
@@ -42,31 +42,58 @@ class CostTable:
         self.cost_calls = len(cache) + 1
         # For each group: which column of an index vector drives each knob (None: fixed value).
         self._columns = [[space.dim_of(g.name, k) for k in KNOBS] for g in space.groups]
-        self._strides = [[int(np.prod([len(g.choices[k2]) for k2 in KNOBS[ki + 1:]])) for ki in range(3)]
+        self._strides = [[int(np.prod([len(g.choices[k2]) for k2 in KNOBS[ki + 1:]])) for ki in range(len(KNOBS))]
                          for g in space.groups]
 
     def of(self, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(bytes, flops) for each row of an (N, dims) index matrix (or one vector)."""
         index = np.atleast_2d(index)
         total = np.tile([self.base_bytes, self.base_flops], (index.shape[0], 1))
+        combos = self.combo_ids(index)
         for gi, deltas in enumerate(self._delta):
-            combo = np.zeros(index.shape[0], dtype=np.int64)
+            total += deltas[combos[:, gi]]
+        return total[:, 0], total[:, 1]
+
+    # --- a point as one option per group ---------------------------------------------------------
+    # A group's *options* are the combinations of its knob values (group.choices, least compressed
+    # first); an index vector picks one per group.
+    def combos(self, gi: int) -> list[tuple]:
+        """Group gi's options, as (bits, group_size, quantizer, sparsity, rank_ratio) tuples."""
+        return self._combos[gi]
+
+    def bytes_delta(self, gi: int) -> np.ndarray:
+        """Bytes each option of group gi adds to the untouched model's (negative: saves)."""
+        return self._delta[gi][:, 0]
+
+    def combo_ids(self, index: np.ndarray) -> np.ndarray:
+        """(N, groups): the option of every group in each row of an index matrix."""
+        index = np.atleast_2d(index)
+        out = np.zeros((index.shape[0], len(self._delta)), dtype=np.int64)
+        for gi in range(len(self._delta)):
             for col, stride in zip(self._columns[gi], self._strides[gi]):
                 if col is not None:
-                    combo += index[:, col] * stride
-            total += deltas[combo]
-        return total[:, 0], total[:, 1]
+                    out[:, gi] += index[:, col] * stride
+        return out
+
+    def with_combo(self, index: np.ndarray, gi: int, ci: int) -> np.ndarray:
+        """A copy of `index` with group gi at its option ci."""
+        out = np.array(index, dtype=np.int64, copy=True)
+        for ki, knob in enumerate(KNOBS):
+            col = self._columns[gi][ki]
+            if col is not None:
+                out[col] = self.space.dims[col].choices.index(self._combos[gi][ci][ki])
+        return out
+
+    def index_of(self, combo_ids) -> np.ndarray:
+        """The index vector with each group at the given option."""
+        index = self.space.untouched()
+        for gi, ci in enumerate(combo_ids):
+            index = self.with_combo(index, gi, int(ci))
+        return index
 
     def min_bytes(self) -> float:
         """The smallest artifact the space allows (every group at its cheapest setting)."""
         return self.base_bytes + sum(float(d[:, 0].min()) for d in self._delta)
 
     def min_bytes_index(self) -> np.ndarray:
-        index = self.space.untouched()
-        for gi, d in enumerate(self._delta):
-            combo = self._combos[gi][int(np.argmin(d[:, 0]))]
-            for ki, knob in enumerate(KNOBS):
-                col = self._columns[gi][ki]
-                if col is not None:
-                    index[col] = self.space.dims[col].choices.index(combo[ki])
-        return index
+        return self.index_of([int(np.argmin(d[:, 0])) for d in self._delta])

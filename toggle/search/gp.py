@@ -50,9 +50,13 @@ class Surrogate:
     the GP only learns what single-group profiling cannot: interactions and the difference
     between the profiling subset and the full calibration suite."""
 
-    def __init__(self, space, obs: dict, prior=None, warm=None):
+    def __init__(self, space, obs: dict, prior=None, warm=None, features=None):
+        """`features`: index matrix -> (N, F) inputs of the GP (default: the index scaled to [0, 1]
+        per dimension); a few aggregate features (the prior's predicted loss per zone of groups)
+        let a GP learn from a dozen points what 180 raw dimensions would not."""
         self.space, self.prior, self.names = space, prior, obs["names"]
-        y = obs["robustness"]
+        self.features = features or space.unit
+        y = obs["robustness"].copy()
         self.coef = np.zeros((len(self.names), 2))
         self.coef[:, 0] = y.mean(axis=0) if len(y) else 0.0
         base = self._prior(obs["index"])
@@ -60,7 +64,12 @@ class Surrogate:
             for j in range(len(self.names)):
                 a, b = _fit_line(base[:, j], y[:, j])
                 self.coef[j] = (a, b)
-        self.models = fit_models(space.unit(obs["index"]), y - self._mean(obs["index"]), warm=warm)
+        partial = obs.get("partial")
+        if partial is not None and partial.any():
+            # An evaluation stopped early gives upper bounds: the truth is at most the observed
+            # value, so where the model predicts lower, believe the model.
+            y[partial] = np.minimum(y[partial], self._mean(obs["index"][partial]))
+        self.models = fit_models(self.features(obs["index"]), y - self._mean(obs["index"]), warm=warm)
 
     def _prior(self, index) -> np.ndarray | None:
         if self.prior is None:
@@ -80,12 +89,12 @@ class Surrogate:
         return [m.state_dict() for m in self.models]
 
     def predict(self, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        mu, sd = gp_predict(self.models, self.space.unit(index))
+        mu, sd = gp_predict(self.models, self.features(index))
         return mu + self._mean(index), sd
 
     def condition_on_pending(self, pending: np.ndarray) -> np.ndarray:
         """Kriging believer: pretend each pending point returned its predicted mean."""
-        tx = torch.as_tensor(self.space.unit(pending), dtype=torch.float64)
+        tx = torch.as_tensor(self.features(pending), dtype=torch.float64)
         with torch.no_grad():
             means = [m.posterior(tx).mean for m in self.models]
             self.models = [m.condition_on_observations(tx, mean) for m, mean in zip(self.models, means)]

@@ -31,6 +31,8 @@ class Outcome:
     reason: str | None = None  # why the plan is unusable regardless of margins (e.g. NaN logits)
     per_prompt: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
+    partial: bool = False  # evaluation stopped early: robustness values are upper bounds
+    prompts_evaluated: int = 0
 
     @property
     def feasible(self) -> bool:
@@ -49,9 +51,17 @@ class Objective(Protocol):
     base16_bytes: int  # the 16-bit dense model
     base_flops_per_token: float
 
-    def evaluate(self, plan: Plan) -> Outcome: ...
+    def evaluate(self, plan: Plan, stop_below: float | None = None) -> Outcome:
+        """Robustness of `plan`; with `stop_below`, the evaluation may stop as soon as some property
+        is sure to be below it (Outcome.partial)."""
+        ...
 
     def cost(self, plan: Plan) -> PlanCost: ...
+
+    def output_error(self, modules, setting, methods) -> float:
+        """How much `setting` perturbs the outputs of `modules` (relative; 0 for untouched), without a
+        model evaluation: what measured-error profiling ranks options by."""
+        ...
 
 
 @dataclass
@@ -76,17 +86,22 @@ class ModelObjective:
     def base_flops_per_token(self) -> float:
         return float(self.cost_model.base_flops_per_token)
 
-    def evaluate(self, plan: Plan) -> Outcome:
+    def evaluate(self, plan: Plan, stop_below: float | None = None) -> Outcome:
         try:
-            ev = self.evaluator.evaluate(plan, prompts=self.prompts)
+            ev = self.evaluator.evaluate(plan, prompts=self.prompts, stop_below=stop_below)
         except (torch.linalg.LinAlgError, FloatingPointError) as e:
             # A numerical fault of this candidate (an SVD that does not converge on its weights):
             # the plan is infeasible with the reason recorded; the search goes on.
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
             return Outcome({name: -math.inf for name in self.properties}, reason=f"numerical failure: {first}")
-        return Outcome(robustness=dict(ev.robustness), reason=getattr(ev, "reason", None),
-                       per_prompt=dict(getattr(ev, "per_prompt", None) or {}), timings=dict(getattr(ev, "timings", None) or {}))
+        return Outcome(robustness=dict(ev.robustness), reason=ev.reason, per_prompt=dict(ev.per_prompt or {}),
+                       timings=dict(ev.timings or {}), partial=ev.partial, prompts_evaluated=ev.prompts_evaluated)
 
     def cost(self, plan: Plan) -> PlanCost:
         c = self.cost_model.of(plan)
         return PlanCost(bytes=int(c.bytes), flops_per_token=float(c.flops_per_token))
+
+    def output_error(self, modules, setting, methods) -> float:
+        """Summed relative output error of `modules` under `setting` (toggle.search.measure)."""
+        applier = self.evaluator.applier
+        return sum(applier.output_error(name, setting, methods) for name in modules)

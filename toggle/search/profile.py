@@ -19,16 +19,25 @@ from pathlib import Path
 from ..errors import InvalidInput
 from ..files import read_yaml, search_profile
 from ..formats import FORMATS
+from ..compress import registry
 from ..plan import ALLOWED_BITS, Methods, parse_methods
 
 GRANULARITIES = ("block", "block_part", "module")
-KNOBS = ("bits", "sparsity", "rank_ratio")
-UNTOUCHED_VALUE = {"bits": 16, "sparsity": 0.0, "rank_ratio": 1.0}
+# group_size and quantizer override the profile's methods per group (None: the methods' own);
+# they matter only where bits < 16.
+KNOBS = ("bits", "group_size", "quantizer", "sparsity", "rank_ratio")
+UNTOUCHED_VALUE = {"bits": 16, "group_size": None, "quantizer": None, "sparsity": 0.0, "rank_ratio": 1.0}
+METHODS = ("single", "measured")  # sensitivity profiling methods
 _TOP_KEYS = ("granularity", "format", "trials", "seed", "knobs", "embedding", "methods", "sensitivity")
 
 
 def compression_order(knob: str, values) -> tuple:
-    """Values sorted from least to most compression (more bits, less sparsity, more rank first)."""
+    """Values sorted from least to most compression (more bits, smaller groups, less sparsity, more
+    rank first); quantisers keep the profile's order (the first is the default)."""
+    if knob == "quantizer":
+        return tuple(dict.fromkeys(values))
+    if knob == "group_size":  # None (the methods' own) first, per-channel (-1) last
+        return tuple(sorted(set(values), key=lambda g: (g is not None, g == -1, g or 0)))
     return tuple(sorted(set(values), reverse=(knob in ("bits", "rank_ratio"))))
 
 
@@ -36,6 +45,9 @@ def compression_order(knob: str, values) -> tuple:
 class Sensitivity:
     prompts: int = 4  # calibration prompts used for profiling
     levels: dict[str, tuple] = field(default_factory=lambda: {"bits": (4, 3)})
+    # "single": every group alone at each of `levels` (full evaluations on `prompts`); "measured":
+    # output errors of every option from calibration statistics, one probe evaluation per group
+    method: str = "single"
 
 
 @dataclass(frozen=True)
@@ -94,11 +106,25 @@ def _knobs(value, where: str) -> dict[str, tuple]:
             raise InvalidInput(f"{where}.{knob}: expected a non-empty list of values, e.g. {_example(knob)}")
         for v in values:
             _check_value(knob, v, f"{where}.{knob}")
-        out[knob] = compression_order(knob, [int(v) if knob == "bits" else float(v) for v in values])
+        out[knob] = compression_order(knob, [_typed(knob, v) for v in values])
     return out
 
 
+def _typed(knob: str, v):
+    if v is None or knob == "quantizer":
+        return v
+    return int(v) if knob in ("bits", "group_size") else float(v)
+
+
 def _check_value(knob: str, v, where: str) -> None:
+    if knob == "quantizer":
+        if v is not None and v not in registry.names("quantizer"):
+            raise InvalidInput(f"{where}: {v!r} is not valid; quantizers: {', '.join(registry.names('quantizer'))}")
+        return
+    if knob == "group_size" and v is not None and (isinstance(v, bool) or not isinstance(v, int) or not (v == -1 or v >= 8)):
+        raise InvalidInput(f"{where}: {v!r} is not valid; group sizes are integers >= 8, or -1 for per-channel")
+    if knob == "group_size":
+        return
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise InvalidInput(f"{where}: {v!r} is not a number; expected values like {_example(knob)}")
     if knob == "bits" and (not float(v).is_integer() or int(v) not in ALLOWED_BITS):
@@ -112,7 +138,10 @@ def _check_value(knob: str, v, where: str) -> None:
 def _sensitivity(value, where: str, knobs: dict[str, tuple]) -> Sensitivity:
     if not isinstance(value, dict):
         raise InvalidInput(f"{where}: expected a mapping with prompts and levels")
-    _no_unknown(value, ("prompts", "levels"), where)
+    _no_unknown(value, ("prompts", "levels", "method"), where)
+    method = value.get("method", "single")
+    if method not in METHODS:
+        raise InvalidInput(f"{where}.method: {method!r} is not valid; expected one of {', '.join(METHODS)}")
     prompts = _int(value.get("prompts", 4), f"{where}.prompts", minimum=1)
     raw = value.get("levels", {"bits": [v for v in knobs["bits"] if v != 16][-2:]})
     if not isinstance(raw, dict):
@@ -127,8 +156,8 @@ def _sensitivity(value, where: str, knobs: dict[str, tuple]) -> Sensitivity:
             if v not in knobs[knob]:
                 raise InvalidInput(f"{where}.levels.{knob}: {v!r} is not one of the allowed knobs.{knob} values "
                                    f"{list(knobs[knob])}")
-        levels[knob] = compression_order(knob, values)
-    return Sensitivity(prompts=prompts, levels=levels)
+        levels[knob] = compression_order(knob, [_typed(knob, v) for v in values])
+    return Sensitivity(prompts=prompts, levels=levels, method=method)
 
 
 def _no_unknown(mapping: dict, valid, where: str) -> None:
@@ -144,4 +173,5 @@ def _int(v, where: str, *, minimum: int) -> int:
 
 
 def _example(knob: str) -> str:
-    return {"bits": "[16, 8, 4]", "sparsity": "[0.0, 0.25, 0.5]", "rank_ratio": "[1.0, 0.5]"}[knob]
+    return {"bits": "[16, 8, 4]", "group_size": "[32, 64, 128]", "quantizer": "[rtn, gptq]",
+            "sparsity": "[0.0, 0.25, 0.5]", "rank_ratio": "[1.0, 0.5]"}[knob]

@@ -38,6 +38,8 @@ from optuna.samplers import BaseSampler
 from optuna.trial import TrialState
 
 from .costs import CostTable
+from .ladder import Ladder, ladder_state
+from .measure import allocation_path
 from .space import SearchSpace
 
 
@@ -99,7 +101,7 @@ class SpaceSampler(BaseSampler):
     def value_of(self, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(objective value, bytes) of each row."""
         size, flops = self.costs.of(index)
-        return (size if self.objective == "size" else flops), size
+        return (flops if self.objective == "flops" else size), size
 
     def random_point(self, study, trial) -> np.ndarray:
         """A random in-budget point not tried before (when the pool allows)."""
@@ -147,8 +149,16 @@ class ConstrainedBOSampler(SpaceSampler):
 
     def __init__(self, space, costs, budget_bytes, *, objective="size", seed=0, limit=None, prior=None, n_startup: int = 4,
                  n_candidates: int = 3000, random_fraction: float = 0.1, length_init: float = 0.4,
-                 length_min: float = 0.05, length_max: float = 1.0, success_tol: int = 2, failure_tol: int = 3):
+                 length_min: float = 0.05, length_max: float = 1.0, success_tol: int = 2, failure_tol: int = 3,
+                 ladder: list | None = None, features=None, measured=None, reallocations: int = 12):
+        """With `ladder` (the measured-error allocator's path within the budget), BO first bisects
+        along it, as the allocator does, then fits its GPs (on `features`, the prior's predicted
+        loss per zone of groups) and proposes swaps, trust-region moves and re-allocations with
+        perturbed group sensitivities (`measured`: toggle.search.measure.AdditiveModel)."""
         super().__init__(space, costs, budget_bytes, objective=objective, seed=seed, limit=limit)
+        self.ladder = ladder
+        self.features, self.measured, self.reallocations = features, measured, reallocations
+        self._ladder = Ladder(ladder, objective) if ladder is not None else None
         self.n_startup, self.n_candidates, self.random_fraction = n_startup, n_candidates, random_fraction
         self.length_init, self.length_min, self.length_max = length_init, length_min, length_max
         self.success_tol, self.failure_tol = success_tol, failure_tol
@@ -158,15 +168,24 @@ class ConstrainedBOSampler(SpaceSampler):
     def propose(self, study, trial) -> np.ndarray:
         obs = observations(self.space, study)
         seen = _seen(self.space, study, trial)
-        if len(obs["index"]) < self.n_startup:
+        if self.ladder is not None:
+            rung = self._ladder.next_rung(*ladder_state(self.space, study, trial), bisect_only=True)
+            if rung is not None:
+                self.last_info = {"strategy": "allocator path"}
+                return rung
+        elif len(obs["index"]) < self.n_startup:
             self.last_info = {"strategy": "startup-random"}
+            return self.random_point(study, trial)
+        if len(obs["index"]) == 0:
             return self.random_point(study, trial)
 
         from .gp import Surrogate  # BoTorch takes seconds to import: only when BO first fits a GP
 
+        if self.objective == "margin":
+            return self._propose_margin(study, trial, obs, seen, Surrogate)
         value = obs["bytes"] if self.objective == "size" else obs["flops"]
         feasible = obs["feasible"] & (obs["bytes"] <= self.budget)
-        surrogate = Surrogate(self.space, obs, self.prior, warm=self._warm)
+        surrogate = Surrogate(self.space, obs, self.prior, warm=self._warm, features=self.features)
         self._warm = surrogate.state()
 
         pending = _pending(self.space, study, trial)
@@ -190,6 +209,8 @@ class ConstrainedBOSampler(SpaceSampler):
         length = trust_length(value, feasible, self.length_init, self.length_min, self.length_max,
                               self.success_tol, self.failure_tol)
         cands = self._candidates(incumbent, length)
+        if self.measured is not None:
+            cands = np.concatenate([cands, self._reallocate(c_star)])
         cand_value, cand_bytes = self.value_of(cands)
         keep = cand_bytes <= self.budget
         if c_star is not None:
@@ -206,6 +227,56 @@ class ConstrainedBOSampler(SpaceSampler):
         self.last_info = {"strategy": "bo", "tr_length": round(length, 4), "pool": int(len(cands)),
                           "prob_feasible": float(np.exp(log_pf[best])), "pending": int(len(pending))}
         return cands[best]
+
+    def _propose_margin(self, study, trial, obs, seen, Surrogate) -> np.ndarray:
+        """--objective margin: expected improvement of the smallest robustness over properties,
+        among plans within the budget (Monte Carlo over the GPs' independent posteriors)."""
+        surrogate = Surrogate(self.space, obs, self.prior, warm=self._warm, features=self.features)
+        self._warm = surrogate.state()
+        fits = obs["bytes"] <= self.budget
+        margins = np.where(fits, obs["robustness"].min(axis=1), -np.inf)
+        best_i = int(np.argmax(margins))
+        incumbent, m_star = obs["index"][best_i], float(margins[best_i])
+        length = trust_length(-margins, fits, self.length_init, self.length_min, self.length_max,
+                              self.success_tol, self.failure_tol)
+        cands = self._candidates(incumbent, length)
+        if self.measured is not None:
+            cands = np.concatenate([cands, self._reallocate(None)])
+        keep = (self.value_of(cands)[1] <= self.budget) & np.array([tuple(x.tolist()) not in seen for x in cands])
+        if not keep.any():
+            self.last_info = {"strategy": "random (no candidate left)"}
+            return self.random_point(study, trial)
+        cands = cands[keep]
+        mu, sd = surrogate.predict(cands)
+        draws = mu[None] + sd[None] * self._rng.standard_normal((64, *mu.shape))
+        ei = np.maximum(draws.min(axis=2) - m_star, 0.0).mean(axis=0)
+        best = int(np.argmax(ei + 1e-9 * mu.min(axis=1)))  # ties: the larger predicted margin
+        self.last_info = {"strategy": "bo-margin", "pool": int(len(cands)), "ei": float(ei[best])}
+        return cands[best]
+
+    def _reallocate(self, c_star: float | None) -> np.ndarray:
+        """Points of the measured-error allocator's path recomputed with every group's predicted
+        drops scaled by a random log-normal factor: where the measurement ranks groups wrongly,
+        another order of moves finds the plans it misses. Only points within the budget and (with an
+        incumbent) cheaper than it are kept."""
+        out = []
+        base = self.measured.drops
+        for _ in range(self.reallocations):
+            factors = np.exp(self._rng.normal(0.0, 0.5, len(base)))
+            self.measured.drops = [d * f for d, f in zip(base, factors)]
+            try:
+                path, _ = allocation_path(self.measured, self.costs, objective="size" if self.objective == "margin"
+                                          else self.objective)
+            finally:
+                self.measured.drops = base
+            pts = np.stack(path)
+            value, size = self.value_of(pts)
+            ok = size <= self.budget
+            if c_star is not None:
+                ok &= value < c_star
+            out.extend(pts[ok][:8] if c_star is None else pts[ok])
+        width = len(self.space.dims)
+        return np.array(out, dtype=np.int64).reshape(len(out), width)
 
     def _candidates(self, incumbent: np.ndarray, length: float) -> np.ndarray:
         n_rand = int(self.n_candidates * self.random_fraction)

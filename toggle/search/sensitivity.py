@@ -24,7 +24,7 @@ import numpy as np
 
 from ..files import finite_or_none
 from .objective import Objective
-from .space import SearchSpace
+from .space import SearchSpace, _compression_rank
 
 
 @dataclass
@@ -81,6 +81,8 @@ def _nearest_choice(choices: list, level):
     compressing = choices[1:]  # choices[0] is the untouched value
     if not compressing:
         return None
+    if level in compressing or not all(isinstance(c, (int, float)) for c in compressing):
+        return level if level in compressing else None
     return min(compressing, key=lambda c: (abs(float(c) - float(level)), -compressing.index(c)))
 
 
@@ -280,5 +282,4 @@ def table_rows(space: SearchSpace, prof: SensitivityProfile) -> tuple[list[str],
 
 
 def _rank(kv) -> float:
-    knob, value = kv
-    return -float(value) if knob in ("bits", "rank_ratio") else float(value)
+    return _compression_rank(*kv)

@@ -18,7 +18,7 @@ from optuna.distributions import CategoricalDistribution
 
 from ..modules import ModuleRef
 from ..plan import Methods, ModuleSetting, Plan
-from .profile import KNOBS, SearchProfile
+from .profile import KNOBS, UNTOUCHED_VALUE, SearchProfile
 
 
 @dataclass(frozen=True)
@@ -146,15 +146,25 @@ def plan_from_groups(doc: dict, params: dict, **meta) -> Plan:
     `params` at their least compressed value (`doc`: SearchSpace.to_dict(), or space.json)."""
     modules = {}
     for g in doc["groups"]:
-        values = {k: params.get(f"{g['name']}:{k}", g["choices"][k][0]) for k in KNOBS}
-        setting = ModuleSetting(bits=int(values["bits"]), sparsity=float(values["sparsity"]),
-                                rank_ratio=float(values["rank_ratio"]))
+        values = {k: params.get(f"{g['name']}:{k}", g["choices"].get(k, [UNTOUCHED_VALUE[k]])[0]) for k in KNOBS}
+        setting = setting_of(values)
         if not setting.untouched:
             modules.update({name: setting for name in g["modules"]})
     return Plan(model=doc["model"], modules=modules, methods=Methods(**doc["methods"]), profile=doc["profile"],
                 meta=dict(meta))
 
 
+def setting_of(values: dict) -> ModuleSetting:
+    """The module setting of a group's knob values (knob -> value)."""
+    return ModuleSetting(bits=int(values["bits"]), sparsity=float(values["sparsity"]),
+                         rank_ratio=float(values["rank_ratio"]), group_size=values.get("group_size"),
+                         quantizer=values.get("quantizer"))
+
+
 def _compression_rank(knob: str, value) -> float:
-    """Larger = more compression, comparable across values of one knob."""
+    """Larger = more compression, comparable across values of one knob (quantisers: none)."""
+    if knob == "quantizer":
+        return 0.0
+    if knob == "group_size":
+        return float("inf") if value == -1 else float(value or 0)
     return -float(value) if knob in ("bits", "rank_ratio") else float(value)

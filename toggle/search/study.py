@@ -28,10 +28,11 @@ from optuna.trial import TrialState
 from ..errors import InvalidInput
 from ..files import finite_or_none, jsonable
 from ..plan import Plan
-from ..rundir import FINISHED, SENSITIVITY, RunDir, best_row, trial_rows
+from ..rundir import FINISHED, MEASURED, SENSITIVITY, RunDir, best_row, trial_rows
 from ..units import format_bytes
 from .baselines import LadderSampler, path_ladder, uniform_ladder
 from .costs import CostTable
+from .measure import AdditiveModel, Measured, allocation_path, run_measurement, zones_of
 from .objective import Objective, Outcome
 from .profile import SearchProfile
 from .progress import Progress, sensitivity_table
@@ -67,16 +68,28 @@ class SamplerContext:
     seed: int
     options: dict
     limit: np.ndarray | None = None  # per dimension, the most compressed index profiling allows
-    path: list | None = None  # the greedy allocation's path
+    path: list | None = None  # the greedy allocation's (or the measured-error allocator's) path
     estimate: list | None = None  # its estimated loss per point
-    prior: AdditivePrior | None = None
+    prior: object | None = None  # AdditivePrior (single-group profiling) or AdditiveModel (measured errors)
+    measured: AdditiveModel | None = None
 
 
 def _bo(c: SamplerContext):
+    if c.measured is not None:  # start from the measured-error allocator's path, then model what it misses
+        zones, n_zones = zones_of(c.space)
+        return ConstrainedBOSampler(
+            c.space, c.costs, c.budget_bytes, objective=c.objective, seed=c.seed, limit=c.limit, prior=c.measured,
+            ladder=path_ladder(c.path, c.costs, c.budget_bytes, c.objective),
+            features=lambda index: c.measured.zone_loss(index, zones, n_zones), measured=c.measured, **c.options)
     sampler = ConstrainedBOSampler(c.space, c.costs, c.budget_bytes, objective=c.objective, seed=c.seed, limit=c.limit,
                                    prior=c.prior, **c.options)
     sampler.warm_starts = warm_starts(c.path, c.estimate, c.costs, c.budget_bytes, c.objective)
     return sampler
+
+
+def _allocator(c: SamplerContext):
+    return LadderSampler("allocator", path_ladder(c.path, c.costs, c.budget_bytes, c.objective), c.space, c.costs,
+                         c.budget_bytes, objective=c.objective, seed=c.seed)
 
 
 def _random(c: SamplerContext):
@@ -93,10 +106,13 @@ def _greedy(c: SamplerContext):
                          c.budget_bytes, objective=c.objective, seed=c.seed)
 
 
-# The sampler registry: name -> (factory(SamplerContext) -> Optuna sampler, needs sensitivity profiling).
+# The sampler registry: name -> (factory(SamplerContext) -> Optuna sampler, the profiling it needs:
+# None, "single" (one group at a time at the profile's levels), "measured" (output errors and one
+# probe per group: toggle.search.measure) or "profile" (the profile's sensitivity.method)).
 # A sampler may carry `warm_starts` (index vectors evaluated first) and `exhausted(study)` (True
 # when it has nothing left to propose); adding one is its file and one entry here.
-SAMPLERS = {"bo": (_bo, True), "random": (_random, False), "uniform": (_uniform, False), "greedy": (_greedy, True)}
+SAMPLERS = {"bo": (_bo, "profile"), "random": (_random, None), "uniform": (_uniform, None),
+            "greedy": (_greedy, "single"), "allocator": (_allocator, "measured")}
 
 
 @dataclass
@@ -126,8 +142,8 @@ def run_study(objective: Objective, budget_bytes: int, *, profile: SearchProfile
     when given, runs after the trials and before summary.json is written (not after Ctrl-C)."""
     if sampler not in SAMPLERS:
         raise InvalidInput(f"--sampler: {sampler!r} is not valid; expected one of {', '.join(SAMPLERS)}")
-    if objective_kind not in ("size", "flops"):
-        raise InvalidInput(f"--objective: {objective_kind!r} is not valid; expected size or flops")
+    if objective_kind not in OBJECTIVES:
+        raise InvalidInput(f"--objective: {objective_kind!r} is not valid; expected one of {', '.join(OBJECTIVES)}")
     started = time.perf_counter()
     run = RunDir(run_dir)
     n_trials = trials if trials is not None else profile.trials
@@ -151,13 +167,20 @@ def run_study(objective: Objective, budget_bytes: int, *, profile: SearchProfile
     prof: SensitivityProfile | None = None
     timings = {"profiling_seconds": 0.0}
     try:
-        make, needs_profile = SAMPLERS[sampler]
+        make, needs = SAMPLERS[sampler]
         context = SamplerContext(space, costs, budget_bytes, objective_kind, seed, sampler_options or {})
-        if needs_profile:
+        kind = profile.sensitivity.method if needs == "profile" else needs
+        if kind == "single":
             prof, context.limit, context.path, context.estimate, context.prior = _profile(
                 space, costs, profiling_objective or objective, run, study, bar, objective_kind)
             timings["profiling_seconds"] = round(prof.seconds, 2)
             timings["profiling_evaluations"] = len(prof.entries) + 1
+        elif kind == "measured":
+            measured = _measure(space, costs, objective, profiling_objective or objective, run, study, bar)
+            context.measured = context.prior = AdditiveModel(space, costs, measured)
+            context.path, context.estimate = allocation_path(context.measured, costs, objective=objective_kind)
+            timings["profiling_seconds"] = round(measured.seconds, 2)
+            timings["profiling_evaluations"] = measured.evaluations
         chosen = make(context)
         if not study.get_trials(deepcopy=False):
             for index in getattr(chosen, "warm_starts", ()):  # points to evaluate before the sampler proposes
@@ -171,7 +194,7 @@ def run_study(objective: Objective, budget_bytes: int, *, profile: SearchProfile
                 break
             study.optimize(func, n_trials=1, catch=())
             rows = trial_rows(study, space.params)
-            best = best_row(rows, objective_kind)
+            best = best_row(rows, objective_kind, budget_bytes)
             last = rows[-1] if rows else None
             bar.step(len(rows), bar.trial_status(best["bytes"] if best else None,
                                                  last["robustness"] if last else {}, last["reason"] if last else None))
@@ -199,6 +222,12 @@ def _check_budget(budget_bytes, costs: CostTable, objective, profile) -> None:
 
 def _finished(study) -> int:
     return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
+def _measure(space, costs, objective, profiling, run: RunDir, study, bar) -> Measured:
+    bar.phase("measured-error profiling", len(space.groups))
+    return run_measurement(space, costs, objective, profiling, run.mkdir().store(MEASURED), study=study,
+                           on_step=lambda done, _total: bar.step(done))
 
 
 def _profile(space, costs, objective, run: RunDir, study, bar, objective_kind):
@@ -248,7 +277,8 @@ def warm_starts(path, est, costs, budget_bytes, objective_kind, levels=(0.05, 0.
     return out
 
 
-def _trial_function(space: SearchSpace, objective: Objective, sampler, budget_bytes: float, objective_kind: str):
+def _trial_function(space: SearchSpace, objective: Objective, sampler, budget_bytes: float, objective_kind: str,
+                    early_exit: bool = True):
     def func(trial: optuna.Trial) -> float:
         trial.set_user_attr("worker", WORKER)  # first: a run killed from here on can be recovered
         params = space.suggest(trial)
@@ -277,12 +307,15 @@ def _trial_function(space: SearchSpace, objective: Objective, sampler, budget_by
         if twin is not None:  # another worker evaluated this point already: evaluations are deterministic
             trial.set_user_attr("duplicate_of", twin.number)
             out = Outcome({k: (v if v is not None else -math.inf) for k, v in twin.user_attrs["robustness"].items()},
-                          reason=twin.user_attrs.get("reason"))
+                          reason=twin.user_attrs.get("reason"), partial=bool(twin.user_attrs.get("partial")))
             trial.set_user_attr("eval_seconds", 0.0)
         else:
             t0 = time.perf_counter()
-            out = objective.evaluate(plan)
+            out = objective.evaluate(plan, stop_below=_stop_below(trial.study, objective_kind, early_exit, budget_bytes))
             trial.set_user_attr("eval_seconds", round(time.perf_counter() - t0, 4))
+        if out.partial:  # stopped early: the robustness values are upper bounds
+            trial.set_user_attr("partial", True)
+            trial.set_user_attr("prompts_evaluated", out.prompts_evaluated)
         trial.set_user_attr("robustness", {k: finite_or_none(v) for k, v in out.robustness.items()})
         if out.per_prompt:
             trial.set_user_attr("per_prompt", jsonable(out.per_prompt))
@@ -291,9 +324,27 @@ def _trial_function(space: SearchSpace, objective: Objective, sampler, budget_by
             r = out.robustness.get(name, -math.inf)
             trial.set_constraint(f"robustness:{name}", -r if math.isfinite(r) else math.inf)
         trial.set_constraint("valid", 1.0 if out.reason else 0.0)
+        if objective_kind == "margin":  # the most robust plan: minimise the negated minimum margin
+            return -out.min_margin if math.isfinite(out.min_margin) else MARGIN_FLOOR
         return float(cost.bytes if objective_kind == "size" else cost.flops_per_token)
 
     return func
+
+
+OBJECTIVES = ("size", "flops", "margin")
+MARGIN_FLOOR = 1e6  # the value of a plan that could not be scored, under --objective margin
+
+
+def _stop_below(study, objective_kind: str, early_exit: bool, budget_bytes: float) -> float | None:
+    """The threshold below which a candidate's evaluation may stop: 0 (a violated property decides
+    a size or FLOPs search), or the best minimum margin so far (nothing below it can win a margin
+    search); None when early exit is off or nothing has been found yet."""
+    if not early_exit:
+        return None
+    if objective_kind != "margin":
+        return 0.0
+    best = best_row(trial_rows(study), "margin", budget_bytes)
+    return best["min_margin"] if best is not None else None
 
 
 def _twin(trial, params):

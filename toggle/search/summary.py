@@ -14,7 +14,9 @@ from ..rundir import best_row, closest_row
 def summarise(rows, *, objective_fn, space, budget_bytes: float, objective: str, sampler: str, seed: int,
               wall_seconds: float, extra: dict | None = None) -> tuple[dict, Plan | None]:
     """summary.json's content and the best feasible plan (None when nothing satisfies)."""
-    best = best_row(rows, objective)
+    best = best_row(rows, objective, budget_bytes)
+    if objective == "margin" and best is not None and not best["feasible"]:
+        best = None  # the most robust plan within the budget still violates a property
     chosen = best or closest_row(rows, budget_bytes)
     base_bytes, base_flops = objective_fn.base16_bytes, objective_fn.base_flops_per_token
     summary = {
@@ -41,6 +43,8 @@ def summarise(rows, *, objective_fn, space, budget_bytes: float, objective: str,
         "best_trial": chosen["number"] if chosen else None,
         "min_margin": chosen["min_margin"] if chosen and math.isfinite(chosen["min_margin"]) else None,
         "evaluation_seconds": round(sum(r["eval_seconds"] or 0.0 for r in rows), 2),
+        # trials whose evaluation stopped early on their hardest prompts (their margins are upper bounds)
+        "early_stopped_trials": sum(bool(r.get("partial")) for r in rows),
         "sampler_seconds": round(sum(r["sampler_seconds"] or 0.0 for r in rows), 2),
         **(extra or {}),
     }

@@ -40,20 +40,24 @@ def allowed_failures(prop, prompts: int) -> int:
     return prompts - math.ceil(prop.share * prompts - 1e-9)
 
 
-def over_suite(prop, values) -> float:
+def over_suite(prop, values, prompts: int | None = None) -> float:
     """A property's robustness over a suite from its per-prompt values: the minimum; with a share,
     the (k+1)-th smallest value for k allowed failures, so it is >= 0 exactly when the property
-    holds on at least that share of the prompts. +inf when no prompt applies (vacuously true)."""
+    holds on at least that share of the prompts. +inf when no prompt applies (vacuously true).
+    `prompts`: the suite's size when `values` cover only some of its prompts; the result is then
+    an upper bound of the whole suite's value (more values can only lower an order statistic)."""
     ordered = sorted(values)
     if not ordered:
         return math.inf
-    return ordered[min(allowed_failures(prop, len(ordered)), len(ordered) - 1)]
+    k = allowed_failures(prop, prompts if prompts is not None else len(ordered))
+    return ordered[k] if k < len(ordered) else math.inf
 
 
-def decided_violated(prop, values, prompts: int) -> bool:
-    """Whether `values` (some of the `prompts` per-prompt values) already prove the property
-    violated over the suite, whatever the others are: more failures than it may have."""
-    return sum(v < 0 for v in values) > allowed_failures(prop, prompts)
+def decided_below(prop, values, prompts: int, threshold: float = 0.0) -> bool:
+    """Whether `values` (some of the `prompts` per-prompt values) already prove the property's
+    robustness over the suite below `threshold`, whatever the others are: more of them below it
+    than the property may fail. threshold 0: the property is violated."""
+    return sum(v < threshold for v in values) > allowed_failures(prop, prompts)
 
 
 def _evaluate_one_sample(spec, data) -> float:

@@ -1,0 +1,247 @@
+"""Measured errors: what each option of each group does, bought with few model evaluations.
+
+Two measurements, kept in the run directory (sensitivity.json) and the study:
+
+* the *output error* of every option of every group, from the calibration statistics alone
+  (no forward pass): for a module y = W x with input Gram matrix G = E[x x^T], quantising,
+  pruning or factorising W to W' perturbs its output by E||(W' - W) x||^2 = tr(dW G dW^T);
+  relative to the output's energy tr(W G W^T) and summed over the group's modules, this is
+  `error[g][o]`. It ranks a group's options, and it adds across groups the way small
+  perturbations of a network roughly do;
+* one *probe* per group: a full evaluation (on the profiling prompts) with only that group
+  compressed at one well-chosen option, which turns output error into each property's
+  robustness drop: coef[p][g] = drop_p / error[g][probe].
+
+The additive model then predicts every plan: robustness_p(x) = r0_p - sum_g coef[p][g] *
+error[g][x_g]. It is the prior of the BO surrogate and the loss of the measured-error allocator
+(`allocation_path`), the exllamav3-style baseline: from the untouched model, repeatedly take the
+one-group move that saves the most bytes per unit of predicted margin consumed.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .costs import CostTable
+from .objective import Objective
+from .space import SearchSpace, setting_of
+from ..files import finite_or_none
+from .profile import KNOBS
+
+PROBE_QUANTILE = 0.75  # the probe option: this quantile of a group's option errors (log scale)
+SATURATED = 10.0  # a probe that could not be scored counts as a drop of this many margins
+
+
+@dataclass
+class Measured:
+    key: str
+    baseline: dict[str, float]  # robustness of the untouched model on the profiling prompts
+    errors: list[list[float]]  # per group, per option (CostTable.combos order): relative output error
+    probes: list[dict] = field(default_factory=list)  # {group, option, robustness, reason}
+    seconds: float = 0.0
+    evaluations: int = 0
+
+    def to_dict(self) -> dict:
+        return {"kind": "measured", "key": self.key, "baseline": self.baseline, "errors": self.errors,
+                "probes": self.probes, "seconds": self.seconds, "evaluations": self.evaluations}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Measured":
+        return cls(key=d["key"], baseline=d["baseline"], errors=d["errors"], probes=list(d.get("probes", [])),
+                   seconds=d.get("seconds", 0.0), evaluations=d.get("evaluations", 0))
+
+
+class AdditiveModel:
+    """Per property, per group, per option: the predicted robustness drop (coef * error)."""
+
+    def __init__(self, space: SearchSpace, costs: CostTable, measured: Measured):
+        self.space, self.costs = space, costs
+        self.names = list(measured.baseline)
+        self.base = np.array([_finite(measured.baseline[p], 0.0) for p in self.names])
+        self.scale = np.maximum(np.abs(self.base), 1e-3)  # a property's margin: what a drop is measured against
+        errors = [np.asarray(e, dtype=float) for e in measured.errors]
+        probes = {(p["group"], p["option"]): p for p in measured.probes}
+        self.drops: list[np.ndarray] = []  # per group: (options, properties)
+        for gi, g in enumerate(space.groups):
+            e = errors[gi]
+            probe = next((v for (name, _), v in probes.items() if name == g.name), None)
+            coef = np.zeros(len(self.names))
+            if probe is not None and e[probe["option"]] > 0:
+                for j, p in enumerate(self.names):
+                    r = probe["robustness"].get(p)
+                    drop = SATURATED * self.scale[j] if probe.get("reason") or r is None else self.base[j] - r
+                    coef[j] = max(drop, 0.0) / e[probe["option"]]
+            elif probe is None and e.max() > 0:
+                coef[:] = np.nan  # not probed: unknown, never free
+            self.drops.append(np.outer(e, np.nan_to_num(coef, nan=0.0)) if not np.isnan(coef).any()
+                              else np.where(e[:, None] > 0, np.inf, 0.0) * np.ones((1, len(self.names))))
+
+    def predict(self, index: np.ndarray) -> np.ndarray:
+        """(N, properties): predicted robustness of each row of an index matrix."""
+        combos = self.costs.combo_ids(index)
+        out = np.tile(self.base, (combos.shape[0], 1))
+        for gi, d in enumerate(self.drops):
+            out -= d[combos[:, gi]]
+        return out
+
+    __call__ = predict  # the BO surrogate calls its prior
+
+    def loss(self, index: np.ndarray) -> np.ndarray:
+        """(N,): the largest share of any property's margin the plan is predicted to consume."""
+        return np.max((self.base - self.predict(index)) / self.scale, axis=1)
+
+    def zone_loss(self, index: np.ndarray, zones: list[int], n_zones: int) -> np.ndarray:
+        """(N, zones): predicted margin consumed per zone of groups (the BO surrogate's features)."""
+        combos = self.costs.combo_ids(index)
+        out = np.zeros((combos.shape[0], n_zones))
+        for gi, d in enumerate(self.drops):
+            share = np.max(np.minimum(d / self.scale, 1e6), axis=1)
+            out[:, zones[gi]] += share[combos[:, gi]]
+        return out
+
+
+def measure_key(space: SearchSpace, objective: Objective) -> str:
+    base = getattr(objective, "cache_key", objective.model_id)
+    return (f"measured|{base}|{space.profile.granularity}|{space.methods}|prompts={space.profile.sensitivity.prompts}"
+            f"|groups={len(space.groups)}|knobs={[g.choices for g in space.groups[:2]]}")
+
+
+def run_measurement(space: SearchSpace, costs: CostTable, objective: Objective, profiling: Objective, store=None, *,
+                    study=None, on_step=None) -> Measured:
+    """Output errors of every option (from `objective`), then one probe evaluation per group
+    (on `profiling`, the prompt subset); resumes a partial measurement from `store` / the study."""
+    key = measure_key(space, objective)
+    m = _load(key, store, study)
+    t0 = time.perf_counter()
+    if m is None:
+        base = profiling.evaluate(space.plan({}))
+        m = Measured(key=key, baseline={k: finite_or_none(v) for k, v in base.robustness.items()},
+                     errors=[], evaluations=1)
+    if len(m.errors) < len(space.groups):
+        m.errors = [group_errors(space, costs, objective, gi) for gi in range(len(space.groups))]
+        _save(m, store)
+    done = {p["group"] for p in m.probes}
+    for gi, g in enumerate(space.groups):
+        if on_step:
+            on_step(gi, len(space.groups))
+        if g.name in done:
+            continue
+        option = probe_option(m.errors[gi])
+        if option is None:
+            continue  # nothing to compress in this group
+        out = profiling.evaluate(space.plan(space.to_params(costs.with_combo(space.untouched(), gi, option))))
+        m.probes.append({"group": g.name, "option": option, "reason": out.reason,
+                         "robustness": {k: finite_or_none(v) for k, v in out.robustness.items()}})
+        m.evaluations += 1
+        m.seconds += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        _save(m, store)  # a Ctrl-C loses at most one evaluation
+    m.seconds += time.perf_counter() - t0
+    if on_step:
+        on_step(len(space.groups), len(space.groups))
+    _save(m, store)
+    if study is not None:
+        study.set_user_attr("measured", m.to_dict())
+    return m
+
+
+def group_errors(space: SearchSpace, costs: CostTable, objective: Objective, gi: int) -> list[float]:
+    """The relative output error of every option of group gi (0 for the untouched option)."""
+    g = space.groups[gi]
+    out = []
+    for combo in costs.combos(gi):
+        setting = setting_of(dict(zip(KNOBS, combo)))
+        out.append(0.0 if setting.untouched else float(objective.output_error(g.modules, setting, space.methods)))
+    return out
+
+
+def probe_option(errors: list[float]) -> int | None:
+    """The option probed for a group: the PROBE_QUANTILE of its options' errors on a log scale,
+    strong enough for the drop to stand out of the noise of a few prompts, short of breaking
+    the model (where drops saturate and stop being proportional)."""
+    nonzero = [(e, i) for i, e in enumerate(errors) if e > 0 and math.isfinite(e)]
+    if not nonzero:
+        return None
+    logs = np.log([e for e, _ in nonzero])
+    target = np.quantile(logs, PROBE_QUANTILE)
+    return min(nonzero, key=lambda ei: (abs(math.log(ei[0]) - target), ei[1]))[1]
+
+
+def allocation_path(model: AdditiveModel, costs: CostTable, limit: np.ndarray | None = None,
+                    objective: str = "size") -> tuple[list[np.ndarray], list[float]]:
+    """The measured-error allocator: from the untouched model, repeatedly move one group to the
+    option that saves the most bytes (or FLOPs) per unit of predicted margin consumed (the largest
+    share of any property's margin), until no move saves anything. Returns the index vectors
+    along the way, each cheaper than the last, and their predicted losses."""
+    column = 1 if objective == "flops" else 0
+    n_groups = len(model.drops)
+    current = np.zeros(n_groups, dtype=np.int64)
+    totals = np.zeros(len(model.names))  # predicted drop per property
+    saving = [costs.bytes_delta(gi) if column == 0 else costs._delta[gi][:, 1] for gi in range(n_groups)]
+    allowed = [np.ones(len(costs.combos(gi)), dtype=bool) for gi in range(n_groups)]
+    if limit is not None:
+        for gi in range(n_groups):
+            for ci in range(len(costs.combos(gi))):
+                allowed[gi][ci] = np.all(costs.with_combo(costs.space.untouched(), gi, ci) <= limit)
+    path, losses = [costs.index_of(current)], [0.0]
+    loss = 0.0
+    while True:
+        best = None
+        for gi in range(n_groups):
+            cur = current[gi]
+            gain = saving[gi][cur] - saving[gi]  # bytes saved by moving to each option
+            delta = model.drops[gi] - model.drops[gi][cur]
+            new_loss = np.max((totals[None, :] + delta) / model.scale, axis=1)
+            worse = np.maximum(new_loss - loss, 1e-9)
+            score = np.where((gain > 0) & allowed[gi] & np.isfinite(new_loss), gain / worse, -np.inf)
+            ci = int(np.argmax(score))
+            if np.isfinite(score[ci]) and (best is None or score[ci] > best[0]):
+                best = (score[ci], gi, ci, float(new_loss[ci]))
+        if best is None:
+            break
+        _, gi, ci, loss = best
+        totals = totals + model.drops[gi][ci] - model.drops[gi][current[gi]]
+        current[gi] = ci
+        path.append(costs.index_of(current))
+        losses.append(loss)
+    return path, losses
+
+
+def zones_of(space: SearchSpace, thirds: int = 3) -> tuple[list[int], int]:
+    """Each group's zone for the BO surrogate's features: the embedding, then (part, depth third)."""
+    blocks = sorted({int(g.name[1:3]) for g in space.groups if g.name.startswith("b")})
+    parts = sorted({g.name.split(".", 1)[1] if "." in g.name else "block" for g in space.groups if g.name != "embed"})
+    zone = []
+    for g in space.groups:
+        if g.name == "embed" or not g.name.startswith("b"):
+            zone.append(0)
+            continue
+        block = int(g.name[1:3])
+        third = min(thirds - 1, blocks.index(block) * thirds // max(len(blocks), 1))
+        part = g.name.split(".", 1)[1] if "." in g.name else "block"
+        zone.append(1 + parts.index(part) * thirds + third)
+    return zone, 1 + len(parts) * thirds
+
+
+def _finite(v, default: float) -> float:
+    return float(v) if v is not None and math.isfinite(v) else default
+
+
+def _load(key: str, store, study) -> Measured | None:
+    candidates = []
+    if study is not None and isinstance(study.user_attrs.get("measured"), dict):
+        candidates.append(study.user_attrs["measured"])
+    if store is not None:
+        cached = store.load()
+        if isinstance(cached, dict):
+            candidates.append(cached)
+    matching = [Measured.from_dict(c) for c in candidates if c.get("kind") == "measured" and c.get("key") == key]
+    return max(matching, key=lambda m: (len(m.errors), len(m.probes))) if matching else None
+
+
+def _save(m: Measured, store) -> None:
+    if store is not None:
+        store.save(m.to_dict())
