@@ -201,3 +201,30 @@ def test_awq_scales_are_searched_once_per_module_and_width(tiny_llama_dir):
     assert torch.equal(dense.input_scales, pruned.input_scales)  # reused, not searched again
     assert not torch.equal(dense.codes, pruned.codes)
     assert len(applier._prepared) == 2 and other_width.input_scales is not None
+
+
+def test_a_module_setting_can_carry_its_own_group_size_and_quantiser(tiny_llama_dir, tmp_path):
+    from toggle.api import write_artifact
+    from toggle.compress.quant import QuantConfig, quantize_rtn
+    from toggle.cost import CostModel
+    from toggle.formats import read_artifact
+
+    lm = load_model(str(tiny_llama_dir))
+    name = "model.layers.0.mlp.down_proj"  # 128 inputs: groups of 32 or 64
+    plan = Plan(lm.model_id, {name: ModuleSetting(bits=3, group_size=64)}, Methods(group_size=32))
+    back = Plan.from_dict(plan.to_dict())
+    assert back.modules[name] == ModuleSetting(bits=3, group_size=64)
+    assert "group_size" not in Plan(lm.model_id, {name: ModuleSetting(bits=3)}).to_dict()["modules"][name]
+    applier = PlanApplier(lm.model)
+    ref = {r.name: r for r in compressible_modules(lm.model)}[name]
+    expected = quantize_rtn(weight_matrix(lm.model.get_submodule(name), ref), QuantConfig(3, 64)).dequantize()
+    assert torch.equal(applier.effective_weight(name, plan.modules[name], plan.methods), expected)
+    costs = CostModel(lm.model)
+    g32 = Plan(lm.model_id, {name: ModuleSetting(bits=3)}, Methods(group_size=32))
+    assert costs.of(plan).bytes < costs.of(g32).bytes  # half the scales and minimums
+    info = write_artifact(lm, plan, tmp_path / "art", applier=applier)
+    assert info.cost.bytes == costs.of(plan).bytes == info.tensor_bytes_on_disk
+    assert torch.equal(weight_matrix(read_artifact(info.path).model.get_submodule(name), ref), expected)
+    with pytest.raises(InvalidInput, match="group_size 64, symmetric false has no GGUF type"):
+        write_artifact(lm, plan, tmp_path / "m.gguf", "gguf", applier=applier)
+    assert ModuleSetting(bits=16, group_size=64) == ModuleSetting()  # an untouched module has no group size

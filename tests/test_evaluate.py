@@ -182,3 +182,33 @@ def test_builtin_model_unmodified_and_8bit_pass_3bit_fails(builtin_model, tmp_pa
     assert q8.satisfied, q8.robustness
     assert all(v < 0 for v in q3.robustness.values()), q3.robustness
     assert q3.robustness["coherence"] < -0.5  # clearly, not marginally
+
+
+def test_early_exit_stops_on_the_hardest_prompts_with_an_upper_bound(setup):
+    """A violating candidate scored with stop_below=0 stops after the first chunk of prompts; its
+    robustness is an upper bound of the full evaluation's; a passing one is scored on all of them."""
+    loaded, specs, trace = setup
+    evaluator = Evaluator(loaded, specs, trace, NoiseApplier(loaded.model))
+    full = evaluator.evaluate(1.0)  # also teaches the evaluator which prompts are hardest
+    assert not full.partial and full.prompts_evaluated == full.prompts_total == 4
+    early = evaluator.evaluate(1.0, stop_below=0.0)
+    assert early.partial and early.prompts_evaluated < 4 and not early.satisfied
+    worst = min(full.per_prompt["coherence"], key=full.per_prompt["coherence"].get)
+    assert worst in early.per_prompt["coherence"]  # the hardest prompt went first
+    for name, value in early.robustness.items():
+        assert value >= full.robustness[name] - 1e-9
+    fine = evaluator.evaluate(0.0, stop_below=0.0)
+    assert not fine.partial and fine.prompts_evaluated == 4 and fine.satisfied
+    assert fine.robustness == pytest.approx(evaluator.evaluate(0.0).robustness, abs=1e-6)
+
+
+def test_a_share_of_prompts_is_an_order_statistic_and_early_exit_respects_it(setup, tmp_path):
+    loaded, _, trace = setup
+    spec = tmp_path / "share.stl"
+    spec.write_text("option hidden_layer = -1\noption attn_span = 8\nconst eps = 0.05\ncoherence = always[0:7] (jsd <= eps)\n")
+    specs = load_specs([spec])
+    specs.properties[0].share = 0.75  # 3 of 4 prompts must hold: one may fail
+    evaluator = Evaluator(loaded, specs, trace, NoiseApplier(loaded.model))
+    result = evaluator.evaluate(0.3)
+    values = sorted(result.per_prompt["coherence"].values())
+    assert result.robustness["coherence"] == values[1]  # the second smallest: one failure allowed

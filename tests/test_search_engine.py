@@ -28,7 +28,7 @@ def _study(result):
 
 def test_space_groups_params_and_plan_round_trip():
     obj = SyntheticObjective(blocks=3)
-    space = SearchSpace(obj.model_id, obj.refs, load_profile("default"))
+    space = SearchSpace(obj.model_id, obj.refs, load_profile("prune-lowrank"))
     assert [g.name for g in space.groups][:3] == ["embed", "b00.attn", "b00.mlp"]
     assert len(space.groups) == 1 + 3 * 2
     assert "b01.mlp:sparsity" in space.params and "embed:sparsity" not in space.params  # fixed knobs are no dims
@@ -44,7 +44,7 @@ def test_space_groups_params_and_plan_round_trip():
 
 def test_cost_table_is_exact_for_additive_costs():
     obj = SyntheticObjective(blocks=3)
-    space = SearchSpace(obj.model_id, obj.refs, load_profile("default"))
+    space = SearchSpace(obj.model_id, obj.refs, load_profile("prune-lowrank"))
     table = CostTable(space, obj.cost)
     rng = np.random.default_rng(0)
     points = (rng.random((20, len(space.dims))) * space.sizes).astype(int)
@@ -188,7 +188,7 @@ def test_keyboard_interrupt_saves_outputs_and_resumes(tmp_path):
     budget = int(obj.base16_bytes * 0.5)
     real = obj.evaluate
 
-    def interrupt_on_fourth(plan):
+    def interrupt_on_fourth(plan, stop_below=None):
         if obj.evaluations == 3:
             raise KeyboardInterrupt
         return real(plan)

@@ -16,9 +16,10 @@ from toggle.units import parse_budget
 
 def test_model_objective_adapts_evaluation_and_cost():
     evaluation = SimpleNamespace(robustness={"coherence": 0.25}, feasible=True, reason=None,
-                                 per_prompt={"coherence": [0.25, 0.5]}, timings={"forward": 1.0})
+                                 per_prompt={"coherence": [0.25, 0.5]}, timings={"forward": 1.0}, partial=False,
+                                 prompts_evaluated=2)
     cost = SimpleNamespace(bytes=1234, flops_per_token=99.0, bitops_per_token=1.0)
-    evaluator = SimpleNamespace(evaluate=lambda plan, prompts=None: evaluation)
+    evaluator = SimpleNamespace(evaluate=lambda plan, prompts=None, stop_below=None: evaluation)
     cost_model = SimpleNamespace(of=lambda plan: cost, base16_bytes=5000, base_flops_per_token=200.0)
     obj = ModelObjective("m", [], ["coherence"], evaluator, cost_model)
     out = obj.evaluate(Plan(model="m"))

@@ -10,8 +10,12 @@ def test_shipped_profiles_load_with_values_ordered_least_compressed_first():
     default = load_profile("default")
     assert default.granularity == "block_part"
     assert default.knobs["bits"][0] == 16 and list(default.knobs["bits"]) == sorted(default.knobs["bits"], reverse=True)
-    assert default.knobs["sparsity"][0] == 0.0 and default.knobs["rank_ratio"][0] == 1.0
-    assert default.methods.pruner == "wanda"
+    assert default.knobs["group_size"] == (32, 64, 128) and default.embedding["group_size"] == (32, 64, 128)
+    assert default.knobs["sparsity"] == (0.0,) and default.knobs["rank_ratio"] == (1.0,)
+    assert default.sensitivity.method == "measured" and default.methods.pruner == "wanda"
+    pruning = load_profile("prune-lowrank")
+    assert pruning.knobs["sparsity"][0] == 0.0 and pruning.knobs["rank_ratio"][0] == 1.0
+    assert pruning.sensitivity.method == "single"
     quant = load_profile("quant-only")
     assert quant.knobs["sparsity"] == (0.0,) and quant.knobs["rank_ratio"] == (1.0,)
 
@@ -56,7 +60,7 @@ def test_bad_profiles_name_file_field_and_what_is_valid(tmp_path, data, message)
 
 
 def test_missing_profile_lists_shipped_ones():
-    with pytest.raises(InvalidInput, match="no such search profile; shipped profiles: default, gguf, quant-only"):
+    with pytest.raises(InvalidInput, match="no such search profile; shipped profiles: default, gguf, prune-lowrank, quant-only"):
         load_profile("nonexistent")
 
 

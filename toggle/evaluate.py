@@ -24,7 +24,7 @@ from .signals import ANSWER, SIGNALS, compute_signals
 from .specs.semantics import decided_below, over_suite
 from .trace import Trace, check_outputs, resolve_options, score_paths
 
-EARLY_CHUNK = 4  # prompts scored first when a candidate may stop early (then twice as many, then the rest)
+EARLY_CHUNK = 4  # prompts scored first when a candidate may stop early (fewer on a small suite; then twice as many, then the rest)
 
 
 @dataclass
@@ -102,7 +102,8 @@ class Evaluator:
             chunks = [trace]
         else:
             order = sorted(trace.prompt_ids, key=lambda pid: (self._hardness.get(pid, math.inf), pid))
-            sizes = [EARLY_CHUNK, 2 * EARLY_CHUNK, len(order)]
+            first = min(EARLY_CHUNK, max(1, len(order) // 4))
+            sizes = [first, 2 * first, len(order)]
             cuts = sorted({min(sum(sizes[:i + 1]), len(order)) for i in range(len(sizes))})
             chunks = [trace.subset(order[lo:hi]) for lo, hi in zip([0] + cuts[:-1], cuts) if hi > lo]
         per_prompt: dict[str, dict[str, float]] = {p: {} for p in self.specs.names}

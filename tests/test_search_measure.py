@@ -1,0 +1,79 @@
+"""Measured-error profiling, the additive model, the measured-error allocator, BO that starts from
+it, --objective margin and early stops in the study, on the synthetic problem."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from toggle.rundir import MEASURED, RunDir
+from toggle.search import parse_profile, run_study
+from toggle.search.costs import CostTable
+from toggle.search.measure import AdditiveModel, allocation_path, probe_option, run_measurement
+from toggle.search.space import SearchSpace
+from toggle.search.synthetic import SyntheticObjective
+
+PROFILE = parse_profile({"knobs": {"bits": [16, 8, 6, 5, 4, 3, 2], "group_size": [32, 64, 128]},
+                         "embedding": {"bits": [16, 8, 6, 5, 4]}, "methods": {"group_size": 32},
+                         "sensitivity": {"method": "measured", "prompts": 3}}, name="measured")
+
+
+def _setup(blocks=4):
+    obj = SyntheticObjective(blocks=blocks, seed=0)
+    space = SearchSpace(obj.model_id, obj.refs, PROFILE)
+    return obj, space, CostTable(space, obj.cost)
+
+
+def test_measurement_probes_each_group_once_and_resumes(tmp_path):
+    obj, space, costs = _setup()
+    store = RunDir(tmp_path).store(MEASURED)
+    m = run_measurement(space, costs, obj, obj, store)
+    assert m.evaluations == 1 + len(space.groups)  # the untouched model, one probe per group
+    assert all(e[0] == 0.0 for e in m.errors)  # the untouched option
+    assert {p["group"] for p in m.probes} == {g.name for g in space.groups}
+    n = obj.evaluations
+    again = run_measurement(space, costs, obj, obj, store)
+    assert obj.evaluations == n and again.probes == m.probes  # nothing measured twice
+
+
+def test_the_additive_model_reproduces_each_probe_and_ranks_options():
+    obj, space, costs = _setup()
+    m = run_measurement(space, costs, obj, obj)
+    model = AdditiveModel(space, costs, m)
+    for gi, probe in enumerate(m.probes):
+        point = costs.with_combo(space.untouched(), gi, probe["option"])
+        predicted = model.predict(point)[0]
+        for j, p in enumerate(model.names):
+            assert predicted[j] == pytest.approx(probe["robustness"][p], abs=1e-9)
+    assert probe_option([0.0, 1e-3, 1e-2, 1e-1, 1.0]) in (3, 4)  # a strong option, on a log scale
+    assert probe_option([0.0]) is None
+
+
+def test_allocation_path_gets_cheaper_and_consumes_more_margin():
+    obj, space, costs = _setup()
+    model = AdditiveModel(space, costs, run_measurement(space, costs, obj, obj))
+    path, losses = allocation_path(model, costs)
+    sizes = costs.of(np.stack(path))[0]
+    assert len(path) > len(space.groups) and np.all(np.diff(sizes) < 0)
+    assert losses[0] == 0 and np.all(np.diff(losses) >= -1e-12)
+
+
+def test_bo_from_the_allocator_path_is_at_least_as_small_as_the_allocator(tmp_path):
+    results = {}
+    for sampler in ("uniform", "allocator", "bo"):
+        obj = SyntheticObjective(blocks=6, seed=0)
+        r = run_study(obj, int(obj.base16_bytes * 0.45), profile=PROFILE, run_dir=tmp_path / sampler, trials=16,
+                      sampler=sampler, profiling_objective=obj.profiling_view())
+        assert r.satisfied, sampler
+        results[sampler] = r.summary["compressed_size_bytes"]
+    assert results["bo"] <= results["allocator"] < results["uniform"]
+
+
+def test_margin_objective_returns_the_most_robust_plan_within_the_budget(tmp_path):
+    obj = SyntheticObjective(blocks=3, seed=0)
+    budget = int(obj.base16_bytes * 0.5)
+    r = run_study(obj, budget, profile=PROFILE, run_dir=tmp_path, trials=10, sampler="bo", objective_kind="margin",
+                  profiling_objective=obj)
+    rows, _ = RunDir(tmp_path).read_trials()
+    fits = [t for t in rows if t["bytes"] is not None and t["bytes"] <= budget and t["min_margin"] is not None]
+    assert r.summary["objective"] == "margin" and r.summary["compressed_size_bytes"] <= budget
+    assert r.summary["min_margin"] == pytest.approx(max(t["min_margin"] for t in fits))
