@@ -206,6 +206,10 @@ def test_sigterm_at_every_stage_boundary_saves_and_exits_130(tiny_llama_dir, tmp
             assert code in (0, 1), (marker, code, text[-2000:])
             missed.append(marker)
             continue
+        if marker == "run directory:" and code in (0, 1):
+            # the signal was sent as the finished process was leaving: it ended on its own
+            missed.append(marker)
+            continue
         assert code == 130, (marker, code, text[-2000:])
         assert "toggle: interrupted" in text, marker
         check_run_dir(run, complete=False)

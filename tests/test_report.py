@@ -50,7 +50,9 @@ def test_search_writes_the_heldout_audit_and_the_report(runs):
     assert summary["specs"]["consts"] == {"eps": 0.2} and summary["specs"]["relax"] == 0.0
     calibration = json.loads((d / "A" / "calibration.json").read_text())
     assert set(calibration["per_prompt"]["coherence"]) == {"c1", "c2", "c3"}
-    assert calibration["robustness"]["coherence"] == pytest.approx(summary["robustness"]["coherence"], abs=1e-9)
+    # the winner's trial was scored in early-exit chunks (other batch compositions): float32 sums
+    # differ from the one-pass rescoring in the eighth digit
+    assert calibration["robustness"]["coherence"] == pytest.approx(summary["robustness"]["coherence"], abs=1e-6)
     for name in ("report.md", "report.html", "space.json", *PLOTS):
         assert (d / "A" / name).is_file(), name
 

@@ -32,7 +32,7 @@ def test_tiny_model_search_from_the_cli(tiny_llama_dir, tmp_path, capsys):
     assert summary["loaded_size_bytes"] == (tiny_llama_dir / "model.safetensors").stat().st_size
     assert summary["loaded_format"] is None
     assert "16-bit dense" in out and "FLOPs per token" in out
-    for name in ("trials.csv", "pareto.csv", "study.db", "sensitivity.json"):
+    for name in ("trials.csv", "pareto.csv", "study.db", "measured.json"):  # the default profiling
         assert (tmp_path / "run" / name).exists(), name
     # the same command again resumes: 7 trials in all, the first 5 kept
     assert main(args[:-4] + ["--trials", "7", "--out", str(tmp_path / "run")]) in (0, 1)

@@ -283,6 +283,8 @@ def run() -> None:
     code = INTERRUPTED
     try:
         code = _main(sys.argv[1:])
+    except SystemExit as e:  # argparse's --help (0) and usage errors (2), already printed
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else BAD_INPUT)
     finally:
         _exit_now(code)
 

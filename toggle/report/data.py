@@ -1,13 +1,13 @@
 """What a report is made of, read from a run directory's files alone (no model, no study needed),
 through toggle.rundir: summary.json, trials.csv, plan.yaml, heldout.json, calibration.json,
-space.json, sensitivity.json, and the other studies kept in the same study.db (baselines run with
+space.json, sensitivity.json (or measured.json), and the other studies kept in the same study.db (baselines run with
 the same --out)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..rundir import CALIBRATION, HELDOUT, SENSITIVITY, SPACE, RunDir
+from ..rundir import CALIBRATION, HELDOUT, MEASURED, SENSITIVITY, SPACE, RunDir
 
 
 @dataclass
@@ -53,6 +53,7 @@ def load_run(run_dir: str | Path) -> RunData:
     summary = run.read_summary()
     trials, properties = run.read_trials()
     data = RunData(run.path, summary, trials, properties or list((summary.get("robustness") or {})), run.read_plan(),
-                   run.read_json(HELDOUT), run.read_json(CALIBRATION), run.read_json(SPACE), run.read_json(SENSITIVITY))
+                   run.read_json(HELDOUT), run.read_json(CALIBRATION), run.read_json(SPACE),
+                   run.read_json(SENSITIVITY) or run.read_json(MEASURED))
     data.siblings = [Series(label, rows) for label, rows in run.other_studies(exclude=summary.get("study"))]
     return data
