@@ -33,7 +33,20 @@ from common import Run, table  # noqa: E402
 from toggle.search import load_profile, run_study  # noqa: E402
 from toggle.units import format_bytes  # noqa: E402
 
-SAMPLERS = ("bo", "random", "greedy", "uniform")
+SAMPLERS = ("bo", "allocator", "uniform", "random", "greedy")
+# Profiling files one run computes and the others reuse (they depend on model, trace, profile and
+# specs, not on --relax or the seed), and the samplers that read each.
+PROFILED = {"sensitivity.json": ("bo", "greedy"), "measured.json": ("bo", "allocator")}
+
+
+def early_exit_cost(run_dir: Path) -> float | None:
+    """Median seconds of an early-stopped evaluation over the median of a complete one, same run."""
+    from toggle.rundir import RunDir
+
+    rows = [r for r in RunDir(run_dir).read_trials()[0] if r.get("eval_seconds")]
+    stopped = [r["eval_seconds"] for r in rows if r.get("partial")]
+    full = [r["eval_seconds"] for r in rows if not r.get("partial")]
+    return statistics.median(stopped) / statistics.median(full) if stopped and full else None
 
 
 def prefix_rows(run_dir: Path, summary: dict, counts: list[int]) -> list[dict]:
@@ -99,7 +112,8 @@ def main(argv=None) -> int:
     ap.add_argument("--trials", default="25", help="comma-separated trial budgets (full grid: 25,50,100)")
     ap.add_argument("--seeds", default="0", help="comma-separated seeds (full grid: 0,1,2)")
     ap.add_argument("--profile", default="default")
-    ap.add_argument("--samplers", default="bo,random,greedy")
+    ap.add_argument("--samplers", default="bo,allocator,uniform,random")
+    ap.add_argument("--relax", default="0", help="comma-separated --relax levels (issue 13's grid: 0.25,0.5)")
     ap.add_argument("--out", default="benchmarks/results/search-runs", help="run directories (reused: resumes)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--read-only", action="store_true", help="only read the run directories already there (a run "
@@ -114,15 +128,16 @@ def main(argv=None) -> int:
     run = Run(args.name, args.device, args.threads)
     counts = sorted(int(t) for t in args.trials.split(","))
     seeds = [int(s) for s in args.seeds.split(",")]
-    out = Path(args.out) / ("synthetic" if args.synthetic else args.budget)
+    relaxes = [float(r) for r in args.relax.split(",")]
     rows: list[dict] = []
-    profiled: Path | None = None
-    for seed in seeds:
-        for sampler in args.samplers.split(","):
-            run_dir = out / f"{sampler}-seed{seed}"
-            if profiled is not None and sampler in ("bo", "greedy") and not (run_dir / "sensitivity.json").exists():
-                run_dir.mkdir(parents=True, exist_ok=True)
-                shutil.copy(profiled, run_dir / "sensitivity.json")
+    profiled: dict[str, Path] = {}  # profiling file name -> the run directory file that holds it
+    for relax, seed, sampler in ((r, s, m) for r in relaxes for s in seeds for m in args.samplers.split(",")):
+            out = Path(args.out) / ("synthetic" if args.synthetic else args.budget)
+            run_dir = out / (f"relax{relax:g}" if len(relaxes) > 1 or relax else "") / f"{sampler}-seed{seed}"
+            for name, source in profiled.items():  # it depends on model, trace, profile, specs (not relax)
+                if sampler in PROFILED[name] and not (run_dir / name).exists():
+                    run_dir.mkdir(parents=True, exist_ok=True)
+                    shutil.copy(source, run_dir / name)
             t0 = time.perf_counter()
             done = _finished_summary(run_dir, 1 if args.read_only else counts[-1])
             if done is None and args.read_only:
@@ -146,28 +161,36 @@ def main(argv=None) -> int:
                 from toggle.api import search as run_search
 
                 result = run_search(args.model, args.budget, profile=args.profile, trials=counts[-1], sampler=sampler,
-                                    seed=seed, out=run_dir, device=args.device, progress=False)
-            if sampler in ("bo", "greedy") and (run_dir / "sensitivity.json").exists():
-                profiled = profiled or run_dir / "sensitivity.json"
+                                    seed=seed, out=run_dir, device=args.device, relax=relax, progress=False)
+            for name in PROFILED:
+                if (run_dir / name).exists() and name not in profiled:
+                    profiled[name] = run_dir / name
             s = result.summary
             held = (s.get("heldout") or {}).get("pass_rate")
+            exit_cost = early_exit_cost(run_dir)
             for r in prefix_rows(run_dir, s, counts):
-                rows.append({"sampler": sampler, "seed": seed, **r,
+                rows.append({"relax": relax, "sampler": sampler, "seed": seed, **r,
+                             "profiling_evaluations": s.get("profiling_evaluations", 0),
+                             "early_stopped": s.get("early_stopped_trials"), "infeasible_cost": exit_cost,
                              "heldout_pass_rate_final": held if r["trials_budget"] == counts[-1] else None})
             print(f"{sampler}-seed{seed}: {s['trials']} trials, best "
                   f"{format_bytes(s['compressed_size_bytes']) if s['satisfied'] else 'none'}, "
                   f"{time.perf_counter() - t0:.0f} s in all (with held-out audit and report)", flush=True)
 
-    # One line per (sampler, trial budget): median over seeds.
+    # One line per (relax, sampler, trial budget): median over seeds.
     summary = []
-    for sampler in args.samplers.split(","):
-        for n in counts:
-            group = [r for r in rows if r["sampler"] == sampler and r["trials_budget"] == n]
+    for relax, sampler, n in ((r, m, n) for r in relaxes for m in args.samplers.split(",") for n in counts):
+            group = [r for r in rows if r["relax"] == relax and r["sampler"] == sampler and r["trials_budget"] == n]
             sizes = [r["best_bytes"] if r["best_bytes"] is not None else math.inf for r in group]
             med = statistics.median(sizes)
             if not group:
                 continue
-            summary.append({"sampler": sampler, "trials": n, "seeds": len(group),
+            held = [r["heldout_pass_rate_final"] for r in group if r["heldout_pass_rate_final"] is not None]
+            costs = [r["infeasible_cost"] for r in group if r["infeasible_cost"] is not None]
+            summary.append({"relax": relax, "sampler": sampler, "trials": n, "seeds": len(group),
+                            "heldout": statistics.median(held) if held else None,
+                            "infeasible_cost": statistics.median(costs) if costs else None,
+                            "profiling_evaluations": statistics.median(r["profiling_evaluations"] for r in group),
                             "trials_run": statistics.median(r["trials_run"] for r in group),
                             "found": sum(math.isfinite(x) for x in sizes),
                             "median_best": format_bytes(med) if math.isfinite(med) else "none",
@@ -178,13 +201,15 @@ def main(argv=None) -> int:
                             "sampler_s": statistics.median(r["sampler_s"] for r in group),
                             "profiling_s": statistics.median(r["profiling_s"] for r in group)})
     print()
-    print(table(summary, [("sampler", "sampler", ""), ("trials", "trials", "d"), ("trials_run", "trials run", ".0f"),
+    print(table(summary, [("relax", "relax", "g"), ("sampler", "sampler", ""), ("trials", "trials", "d"), ("trials_run", "trials run", ".0f"),
                           ("seeds", "seeds", "d"),
                           ("found", "seeds with a satisfying plan", "d"), ("median_best", "smallest satisfying", ""),
                           ("median_best_fraction", "size / 16-bit", ".3f"), ("wall_s", "wall s", ".0f"),
                           ("eval_s", "evaluation s", ".0f"), ("sampler_s", "sampler s", ".1f"),
-                          ("profiling_s", "profiling s", ".0f")]))
-    run.finish(rows, {"summary": summary, "budget": args.budget, "trials": counts, "seeds": seeds,
+                          ("profiling_s", "profiling s", ".0f"), ("profiling_evaluations", "profiling evals", ".0f"),
+                          ("heldout", "held-out pass rate", ".2f"),
+                          ("infeasible_cost", "early-stopped / full evaluation s", ".2f")]))
+    run.finish(rows, {"summary": summary, "budget": args.budget, "trials": counts, "seeds": seeds, "relax": relaxes,
                       "note": "profiling computed once and copied to later BO/greedy run directories; its seconds are "
                               "those of the run that computed it"})
     return 0

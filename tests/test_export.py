@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 
+import gguf
 import pytest
 import torch
 
@@ -115,6 +116,45 @@ def test_gguf_round_trip_generates_like_the_simulation(arch, tiny_llama_dir, tin
     assert {e for v in info.encodings.values() for e in v} == {"Q4_1", "Q5_1"}
     with torch.no_grad():
         torch.testing.assert_close(load_model(str(info.path)).model(ids).logits, expected, rtol=0, atol=1e-5)
+
+
+def _fields(path) -> dict:
+    return {k: f.contents() for k, f in gguf.GGUFReader(str(path)).fields.items()
+            if not k.startswith(("tokenizer.ggml.tokens", "tokenizer.ggml.token_type", "tokenizer.ggml.merges"))}
+
+
+def test_gguf_metadata_copies_the_source_tokenizer_keys_and_names_the_file_type(tiny_llama_dir, tmp_path):
+    """A model loaded from a GGUF file is written with that file's pre-tokenizer and BOS/space
+    flags (llama.cpp splits text by them); general.file_type names the type of most weight bytes."""
+    from toggle.formats.gguf import write_gguf as write_raw
+
+    lm = load_model(str(tiny_llama_dir))
+    names = [r.name for r in compressible_modules(lm.model)]
+    plan = Plan(lm.model_id, {n: ModuleSetting(bits=4 if i else 16) for i, n in enumerate(names)},
+                Methods(group_size=32, symmetric=False))  # Q4_1 blocks, the embedding F16
+    first = write_gguf(lm, plan, tmp_path / "a.gguf")
+    fields = _fields(first.path)
+    assert fields["tokenizer.ggml.pre"] == "default"  # a safetensors source: llama.cpp's default
+    assert fields["general.file_type"] == int(gguf.LlamaFileType.MOSTLY_Q4_1)
+    assert fields["general.quantization_version"] == gguf.GGML_QUANT_VERSION
+    # a GGUF source with its own pre-tokenizer and flags: they travel to the file toggle writes
+    source_keys = {"tokenizer.ggml.pre": "smollm", "tokenizer.ggml.add_bos_token": False,
+                   "tokenizer.ggml.add_space_prefix": False}
+    back = load_model(str(first.path))
+    tensors = {f"{n}.weight": ("F32", t.detach().float().numpy()) for n, t in
+               ((n, m.weight) for n, m in back.model.named_modules() if n in names)}
+    from toggle.modules import stored_other_tensors
+
+    for n, t in stored_other_tensors(back.model, compressible_modules(back.model)).items():
+        tensors.setdefault(n, ("F32", t.detach().float().numpy()))
+    write_raw(tmp_path / "src.gguf", back.model, back.tokenizer, tensors, name="src", source=source_keys)
+    src = load_model(str(tmp_path / "src.gguf"))
+    assert _fields(tmp_path / "src.gguf")["general.file_type"] == int(gguf.LlamaFileType.ALL_F32)
+    again = write_gguf(src, plan, tmp_path / "b.gguf")
+    fields = _fields(again.path)
+    for key, value in source_keys.items():
+        assert fields[key] == value, key
+    assert again.weights_file_bytes == again.cost.bytes  # the copied keys are in the accounted header
 
 
 def test_gguf_refuses_what_it_cannot_hold(tiny_llama_dir, tmp_path):
@@ -278,6 +318,15 @@ def test_builtin_model_artifacts(builtin_model, tmp_path):
         assert abs(info.weights_file_bytes - info.cost.bytes) / info.cost.bytes < 0.01
         assert 0.65 < info.cost.size_reduction < 0.67  # 4.5 bits per weight, 8.5 for the 21% in the embedding (+ GGUF header)
     assert gguf_info.weights_file_bytes == gguf_info.cost.bytes  # the GGUF header is accounted exactly
+    # llama.cpp tokenises with the source's pre-tokenizer and flags, not "default"
+    fields = _fields(gguf_info.path)
+    source = _fields(lm.source_path)
+    for key in ("tokenizer.ggml.pre", "tokenizer.ggml.add_bos_token", "tokenizer.ggml.add_space_prefix",
+                "tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id", "tokenizer.chat_template"):
+        assert fields[key] == source[key], key
+    assert fields["tokenizer.ggml.pre"] == "smollm"
+    assert fields["general.file_type"] == int(gguf.LlamaFileType.MOSTLY_Q4_0)
+    assert fields["general.quantization_version"] == source["general.quantization_version"] == 2
     assert toggle_info.cost.tensor_bytes == gguf_info.cost.tensor_bytes  # same layout per block of 32; no padding at these shapes
     assert abs(toggle_info.weights_file_bytes - toggle_info.cost.bytes) / toggle_info.cost.bytes < 0.01
     back = read_artifact(toggle_info.path)

@@ -47,6 +47,19 @@ BLOCK = 32
 ALIGNMENT = 32  # GGUF pads every tensor's data to this many bytes
 BLOCK_BYTES = {"Q8_0": 34, "Q5_1": 24, "Q5_0": 22, "Q4_1": 20, "Q4_0": 18}
 QTYPES = ("F32", "F16", *BLOCK_BYTES)
+# Tokenizer keys copied from a GGUF source, with their types: the pre-tokenizer decides how text
+# is split before BPE (llama.cpp's "default" splits SmolLM2's text into other tokens than its
+# own "smollm"), the flags whether a BOS token and a space prefix are added.
+SOURCE_KEYS = {"tokenizer.ggml.pre": gguf.GGUFValueType.STRING,
+               "tokenizer.ggml.add_bos_token": gguf.GGUFValueType.BOOL,
+               "tokenizer.ggml.add_eos_token": gguf.GGUFValueType.BOOL,
+               "tokenizer.ggml.add_space_prefix": gguf.GGUFValueType.BOOL,
+               "tokenizer.ggml.remove_extra_whitespaces": gguf.GGUFValueType.BOOL}
+# general.file_type of a file whose quantised tensors are mostly of this type (llama.cpp's LLAMA_FTYPE)
+FILE_TYPES = {"F32": gguf.LlamaFileType.ALL_F32, "F16": gguf.LlamaFileType.MOSTLY_F16,
+              "Q8_0": gguf.LlamaFileType.MOSTLY_Q8_0, "Q5_1": gguf.LlamaFileType.MOSTLY_Q5_1,
+              "Q5_0": gguf.LlamaFileType.MOSTLY_Q5_0, "Q4_1": gguf.LlamaFileType.MOSTLY_Q4_1,
+              "Q4_0": gguf.LlamaFileType.MOSTLY_Q4_0}
 # Bump when the cached layout of de-quantised GGUF models changes so stale caches are rebuilt.
 _CACHE_VERSION = "2"
 
@@ -68,7 +81,7 @@ class GGUFFormat(Format):
                    if not skipped_in_gguf(n))
 
     def header_bytes(self, loaded) -> int:
-        return gguf_header_bytes(loaded.model, loaded.tokenizer, name=model_name(loaded))
+        return gguf_header_bytes(loaded.model, loaded.tokenizer, name=model_name(loaded), source=source_metadata(loaded))
 
     def output_path(self, out) -> Path:
         out = Path(out)
@@ -182,10 +195,30 @@ def write_artifact(loaded, plan: Plan, out_path: Path, applier: PlanApplier, cos
     for name, tensor in stored_other_tensors(model, refs).items():
         prepared.setdefault(name, ("F32", tensor.detach().to(torch.float32).cpu().numpy()))
     with atomic_path(out_path) as tmp:
-        write_gguf(tmp, model, loaded.tokenizer, prepared, name=model_name(loaded))
+        write_gguf(tmp, model, loaded.tokenizer, prepared, name=model_name(loaded), source=source_metadata(loaded))
     size = out_path.stat().st_size
     return ArtifactInfo(path=out_path, fmt="gguf", cost=cost, tensor_bytes_on_disk=size - _data_offset(out_path),
                         weights_file_bytes=size, total_bytes=size, encodings=encodings)
+
+
+def source_metadata(loaded) -> dict:
+    """The SOURCE_KEYS a GGUF-loaded model's file holds (empty for other sources), so the file
+    written tokenizes in llama.cpp exactly as the source does."""
+    path = getattr(loaded, "source_path", None)
+    if path is None or Path(path).suffix.lower() != ".gguf" or not Path(path).is_file():
+        return {}
+    fields = gguf.GGUFReader(str(path)).fields
+    return {key: fields[key].contents() for key in SOURCE_KEYS if key in fields}
+
+
+def file_type(tensors: dict[str, tuple[str, np.ndarray]]) -> int:
+    """general.file_type: the type holding most of the quantised (else float16) weight bytes."""
+    weight = {}
+    for qname, data in tensors.values():
+        if qname != "F32":
+            weight[qname] = weight.get(qname, 0) + data.nbytes
+    quantised = {k: v for k, v in weight.items() if k != "F16"} or weight or {"F32": 0}
+    return int(FILE_TYPES[max(quantised, key=quantised.get)])
 
 
 def model_name(loaded) -> str:
@@ -194,13 +227,14 @@ def model_name(loaded) -> str:
 
 
 def write_gguf(path: str | Path, model: torch.nn.Module, tokenizer, tensors: dict[str, tuple[str, np.ndarray]], *,
-               name: str | None = None) -> Path:
+               name: str | None = None, source: dict | None = None) -> Path:
     """Write `model`'s metadata and tokenizer and `tensors` (HF parameter name -> (GGML type, data)):
     an (out, in) float32 / float16 array for F32 / F16, or (out, bytes per row) uint8 blocks for a
     quantised type, written as given (this is not a quantiser). Every tensor a GGUF file of the
     model holds must be in `tensors`. Llama q/k rows are permuted here for llama.cpp's rope
-    kernel; GPT-2's Conv1D weights must already be (out, in)."""
-    writer, name_map = _metadata_writer(path, model, tokenizer, name)
+    kernel; GPT-2's Conv1D weights must already be (out, in). `source`: SOURCE_KEYS to copy
+    (source_metadata)."""
+    writer, name_map = _metadata_writer(path, model, tokenizer, name, source, file_type(tensors))
     config = model.config
     arch = gguf_arch(config)
     for hf_name, gguf_name, _ in _stored_tensors(model, name_map):
@@ -249,8 +283,9 @@ def _permute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def _metadata_writer(path, model, tokenizer, name):
-    """A GGUFWriter at `path` holding the model's hyper-parameters and tokenizer."""
+def _metadata_writer(path, model, tokenizer, name, source=None, ftype: int = 0):
+    """A GGUFWriter at `path` holding the model's hyper-parameters and tokenizer. Its size does
+    not depend on `ftype` (a fixed-width integer), so header bytes are known before the plan."""
     config = model.config
     arch = gguf_arch(config)
     n_layers = config.num_hidden_layers if arch == "llama" else config.n_layer
@@ -279,7 +314,9 @@ def _metadata_writer(path, model, tokenizer, name):
         writer.add_head_count(config.n_head)
         writer.add_layer_norm_eps(config.layer_norm_epsilon)
     writer.add_vocab_size(config.vocab_size)
-    _add_tokenizer(writer, tokenizer, config)
+    writer.add_file_type(ftype)
+    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    _add_tokenizer(writer, tokenizer, config, source or {})
     return writer, name_map
 
 
@@ -298,13 +335,13 @@ def _stored_tensors(model, name_map):
         yield hf_name, gguf_name, tensor
 
 
-def gguf_header_bytes(model: torch.nn.Module, tokenizer, *, name: str | None = None) -> int:
+def gguf_header_bytes(model: torch.nn.Module, tokenizer, *, name: str | None = None, source: dict | None = None) -> int:
     """Bytes before the tensor data in a GGUF file of `model`: header, metadata (the tokenizer
     is most of it: ~1.8 MB for SmolLM2) and tensor index, padded to the data alignment. It does
     not depend on the tensors' types, so the cost model adds it to every plan."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "header.gguf"
-        writer, name_map = _metadata_writer(path, model, tokenizer, name)
+        writer, name_map = _metadata_writer(path, model, tokenizer, name, source)
         for _, gguf_name, tensor in _stored_tensors(model, name_map):
             shape = tuple(tensor.shape)
             writer.add_tensor_info(gguf_name, shape, np.dtype(np.float32), 4 * int(np.prod(shape)),
@@ -317,8 +354,10 @@ def gguf_header_bytes(model: torch.nn.Module, tokenizer, *, name: str | None = N
     return gguf.GGUFWriter.ggml_pad(size, gguf.GGUF_DEFAULT_ALIGNMENT)
 
 
-def _add_tokenizer(writer, tokenizer, config) -> None:
-    """Byte-level BPE vocabulary, merges, special ids and chat template (the 'gpt2' model)."""
+def _add_tokenizer(writer, tokenizer, config, source: dict) -> None:
+    """Byte-level BPE vocabulary, merges, special ids and chat template (the 'gpt2' model), and
+    the source file's pre-tokenizer and flags. A model loaded from safetensors gets llama.cpp's
+    "default" pre-tokenizer (llama.cpp's converter names it from a hash of tokenised test text)."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
         raise InvalidInput("GGUF export needs a fast (tokenizers) tokenizer")
@@ -339,7 +378,13 @@ def _add_tokenizer(writer, tokenizer, config) -> None:
         types[idx] = 3 if special.get(idx) else (4 if idx in special else 1)  # CONTROL / USER_DEFINED / NORMAL
     merges = [m if isinstance(m, str) else " ".join(m) for m in bpe.get("merges", [])]
     writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("default")
+    writer.add_tokenizer_pre(source.get("tokenizer.ggml.pre", "default"))
+    add_bos = source.get("tokenizer.ggml.add_bos_token", getattr(tokenizer, "add_bos_token", None))
+    if isinstance(add_bos, bool):
+        writer.add_add_bos_token(add_bos)
+    for key, value in source.items():
+        if key not in ("tokenizer.ggml.pre", "tokenizer.ggml.add_bos_token"):
+            writer.add_key_value(key, value, SOURCE_KEYS[key])
     writer.add_token_list(tokens)
     writer.add_token_types(types)
     writer.add_token_merges(merges)
