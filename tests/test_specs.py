@@ -117,6 +117,8 @@ def test_options(tmp_path):
     assert (o.hidden_layer, o.attn_layers) == (0.7, ((0.5, 1.0), 2))
     assert o.resolved(30).hidden_layer == 20 and o.resolved(30).attn_layers == (2,) + tuple(range(14, 30))
     assert replace(o, attn_layers=None).resolved(2).hidden_layer == 1  # the same file fits a 2-block model
+    path = write(tmp_path, "option topk = 3\nt = always (topk_overlap >= 0.5)\n")
+    assert load_specs([path]).options.topk == 3
 
 
 def test_conflicting_options_across_files(tmp_path):
@@ -154,6 +156,7 @@ def test_conflicting_options_across_files(tmp_path):
     ("   kl <= 1\n", "F:1:1: indented line continues nothing"),
     ("option depth = 3\nphi = kl <= 1\n", "F:1:8: unknown option 'depth'; options: hidden_layer"),
     ("option attn_span = 0\nphi = kl <= 1\n", "F:1:20: option attn_span: '0' is not valid"),
+    ("option topk = -2\nphi = kl <= 1\n", "F:1:15: option topk: '-2' is not valid; expected a positive integer"),
     ("option hidden_layer = 1.5\nphi = kl <= 1\n", "F:1:23: option hidden_layer: '1.5' is not valid"),
     ("option attn_layers = 1:x\nphi = kl <= 1\n", "F:1:22: option attn_layers: '1:x' is not valid"),
 ])

@@ -27,6 +27,7 @@ OPTIONS = {
     "hidden_layer": "a block index (negative counts from the last block) or a depth fraction such as 0.7",
     "attn_layers": "'all' or a comma-separated list of block indices, depth fractions or ranges A:B",
     "attn_span": "a positive integer (number of early prompt tokens)",
+    "topk": "a positive integer (how many most likely tokens topk_overlap compares)",
 }
 
 
