@@ -90,6 +90,28 @@ def test_spec_set_min_over_prompts_keeps_per_prompt(tmp_path):
     assert per["f"] == pytest.approx({"x": 0.2})  # only prompts with an answer
 
 
+def test_chance_constraint_syntax_sets_the_share(tmp_path):
+    path = write(tmp_path, "const eps = 0.1\nc = always[0:2] (jsd <= eps) on 75% of prompts\n"
+                           "d = always[0:2] (jsd <= eps)\n    and always[0:2] (kl <= 1)\n    on 99.5% of prompts\n"
+                           "e = always[0:2] (jsd <= eps)\n")
+    c, d, e = load_specs([path]).properties
+    assert (c.formula, c.share, c.steps_needed) == ("always[0:2] (jsd <= eps)", 0.75, 3)
+    assert (d.formula, d.share) == ("always[0:2] (jsd <= eps) and always[0:2] (kl <= 1)", 0.995)
+    assert e.share is None
+
+
+def test_chance_constraint_over_suite_is_the_order_statistic(tmp_path):
+    path = write(tmp_path, "c = always[0:1] (jsd <= 0.5) on 75% of prompts\nm = always[0:1] (jsd <= 0.5)\n")
+    specs = load_specs([path])
+    traces = {"a": {"jsd": [0.8, 0.0]}, "b": {"jsd": [0.4, 0.3]}, "c": {"jsd": [0.1, 0.3]}, "d": {"jsd": [0.45, 0.0]}}
+    per = specs.evaluate(traces)
+    assert per["c"] == pytest.approx({"a": -0.3, "b": 0.1, "c": 0.2, "d": 0.05})
+    # 4 prompts, 75%: ceil(3) = 3 must hold, one may fail: the 2nd smallest; without a share: the minimum
+    assert specs.over_suite(per) == pytest.approx({"c": 0.05, "m": -0.3})
+    traces["b"] = {"jsd": [0.6, 0.0]}  # a second failure: the property is violated, by b's margin
+    assert specs.over_suite(specs.evaluate(traces))["c"] == pytest.approx(-0.1)
+
+
 def test_rtamt_spec_is_parsed_once_and_reused(tmp_path):
     p = prop(tmp_path, "always (jsd <= 0.5)")
     first = p._rtamt
@@ -156,6 +178,14 @@ def test_conflicting_options_across_files(tmp_path):
     ("   kl <= 1\n", "F:1:1: indented line continues nothing"),
     ("option depth = 3\nphi = kl <= 1\n", "F:1:8: unknown option 'depth'; options: hidden_layer"),
     ("option attn_span = 0\nphi = kl <= 1\n", "F:1:20: option attn_span: '0' is not valid"),
+    ("phi = kl <= 1 on 150% of prompts\n", "F:1:18: property phi: share '150%' is not valid; expected a percentage "
+                                           "above 0% and at most 100%"),
+    ("phi = kl <= 1 on 0% of prompts\n", "F:1:18: property phi: share '0%' is not valid"),
+    ("phi = kl <= 1 on 0.95 of prompts\n", "F:1:18: property phi: share '0.95' is not valid"),
+    ("phi = kl <= 1\n    on 95% prompts\n", "F:2:5: property phi: malformed chance constraint; expected "
+                                          "`FORMULA on P% of prompts`"),
+    ("phi = kl <= 1 on 95% of the prompts\n", "F:1:15: property phi: malformed chance constraint"),
+    ("phi = on 95% of prompts\n", "F:1:6: property phi has no formula"),
     ("option topk = -2\nphi = kl <= 1\n", "F:1:15: option topk: '-2' is not valid; expected a positive integer"),
     ("option hidden_layer = 1.5\nphi = kl <= 1\n", "F:1:23: option hidden_layer: '1.5' is not valid"),
     ("option attn_layers = 1:x\nphi = kl <= 1\n", "F:1:22: option attn_layers: '1:x' is not valid"),
@@ -293,6 +323,9 @@ def test_cli_specs_check(tmp_path):
     bad = write(tmp_path, "phi = always[0:3] (jsdx <= 0.1)\npsi = (\n", "bad.stl")
     out = cli("specs", "check", str(good))
     assert out.returncode == 0 and f"{good}: OK" in out.stdout
+    share = write(tmp_path, "phi = always[0:3] (jsd <= 0.1) on 95% of prompts\n", "share.stl")
+    out = cli("specs", "check", str(share))
+    assert out.returncode == 0 and f"{share}: OK\n{share}:1: phi must hold on at least 95% of prompts" in out.stdout
     out = cli("specs", "check", str(good), str(bad))
     assert out.returncode == 2
     assert f"{good}: OK" in out.stdout
