@@ -2,6 +2,7 @@
 hand-made traces, --set / --relax, and fuzzing (only ToggleError, never a traceback)."""
 import math
 from dataclasses import replace
+from pathlib import Path
 import subprocess
 import sys
 
@@ -10,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from toggle.errors import ToggleError
-from toggle.files import default_specs
+from toggle.files import default_specs, resource_dir
 from toggle.signals import SIGNALS
 from toggle.specs import SpecError, check_files, load_specs, parse_overrides
 
@@ -312,6 +313,49 @@ def test_shipped_specs_are_valid_and_cover_the_four_properties():
     assert len(specs.properties) >= 4
     assert all(math.isfinite(v.value) for consts in specs.consts.values() for v in consts.values())
     load_specs(default_specs(), relax=0.2)  # every shipped const has a relax direction
+
+
+ASSISTANT = resource_dir("specs") / "assistant"
+
+
+def test_assistant_specs_load_as_a_set_and_are_not_defaults():
+    specs = load_specs([ASSISTANT])
+    assert [Path(f).name for f in specs.files] == ["coherence_95.stl", "confident_agreement.stl", "recovery.stl"]
+    by = {p.name: p for p in specs.properties}
+    assert by["coherence_95"].share == 0.95 and by["recovery"].share is None
+    assert {p.steps_needed for p in specs.properties} == {32}
+    assert not set(by) & set(load_specs(default_specs()).names)  # loadable together with the defaults
+    load_specs([ASSISTANT], relax=0.2)  # every const has a relax direction
+
+
+@pytest.mark.parametrize("jsd, expected", [
+    ([0.05, 0.3, 0.2, 0.08], 0.02),  # the spike at 1 recovers at 3, the last step: windows are cut to the trace
+    ([0.05, 0.05, 0.4], -0.3),  # a spike at the last step has no steps left: not recovered, e - jsd = -0.3
+    ([0.4], -0.3),  # the same on a one-step trace
+    ([0.3, 0.2, 0.2, 0.2, 0.05], -0.1),  # still above e three steps after the spike at 0: -0.1 at best
+    ([0.0] * 30 + [0.5] * 10, 0.1),  # spikes after step 28 are not checked; step 30 is only a window's end
+])
+def test_recovery_at_the_end_of_a_trace(jsd, expected):
+    # robustness = min over t in 0..28 of max(e - jsd[t], max over t+1..t+3 of (e - jsd)), e = 0.1,
+    # and rtamt's eventually over an empty window (past the end) is -inf
+    (p,) = load_specs([ASSISTANT / "recovery.stl"]).properties
+    assert p.robustness({"jsd": jsd}) == pytest.approx(expected)
+
+
+def test_confident_agreement_and_coherence_95_by_hand():
+    specs = load_specs([ASSISTANT])
+    by = {p.name: p for p in specs.properties}
+    agree = by["confident_agreement"]  # min over t of max(0.5 - base_p, top1_agree - 1)
+    assert agree.robustness({"base_p": [0.9, 0.3, 0.6], "top1_agree": [1, 0, 1]}) == pytest.approx(0.0)
+    assert agree.robustness({"base_p": [0.9, 0.3, 0.6], "top1_agree": [1, 0, 0]}) == pytest.approx(-0.1)
+    assert agree.robustness({"base_p": [0.4, 0.3], "top1_agree": [0, 0]}) == pytest.approx(0.1)
+    # 20 prompts at 95%: ceil(19) = 19 must hold, one may fail: the 2nd smallest per-prompt value
+    per = {"coherence_95": {f"p{i}": 0.2 - 0.01 * i for i in range(18)} | {"bad": -0.4, "worse": -0.5}}
+    assert specs.over_suite(per)["coherence_95"] == pytest.approx(-0.4)  # two fail: violated
+    per["coherence_95"]["worse"] = 0.5
+    assert specs.over_suite(per)["coherence_95"] == pytest.approx(0.03)  # one fails: holds, by p17's margin
+    del per["coherence_95"]["worse"]
+    assert specs.over_suite(per)["coherence_95"] == pytest.approx(-0.4)  # 19 prompts: ceil(18.05) = 19, none may fail
 
 
 def cli(*args):
