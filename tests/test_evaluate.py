@@ -221,10 +221,24 @@ def test_early_exit_stops_on_the_hardest_prompts_with_an_upper_bound(setup):
 def test_a_share_of_prompts_is_an_order_statistic_and_early_exit_respects_it(setup, tmp_path):
     loaded, _, trace = setup
     spec = tmp_path / "share.stl"
-    spec.write_text("option hidden_layer = -1\noption attn_span = 8\nconst eps = 0.05\ncoherence = always[0:7] (jsd <= eps)\n")
+    spec.write_text("option hidden_layer = -1\noption attn_span = 8\nconst eps = 0.05\n"
+                    "coherence = always[0:7] (jsd <= eps) on 75% of prompts\n")  # 3 of 4 must hold: one may fail
     specs = load_specs([spec])
-    specs.properties[0].share = 0.75  # 3 of 4 prompts must hold: one may fail
+    assert specs.properties[0].share == 0.75
     evaluator = Evaluator(loaded, specs, trace, NoiseApplier(loaded.model))
     result = evaluator.evaluate(0.3)
     values = sorted(result.per_prompt["coherence"].values())
     assert result.robustness["coherence"] == values[1]  # the second smallest: one failure allowed
+
+
+def test_the_specs_topk_reaches_the_signals_and_the_trace_is_shared(setup, tmp_path):
+    loaded, _, trace = setup  # built without option topk
+    spec = tmp_path / "topk.stl"
+    spec.write_text("option hidden_layer = -1\noption attn_span = 8\noption topk = 1\n"
+                    "overlap = always[0:7] (topk_overlap >= 1)\nagree = always[0:7] (top1_agree >= 1)\n")
+    specs = load_specs([spec])
+    result = Evaluator(loaded, specs, trace, NoiseApplier(loaded.model)).evaluate(0.02)
+    # with k = 1 the overlap is 1 exactly when the top tokens agree: the same robustness per prompt
+    # (with the default k = 5 it is fractional, e.g. -0.4 where the top tokens all agree)
+    assert result.per_prompt["overlap"] == result.per_prompt["agree"]
+    assert sorted(set(result.per_prompt["agree"].values())) == [-1.0, 0.0]  # some prompts agree, some do not

@@ -38,6 +38,40 @@ def test_distribution_signals_match_scipy_and_hand_values():
     assert v["jsd"][2] == 0.0 and v["kl"][2] == 0.0
 
 
+def test_base_side_signals_by_hand():
+    v = compute_signals(["base_p", "base_entropy", "base_margin", "base_rank"], outputs(CAND), outputs(BASE))
+    assert v["base_p"] == pytest.approx([0.7, 0.5, 0.98], abs=1e-6)
+    h0 = -(0.7 * math.log(0.7) + 0.2 * math.log(0.2) + 0.1 * math.log(0.1))  # 0.8018 nats
+    h2 = -(0.98 * math.log(0.98) + 2 * 0.01 * math.log(0.01))
+    assert v["base_entropy"] == pytest.approx([h0, 1.5 * math.log(2), h2], abs=1e-6)
+    assert v["base_margin"] == pytest.approx([0.5, 0.25, 0.97], abs=1e-6)
+    # step 1: b = token 2, q = (0.5, 0.25, 0.25): only token 0 is strictly above q(b); the tie does not count
+    assert v["base_rank"].tolist() == [0.0, 1.0, 0.0]
+
+
+P4 = [[0.4, 0.3, 0.2, 0.1], [0.1, 0.2, 0.3, 0.4]]
+Q4 = [[0.1, 0.2, 0.3, 0.4], [0.35, 0.05, 0.4, 0.2]]
+
+
+@pytest.mark.parametrize("k, expected", [
+    (1, [0.0, 0.0]),  # top tokens 0 vs 3, then 3 vs 2
+    (2, [0.0, 0.5]),  # {0,1} vs {3,2}; {3,2} vs {2,0}
+    (3, [2 / 3, 2 / 3]),  # {0,1,2} vs {3,2,1}; {3,2,1} vs {2,0,3}
+    (10, [1.0, 1.0]),  # k is clamped to the vocabulary: all 4 tokens on both sides
+])
+def test_topk_overlap_by_hand(k, expected):
+    v = compute_signals(["topk_overlap", "base_rank"], outputs(Q4), outputs(P4), options=SignalOptions(topk=k))
+    assert v["topk_overlap"] == pytest.approx(expected)
+    assert v["base_rank"].tolist() == [3.0, 2.0]
+
+
+def test_topk_is_not_part_of_the_trace_options():
+    # topk only enters the arithmetic on the outputs: resolving for a pass drops it
+    assert SignalOptions(topk=3).resolved(4) == SignalOptions().resolved(4)
+    default = compute_signals(["topk_overlap"], outputs(Q4), outputs(P4))
+    assert default["topk_overlap"] == pytest.approx([1.0, 1.0])  # default topk = 5 >= |V| = 4
+
+
 def test_jsd_bounds_exactly():
     same = compute_signals(["jsd", "kl"], outputs(BASE), outputs(BASE))
     assert same["jsd"].tolist() == [0.0, 0.0, 0.0] and same["kl"].tolist() == [0.0, 0.0, 0.0]
@@ -68,7 +102,8 @@ def test_chunking_does_not_change_values():
     lp_c = torch.log_softmax(torch.randn(50, 17), -1)
     b = StepOutputs((20, 30), (0, 0), logprobs=lp_b, hidden=torch.randn(50, 4))
     c = StepOutputs((20, 30), (0, 0), logprobs=lp_c, hidden=torch.randn(50, 4))
-    names = ["jsd", "kl", "p_ratio", "top1_agree", "entropy_delta", "hidden_cos"]
+    names = ["jsd", "kl", "p_ratio", "top1_agree", "entropy_delta", "hidden_cos", "base_p", "base_entropy",
+             "base_margin", "base_rank", "topk_overlap"]
     whole, chunked = compute_signals(names, c, b), compute_signals(names, c, b, chunk=7)
     for n in names:
         np.testing.assert_allclose(whole[n], chunked[n], rtol=1e-12)

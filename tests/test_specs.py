@@ -2,6 +2,7 @@
 hand-made traces, --set / --relax, and fuzzing (only ToggleError, never a traceback)."""
 import math
 from dataclasses import replace
+from pathlib import Path
 import subprocess
 import sys
 
@@ -10,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from toggle.errors import ToggleError
-from toggle.files import default_specs
+from toggle.files import default_specs, resource_dir
 from toggle.signals import SIGNALS
 from toggle.specs import SpecError, check_files, load_specs, parse_overrides
 
@@ -90,6 +91,28 @@ def test_spec_set_min_over_prompts_keeps_per_prompt(tmp_path):
     assert per["f"] == pytest.approx({"x": 0.2})  # only prompts with an answer
 
 
+def test_chance_constraint_syntax_sets_the_share(tmp_path):
+    path = write(tmp_path, "const eps = 0.1\nc = always[0:2] (jsd <= eps) on 75% of prompts\n"
+                           "d = always[0:2] (jsd <= eps)\n    and always[0:2] (kl <= 1)\n    on 99.5% of prompts\n"
+                           "e = always[0:2] (jsd <= eps)\n")
+    c, d, e = load_specs([path]).properties
+    assert (c.formula, c.share, c.steps_needed) == ("always[0:2] (jsd <= eps)", 0.75, 3)
+    assert (d.formula, d.share) == ("always[0:2] (jsd <= eps) and always[0:2] (kl <= 1)", 0.995)
+    assert e.share is None
+
+
+def test_chance_constraint_over_suite_is_the_order_statistic(tmp_path):
+    path = write(tmp_path, "c = always[0:1] (jsd <= 0.5) on 75% of prompts\nm = always[0:1] (jsd <= 0.5)\n")
+    specs = load_specs([path])
+    traces = {"a": {"jsd": [0.8, 0.0]}, "b": {"jsd": [0.4, 0.3]}, "c": {"jsd": [0.1, 0.3]}, "d": {"jsd": [0.45, 0.0]}}
+    per = specs.evaluate(traces)
+    assert per["c"] == pytest.approx({"a": -0.3, "b": 0.1, "c": 0.2, "d": 0.05})
+    # 4 prompts, 75%: ceil(3) = 3 must hold, one may fail: the 2nd smallest; without a share: the minimum
+    assert specs.over_suite(per) == pytest.approx({"c": 0.05, "m": -0.3})
+    traces["b"] = {"jsd": [0.6, 0.0]}  # a second failure: the property is violated, by b's margin
+    assert specs.over_suite(specs.evaluate(traces))["c"] == pytest.approx(-0.1)
+
+
 def test_rtamt_spec_is_parsed_once_and_reused(tmp_path):
     p = prop(tmp_path, "always (jsd <= 0.5)")
     first = p._rtamt
@@ -117,6 +140,8 @@ def test_options(tmp_path):
     assert (o.hidden_layer, o.attn_layers) == (0.7, ((0.5, 1.0), 2))
     assert o.resolved(30).hidden_layer == 20 and o.resolved(30).attn_layers == (2,) + tuple(range(14, 30))
     assert replace(o, attn_layers=None).resolved(2).hidden_layer == 1  # the same file fits a 2-block model
+    path = write(tmp_path, "option topk = 3\nt = always (topk_overlap >= 0.5)\n")
+    assert load_specs([path]).options.topk == 3
 
 
 def test_conflicting_options_across_files(tmp_path):
@@ -154,6 +179,15 @@ def test_conflicting_options_across_files(tmp_path):
     ("   kl <= 1\n", "F:1:1: indented line continues nothing"),
     ("option depth = 3\nphi = kl <= 1\n", "F:1:8: unknown option 'depth'; options: hidden_layer"),
     ("option attn_span = 0\nphi = kl <= 1\n", "F:1:20: option attn_span: '0' is not valid"),
+    ("phi = kl <= 1 on 150% of prompts\n", "F:1:18: property phi: share '150%' is not valid; expected a percentage "
+                                           "above 0% and at most 100%"),
+    ("phi = kl <= 1 on 0% of prompts\n", "F:1:18: property phi: share '0%' is not valid"),
+    ("phi = kl <= 1 on 0.95 of prompts\n", "F:1:18: property phi: share '0.95' is not valid"),
+    ("phi = kl <= 1\n    on 95% prompts\n", "F:2:5: property phi: malformed chance constraint; expected "
+                                          "`FORMULA on P% of prompts`"),
+    ("phi = kl <= 1 on 95% of the prompts\n", "F:1:15: property phi: malformed chance constraint"),
+    ("phi = on 95% of prompts\n", "F:1:6: property phi has no formula"),
+    ("option topk = -2\nphi = kl <= 1\n", "F:1:15: option topk: '-2' is not valid; expected a positive integer"),
     ("option hidden_layer = 1.5\nphi = kl <= 1\n", "F:1:23: option hidden_layer: '1.5' is not valid"),
     ("option attn_layers = 1:x\nphi = kl <= 1\n", "F:1:22: option attn_layers: '1:x' is not valid"),
 ])
@@ -281,6 +315,49 @@ def test_shipped_specs_are_valid_and_cover_the_four_properties():
     load_specs(default_specs(), relax=0.2)  # every shipped const has a relax direction
 
 
+ASSISTANT = resource_dir("specs") / "assistant"
+
+
+def test_assistant_specs_load_as_a_set_and_are_not_defaults():
+    specs = load_specs([ASSISTANT])
+    assert [Path(f).name for f in specs.files] == ["coherence_95.stl", "confident_agreement.stl", "recovery.stl"]
+    by = {p.name: p for p in specs.properties}
+    assert by["coherence_95"].share == 0.95 and by["recovery"].share is None
+    assert {p.steps_needed for p in specs.properties} == {32}
+    assert not set(by) & set(load_specs(default_specs()).names)  # loadable together with the defaults
+    load_specs([ASSISTANT], relax=0.2)  # every const has a relax direction
+
+
+@pytest.mark.parametrize("jsd, expected", [
+    ([0.05, 0.3, 0.2, 0.08], 0.02),  # the spike at 1 recovers at 3, the last step: windows are cut to the trace
+    ([0.05, 0.05, 0.4], -0.3),  # a spike at the last step has no steps left: not recovered, e - jsd = -0.3
+    ([0.4], -0.3),  # the same on a one-step trace
+    ([0.3, 0.2, 0.2, 0.2, 0.05], -0.1),  # still above e three steps after the spike at 0: -0.1 at best
+    ([0.0] * 30 + [0.5] * 10, 0.1),  # spikes after step 28 are not checked; step 30 is only a window's end
+])
+def test_recovery_at_the_end_of_a_trace(jsd, expected):
+    # robustness = min over t in 0..28 of max(e - jsd[t], max over t+1..t+3 of (e - jsd)), e = 0.1,
+    # and rtamt's eventually over an empty window (past the end) is -inf
+    (p,) = load_specs([ASSISTANT / "recovery.stl"]).properties
+    assert p.robustness({"jsd": jsd}) == pytest.approx(expected)
+
+
+def test_confident_agreement_and_coherence_95_by_hand():
+    specs = load_specs([ASSISTANT])
+    by = {p.name: p for p in specs.properties}
+    agree = by["confident_agreement"]  # min over t of max(0.5 - base_p, top1_agree - 1)
+    assert agree.robustness({"base_p": [0.9, 0.3, 0.6], "top1_agree": [1, 0, 1]}) == pytest.approx(0.0)
+    assert agree.robustness({"base_p": [0.9, 0.3, 0.6], "top1_agree": [1, 0, 0]}) == pytest.approx(-0.1)
+    assert agree.robustness({"base_p": [0.4, 0.3], "top1_agree": [0, 0]}) == pytest.approx(0.1)
+    # 20 prompts at 95%: ceil(19) = 19 must hold, one may fail: the 2nd smallest per-prompt value
+    per = {"coherence_95": {f"p{i}": 0.2 - 0.01 * i for i in range(18)} | {"bad": -0.4, "worse": -0.5}}
+    assert specs.over_suite(per)["coherence_95"] == pytest.approx(-0.4)  # two fail: violated
+    per["coherence_95"]["worse"] = 0.5
+    assert specs.over_suite(per)["coherence_95"] == pytest.approx(0.03)  # one fails: holds, by p17's margin
+    del per["coherence_95"]["worse"]
+    assert specs.over_suite(per)["coherence_95"] == pytest.approx(-0.4)  # 19 prompts: ceil(18.05) = 19, none may fail
+
+
 def cli(*args):
     return subprocess.run([sys.executable, "-m", "toggle.cli", *args], capture_output=True, text=True)
 
@@ -290,6 +367,9 @@ def test_cli_specs_check(tmp_path):
     bad = write(tmp_path, "phi = always[0:3] (jsdx <= 0.1)\npsi = (\n", "bad.stl")
     out = cli("specs", "check", str(good))
     assert out.returncode == 0 and f"{good}: OK" in out.stdout
+    share = write(tmp_path, "phi = always[0:3] (jsd <= 0.1) on 95% of prompts\n", "share.stl")
+    out = cli("specs", "check", str(share))
+    assert out.returncode == 0 and f"{share}: OK\n{share}:1: phi must hold on at least 95% of prompts" in out.stdout
     out = cli("specs", "check", str(good), str(bad))
     assert out.returncode == 2
     assert f"{good}: OK" in out.stdout

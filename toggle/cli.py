@@ -218,10 +218,14 @@ def _cmd_specs_check(args) -> int:
             print(f"{path}: OK")
     if not failed:
         try:  # names and options must also agree across the files
-            api.load_specs(args.paths)
+            specs = api.load_specs(args.paths)
         except api.SpecError as e:
             print(e.message, file=sys.stderr)
             failed = True
+        else:
+            for p in specs.properties:
+                if p.share is not None:
+                    print(f"{p.where}: {p.name} must hold on at least {100 * p.share:g}% of prompts")
     return BAD_INPUT if failed else 0
 
 

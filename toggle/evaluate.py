@@ -140,7 +140,7 @@ class Evaluator:
         problem = check_outputs(cand, trace.options)
         if problem:
             return problem
-        values = compute_signals(self.specs.signals, cand, trace.base)
+        values = compute_signals(self.specs.signals, cand, trace.base, options=self.specs.options)
         t2 = clock()
         timings["signals"] = timings.get("signals", 0.0) + t2 - t1
         for name, v in values.items():

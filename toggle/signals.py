@@ -44,9 +44,13 @@ class SignalOptions:
     hidden_layer: Layer = -1  # hidden_cos: output of this transformer block
     attn_layers: tuple | None = None  # attn_cos: blocks pooled: layers or (start, end) ranges; None: all
     attn_span: int = 32  # attn_cos: how many of the prompt text's first tokens count as "early"
+    topk: int = 5  # topk_overlap: how many of each distribution's most likely tokens are compared
 
     def resolved(self, num_layers: int) -> "SignalOptions":
-        """Absolute block indices for a model with `num_layers` blocks (IndexError if out of range)."""
+        """Absolute block indices for a model with `num_layers` blocks (IndexError if out of range).
+
+        What a pass over the model depends on: `topk` is left at its default, since it only
+        enters the arithmetic on the outputs, so traces are shared across topk values."""
         def fix(i: Layer) -> int:
             if isinstance(i, float):
                 if not 0.0 <= i <= 1.0:
@@ -84,8 +88,9 @@ class Signal:
 class _Pair:
     """Candidate and base outputs over a slice of steps; shared terms computed once."""
 
-    def __init__(self, cand, base):
+    def __init__(self, cand, base, options: SignalOptions | None = None):
         self.cand, self.base = cand, base
+        self.options = options or SignalOptions()
 
     # float32: 5x faster than float64 over (steps, vocabulary), differences ~1e-7
     @cached_property
@@ -125,6 +130,22 @@ def _entropy(logp: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     return -torch.where(p > 0, p * logp, 0.0).sum(-1)
 
 
+def _margin(lp: torch.Tensor) -> torch.Tensor:
+    top = lp.topk(min(2, lp.shape[-1]), dim=-1).values.exp()
+    return top[:, 0] - top[:, 1] if top.shape[-1] == 2 else top[:, 0]
+
+
+def _rank(x: _Pair) -> torch.Tensor:
+    # strictly greater: tokens tied with q(b) do not push b down
+    return (x.lq > x.lq.gather(-1, x.b)).sum(-1).float()
+
+
+def _topk_overlap(x: _Pair) -> torch.Tensor:
+    k = min(x.options.topk, x.lp.shape[-1])
+    ip, iq = x.lp.topk(k, dim=-1).indices, x.lq.topk(k, dim=-1).indices
+    return (ip.unsqueeze(-1) == iq.unsqueeze(-2)).any(-1).sum(-1).float() / k
+
+
 def _cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     a, b = a.double(), b.double()
     return ((a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1))).clamp(-1.0, 1.0)
@@ -145,6 +166,19 @@ _REGISTRY = [
     Signal("entropy_delta", "entropy of the candidate distribution minus the base entropy (nats, signed)",
            "entropy_delta[t] = H(q) - H(p), H(p) = -sum_v p log p", LOGPROBS, STEP,
            lambda x: _entropy(x.lq, x.q) - _entropy(x.lp, x.p)),
+    Signal("base_p", "the base model's probability of its own greedy token (how sure the base is; 0..1)",
+           "base_p[t] = p(b) = max_v p(v)", LOGPROBS, STEP, lambda x: x.lp.max(-1).values.exp()),
+    Signal("base_entropy", "entropy of the base distribution (nats, >= 0; low: the base is sure)",
+           "base_entropy[t] = H(p) = -sum_v p log p", LOGPROBS, STEP, lambda x: _entropy(x.lp, x.p)),
+    Signal("base_margin", "the base model's top-1 probability minus its top-2 probability (0..1)",
+           "base_margin[t] = p(v1) - p(v2), v1, v2 = the two most likely tokens under p",
+           LOGPROBS, STEP, lambda x: _margin(x.lp)),
+    Signal("base_rank", "rank of the base model's greedy token under the candidate (0: the candidate's top "
+           "token too)", "base_rank[t] = |{v : q(v) > q(b)}|, b = argmax p", LOGPROBS, STEP, _rank),
+    Signal("topk_overlap", "share of the base model's topk most likely tokens that are also among the "
+           "candidate's topk (option topk, default 5; 0..1)",
+           "topk_overlap[t] = |topk(p) & topk(q)| / k, k = min(topk, |V|), ties broken by torch.topk",
+           LOGPROBS, STEP, _topk_overlap),
     Signal("attn_cos", "cosine between candidate and base attention from the current step to the prompt's "
            "first tokens, averaged over heads and the chosen layers",
            "attn_cos[t] = cos(a_q[t], a_p[t]), a[t][j] = mean over layers in attn_layers and heads of "
@@ -169,10 +203,12 @@ def known_signals() -> list[str]:
     return list(SIGNALS)
 
 
-def compute_signals(names, cand, base, *, chunk: int = 128) -> dict[str, np.ndarray]:
+def compute_signals(names, cand, base, *, options: SignalOptions | None = None,
+                    chunk: int = 128) -> dict[str, np.ndarray]:
     """Signal values for every step (concatenated over prompts), float64 numpy arrays.
 
-    `cand` and `base` are trace.StepOutputs from the same paths. Step signals are computed
+    `cand` and `base` are trace.StepOutputs from the same paths; `options` (the specs') set
+    what the arithmetic reads, e.g. topk. Step signals are computed
     in chunks of steps so the (steps, vocabulary) intermediates stay small.
     """
     step = [SIGNALS[n] for n in names if SIGNALS[n].axis == STEP]
@@ -181,11 +217,11 @@ def compute_signals(names, cand, base, *, chunk: int = 128) -> dict[str, np.ndar
     total = sum(cand.steps)
     with torch.no_grad():
         for start in range(0, total, chunk):
-            pair = _Pair(cand.slice(start, start + chunk), base.slice(start, start + chunk))
+            pair = _Pair(cand.slice(start, start + chunk), base.slice(start, start + chunk), options)
             for s in step:
                 out[s.name].append(s.compute(pair))
         if answer:
-            pair = _Pair(cand, base)
+            pair = _Pair(cand, base, options)
             for s in answer:
                 out[s.name].append(s.compute(pair))
     return {n: (torch.cat(v).double().numpy() if v else np.zeros(0)) for n, v in out.items()}

@@ -8,12 +8,14 @@ File format (DESIGN.md, extended compatibly):
     coherence = always[0:31] (jsd <= eps)         # a property: NAME = FORMULA
     factual = always (gold_p_ratio >= 0.5)
         and eventually (gold_logprob >= -1)       # indented lines continue the property above
+    smooth = always (kl <= 1) on 95% of prompts   # a chance constraint: P in (0, 100]
 
 Formulas are rtamt discrete-time STL over the signals of toggle.signals (no declarations
 needed); time is the generation step, 0 = first generated token. Interval bounds are whole
 steps. A property's robustness on one prompt is rtamt's robustness at time 0; over a suite
-it is the minimum over prompts (per-prompt values are kept). A trace that ends (EOS) before
-a bounded operator's window does is evaluated on the steps it has.
+it is the minimum over prompts (per-prompt values are kept), or with `on P% of prompts` the
+order statistic that is >= 0 exactly when at least P% of the prompts satisfy it. A trace
+that ends (EOS) before a bounded operator's window does is evaluated on the steps it has.
 
 Every problem in a file is reported, as `FILE:LINE:COL: message`, before any model work;
 rtamt's own exceptions never reach the user.

@@ -27,6 +27,7 @@ OPTIONS = {
     "hidden_layer": "a block index (negative counts from the last block) or a depth fraction such as 0.7",
     "attn_layers": "'all' or a comma-separated list of block indices, depth fractions or ranges A:B",
     "attn_span": "a positive integer (number of early prompt tokens)",
+    "topk": "a positive integer (how many most likely tokens topk_overlap compares)",
 }
 
 
@@ -343,8 +344,38 @@ def _layer_item(text: str):
 
 # --- one property: lex, check, parse with rtamt, analyse -----------------------------------
 
+# A chance constraint ends a property: `NAME = FORMULA on P% of prompts` (split off before rtamt sees it).
+_SHARE = re.compile(r"(?<!\S)on\s+(?P<share>\S+)\s+of\s+prompts\s*\Z")
+_SHARE_LIKE = re.compile(r"(?<!\S)on\s+\S*%|(?<!\S)of\s+prompts\s*\Z|(?<!\S)on\s+\S+\s+of\s+\S+\s*\Z")
+_PERCENT = re.compile(r"(\d+(\.\d*)?|\.\d+)%\Z")
+
+
+def _split_share(s: _Statement, file: str, errors: list[str]) -> float | None:
+    """Remove a trailing `on P% of prompts` from `s` and return P / 100 (None: no chance constraint)."""
+    ln, col0, last = s.text_lines[-1]
+    m = _SHARE.search(last)
+    if m is None:
+        bad = _SHARE_LIKE.search(last)
+        if bad:
+            errors.append(f"{file}:{ln}:{col0 + bad.start() + 1}: property {s.name}: "
+                          f"malformed chance constraint; expected `FORMULA on P% of prompts`, e.g. on 95% of prompts")
+        return None
+    s.text_lines[-1] = (ln, col0, last[:m.start()])
+    text = m.group("share")
+    value = float(text[:-1]) if _PERCENT.match(text) else math.nan
+    if not 0.0 < value <= 100.0:
+        errors.append(f"{file}:{ln}:{col0 + m.start('share') + 1}: property {s.name}: share {text!r} is not valid; "
+                      f"expected a percentage above 0% and at most 100%, e.g. on 95% of prompts")
+        return None
+    return value / 100.0
+
+
 def _parse_property(s: _Statement, file: str, consts: dict[str, Const], properties: set[str],
                     directions: dict[str, set], errors: list[str], rejected: set[str] = frozenset()) -> Property | None:
+    n_share = len(errors)
+    share = _split_share(s, file, errors)
+    if len(errors) > n_share:
+        return None
     lines = [(ln, col0) for ln, col0, _ in s.text_lines]
     formula = "\n".join(t for _, _, t in s.text_lines)
 
@@ -444,6 +475,7 @@ def _parse_property(s: _Statement, file: str, consts: dict[str, Const], properti
         name=s.name, formula=" ".join(formula.split()), file=file, line=s.line,
         signals=tuple(sorted(set(used_signals))), consts={c: consts[c].value for c in sorted(set(used_consts))},
         axis=axes.pop() if axes else STEP, steps_needed=None if horizon is None else horizon + 1, _rtamt=spec,
+        share=share,
     )
 
 
