@@ -23,6 +23,8 @@ from .audit import MODES, AuditResult, audit_models, check_split, print_audit
 from .compress.apply import PlanApplier, validate_plan
 from .compress.calibrate import ActivationStats, collect_stats
 from .compress.registry import stats_families
+from .confidence import DEFAULT_LEVEL, check_level
+from .confidence import describe as describe_confidence
 from .cost import CostModel
 from .errors import InvalidInput
 from .evaluate import Evaluator
@@ -55,10 +57,13 @@ def search(model: str, budget: str | Budget, *, specs=None, prompts=None, profil
            trials: int | None = None, objective: str = "size", relax: float = 0.0, overrides: dict | None = None,
            out: str | Path | None = None, storage: str | None = None, study: str | None = None,
            seed: int | None = None, sampler: str = "bo", device: str | None = None, trust_remote_code: bool = False,
-           progress: bool = True) -> SearchResult:
+           progress: bool = True, confidence: float = DEFAULT_LEVEL) -> SearchResult:
     """Search for the smallest plan satisfying every property of MODEL within a budget, audit the
-    winner on the held-out prompts and write the run directory (plan, summary, trials, report)."""
+    winner on the held-out prompts (violation rates bounded at `confidence`) and write the run
+    directory (plan, summary, trials, report). The result's exit_code is 1 when no plan satisfies
+    the specs or the winner fails the held-out audit."""
     # 1. Inputs a user can get wrong, before any model work.
+    confidence = check_level(confidence)
     search_profile = load_profile(profile)
     budget = parse_budget(budget) if isinstance(budget, str) else budget
     if trials is not None and trials < 1:
@@ -106,7 +111,7 @@ def search(model: str, budget: str | Budget, *, specs=None, prompts=None, profil
         run.write_json(CALIBRATION, {
             "trial": plan.meta.get("trial"), "split": "calibration", "robustness": calibration.robustness,
             "per_prompt": calibration.per_prompt})
-        summary["heldout"] = heldout_check(plan, loaded, spec_set, suite, applier, run)
+        summary["heldout"] = heldout_check(plan, loaded, spec_set, suite, applier, run, confidence=confidence)
 
     budget_bytes = budget.resolve(cost_model.compressible_params, cost_model.other_bytes)
     result = run_study(full, budget_bytes, profile=search_profile, run_dir=run.path, trials=trials, sampler=sampler,
@@ -142,19 +147,23 @@ def calibration_stats(loaded, refs, trace, methods, run: RunDir) -> tuple[Activa
     return stats, {"calibration_stats": STATS}
 
 
-def heldout_check(plan: Plan, loaded, specs, suite, applier: PlanApplier, run: RunDir) -> dict:
+def heldout_check(plan: Plan, loaded, specs, suite, applier: PlanApplier, run: RunDir, *,
+                  confidence: float = DEFAULT_LEVEL) -> dict:
     """The held-out audit of `plan` (teacher mode, in process, the simulated weights the artifact
-    decodes to): written as heldout.json; summary.json's `heldout` block is returned."""
+    decodes to): written as heldout.json; summary.json's `heldout` block is returned, with the
+    violation rate of every property and of all together and its upper bound at `confidence`."""
     try:
         check_split(suite, "heldout", specs)
     except InvalidInput as e:  # the search itself was fine: say why there is no held-out check
         return {"skipped": e.message}
     result = audit_models(loaded, loaded, specs, suite, split="heldout", mode="teacher", applier=applier, plan=plan,
-                          artifact=f"{run / 'plan.yaml'} (simulated)")
+                          artifact=f"{run / 'plan.yaml'} (simulated)", confidence=confidence)
     run.write_json(HELDOUT, result.to_dict())
     return {"pass_rate": result.pass_rate, "satisfied": result.satisfied, "prompts": len(result.prompts),
             "mode": result.mode, "robustness": {k: finite_or_none(v) for k, v in result.robustness.items()},
-            "share": {k: p.share for k, p in result.properties.items()}, "reason": result.reason}
+            "share": {k: p.share for k, p in result.properties.items()}, "reason": result.reason,
+            "confidence": result.overall.to_dict(),
+            "properties": {k: p.bound.to_dict() for k, p in result.properties.items()}}
 
 
 def final_lines(result: SearchResult) -> list[str]:
@@ -183,10 +192,23 @@ def final_lines(result: SearchResult) -> list[str]:
         verdict = "every property holds" if heldout["satisfied"] else "VIOLATED"
         lines.append(f"held-out audit: {verdict} ({100 * heldout['pass_rate']:.1f}% of {heldout['prompts']} "
                      f"prompts satisfy every property)")
+        if heldout.get("confidence"):
+            lines.append(f"held-out, all properties: {describe_confidence(heldout['confidence'])}")
+        if not heldout["satisfied"]:
+            lines.append(f"the winner fails the held-out audit: {heldout_failures(heldout)}")
     elif heldout.get("skipped"):
         lines.append(f"held-out audit: skipped ({heldout['skipped']})")
     lines.append(f"run directory: {result.run_dir}")
     return lines
+
+
+def heldout_failures(heldout: dict) -> str:
+    """Which properties a held-out block says failed, and on how many prompts."""
+    if heldout.get("reason"):
+        return f"the plan cannot be scored ({heldout['reason']})"
+    broken = [f"{name} on {c['violations']} of {c['prompts']} prompts"
+              for name, c in (heldout.get("properties") or {}).items() if c["violations"]]
+    return "; ".join(broken) or "a property is violated"
 
 
 # --- apply ---------------------------------------------------------------------------------------
@@ -254,12 +276,14 @@ def plan_stats(plan: Plan, loaded, plan_path: str | Path | None = None) -> Activ
 
 def audit(artifact, base: str | None = None, specs=None, prompts=None, split: str = "heldout",
           mode: str = "teacher", *, relax: float = 0.0, overrides: dict | None = None, device: str | None = None,
-          trust_remote_code: bool = False, worst: int = 5) -> AuditResult:
+          trust_remote_code: bool = False, worst: int = 5, confidence: float = DEFAULT_LEVEL) -> AuditResult:
     """Audit ARTIFACT (a toggle artifact directory, a .gguf file or a model directory) against
     its base model (default: the one recorded in the artifact's toggle.json) on a split of the
-    prompt suite. Everything a user can get wrong is checked before a model is loaded."""
+    prompt suite, with violation rates bounded at `confidence` (one-sided Clopper-Pearson).
+    Everything a user can get wrong is checked before a model is loaded."""
     if mode not in MODES:
         raise InvalidInput(f"--mode: {mode!r} is not valid; expected teacher or free")
+    confidence = check_level(confidence)
     spec_set = load_specs(list(specs) if isinstance(specs, (list, tuple)) else specs, overrides or {}, relax)
     suite = load_prompts(prompts)
     check_split(suite, split, spec_set)
@@ -289,7 +313,7 @@ def audit(artifact, base: str | None = None, specs=None, prompts=None, split: st
         notes.append(f"the artifact was made from weights with fingerprint {manifest['base_fingerprint']}; "
                      f"the base model {base} has {base_loaded.fingerprint}")
     result = audit_models(candidate, base_loaded, spec_set, suite, split=split, mode=mode, worst=worst,
-                          artifact=artifact_id)
+                          artifact=artifact_id, confidence=confidence)
     result.timings = {"load": round(loaded_seconds, 3), **result.timings}
     result.specs.update(relax=relax, overrides=dict(overrides or {}))
     result.notes[:0] = notes

@@ -129,8 +129,14 @@ class SearchResult:
         return bool(self.summary.get("satisfied"))
 
     @property
+    def heldout_failed(self) -> bool:
+        """The winner was audited on the held-out prompts and failed (a skipped audit is no failure)."""
+        return (self.summary.get("heldout") or {}).get("satisfied") is False
+
+    @property
     def exit_code(self) -> int:
-        return 0 if self.satisfied else 1
+        """0: a plan satisfies the specs (and its held-out audit, when there is one); 1 otherwise."""
+        return 0 if self.satisfied and not self.heldout_failed else 1
 
 
 def run_study(objective: Objective, budget_bytes: int, *, profile: SearchProfile, run_dir: str | Path,
