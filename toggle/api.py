@@ -12,6 +12,9 @@ statistics), evaluate, cost, search, formats, audit, report.
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import re
 import sys
 import time
@@ -87,7 +90,10 @@ def search(model: str, budget: str | Budget, *, specs=None, prompts=None, profil
     evaluator = Evaluator(loaded, spec_set, trace, applier)
     cost_model = CostModel.for_model(loaded, get_format(search_profile.format), refs)
     names = [p.name for p in spec_set.properties]
-    key = f"{loaded.fingerprint}|{trace.key}|{','.join(names)}"
+    identity = study_identity(loaded, trace, spec_set, suite, search_profile)
+    # the profiling caches (sensitivity.json, measured.json) are keyed by this: other specs or
+    # constants measure other margins
+    key = f"{loaded.fingerprint}|{trace.key}|{','.join(names)}|specs={identity['spec_files']}:{identity['consts']}"
     full = ModelObjective(loaded.model_id, refs, names, evaluator, cost_model, cache_key=key,
                           loaded_bytes=loaded.source_bytes, loaded_format=loaded.source_quantization)
     ids = trace.prompt_ids
@@ -116,10 +122,27 @@ def search(model: str, budget: str | Budget, *, specs=None, prompts=None, profil
     budget_bytes = budget.resolve(cost_model.compressible_params, cost_model.other_bytes)
     result = run_study(full, budget_bytes, profile=search_profile, run_dir=run.path, trials=trials, sampler=sampler,
                        objective_kind=objective, seed=seed, storage=storage, study_name=study,
-                       profiling_objective=profiling, progress=progress, plan_meta=meta, finish=finish)
+                       profiling_objective=profiling, progress=progress, plan_meta=meta, finish=finish,
+                       identity=identity)
     say("writing the report")
     write_report(run.path)
     return result
+
+
+def study_identity(loaded, trace, spec_set, suite, profile) -> dict:
+    """A short hash per input a trial's result depends on: the model's weights, the trace (its
+    settings and calibration prompts), the spec files' contents, their constants after --set /
+    --relax, the whole prompt suite (the held-out audit uses it), the profile and its methods
+    (toggle.search.study keeps it in the study: other inputs, another study). The profile's
+    trial count, seed and file location are left out: more trials resume, a seed picks plans."""
+    def digest(obj) -> str:
+        return hashlib.sha256(json.dumps(obj, sort_keys=True, default=repr).encode()).hexdigest()[:16]
+
+    files = [hashlib.sha256(Path(f).read_bytes()).hexdigest() for f in spec_set.files]
+    consts = {Path(f).name: {n: c.value for n, c in cs.items()} for f, cs in spec_set.consts.items()}
+    stable = dataclasses.replace(profile, trials=0, seed=0, source="", name="")
+    return {"model": loaded.fingerprint, "trace": trace.key, "spec_files": digest(files), "consts": digest(consts),
+            "prompts": suite.fingerprint, "profile": digest(repr(stable)), "methods": digest(repr(profile.methods))}
 
 
 def _stage_printer(enabled: bool):
@@ -329,7 +352,7 @@ def report(run_dir: str | Path, compare=()) -> Report:
 
 
 __all__ = ["apply", "audit", "check_plan_model", "default_run_dir", "final_lines", "heldout_check", "plan_stats",
-           "report", "search", "write_artifact",
+           "report", "search", "study_identity", "write_artifact",
            # what the command line uses besides the four stages
            "SpecError", "check_spec_files", "describe_modules", "describe_signals", "load_model", "load_specs",
            "parse_overrides", "print_audit", "quiet_transformers"]
