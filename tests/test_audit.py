@@ -106,6 +106,12 @@ def test_cli_pass_writes_the_json_contract(files, tiny_llama_dir, capsys):
     for p in data["prompts"]:
         assert p["satisfied"] is True and set(p["robustness"]) == {"coherence"} and p["base_text"]
     assert data["specs"]["consts"] == {"eps": 0.2}
+    # stated confidence: 0 of 4 violated, one-sided 95% bound 1 - 0.05^(1/4)
+    assert props["confidence"]["violations"] == 0 and props["confidence"]["prompts"] == 4
+    assert data["confidence"]["upper_bound"] == pytest.approx(1 - 0.05 ** 0.25) == props["confidence"]["upper_bound"]
+    assert data["confidence"]["level"] == 0.95 and data["confidence"]["violation_rate"] == 0.0
+    assert ("all properties: violation rate 0/4, at most 52.7% at 95% confidence (one-sided Clopper-Pearson) on these "
+            "prompts") in " ".join(out.split())
 
 
 def test_cli_violation_exits_1_and_shows_the_worst_prompts(files, capsys):
@@ -120,6 +126,17 @@ def test_cli_violation_exits_1_and_shows_the_worst_prompts(files, capsys):
     worst = [p for p in data["prompts"] if p["id"] in data["worst"]]
     assert worst and all(p["base_text"] and p["compressed_text"] for p in worst)
     assert data["worst"][0] == min(data["prompts"], key=lambda p: p["margin"])["id"]
+    failed = sum(not p["satisfied"] for p in data["prompts"])
+    assert data["confidence"]["violations"] == failed == data["properties"]["coherence"]["confidence"]["violations"]
+
+
+def test_confidence_level_moves_the_bound(files, capsys):
+    code, out, _ = _run(capsys, files / "q8", "--specs", files / "jsd.stl", "--prompts", files / "p.yaml",
+                        "--confidence", "0.8", "--json", files / "q8-80.json")
+    data = json.loads((files / "q8-80.json").read_text())
+    assert code == 0 and data["confidence"]["level"] == 0.8
+    assert data["confidence"]["upper_bound"] == pytest.approx(1 - 0.2 ** 0.25)
+    assert "at most 33.1% at 80% confidence" in " ".join(out.split())
 
 
 def test_relax_and_set_move_the_verdict(files, capsys):

@@ -55,6 +55,18 @@ def test_search_writes_the_heldout_audit_and_the_report(runs):
     assert calibration["robustness"]["coherence"] == pytest.approx(summary["robustness"]["coherence"], abs=1e-6)
     for name in ("report.md", "report.html", "space.json", *PLOTS):
         assert (d / "A" / name).is_file(), name
+    # stated confidence: failed prompts of 3, one-sided 95% Clopper-Pearson upper bound
+    from toggle.confidence import upper_bound
+
+    failed = sum(not p["satisfied"] for p in audit["prompts"])
+    assert held["confidence"]["violations"] == failed and held["confidence"]["prompts"] == 3
+    assert held["confidence"]["upper_bound"] == pytest.approx(upper_bound(failed, 3))
+    assert held["properties"]["coherence"]["prompts"] == 3
+    bound = f"{100 * upper_bound(failed, 3):.1f}".removesuffix(".0")
+    sentence = (f"violation rate {failed}/3, at most {bound}% at 95% confidence (one-sided Clopper-Pearson) "
+                f"on these prompts")
+    for name in ("report.md", "report.html"):
+        assert sentence in (d / "A" / name).read_text(), name
 
 
 def test_report_holds_the_headline_numbers(runs):
@@ -132,7 +144,7 @@ def test_operating_points_are_plans_from_the_front(runs, tiny_llama_dir, capsys)
 
 
 def test_compare_and_sibling_studies_reach_the_convergence_plot(runs, tiny_llama_dir, tmp_path):
-    d, _, _ = runs
+    d, a, _ = runs
     report = write_report(d / "A", compare=[d / "B"])
     md = report.markdown.read_text()
     assert "| random relax 0.5 (B) |" in md and "| bo (A) |" in md
@@ -145,7 +157,9 @@ def test_compare_and_sibling_studies_reach_the_convergence_plot(runs, tiny_llama
 
     run = load_run(shared)
     assert run.summary["sampler"] == "random"
-    assert [s.label for s in run.siblings] == ["bo (study bo-size-60000)"]
+    # the study's name ends with its inputs' digest (the same for both samplers here)
+    assert a.study_name.startswith("bo-size-60000-") and run.summary["study"].startswith("random-size-60000-")
+    assert [s.label for s in run.siblings] == [f"bo (study {a.study_name})"]
     assert len(run.siblings[0].trials) == 8
 
 

@@ -274,3 +274,40 @@ def test_warm_starts_run_from_conservative_to_bold_along_the_greedy_path():
     # per level (0.05, 0.15, 0.4, 1.0 of the margin), the cheapest point whose estimate stays under
     # it: 1 (0.04); 2, not 3 (a pruning bitmask makes 3 a few bytes dearer); 4, not 5; 6, not 7
     assert index == [1, 2, 4, 6]
+
+
+class _WithVacuous(SyntheticObjective):
+    """A second property no prompt constrains: its robustness is +inf (vacuously true)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.properties = [*self.properties, "vacuous"]
+
+    def robustness(self, plan):
+        props, self.properties = self.properties, self.properties[:-1]
+        try:
+            return {**super().robustness(plan), "vacuous": math.inf}
+        finally:
+            self.properties = props
+
+
+def test_a_vacuously_true_property_counts_as_satisfied(tmp_path):
+    from toggle.search.objective import Outcome
+
+    assert Outcome({"a": 0.1, "b": math.inf}).feasible and Outcome({"a": 0.1, "b": math.inf}).min_margin == 0.1
+    assert not Outcome({"a": 0.1, "b": -math.inf}).feasible and not Outcome({"a": math.nan}).feasible
+    budget = int(SyntheticObjective(blocks=3).base16_bytes * 0.5)
+    plain = run_study(SyntheticObjective(blocks=3, seed=1), budget, profile=SMALL, run_dir=tmp_path / "plain", trials=8,
+                      sampler="uniform")
+    obj = _WithVacuous(blocks=3, seed=1)
+    result = run_study(obj, budget, profile=SMALL, run_dir=tmp_path / "vac", trials=8, sampler="uniform")
+    # the uniform ladder bisects on feasibility alone: the same plans, judged the same
+    assert result.summary["feasible_trials"] == plain.summary["feasible_trials"] > 0
+    assert result.summary["compressed_size_bytes"] == plain.summary["compressed_size_bytes"]
+    assert result.summary["satisfied"] is True and result.exit_code == 0
+    scored = [t for t in _study(result).trials if "robustness" in t.user_attrs and not t.user_attrs.get("reason")]
+    assert scored and all(t.user_attrs["robustness"]["vacuous"] == math.inf for t in scored)
+    assert all(t.constraints["robustness:vacuous"] == 0.0 for t in scored)
+    # the BO sampler's surrogate takes it too
+    bo = run_study(_WithVacuous(blocks=3, seed=1), budget, profile=SMALL, run_dir=tmp_path / "bo", trials=8, sampler="bo")
+    assert bo.summary["satisfied"] is True and bo.summary["feasible_trials"] > 0

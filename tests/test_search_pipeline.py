@@ -55,3 +55,21 @@ def test_final_lines_report_size_and_flop_reduction():
     summary.update(satisfied=False, min_margin=-0.2)
     assert "no plan satisfies every property within 100.0 MB after 12 trials; closest plan: trial 7, minimum margin -0.2000" \
         in final_lines(SearchResult(Path("runs/x"), summary, None, "s", "sqlite://"))[0]
+
+
+def test_a_winner_failing_the_heldout_audit_exits_1_naming_the_property():
+    summary = {"satisfied": True, "best_trial": 3, "min_margin": 0.02, "feasible_trials": 2, "trials": 4,
+               "budget_bytes": 60_000, "heldout": {
+                   "pass_rate": 28 / 30, "satisfied": False, "prompts": 30, "reason": None,
+                   "confidence": {"violations": 2, "prompts": 30, "violation_rate": 2 / 30, "upper_bound": 0.1951,
+                                  "level": 0.95, "method": "one-sided Clopper-Pearson"},
+                   "properties": {"coherence": {"violations": 2, "prompts": 30}, "factual": {"violations": 0, "prompts": 5}}}}
+    result = SearchResult(Path("runs/x"), summary, Plan(model="m"), "s", "sqlite://")
+    assert result.satisfied and result.heldout_failed and result.exit_code == 1
+    lines = final_lines(result)
+    assert "held-out audit: VIOLATED (93.3% of 30 prompts satisfy every property)" in lines
+    assert ("held-out, all properties: violation rate 2/30, at most 19.5% at 95% confidence (one-sided "
+            "Clopper-Pearson) on these prompts") in lines
+    assert "the winner fails the held-out audit: coherence on 2 of 30 prompts" in lines
+    summary["heldout"] = {"skipped": "no prompts in split 'heldout'"}  # no held-out prompts: no failure
+    assert SearchResult(Path("runs/x"), summary, Plan(model="m"), "s", "sqlite://").exit_code == 0

@@ -12,6 +12,9 @@ statistics), evaluate, cost, search, formats, audit, report.
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import re
 import sys
 import time
@@ -23,6 +26,8 @@ from .audit import MODES, AuditResult, audit_models, check_split, print_audit
 from .compress.apply import PlanApplier, validate_plan
 from .compress.calibrate import ActivationStats, collect_stats
 from .compress.registry import stats_families
+from .confidence import DEFAULT_LEVEL, check_level
+from .confidence import describe as describe_confidence
 from .cost import CostModel
 from .errors import InvalidInput
 from .evaluate import Evaluator
@@ -55,10 +60,13 @@ def search(model: str, budget: str | Budget, *, specs=None, prompts=None, profil
            trials: int | None = None, objective: str = "size", relax: float = 0.0, overrides: dict | None = None,
            out: str | Path | None = None, storage: str | None = None, study: str | None = None,
            seed: int | None = None, sampler: str = "bo", device: str | None = None, trust_remote_code: bool = False,
-           progress: bool = True) -> SearchResult:
+           progress: bool = True, confidence: float = DEFAULT_LEVEL) -> SearchResult:
     """Search for the smallest plan satisfying every property of MODEL within a budget, audit the
-    winner on the held-out prompts and write the run directory (plan, summary, trials, report)."""
+    winner on the held-out prompts (violation rates bounded at `confidence`) and write the run
+    directory (plan, summary, trials, report). The result's exit_code is 1 when no plan satisfies
+    the specs or the winner fails the held-out audit."""
     # 1. Inputs a user can get wrong, before any model work.
+    confidence = check_level(confidence)
     search_profile = load_profile(profile)
     budget = parse_budget(budget) if isinstance(budget, str) else budget
     if trials is not None and trials < 1:
@@ -82,7 +90,10 @@ def search(model: str, budget: str | Budget, *, specs=None, prompts=None, profil
     evaluator = Evaluator(loaded, spec_set, trace, applier)
     cost_model = CostModel.for_model(loaded, get_format(search_profile.format), refs)
     names = [p.name for p in spec_set.properties]
-    key = f"{loaded.fingerprint}|{trace.key}|{','.join(names)}"
+    identity = study_identity(loaded, trace, spec_set, suite, search_profile)
+    # the profiling caches (sensitivity.json, measured.json) are keyed by this: other specs or
+    # constants measure other margins
+    key = f"{loaded.fingerprint}|{trace.key}|{','.join(names)}|specs={identity['spec_files']}:{identity['consts']}"
     full = ModelObjective(loaded.model_id, refs, names, evaluator, cost_model, cache_key=key,
                           loaded_bytes=loaded.source_bytes, loaded_format=loaded.source_quantization)
     ids = trace.prompt_ids
@@ -106,15 +117,32 @@ def search(model: str, budget: str | Budget, *, specs=None, prompts=None, profil
         run.write_json(CALIBRATION, {
             "trial": plan.meta.get("trial"), "split": "calibration", "robustness": calibration.robustness,
             "per_prompt": calibration.per_prompt})
-        summary["heldout"] = heldout_check(plan, loaded, spec_set, suite, applier, run)
+        summary["heldout"] = heldout_check(plan, loaded, spec_set, suite, applier, run, confidence=confidence)
 
     budget_bytes = budget.resolve(cost_model.compressible_params, cost_model.other_bytes)
     result = run_study(full, budget_bytes, profile=search_profile, run_dir=run.path, trials=trials, sampler=sampler,
                        objective_kind=objective, seed=seed, storage=storage, study_name=study,
-                       profiling_objective=profiling, progress=progress, plan_meta=meta, finish=finish)
+                       profiling_objective=profiling, progress=progress, plan_meta=meta, finish=finish,
+                       identity=identity)
     say("writing the report")
     write_report(run.path)
     return result
+
+
+def study_identity(loaded, trace, spec_set, suite, profile) -> dict:
+    """A short hash per input a trial's result depends on: the model's weights, the trace (its
+    settings and calibration prompts), the spec files' contents, their constants after --set /
+    --relax, the whole prompt suite (the held-out audit uses it), the profile and its methods
+    (toggle.search.study keeps it in the study: other inputs, another study). The profile's
+    trial count, seed and file location are left out: more trials resume, a seed picks plans."""
+    def digest(obj) -> str:
+        return hashlib.sha256(json.dumps(obj, sort_keys=True, default=repr).encode()).hexdigest()[:16]
+
+    files = [hashlib.sha256(Path(f).read_bytes()).hexdigest() for f in spec_set.files]
+    consts = {Path(f).name: {n: c.value for n, c in cs.items()} for f, cs in spec_set.consts.items()}
+    stable = dataclasses.replace(profile, trials=0, seed=0, source="", name="")
+    return {"model": loaded.fingerprint, "trace": trace.key, "spec_files": digest(files), "consts": digest(consts),
+            "prompts": suite.fingerprint, "profile": digest(repr(stable)), "methods": digest(repr(profile.methods))}
 
 
 def _stage_printer(enabled: bool):
@@ -142,19 +170,23 @@ def calibration_stats(loaded, refs, trace, methods, run: RunDir) -> tuple[Activa
     return stats, {"calibration_stats": STATS}
 
 
-def heldout_check(plan: Plan, loaded, specs, suite, applier: PlanApplier, run: RunDir) -> dict:
+def heldout_check(plan: Plan, loaded, specs, suite, applier: PlanApplier, run: RunDir, *,
+                  confidence: float = DEFAULT_LEVEL) -> dict:
     """The held-out audit of `plan` (teacher mode, in process, the simulated weights the artifact
-    decodes to): written as heldout.json; summary.json's `heldout` block is returned."""
+    decodes to): written as heldout.json; summary.json's `heldout` block is returned, with the
+    violation rate of every property and of all together and its upper bound at `confidence`."""
     try:
         check_split(suite, "heldout", specs)
     except InvalidInput as e:  # the search itself was fine: say why there is no held-out check
         return {"skipped": e.message}
     result = audit_models(loaded, loaded, specs, suite, split="heldout", mode="teacher", applier=applier, plan=plan,
-                          artifact=f"{run / 'plan.yaml'} (simulated)")
+                          artifact=f"{run / 'plan.yaml'} (simulated)", confidence=confidence)
     run.write_json(HELDOUT, result.to_dict())
     return {"pass_rate": result.pass_rate, "satisfied": result.satisfied, "prompts": len(result.prompts),
             "mode": result.mode, "robustness": {k: finite_or_none(v) for k, v in result.robustness.items()},
-            "share": {k: p.share for k, p in result.properties.items()}, "reason": result.reason}
+            "share": {k: p.share for k, p in result.properties.items()}, "reason": result.reason,
+            "confidence": result.overall.to_dict(),
+            "properties": {k: p.bound.to_dict() for k, p in result.properties.items()}}
 
 
 def final_lines(result: SearchResult) -> list[str]:
@@ -183,10 +215,23 @@ def final_lines(result: SearchResult) -> list[str]:
         verdict = "every property holds" if heldout["satisfied"] else "VIOLATED"
         lines.append(f"held-out audit: {verdict} ({100 * heldout['pass_rate']:.1f}% of {heldout['prompts']} "
                      f"prompts satisfy every property)")
+        if heldout.get("confidence"):
+            lines.append(f"held-out, all properties: {describe_confidence(heldout['confidence'])}")
+        if not heldout["satisfied"]:
+            lines.append(f"the winner fails the held-out audit: {heldout_failures(heldout)}")
     elif heldout.get("skipped"):
         lines.append(f"held-out audit: skipped ({heldout['skipped']})")
     lines.append(f"run directory: {result.run_dir}")
     return lines
+
+
+def heldout_failures(heldout: dict) -> str:
+    """Which properties a held-out block says failed, and on how many prompts."""
+    if heldout.get("reason"):
+        return f"the plan cannot be scored ({heldout['reason']})"
+    broken = [f"{name} on {c['violations']} of {c['prompts']} prompts"
+              for name, c in (heldout.get("properties") or {}).items() if c["violations"]]
+    return "; ".join(broken) or "a property is violated"
 
 
 # --- apply ---------------------------------------------------------------------------------------
@@ -254,12 +299,14 @@ def plan_stats(plan: Plan, loaded, plan_path: str | Path | None = None) -> Activ
 
 def audit(artifact, base: str | None = None, specs=None, prompts=None, split: str = "heldout",
           mode: str = "teacher", *, relax: float = 0.0, overrides: dict | None = None, device: str | None = None,
-          trust_remote_code: bool = False, worst: int = 5) -> AuditResult:
+          trust_remote_code: bool = False, worst: int = 5, confidence: float = DEFAULT_LEVEL) -> AuditResult:
     """Audit ARTIFACT (a toggle artifact directory, a .gguf file or a model directory) against
     its base model (default: the one recorded in the artifact's toggle.json) on a split of the
-    prompt suite. Everything a user can get wrong is checked before a model is loaded."""
+    prompt suite, with violation rates bounded at `confidence` (one-sided Clopper-Pearson).
+    Everything a user can get wrong is checked before a model is loaded."""
     if mode not in MODES:
         raise InvalidInput(f"--mode: {mode!r} is not valid; expected teacher or free")
+    confidence = check_level(confidence)
     spec_set = load_specs(list(specs) if isinstance(specs, (list, tuple)) else specs, overrides or {}, relax)
     suite = load_prompts(prompts)
     check_split(suite, split, spec_set)
@@ -289,7 +336,7 @@ def audit(artifact, base: str | None = None, specs=None, prompts=None, split: st
         notes.append(f"the artifact was made from weights with fingerprint {manifest['base_fingerprint']}; "
                      f"the base model {base} has {base_loaded.fingerprint}")
     result = audit_models(candidate, base_loaded, spec_set, suite, split=split, mode=mode, worst=worst,
-                          artifact=artifact_id)
+                          artifact=artifact_id, confidence=confidence)
     result.timings = {"load": round(loaded_seconds, 3), **result.timings}
     result.specs.update(relax=relax, overrides=dict(overrides or {}))
     result.notes[:0] = notes
@@ -305,7 +352,7 @@ def report(run_dir: str | Path, compare=()) -> Report:
 
 
 __all__ = ["apply", "audit", "check_plan_model", "default_run_dir", "final_lines", "heldout_check", "plan_stats",
-           "report", "search", "write_artifact",
+           "report", "search", "study_identity", "write_artifact",
            # what the command line uses besides the four stages
            "SpecError", "check_spec_files", "describe_modules", "describe_signals", "load_model", "load_specs",
            "parse_overrides", "print_audit", "quiet_transformers"]

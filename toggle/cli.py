@@ -45,6 +45,13 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
                    help="allow a model directory or hub id to run its own Python code (off by default)")
 
 
+def _add_confidence_option(p: argparse.ArgumentParser) -> None:
+    # a string here: toggle.confidence.check_level says what is wrong with a bad one
+    p.add_argument("--confidence", default="0.95", metavar="LEVEL",
+                   help="level of the one-sided upper bound (Clopper-Pearson) on each held-out violation rate, "
+                   "strictly between 0 and 1 (default: 0.95)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="toggle",
@@ -92,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampler", default="bo", metavar="NAME",
                    help="bo (constrained BoTorch, default), or a baseline: random, uniform (best "
                    "single setting for every group), greedy (sensitivity allocation)")
+    _add_confidence_option(p)
     _add_model_options(p)
     p.set_defaults(func=_cmd_search)
 
@@ -124,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--relax", type=float, default=0.0, metavar="R", help="loosen every const threshold by R")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="NAME=VALUE",
                    help="override a spec constant (repeatable)")
+    _add_confidence_option(p)
     _add_model_options(p)
     p.set_defaults(func=_cmd_audit)
 
@@ -171,7 +180,7 @@ def _cmd_search(args) -> int:
         args.model, args.budget, specs=args.specs, prompts=args.prompts, profile=args.profile, trials=args.trials,
         objective=args.objective, relax=args.relax, overrides=api.parse_overrides(args.overrides), out=args.out,
         storage=args.storage, study=args.study, seed=args.seed, sampler=args.sampler, device=args.device,
-        trust_remote_code=args.trust_remote_code, progress=True,
+        trust_remote_code=args.trust_remote_code, progress=True, confidence=args.confidence,
     )
     for line in api.final_lines(result):
         print(line)
@@ -201,7 +210,7 @@ def _cmd_apply(args) -> int:
 def _cmd_audit(args) -> int:
     result = api.audit(args.artifact, base=args.base, specs=args.specs, prompts=args.prompts, split=args.split,
                        mode=args.mode, relax=args.relax, overrides=api.parse_overrides(args.overrides), device=args.device,
-                       trust_remote_code=args.trust_remote_code)
+                       trust_remote_code=args.trust_remote_code, confidence=args.confidence)
     api.print_audit(result)
     if args.json:
         atomic_write_json(args.json, result.to_dict())

@@ -16,10 +16,15 @@ Two modes:
   and both models are scored along that path. A compressed model that drifts sees its own
   mistakes as context (exposure drift); teacher forcing hides that.
 
-A property's robustness on a prompt is rtamt's robustness at step 0 (>= 0: it holds). The
-audit passes when every property holds on every audited prompt; `pass_rate` is the share of
-prompts on which every property that applies to them holds (gold-answer properties apply only
-to prompts with an answer).
+A property's robustness on a prompt is rtamt's robustness at step 0 (>= 0: it holds; +inf, a
+property vacuously true on the prompt, holds too). The audit passes when every property holds on
+every audited prompt; `pass_rate` is the share of prompts on which every property that applies
+to them holds (gold-answer properties apply only to prompts with an answer).
+
+Stated confidence: per property and for all of them together, the violation rate (failed
+prompts / prompts it applies to) and its one-sided upper Clopper-Pearson bound at `confidence`
+(toggle.confidence): `result.overall.sentence()` reads "violation rate 0/30, at most 9.5% at 95%
+confidence (one-sided Clopper-Pearson) on these prompts".
 """
 from __future__ import annotations
 
@@ -29,6 +34,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
+from ..confidence import DEFAULT_LEVEL, Confidence, check_level
 from ..errors import InvalidInput
 from ..evaluate import Evaluator
 from ..files import finite_or_none
@@ -52,10 +58,20 @@ class PropertyAudit:
     holds: int  # of which it holds on
     min: float  # -inf when the compressed model could not be scored
     median: float
+    confidence: float = DEFAULT_LEVEL  # the level of the violation rate's upper bound
 
     @property
     def satisfied(self) -> bool:
         return self.prompts > 0 and self.holds == self.prompts and self.min >= 0
+
+    @property
+    def violations(self) -> int:
+        return self.prompts - self.holds
+
+    @property
+    def bound(self) -> Confidence:
+        """The violation rate over the prompts it applies to, with its upper bound."""
+        return Confidence.of(self.violations, self.prompts, self.confidence)
 
     @property
     def share(self) -> float:
@@ -64,7 +80,8 @@ class PropertyAudit:
 
     def to_dict(self) -> dict:
         return {"formula": self.formula, "prompts": self.prompts, "holds": self.holds, "share": self.share,
-                "min": finite_or_none(self.min), "median": finite_or_none(self.median), "satisfied": self.satisfied}
+                "min": finite_or_none(self.min), "median": finite_or_none(self.median), "satisfied": self.satisfied,
+                "confidence": self.bound.to_dict()}
 
 
 @dataclass
@@ -110,6 +127,7 @@ class AuditResult:
     timings: dict[str, float] = field(default_factory=dict)
     specs: dict = field(default_factory=dict)  # files, consts, relax, overrides
     notes: list[str] = field(default_factory=list)
+    confidence: float = DEFAULT_LEVEL  # the level of the violation rates' upper bounds
 
     @property
     def satisfied(self) -> bool:
@@ -122,6 +140,14 @@ class AuditResult:
         if not self.feasible or not self.prompts:
             return 0.0
         return sum(p.satisfied for p in self.prompts) / len(self.prompts)
+
+    @property
+    def overall(self) -> Confidence:
+        """All properties together: prompts on which some property fails, of the audited prompts
+        (all of them when the compressed model could not be scored)."""
+        n = len(self.prompts)
+        failed = n if not self.feasible else sum(not p.satisfied for p in self.prompts)
+        return Confidence.of(failed, n, self.confidence)
 
     @property
     def exit_code(self) -> int:
@@ -140,7 +166,7 @@ class AuditResult:
             "artifact": self.artifact, "base": self.base, "mode": self.mode, "split": self.split,
             "satisfied": self.satisfied, "pass_rate": self.pass_rate,
             "prompts_audited": len(self.prompts), "prompts_passed": sum(p.satisfied for p in self.prompts),
-            "feasible": self.feasible, "reason": self.reason,
+            "feasible": self.feasible, "reason": self.reason, "confidence": self.overall.to_dict(),
             "robustness": {k: finite_or_none(v) for k, v in self.robustness.items()},
             "properties": {name: p.to_dict() for name, p in self.properties.items()},
             "worst": [p.id for p in self.worst()],
@@ -168,7 +194,8 @@ def check_split(suite, split: str, spec_set) -> None:
 # --- the audit itself, on loaded models --------------------------------------------------------
 
 def audit_models(candidate, base, spec_set, suite, *, split: str = "heldout", mode: str = "teacher",
-                 applier=None, plan=None, worst: int = WORST, artifact: str | None = None) -> AuditResult:
+                 applier=None, plan=None, worst: int = WORST, artifact: str | None = None,
+                 confidence: float = DEFAULT_LEVEL) -> AuditResult:
     """Audit `candidate` against `base` (both toggle.load.LoadedModel).
 
     With `applier` and `plan` the candidate is the base model with the plan's weights swapped in
@@ -177,6 +204,7 @@ def audit_models(candidate, base, spec_set, suite, *, split: str = "heldout", mo
     """
     if mode not in MODES:
         raise InvalidInput(f"--mode: {mode!r} is not valid; expected teacher or free")
+    confidence = check_level(confidence)
     check_split(suite, split, spec_set)
     check_compatible(candidate, base, spec_set)
     chosen = suite.split(split)
@@ -215,10 +243,10 @@ def audit_models(candidate, base, spec_set, suite, *, split: str = "heldout", mo
         rows.append(PromptAudit(prompt.id, prompt.text, rob, prompt.tags,
                                 base_text=text if mode == "teacher" else None,
                                 compressed_text=text if mode == "free" else None))
-    properties = {p.name: _property_audit(p, rows, evaluation.feasible) for p in spec_set.properties}
+    properties = {p.name: _property_audit(p, rows, evaluation.feasible, confidence) for p in spec_set.properties}
     result = AuditResult(artifact=artifact or candidate.model_id, base=base.model_id, mode=mode, split=split,
                          properties=properties, prompts=rows, feasible=evaluation.feasible, reason=evaluation.reason,
-                         signals=evaluation.signals, specs=_specs_info(spec_set))
+                         signals=evaluation.signals, specs=_specs_info(spec_set), confidence=confidence)
     t1 = clock()
     _fill_texts(result.worst(worst), candidate, base, trace, steps, mode, applier, plan)
     timings["texts"] = clock() - t1
@@ -282,14 +310,15 @@ def _fill_texts(rows: list[PromptAudit], candidate, base, trace, steps: int, mod
             r.base_text = decode(base.tokenizer, tokens)
 
 
-def _property_audit(prop, rows: list[PromptAudit], feasible: bool) -> PropertyAudit:
+def _property_audit(prop, rows: list[PromptAudit], feasible: bool, confidence: float = DEFAULT_LEVEL) -> PropertyAudit:
     values = [r.robustness[prop.name] for r in rows if prop.name in r.robustness]
     if not feasible:
-        return PropertyAudit(prop.name, prop.formula, len(values), 0, -math.inf, -math.inf)
+        return PropertyAudit(prop.name, prop.formula, len(values), 0, -math.inf, -math.inf, confidence)
     if not values:
-        return PropertyAudit(prop.name, prop.formula, 0, 0, math.inf, math.inf)
+        return PropertyAudit(prop.name, prop.formula, 0, 0, math.inf, math.inf, confidence)
+    # +inf (vacuously true on a prompt) is >= 0: it holds
     return PropertyAudit(prop.name, prop.formula, len(values), sum(v >= 0 for v in values), min(values),
-                         statistics.median(values))
+                         statistics.median(values), confidence)
 
 
 def _specs_info(spec_set) -> dict:

@@ -28,13 +28,17 @@ def print_audit(result, console: Console | None = None, *, text_width: int = 160
         console.print(f"[yellow]note:[/yellow] {escape(note)}")
     table = Table(title=f"robustness per property over {len(result.prompts)} {result.split} prompts "
                         f"({result.mode} mode; >= 0 holds)")
+    upper = f"violation rate (at most, {_pct(result.confidence)} conf.)"
     for col, justify in (("property", "left"), ("formula", "left"), ("prompts", "right"), ("min", "right"),
-                         ("median", "right"), ("holds on", "right")):
+                         ("median", "right"), ("holds on", "right"), (upper, "right")):
         table.add_column(col, justify=justify, overflow="fold")
     for name, p in result.properties.items():
         colour = "green" if p.satisfied else "red"
         table.add_row(f"[{colour}]{escape(name)}[/{colour}]", escape(p.formula), str(p.prompts), _num(p.min),
-                      _num(p.median), f"{p.holds}/{p.prompts} ({100 * p.share:.0f}%)")
+                      _num(p.median), f"{p.holds}/{p.prompts} ({100 * p.share:.0f}%)", _rate(p.bound))
+    overall = result.overall
+    table.add_row("[bold]all properties[/bold]", "", str(overall.prompts), "", "", f"{overall.prompts - overall.violations}/"
+                  f"{overall.prompts}", _rate(overall))
     console.print(table)
 
     worst = result.worst()
@@ -52,6 +56,17 @@ def print_audit(result, console: Console | None = None, *, text_width: int = 160
         console.print(table)
     console.print(("[green]" if result.satisfied else "[red]") + escape(verdict(result)) +
                   ("[/green]" if result.satisfied else "[/red]"))
+    console.print(escape(f"all properties: {overall.sentence()}"))
+
+
+def _rate(c) -> str:
+    """'0/30 (<= 9.5%)': violations of the prompts, and the upper bound of the rate."""
+    return f"{c.violations}/{c.prompts} (<= {_pct(c.upper)})" if c.prompts else "-"
+
+
+def _pct(v: float) -> str:
+    text = f"{100 * v:.1f}"
+    return (text[:-2] if text.endswith(".0") else text) + "%"
 
 
 def _num(v: float) -> str:

@@ -19,6 +19,7 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..confidence import describe as describe_confidence
 from ..rundir import REPORT_HTML, REPORT_MD, RunDir
 from ..units import format_bytes
 from . import plots
@@ -83,6 +84,8 @@ def _blocks(run: RunData, others: list[RunData], made: dict, points: list[Operat
         b.append(Paragraph(f"Held-out audit ({held.get('mode', 'teacher')} mode, {held['prompts']} prompts the search "
                            f"never saw): **{word}**, {100 * held['pass_rate']:.1f}% of the prompts satisfy every "
                            f"property."))
+        if held.get("confidence"):
+            b.append(Paragraph(f"All properties together: {describe_confidence(held['confidence'])}."))
     elif held.get("skipped"):
         b.append(Paragraph(f"Held-out audit: skipped ({held['skipped']})."))
 
@@ -165,9 +168,11 @@ def _robustness_table(run: RunData):
                      _margin(_median(values)) if values else "-",
                      f"{sum(v >= 0 for v in values)}/{len(values)}" if values else "-",
                      _margin(h.get("min")), _margin(h.get("median")),
-                     f"{h['holds']}/{h['prompts']}" if h.get("prompts") else "-"])
+                     f"{h['holds']}/{h['prompts']}" if h.get("prompts") else "-", _bound(h.get("confidence"))])
+    level = next((h["confidence"]["level"] for h in held.values() if h.get("confidence")), None)
     head = ["property", "formula", "calibration min", "calibration median", "calibration holds", "held-out min",
-            "held-out median", "held-out holds"]
+            "held-out median", "held-out holds",
+            f"held-out violation rate (at most, {100 * level:g}% confidence)" if level else "held-out violation rate"]
     return head, rows
 
 
@@ -195,6 +200,13 @@ def _comparison(run: RunData, others: list[RunData]) -> list[list[str]]:
                      _pct(s.get("size_reduction")) if s.get("satisfied") else "-",
                      f"{s['flops_reduction']:.2f}x" if s.get("satisfied") and s.get("flops_reduction") else "-"])
     return rows
+
+
+def _bound(c: dict | None) -> str:
+    """'0/30, at most 9.5%': the violation rate and its one-sided Clopper-Pearson upper bound."""
+    if not c or not c.get("prompts"):
+        return "-"
+    return f"{c['violations']}/{c['prompts']}, at most {100 * c['upper_bound']:.1f}%"
 
 
 def _median(values):

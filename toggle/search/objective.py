@@ -25,7 +25,8 @@ class PlanCost:
 
 @dataclass
 class Outcome:
-    """The verdict on one plan: robustness per property (min over prompts; >= 0 holds)."""
+    """The verdict on one plan: robustness per property (min over prompts; >= 0 holds; +inf when
+    no prompt constrains it, vacuously true; -inf when the plan could not be scored)."""
 
     robustness: dict[str, float]
     reason: str | None = None  # why the plan is unusable regardless of margins (e.g. NaN logits)
@@ -36,11 +37,12 @@ class Outcome:
 
     @property
     def feasible(self) -> bool:
-        return self.reason is None and all(math.isfinite(r) and r >= 0 for r in self.robustness.values())
+        # +inf: the property is vacuously true (no prompt constrains it): it holds; NaN does not
+        return self.reason is None and all(r >= 0 for r in self.robustness.values())
 
     @property
     def min_margin(self) -> float:
-        values = [r if math.isfinite(r) else -math.inf for r in self.robustness.values()]
+        values = [-math.inf if math.isnan(r) else r for r in self.robustness.values()]
         return min(values) if values else math.inf
 
 

@@ -327,24 +327,29 @@ def observations(space: SearchSpace, study) -> dict:
         "names": names,
         "bytes": np.array([r[3] for r in rows], dtype=float),
         "flops": np.array([r[4] for r in rows], dtype=float),
-        "feasible": np.array([r[5] is None and all(np.isfinite(x) and x >= 0 for x in rr)
+        "feasible": np.array([r[5] is None and all(x >= 0 for x in rr)  # +inf: vacuously true, holds
                               for r, rr in zip(rows, rob)], dtype=bool),
     }
 
 
 def _finite(v) -> float:
-    """A trial's robustness as the GP sees it: a failed evaluation (stored as null) is -inf."""
-    return float(v) if v is not None and math.isfinite(float(v)) else -math.inf
+    """A trial's robustness as the GP sees it: a failed evaluation (stored as null) is -inf; a
+    vacuously true property stays +inf."""
+    if v is None or math.isnan(float(v)):
+        return -math.inf
+    return float(v)
 
 
 def _fill_nonfinite(y: np.ndarray) -> np.ndarray:
-    """Failed evaluations (NaN logits) count as a clearly bad but finite margin for the GP."""
+    """Failed evaluations (NaN logits) count as a clearly bad but finite margin for the GP, a
+    vacuously true property as a clearly good one."""
     y = y.copy()
     for j in range(y.shape[1]):
         col = y[:, j]
         ok = np.isfinite(col)
-        floor = (col[ok].min() - max(np.ptp(col[ok]), 1.0)) if ok.any() else -1.0
-        col[~ok] = floor
+        spread = max(np.ptp(col[ok]), 1.0) if ok.any() else 1.0
+        col[col == -np.inf] = (col[ok].min() - spread) if ok.any() else -1.0
+        col[col == np.inf] = (col[ok].max() + spread) if ok.any() else 1.0
     return y
 
 

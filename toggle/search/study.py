@@ -12,11 +12,23 @@ a plan over the budget is pruned without a model evaluation, otherwise the objec
 and the trial records robustness per property, the infeasibility reason and Optuna constraints
 (robustness:<p> = -robustness, size = bytes/budget - 1, valid = 1 if the evaluation failed).
 The trial's value is the plain cost (bytes or FLOPs per token), feasible or not.
+
+No stale result: `identity` (toggle.api.study_identity: a hash per input that changes what a
+trial measures, i.e. model weights, trace settings, spec files, spec constants after --set /
+--relax, prompt suite, profile, methods) is kept in the study. Without --study the study's name
+ends with the identity's digest, so a rerun into the same run directory with other inputs starts
+a new study and says in one line which inputs changed (the old study stays in the storage, and
+in the report's convergence plot); the same inputs resume. With an explicit --study NAME whose
+stored identity differs, the run is refused (exit 2): a name someone chose is not silently
+reused for other inputs. The trial count and the seed are not part of it: more trials resume.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,23 +135,31 @@ class SearchResult:
     study_name: str
     storage: str
     sensitivity: SensitivityProfile | None = None
+    notes: tuple[str, ...] = ()  # e.g. why a new study was started
 
     @property
     def satisfied(self) -> bool:
         return bool(self.summary.get("satisfied"))
 
     @property
+    def heldout_failed(self) -> bool:
+        """The winner was audited on the held-out prompts and failed (a skipped audit is no failure)."""
+        return (self.summary.get("heldout") or {}).get("satisfied") is False
+
+    @property
     def exit_code(self) -> int:
-        return 0 if self.satisfied else 1
+        """0: a plan satisfies the specs (and its held-out audit, when there is one); 1 otherwise."""
+        return 0 if self.satisfied and not self.heldout_failed else 1
 
 
 def run_study(objective: Objective, budget_bytes: int, *, profile: SearchProfile, run_dir: str | Path,
               trials: int | None = None, sampler: str = "bo", objective_kind: str = "size", seed: int | None = None,
               storage: str | None = None, study_name: str | None = None, profiling_objective: Objective | None = None,
               progress: bool = False, sampler_options: dict | None = None, plan_meta: dict | None = None,
-              finish=None) -> SearchResult:
+              finish=None, identity: dict | None = None) -> SearchResult:
     """Search `objective` within `budget_bytes`; see the module docstring. `finish(summary, plan)`,
-    when given, runs after the trials and before summary.json is written (not after Ctrl-C)."""
+    when given, runs after the trials and before summary.json is written (not after Ctrl-C).
+    `identity`: input -> hash of what the trials' results depend on (see the module docstring)."""
     if sampler not in SAMPLERS:
         raise InvalidInput(f"--sampler: {sampler!r} is not valid; expected one of {', '.join(SAMPLERS)}")
     if objective_kind not in OBJECTIVES:
@@ -157,11 +177,14 @@ def run_study(objective: Objective, budget_bytes: int, *, profile: SearchProfile
     _check_budget(budget_bytes, costs, objective, profile)
 
     store, url = open_storage(storage, run.path)
-    name = study_name or f"{sampler}-{objective_kind}-{int(budget_bytes)}"
+    name, note = _study_name(store, study_name, f"{sampler}-{objective_kind}-{int(budget_bytes)}", identity, url)
+    if note and progress:
+        print(f"toggle: {note}", file=sys.stderr, flush=True)
     study = optuna.create_study(storage=store, study_name=name, direction="minimize", load_if_exists=True)
     recover_orphans(study, store)  # trials a killed run left RUNNING are failed and queued again
     study.set_user_attr("toggle", {"model": objective.model_id, "profile": profile.name, "budget_bytes": int(budget_bytes),
-                                   "objective": objective_kind, "sampler": sampler, "properties": list(objective.properties)})
+                                   "objective": objective_kind, "sampler": sampler, "properties": list(objective.properties),
+                                   **({"identity": identity} if identity else {})})
 
     bar = Progress(progress, n_trials, _finished(study), objective.base16_bytes)
     prof: SensitivityProfile | None = None
@@ -208,7 +231,47 @@ def run_study(objective: Objective, budget_bytes: int, *, profile: SearchProfile
     result = _finish(study, space, objective, budget_bytes, objective_kind, sampler, seed, run, started, timings,
                      url, name, plan_meta, finish=finish)
     result.sensitivity = prof
+    result.notes = (note,) if note else ()
     return result
+
+
+# What each identity entry is, as a message names it.
+IDENTITY_LABELS = {"model": "model weights", "trace": "trace settings", "spec_files": "spec files",
+                   "consts": "spec constants (--set / --relax)", "prompts": "prompt suite", "profile": "search profile",
+                   "methods": "compression methods"}
+
+
+def identity_digest(identity: dict) -> str:
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def _study_name(store, chosen: str | None, base: str, identity: dict | None, url: str) -> tuple[str, str | None]:
+    """(the study's name, a one-line note when a new study starts because inputs changed)."""
+    if not identity:
+        return chosen or base, None
+    stored = {s.study_name: (s.user_attrs.get("toggle") or {}).get("identity")
+              for s in optuna.get_all_study_summaries(store, include_best_trial=False)}
+    if chosen is not None:
+        old = stored.get(chosen)
+        if old and old != identity:
+            raise InvalidInput(f"--study: {chosen!r} in {redact(url)} was run with other {_changed(old, identity)}; "
+                               f"pass another --study name (or --out directory) for these inputs, or the same inputs "
+                               f"to resume it")
+        return chosen, None
+    name = f"{base}-{identity_digest(identity)}"
+    if name in stored:
+        return name, None  # the same inputs: resume
+    previous = [n for n, ident in stored.items() if ident and (n == base or n.startswith(f"{base}-"))]
+    if not previous:
+        return name, None
+    old = previous[-1]  # the most recently created one
+    return name, (f"starting a new study {name}: the {_changed(stored[old], identity)} differ from study {old}'s "
+                  f"(kept in the storage)")
+
+
+def _changed(old: dict, new: dict) -> str:
+    keys = [k for k in dict.fromkeys([*new, *old]) if old.get(k) != new.get(k)]
+    return ", ".join(IDENTITY_LABELS.get(k, k) for k in keys) or "inputs"
 
 
 def _check_budget(budget_bytes, costs: CostTable, objective, profile) -> None:
@@ -316,19 +379,28 @@ def _trial_function(space: SearchSpace, objective: Objective, sampler, budget_by
         if out.partial:  # stopped early: the robustness values are upper bounds
             trial.set_user_attr("partial", True)
             trial.set_user_attr("prompts_evaluated", out.prompts_evaluated)
-        trial.set_user_attr("robustness", {k: finite_or_none(v) for k, v in out.robustness.items()})
+        trial.set_user_attr("robustness", {k: robustness_attr(v) for k, v in out.robustness.items()})
         if out.per_prompt:
             trial.set_user_attr("per_prompt", jsonable(out.per_prompt))
         trial.set_user_attr("reason", out.reason)
         for name in objective.properties:
             r = out.robustness.get(name, -math.inf)
-            trial.set_constraint(f"robustness:{name}", -r if math.isfinite(r) else math.inf)
+            # +inf (vacuously true) holds: a satisfied constraint; -inf or NaN (not scored) is violated
+            trial.set_constraint(f"robustness:{name}", -r if math.isfinite(r) else (0.0 if r > 0 else math.inf))
         trial.set_constraint("valid", 1.0 if out.reason else 0.0)
         if objective_kind == "margin":  # the most robust plan: minimise the negated minimum margin
             return -out.min_margin if math.isfinite(out.min_margin) else MARGIN_FLOOR
         return float(cost.bytes if objective_kind == "size" else cost.flops_per_token)
 
     return func
+
+
+def robustness_attr(v):
+    """How a trial stores a robustness: a finite float, +inf for a vacuously true property (the
+    storage's JSON keeps it), None when it could not be scored (-inf, NaN)."""
+    if v is not None and float(v) == math.inf:
+        return math.inf
+    return finite_or_none(v)
 
 
 OBJECTIVES = ("size", "flops", "margin")

@@ -1,0 +1,58 @@
+"""Stated confidence: the one-sided Clopper-Pearson bound, its level option, and how the audit
+reports it per property and for all properties together."""
+import math
+
+import pytest
+
+from toggle.audit import AuditResult
+from toggle.audit.core import PromptAudit, PropertyAudit
+from toggle.cli import main
+from toggle.confidence import Confidence, check_level, upper_bound
+from toggle.errors import InvalidInput
+
+
+def test_one_sided_upper_bounds_at_95_percent():
+    assert upper_bound(0, 30) == pytest.approx(0.0950, abs=5e-5)
+    assert upper_bound(0, 200) == pytest.approx(0.0149, abs=5e-5)
+    # 0 of n: the bound solves (1 - p)^n = 1 - level exactly
+    assert upper_bound(0, 30) == pytest.approx(1 - 0.05 ** (1 / 30), rel=1e-12)
+    assert upper_bound(1, 10) == pytest.approx(0.3942, abs=5e-5)
+    assert upper_bound(5, 5) == 1.0 and upper_bound(0, 0) == 1.0
+    assert upper_bound(0, 30, 0.99) == pytest.approx(1 - 0.01 ** (1 / 30), rel=1e-12)
+
+
+def test_the_sentence_and_the_dict():
+    c = Confidence.of(0, 30)
+    assert c.sentence() == "violation rate 0/30, at most 9.5% at 95% confidence (one-sided Clopper-Pearson) on these prompts"
+    d = Confidence.of(3, 30, 0.9).to_dict()
+    assert d["violations"] == 3 and d["prompts"] == 30 and d["violation_rate"] == 0.1 and d["level"] == 0.9
+    assert d["upper_bound"] == pytest.approx(upper_bound(3, 30, 0.9)) and d["method"] == "one-sided Clopper-Pearson"
+
+
+@pytest.mark.parametrize("level", [0, 1, 1.5, -0.1, "abc", "nan", True])
+def test_a_level_outside_0_1_is_refused(level):
+    with pytest.raises(InvalidInput, match=r"--confidence: .* is not valid; expected a level strictly between 0 and 1"):
+        check_level(level)
+    assert check_level("0.9") == 0.9
+
+
+def test_the_audit_states_rates_and_bounds_per_property_and_overall():
+    rows = [PromptAudit(f"p{i}", "x", {"a": -1.0 if i == 0 else 0.5, "b": math.inf}) for i in range(30)]
+    props = {"a": PropertyAudit("a", "f", 30, 29, -1.0, 0.5), "b": PropertyAudit("b", "g", 30, 30, math.inf, math.inf)}
+    r = AuditResult("art", "base", "teacher", "heldout", props, rows)
+    d = r.to_dict()
+    assert d["confidence"]["violations"] == 1 and d["confidence"]["prompts"] == 30
+    assert d["confidence"]["upper_bound"] == pytest.approx(upper_bound(1, 30))
+    # +inf (vacuously true on every prompt) holds: no violation
+    assert d["properties"]["b"]["confidence"]["violations"] == 0
+    assert d["properties"]["b"]["confidence"]["upper_bound"] == pytest.approx(0.0950, abs=5e-5)
+    assert d["properties"]["a"]["confidence"]["violation_rate"] == pytest.approx(1 / 30)
+    assert sum(p.satisfied for p in r.prompts) == 29
+
+
+def test_cli_refuses_a_bad_level_before_loading_anything(tmp_path, capsys):
+    for command in (["audit", str(tmp_path)], ["search", str(tmp_path), "--budget", "1MB"]):
+        code = main([*command, "--confidence", "1.2"])
+        err = capsys.readouterr().err
+        assert code == 2 and err.strip() == ("toggle: error: --confidence: 1.2 is not valid; expected a level "
+                                             "strictly between 0 and 1, e.g. 0.95"), err
