@@ -47,15 +47,22 @@ def quality(d: dict) -> list[str]:
     return out + [""]
 
 
-def search(d: dict) -> list[str]:
-    out = ["## 2. Search efficiency (bench_search.py)", "", provenance(d), "",
-           f"Budget {d['budget']}; trial budgets {d['trials']}; seeds {d['seeds']}. {d.get('note', '')}", "",
-           table(d["summary"], [("sampler", "sampler", ""), ("trials", "trial budget", "d"),
-                                ("trials_run", "trials run", ".0f"), ("seeds", "seeds", "d"),
-                                ("found", "seeds with a satisfying plan", "d"), ("median_best", "smallest satisfying", ""),
-                                ("median_best_fraction", "size / 16-bit", ".3f"), ("wall_s", "wall s", ".0f"),
-                                ("eval_s", "model evaluation s", ".0f"), ("sampler_s", "sampler s", ".1f"),
-                                ("profiling_s", "profiling s", ".0f")]), ""]
+def search(d: dict, title: str = "## 2. Search efficiency (bench_search.py)") -> list[str]:
+    relax = any("relax" in r for r in d["summary"])
+    columns = [("relax", "--relax", "g")] if relax else []
+    columns += [("sampler", "sampler", ""), ("trials", "trial budget", "d"),
+                ("trials_run", "trials run", ".0f"), ("seeds", "seeds", "d"),
+                ("found", "seeds with a satisfying plan", "d"), ("median_best", "smallest satisfying", ""),
+                ("median_best_fraction", "size / 16-bit", ".3f"), ("wall_s", "wall s", ".0f"),
+                ("eval_s", "model evaluation s", ".0f"), ("sampler_s", "sampler s", ".1f"),
+                ("profiling_s", "profiling s", ".0f")]
+    if relax:
+        columns += [("profiling_evaluations", "profiling evaluations", ".0f"), ("heldout", "held-out pass rate", ".2f"),
+                    ("infeasible_cost", "early-stopped / full evaluation s", ".2f")]
+    out = [title, "", provenance(d), "",
+           f"Budget {d['budget']}; trial budgets {d['trials']}; seeds {d['seeds']}"
+           f"{'; --relax ' + str(d['relax']) if relax else ''}. {d.get('note', '')}", "",
+           table(d["summary"], columns), ""]
     return out
 
 
@@ -95,8 +102,9 @@ def main(argv=None) -> int:
     notes = Path(args.notes)
     if notes.exists():
         parts += [notes.read_text().strip(), ""]
-    for name, fn in (("bench_quality", quality), ("bench_search", search), ("bench_evaluation", evaluation),
-                     ("bench_paper", paper)):
+    grid = lambda d: search(d, "## 2b. Search against its baselines (issue 13 grid, bench_search.py --relax)")  # noqa: E731
+    for name, fn in (("bench_quality", quality), ("bench_search", search), ("bench_search_grid", grid),
+                     ("bench_evaluation", evaluation), ("bench_paper", paper)):
         d = load(name)
         parts += fn(d) if d else [f"## {name}.py", "", "No finished run in the latest session: see the notes above.", ""]
     (ROOT / "BENCHMARKS.md").write_text("\n".join(parts))
