@@ -56,9 +56,10 @@ LONG_MODULES = sorted([
     "pathlib", "random", "re", "shutil", "statistics", "tempfile", "textwrap", "zipfile",
 ])
 PER_MODULE = 6            # short prompts taken from one module at most
-SHORT_CHARS = (60, 230)   # excerpt length of a short prompt (keeps it under ~80 tokens)
-LONG_CHARS = 1500         # text of a long prompt (about 330+ tokens)
-ENTRY_CHARS = 900         # one docstring's share of a long prompt at most
+SHORT_CHARS = (60, 190)   # excerpt length of a short prompt (keeps it under ~75 tokens)
+SHORT_PIECES = 42         # words + punctuation marks of that excerpt at most
+LONG_CHARS = 1200         # text of a long prompt (300+ tokens with the chat template)
+ENTRY_CHARS = 700         # one docstring's share of a long prompt at most
 KINDS = ("instruction", "summary", "continuation", "code")
 
 # (id, question, answer, domain). Prefixes as in the calibration facts so the answer comes early.
@@ -153,24 +154,29 @@ def members(module_name: str):
             yield f"{module_name}.{name}", obj, doc
 
 
-def signature(obj) -> str:
+def signature(obj, limit: int | None = None) -> str:
     """The call signature; a default whose repr names a memory address
-    (`<function f at 0x7f...>`) is shown as `...`, so the text is the same on every run."""
+    (`<function f at 0x7f...>`) is shown as `...`, so the text is the same on every run.
+    Longer than `limit` characters: `(...)`."""
     try:
         text = str(inspect.signature(obj))
     except (TypeError, ValueError):
         return "(...)"
-    return re.sub(r"<[^<>]* at 0x[0-9a-f]+>", "...", text)
+    text = re.sub(r"<[^<>]* at 0x[0-9a-f]+>", "...", text)
+    return "(...)" if limit is not None and len(text) > limit else text
 
 
 def fits(text: str) -> bool:
-    return SHORT_CHARS[0] <= len(text) <= SHORT_CHARS[1]
+    """Short enough for a short prompt: SHORT_CHARS characters and at most SHORT_PIECES words
+    and punctuation marks (code-like text such as `src` needs more tokens per character)."""
+    pieces = len(re.findall(r"\w+|[^\w\s]", text))
+    return SHORT_CHARS[0] <= len(text) <= SHORT_CHARS[1] and pieces <= SHORT_PIECES
 
 
 def short_prompt(kind: str, qual: str, obj, doc: str) -> str | None:
     paras = paragraphs(doc)
     if kind == "instruction" and paras and 30 <= len(paras[0]) <= SHORT_CHARS[1] and not inspect.isclass(obj):
-        return f"Explain in one sentence what this Python function does:\n\n{qual}{signature(obj)}\n{paras[0]}"
+        return f"Explain in one sentence what this Python function does:\n\n{qual}{signature(obj, 60)}\n{paras[0]}"
     if kind == "summary":
         later = [p for p in paras[1:] if fits(p) and len(p) >= 100]
         if later:
