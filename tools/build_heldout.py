@@ -110,8 +110,52 @@ FACTS = [
     ("grams-kilogram", "Answer with a number: how many grams are in one kilogram?", "1000", "science"),
     ("hours-day", "Answer with a number: how many hours are in one day?", "24", "everyday"),
     ("football-players", "Answer with a number: how many players does a football team have on the field?", "11", "sport"),
+    ("days-week", "Answer with a number: how many days are in one week?", "7", "everyday"),
+    ("dog-legs", "Answer with a number: how many legs does a dog have?", "4", "nature"),
+    ("bicycle-wheels", "Answer with a number: how many wheels does a bicycle have?", "2", "everyday"),
+    ("nine-plus-six", "Answer with a number: what is 9 plus 6?", "15", "math"),
+    ("twenty-minus-eight", "Answer with a number: what is 20 minus 8?", "12", "math"),
+    ("six-times-five", "Answer with a number: what is 6 times 5?", "30", "math"),
+    ("hundred-by-four", "Answer with a number: what is 100 divided by 4?", "25", "math"),
+    ("seconds-minute", "Answer with a number: how many seconds are in one minute?", "60", "science"),
+    ("leap-year-days", "Answer with a number: how many days are in a leap year?", "366", "everyday"),
+    ("mm-in-cm", "Answer with a number: how many millimetres are in one centimetre?", "10", "science"),
+    ("alphabet-letters", "Answer with a number: how many letters are in the English alphabet?", "26", "literature"),
+    ("hexagon-sides", "Answer with a number: how many sides does a hexagon have?", "6", "math"),
+    ("guitar-strings", "Answer with a number: how many strings does a standard guitar have?", "6", "everyday"),
+    ("opposite-up", "Answer with one word: what is the opposite of up?", "down", "everyday"),
+    ("opposite-night", "Answer with one word: what is the opposite of night?", "day", "everyday"),
+    ("opposite-ancient", "Answer with one word: what is the opposite of ancient?", "modern", "literature"),
+    ("plural-child", "Answer with one word: what is the plural of child?", "children", "literature"),
+    ("plural-tooth", "Answer with one word: what is the plural of tooth?", "teeth", "literature"),
+    ("past-tense-go", "Answer with one word: what is the past tense of go?", "went", "literature"),
+    ("poem-writer", "Answer with one word: what do you call a person who writes poems?", "poet", "literature"),
+    ("banana-colour", "Answer with one word: what colour are ripe bananas?", "yellow", "cooking"),
+    ("breathe-gas", "Answer with one word: which gas do humans need to breathe to stay alive?", "oxygen", "science"),
+    ("breathing-organ", "Answer with one word: which organs do humans breathe with?", "lungs", "science"),
+    ("solar-system-star", "Answer with one word: which star is at the centre of our solar system?", "Sun", "science"),
+    ("earth-satellite", "Answer with one word: what is the natural satellite of the Earth called?", "Moon", "science"),
+    ("study-of-life", "Answer with one word: what is the study of living things called?", "biology", "science"),
+    ("study-of-stars", "Answer with one word: what is the study of stars and planets called?", "astronomy", "science"),
+    ("after-january", "Answer with one word: which month comes after January?", "February", "everyday"),
+    ("after-monday", "Answer with one word: which day comes after Monday?", "Tuesday", "everyday"),
+    ("tallest-animal", "Answer with one word: what is the tallest animal in the world?", "giraffe", "nature"),
+    ("wool-animal", "Answer with one word: which farm animal gives us wool?", "sheep", "nature"),
+    ("young-frog", "Answer with one word: what is a young frog called?", "tadpole", "nature"),
 ]
-FACTS_DROPPED: list[str] = []  # ids of FACTS the base model answered wrongly (filled after --generate)
+# Ids of FACTS the base model got wrong under greedy decoding (24 new tokens, chat template, the
+# check of tools/check_prompts.py --generate), or right only by accident ("continents": "There
+# are 7,981,176,..."); they are not in the suite. 78 written, 41 dropped, 37 kept.
+FACTS_DROPPED = [
+    "minutes-hour", "sqrt-81", "red-planet", "ringed-planet", "bees-make", "jungle-king",
+    "trunk-animal", "largest-bird", "baby-cat", "baby-dog", "mix-blue-yellow",
+    "same-meaning-word", "heart-organ", "frozen-water", "liquid-metal", "hardest-substance",
+    "force-unit", "shuttlecock", "eight-sides", "baker-street", "never-grows-up", "caterpillar",
+    "after-summer", "grams-kilogram", "football-players", "continents",
+    "bicycle-wheels", "six-times-five", "seconds-minute", "leap-year-days", "mm-in-cm",
+    "guitar-strings", "past-tense-go", "banana-colour", "breathe-gas", "solar-system-star",
+    "study-of-life", "after-january", "after-monday", "tallest-animal", "young-frog",
+]
 
 
 def slug(text: str) -> str:
