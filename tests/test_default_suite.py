@@ -1,43 +1,136 @@
-"""The shipped prompt suite keeps its promised shape; tools/check_prompts.py catches bad suites."""
+"""The shipped prompt suite keeps its promised shape; tools/check_prompts.py catches bad suites;
+the held-out split is what tools/build_heldout.py builds, from sources apart from the calibration
+prompts and from the benchmarks' pydoc_data text."""
 from __future__ import annotations
 
+import ast
+import hashlib
 import importlib.util
+import json
+import re
 import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
+import yaml
 
 from toggle.files import default_prompts
 
-TOOL = Path(__file__).resolve().parent.parent / "tools" / "check_prompts.py"
+TOOLS = Path(__file__).resolve().parent.parent / "tools"
+# sha256 of the calibration items (json, sorted keys): the split every search candidate is scored
+# on. Changing it changes what the search optimises and how long it takes; do so on purpose.
+CALIBRATION_SHA256 = "3a0b84afea954b2c477883160e21cde87e6b1408bbf8e0edd953acc9a9e4f256"
 
 
-def _load_tool():
-    spec = importlib.util.spec_from_file_location("check_prompts", TOOL)
+def _load_tool(name):
+    spec = importlib.util.spec_from_file_location(name, TOOLS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
 
-check_prompts = _load_tool()
+check_prompts = _load_tool("check_prompts")
+build_heldout = _load_tool("build_heldout")
 
 
-def test_default_suite_is_valid_and_balanced():
+def shingles(text: str, n: int) -> set[tuple[str, ...]]:
+    """Every run of n consecutive words (lowercase letters and digits) of the text."""
+    words = re.findall(r"[a-z0-9]+", text.lower())
+    return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
+
+
+def derived_from(prompt: str, sources: list[str], n: int) -> bool:
+    """True when the prompt shares a run of n words with one of the sources."""
+    own = shingles(prompt, n)
+    return any(own & shingles(source, n) for source in sources)
+
+
+def _splits():
     items, errors = check_prompts.validate(default_prompts())
     assert errors == []
-    assert len(items) >= 56
-    splits = Counter(item.split for item in items)
-    assert splits["calibration"] == splits["heldout"] == len(items) // 2
-    for split in ("calibration", "heldout"):
-        in_split = [item for item in items if item.split == split]
-        facts = [item for item in in_split if "fact" in item.tags]
-        assert len(facts) >= 8 and all(item.answer for item in facts)
-        assert all(1 <= len(item.answer.split()) <= 3 for item in facts)
-        assert sum("long" in item.tags for item in in_split) >= 4
-        for kind in ("instruction", "code", "narrative", "dialogue", "summary"):
-            assert any(kind in item.tags for item in in_split), (split, kind)
+    assert all(set(item.tags) & set(check_prompts.KINDS) for item in items)  # each has a kind
+    return ([i for i in items if i.split == "calibration"], [i for i in items if i.split == "heldout"])
+
+
+def test_calibration_split_is_unchanged():
+    calibration, _ = _splits()
+    assert len(calibration) == 30
+    raw = [item for item in yaml.safe_load(default_prompts().read_text(encoding="utf-8"))
+           if item.get("split", "calibration") == "calibration"]
+    digest = hashlib.sha256(json.dumps(raw, sort_keys=True).encode()).hexdigest()
+    assert digest == CALIBRATION_SHA256
+    facts = [item for item in calibration if "fact" in item.tags]
+    assert len(facts) == 10 and all(item.answer for item in facts)
+    assert sum("long" in item.tags for item in calibration) == 4
+    for kind in ("instruction", "code", "narrative", "dialogue", "summary"):
+        assert any(kind in item.tags for item in calibration), kind
+
+
+def test_heldout_split_has_its_promised_shape():
+    _, heldout = _splits()
+    assert len(heldout) >= 200
+    facts = [item for item in heldout if "fact" in item.tags]
+    assert len(facts) >= 30 and all(item.answer for item in facts)
+    assert all(1 <= len(item.answer.split()) <= 3 for item in facts)
+    assert sum("docs" in item.tags for item in heldout) >= 150
+    long = [item for item in heldout if "long" in item.tags]
+    assert len(long) >= 10 and all(item.answer is None for item in long)
+    assert len(long) <= len(heldout) // 10  # the audit runs every prompt: most stay short
+    for kind in ("instruction", "summary", "continuation", "code"):
+        assert sum(kind in item.tags for item in heldout) >= 20, kind
+
+
+def test_heldout_prompts_are_not_derived_from_calibration_ones():
+    calibration, heldout = _splits()
+    sources = [item.prompt for item in calibration]
+    derived = [item.id for item in heldout if derived_from(item.prompt, sources, 8)]
+    assert derived == []
+    assert not {i.prompt.strip().lower() for i in heldout} & {i.prompt.strip().lower() for i in calibration}
+    calibration_answers = {item.answer.lower() for item in calibration if item.answer}
+    assert [i.id for i in heldout if i.answer and i.answer.lower() in calibration_answers] == []
+
+
+def test_derived_from_catches_a_reworded_copy():
+    source = "Answer with one word: what is the capital of Japan?"
+    assert derived_from("Answer with one word: what is the capital of Peru?", [source], 8)
+    assert derived_from("answer WITH one word - what is the capital of Japan", [source], 8)
+    assert not derived_from("Answer with one word: which planet is known as the Red Planet?", [source], 8)
+
+
+def test_heldout_split_uses_no_pydoc_data_text():
+    """benchmarks/textdata.py scores perplexity on pydoc_data's topics: the prompts stay apart."""
+    tree = ast.parse((TOOLS / "build_heldout.py").read_text(encoding="utf-8"))
+    imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    imported |= {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert not any(name.startswith("pydoc") for name in imported)
+    assert "pydoc_data" not in build_heldout.MODULES + build_heldout.LONG_MODULES
+    topics = pytest.importorskip("pydoc_data.topics").topics
+    _, heldout = _splits()
+    text = set().union(*(shingles(value, 10) for value in topics.values()))
+    assert [item.id for item in heldout if shingles(item.prompt, 10) & text] == []
+
+
+def test_heldout_split_is_what_the_build_script_makes():
+    header = re.search(r"Generated by tools/build_heldout.py \(Python (\d+)\.(\d+)\.",
+                       default_prompts().read_text(encoding="utf-8"))
+    assert header, "the heldout split lost its generated-by comment"
+    if tuple(map(int, header.groups())) != sys.version_info[:2]:
+        pytest.skip(f"built with Python {'.'.join(header.groups())}; docstrings differ between versions")
+    built = build_heldout.build()
+    _, heldout = _splits()
+    assert [(i["id"], i["prompt"], i.get("answer"), tuple(i["tags"])) for i in built] == \
+        [(i.id, i.prompt, i.answer, i.tags) for i in heldout]
+    assert build_heldout.main(["--check"]) == 0
+
+
+def test_build_check_fails_on_an_edited_split(tmp_path, capsys):
+    suite = tmp_path / "suite.yaml"
+    text = default_prompts().read_text(encoding="utf-8")
+    suite.write_text(text.replace("Explain in one sentence", "Explain in two sentences", 1), encoding="utf-8")
+    assert build_heldout.main(["--suite", str(suite), "--check"]) == 1
+    assert "DIFFERS" in capsys.readouterr().out
 
 
 def test_validate_names_item_and_field(tmp_path):
@@ -56,6 +149,20 @@ def test_validate_names_item_and_field(tmp_path):
     assert "item 2 (Two Words): unknown field(s) ['colour']" in text
     assert "item 2 (Two Words): field 'prompt': must be a non-empty string" in text
     assert check_prompts.main([str(suite), "--no-tokens"]) == 2
+
+
+def test_validate_rejects_unknown_tags_and_tags_without_a_kind(tmp_path):
+    suite = tmp_path / "tags.yaml"
+    suite.write_text(
+        "- {id: a, prompt: 'x', tags: [fact, geography]}\n"
+        "- {id: b, prompt: 'x', tags: [fact, astrology]}\n"
+        "- {id: c, prompt: 'x', tags: [docs]}\n",
+        encoding="utf-8",
+    )
+    items, errors = check_prompts.validate(suite)
+    assert [item.id for item in items] == ["a"]
+    assert "item 1 (b): field 'tags': ['astrology'] not allowed" in errors[0]
+    assert "item 2 (c): field 'tags': ['docs'] has no kind" in errors[1]
 
 
 def test_validate_rejects_non_list(tmp_path):

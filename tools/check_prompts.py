@@ -25,6 +25,12 @@ import yaml
 SPLITS = ("calibration", "heldout")
 FIELDS = ("id", "prompt", "answer", "split", "tags")
 ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+# Tags (optional): every tag is a kind or a domain, and a tagged item has at least one kind (`docs`: made from
+# Python standard-library docstrings by tools/build_heldout.py).
+KINDS = ("fact", "long", "instruction", "code", "math", "reasoning", "narrative", "dialogue",
+         "summary", "continuation")
+DOMAINS = ("geography", "science", "history", "literature", "cooking", "travel", "sport",
+           "everyday", "tech", "nature", "docs")
 # Length expectations of the shipped suite (tokens with the chat template applied).
 LONG_MIN_TOKENS = 300
 SHORT_MAX_TOKENS = 100
@@ -79,6 +85,13 @@ def validate(path: Path) -> tuple[list[Item], list[str]]:
         tags = raw.get("tags", [])
         if not isinstance(tags, list) or not all(isinstance(t, str) and t for t in tags):
             problems.append("field 'tags': must be a list of non-empty strings")
+        else:
+            unknown_tags = [t for t in tags if t not in KINDS + DOMAINS]
+            if unknown_tags:
+                problems.append(f"field 'tags': {unknown_tags} not allowed; kinds are {list(KINDS)}, "
+                                f"domains {list(DOMAINS)}")
+            elif tags and not any(t in KINDS for t in tags):
+                problems.append(f"field 'tags': {tags} has no kind (one of {list(KINDS)})")
         if problems:
             errors.extend(f"{where} ({item_id}): {p}" for p in problems)
             continue
