@@ -210,7 +210,7 @@ def main(argv=None) -> int:
                           ("heldout", "held-out pass rate", ".2f"),
                           ("infeasible_cost", "early-stopped / full evaluation s", ".2f")]))
     run.finish(rows, {"summary": summary, "budget": args.budget, "trials": counts, "seeds": seeds, "relax": relaxes,
-                      "note": "profiling computed once and copied to later BO/greedy run directories; its seconds are "
+                      "note": "profiling computed once and copied to the later run directories that read it (BO, allocator, greedy); its seconds are "
                               "those of the run that computed it"})
     return 0
 
