@@ -86,7 +86,8 @@ def search_runs(model: str, budgets: list[str], trials: int, out: Path, device: 
             run_dir.mkdir(parents=True, exist_ok=True)
             shutil.copy(profiled, run_dir / "sensitivity.json")  # the same profile: keyed by model, trace, specs
         t0 = time.perf_counter()
-        result = run_search(model, budget, trials=trials, out=run_dir, device=device, seed=seed, progress=False)
+        result = run_search(model, budget, trials=trials, out=run_dir, device=device, seed=seed, progress=False,
+                            write_model=False)
         s = result.summary
         print(f"search {budget}: {'satisfied' if s['satisfied'] else 'NOT satisfied'}, "
               f"{s.get('compressed_size_bytes')} bytes, {s['trials']} trials, {time.perf_counter() - t0:.0f} s", flush=True)

@@ -161,7 +161,8 @@ def main(argv=None) -> int:
                 from toggle.api import search as run_search
 
                 result = run_search(args.model, args.budget, profile=args.profile, trials=counts[-1], sampler=sampler,
-                                    seed=seed, out=run_dir, device=args.device, relax=relax, progress=False)
+                                    seed=seed, out=run_dir, device=args.device, relax=relax, progress=False,
+                                    write_model=False)
             for name in PROFILED:
                 if (run_dir / name).exists() and name not in profiled:
                     profiled[name] = run_dir / name

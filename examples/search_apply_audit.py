@@ -22,7 +22,9 @@ parser.add_argument("--out")
 args = parser.parse_args()
 out = args.out or f"runs/example-{args.budget}"
 
-result = api.search(args.model, args.budget, trials=args.trials, specs=args.specs, prompts=args.prompts, out=out)
+# write_model=False: the search would write RUN/model itself; here api.apply shows the step
+result = api.search(args.model, args.budget, trials=args.trials, specs=args.specs, prompts=args.prompts, out=out,
+                    write_model=False)
 print(f"satisfied={result.satisfied} size_reduction={result.summary['size_reduction']:.3f}")
 if result.plan is None:
     sys.exit(1)

@@ -9,6 +9,7 @@ pytest.importorskip("toggle.compress")
 pytest.importorskip("toggle.cost")
 
 from toggle.cli import main  # noqa: E402
+from toggle.formats import read_artifact  # noqa: E402
 
 PROMPTS = """
 - {prompt: "The capital of France is", split: calibration}
@@ -37,9 +38,21 @@ def test_tiny_model_search_from_the_cli(tiny_llama_dir, tmp_path, capsys):
     assert "16-bit dense" in out and "FLOPs per token" in out
     for name in ("trials.csv", "pareto.csv", "study.db", "measured.json"):  # the default profiling
         assert (tmp_path / "run" / name).exists(), name
-    # the same command again resumes: 7 trials in all, the first 5 kept
-    assert main(args[:-4] + ["--trials", "7", "--out", str(tmp_path / "run")]) in (0, 1)
-    assert json.loads((tmp_path / "run" / "summary.json").read_text())["trials"] == 7
+    # the winner's compressed model is written by default, priced as it was searched
+    assert summary["satisfied"], "the tiny search at 60KB is expected to find a plan"
+    artifact = summary["artifact"]
+    assert artifact["path"] == "model" and artifact["format"] == "toggle"  # relative to the run directory
+    assert artifact["accounted_bytes"] == summary["compressed_size_bytes"]
+    assert artifact["tensor_bytes_on_disk"] == artifact["accounted_tensor_bytes"]  # exactly; headers aside
+    assert 0 < artifact["weights_file_bytes"] - artifact["tensor_bytes_on_disk"] < 16_384  # safetensors header
+    assert read_artifact(tmp_path / "run" / "model").model is not None
+    assert f"compressed model: {tmp_path / 'run' / 'model'}" in out
+    # the same command again resumes: 7 trials in all, the first 5 kept; --no-apply writes no
+    # model, and the previous run's model (another winner, maybe) is not left behind
+    assert main(args[:-4] + ["--trials", "7", "--out", str(tmp_path / "run"), "--no-apply"]) in (0, 1)
+    again = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert again["trials"] == 7 and "artifact" not in again
+    assert not (tmp_path / "run" / "model").exists()
 
 
 def test_impossible_budget_exits_2_with_the_minimum(tiny_llama_dir, tmp_path, capsys):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import re
 import sys
 import time
@@ -40,7 +41,7 @@ from .modules import describe as describe_modules
 from .plan import Plan
 from .prompts import load_prompts
 from .report import Report, write_report
-from .rundir import CALIBRATION, HELDOUT, SPACE, STATS, RunDir
+from .rundir import ARTIFACT, CALIBRATION, HELDOUT, SPACE, STATS, RunDir
 from .search.objective import ModelObjective
 from .search.profile import load_profile
 from .search.sensitivity import spread
@@ -60,10 +61,11 @@ def search(model: str, budget: str | Budget, *, specs=None, prompts=None, profil
            trials: int | None = None, objective: str = "size", relax: float = 0.0, overrides: dict | None = None,
            out: str | Path | None = None, storage: str | None = None, study: str | None = None,
            seed: int | None = None, sampler: str = "bo", device: str | None = None, trust_remote_code: bool = False,
-           progress: bool = True, confidence: float = DEFAULT_LEVEL) -> SearchResult:
+           progress: bool = True, confidence: float = DEFAULT_LEVEL, write_model: bool = True) -> SearchResult:
     """Search for the smallest plan satisfying every property of MODEL within a budget, audit the
     winner on the held-out prompts (violation rates bounded at `confidence`) and write the run
-    directory (plan, summary, trials, report). The result's exit_code is 1 when no plan satisfies
+    directory (plan, summary, trials, report, and with `write_model` the winner's compressed model
+    in the profile's format under RUN/model, recorded in summary.json's `artifact`). The result's exit_code is 1 when no plan satisfies
     the specs or the winner fails the held-out audit."""
     # 1. Inputs a user can get wrong, before any model work.
     confidence = check_level(confidence)
@@ -107,7 +109,7 @@ def search(model: str, budget: str | Budget, *, specs=None, prompts=None, profil
         summary["specs"] = {"files": list(spec_set.files), "relax": relax, "overrides": dict(overrides or {}),
                             "consts": {n: c.value for consts in spec_set.consts.values() for n, c in consts.items()}}
         run.write_json(SPACE, space.to_dict())
-        run.clear(HELDOUT, CALIBRATION)  # a previous run's winner is not this one's
+        run.clear(HELDOUT, CALIBRATION, ARTIFACT)  # a previous run's winner is not this one's
         if plan is None:
             summary["heldout"] = {"skipped": "no plan satisfies every property within the budget"}
             return
@@ -118,6 +120,14 @@ def search(model: str, budget: str | Budget, *, specs=None, prompts=None, profil
             "trial": plan.meta.get("trial"), "split": "calibration", "robustness": calibration.robustness,
             "per_prompt": calibration.per_prompt})
         summary["heldout"] = heldout_check(plan, loaded, spec_set, suite, applier, run, confidence=confidence)
+        if write_model:
+            say("writing the compressed model")
+            info = write_artifact(loaded, plan, run.path / ARTIFACT, search_profile.format, applier=applier)
+            # relative to the run directory, like every other file it names
+            summary["artifact"] = {"path": os.path.relpath(info.path, run.path), "format": info.fmt,
+                                   "weights_file_bytes": info.weights_file_bytes, "total_bytes": info.total_bytes,
+                                   "accounted_bytes": info.cost.bytes, "tensor_bytes_on_disk": info.tensor_bytes_on_disk,
+                                   "accounted_tensor_bytes": info.cost.tensor_bytes}
 
     budget_bytes = budget.resolve(cost_model.compressible_params, cost_model.other_bytes)
     result = run_study(full, budget_bytes, profile=search_profile, run_dir=run.path, trials=trials, sampler=sampler,
@@ -221,6 +231,11 @@ def final_lines(result: SearchResult) -> list[str]:
             lines.append(f"the winner fails the held-out audit: {heldout_failures(heldout)}")
     elif heldout.get("skipped"):
         lines.append(f"held-out audit: skipped ({heldout['skipped']})")
+    artifact = s.get("artifact")
+    if artifact:
+        lines.append(f"compressed model: {Path(result.run_dir) / artifact['path']} ({artifact['format']} format, weights file "
+                     f"{format_bytes(artifact['weights_file_bytes'])}, {artifact['total_bytes']:,} bytes with "
+                     f"config and tokenizer)")
     lines.append(f"run directory: {result.run_dir}")
     return lines
 

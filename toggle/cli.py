@@ -55,8 +55,8 @@ def _add_confidence_option(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="toggle",
-        description="Compress a language model and prove with Signal Temporal Logic that it still "
-        "behaves like the original on the properties you care about.",
+        description="Compress a language model and check with Signal Temporal Logic, on stated prompts "
+        "with a stated confidence, that it still behaves like the original on the properties you care about.",
         epilog=EPILOG_EXIT,
     )
     parser.add_argument("--version", action="version", version=f"toggle {__version__}")
@@ -70,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Constrained Bayesian optimisation over per-layer bit-widths, pruning ratios and "
         "low-rank ranks: every property's STL robustness >= 0 and size <= budget are constraints, "
         "size (or FLOPs) is the objective. Writes plan.yaml, summary.json, trials.csv, pareto.csv, "
-        "study.db and report.md/html to the run directory; running the same command again resumes.",
+        "study.db, report.md/html and the compressed model (model/, unless --no-apply) to the run directory; "
+        "running the same command again resumes (with other inputs it starts a new study and says why).",
         epilog=EPILOG_EXIT,
     )
     p.add_argument("model", metavar="MODEL",
@@ -98,7 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, metavar="N", help="random seed (default: 0)")
     p.add_argument("--sampler", default="bo", metavar="NAME",
                    help="bo (constrained BoTorch, default), or a baseline: random, uniform (best "
-                   "single setting for every group), greedy (sensitivity allocation)")
+                   "single setting for every group), allocator (measured-error allocation), greedy "
+                   "(sensitivity allocation)")
+    p.add_argument("--no-apply", dest="write_model", action="store_false",
+                   help="do not write the winner's compressed model to RUN/model (toggle apply does it later)")
     _add_confidence_option(p)
     _add_model_options(p)
     p.set_defaults(func=_cmd_search)
@@ -181,6 +185,7 @@ def _cmd_search(args) -> int:
         objective=args.objective, relax=args.relax, overrides=api.parse_overrides(args.overrides), out=args.out,
         storage=args.storage, study=args.study, seed=args.seed, sampler=args.sampler, device=args.device,
         trust_remote_code=args.trust_remote_code, progress=True, confidence=args.confidence,
+        write_model=args.write_model,
     )
     for line in api.final_lines(result):
         print(line)

@@ -10,6 +10,7 @@
     space.json         the search groups, so any trial's parameters become a plan without the model
     calibration.json   the winner's robustness per property and calibration prompt
     heldout.json       the winner's held-out audit, as `toggle audit --json` writes it
+    model/             the winner's compressed model in the profile's format (not with --no-apply)
     calibration_stats.safetensors   activation statistics of aware methods (Wanda, AWQ, GPTQ, ASVD)
     report.md, report.html, *.png, operating_points/   the report (`toggle report RUN_DIR`)
 
@@ -39,6 +40,7 @@ PARETO = "pareto.csv"
 STUDY = "study.db"
 SENSITIVITY = "sensitivity.json"
 MEASURED = "measured.json"
+ARTIFACT = "model"  # the winner's compressed model (toggle search without --no-apply)
 SPACE = "space.json"
 CALIBRATION = "calibration.json"
 HELDOUT = "heldout.json"
@@ -196,7 +198,11 @@ class RunDir:
     def clear(self, *names: str) -> None:
         """Remove files a previous run wrote that this one has not (yet) rewritten."""
         for name in names:
-            (self.path / name).unlink(missing_ok=True)
+            path = self.path / name
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
 
     def _write_trials(self, rows: list[dict], properties: list[str], params: list[str]) -> None:
         buf = io.StringIO()
