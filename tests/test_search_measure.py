@@ -65,6 +65,10 @@ def test_bo_from_the_allocator_path_is_at_least_as_small_as_the_allocator(tmp_pa
                       sampler=sampler, profiling_objective=obj.profiling_view())
         assert r.satisfied, sampler
         results[sampler] = r.summary["compressed_size_bytes"]
+        by = r.summary["trials_by_strategy"]
+        assert sum(c["trials"] for c in by.values()) == r.summary["trials"] and r.summary["winner_strategy"] in by
+        if sampler == "bo":  # it bisects the allocator's path, then proposes from its GP
+            assert set(by) == {"allocator path", "bo"}, by
     assert results["bo"] <= results["allocator"] < results["uniform"]
 
 

@@ -52,6 +52,15 @@ def test_final_lines_report_size_and_flop_reduction():
     summary.update(loaded_size_bytes=98_400_000, loaded_format="Q4_1")
     assert final_lines(SearchResult(Path("runs/x"), summary, Plan(model="m"), "s", "sqlite://"))[3] == \
         "the loaded Q4_1 GGUF weights file is 98.4 MB: the plan is 8.5% smaller than that"
+    # a winner from the allocator path BO bisects first is said to be one, with what BO's own proposals gave
+    summary.update(winner_strategy="allocator path",
+                   trials_by_strategy={"allocator path": {"trials": 7, "feasible": 2}, "bo": {"trials": 5, "feasible": 0}})
+    assert ("the winner is a point of the measured-error allocator's path, which BO bisects first; its 5 "
+            "model-guided proposals after that found no smaller satisfying plan") in final_lines(
+        SearchResult(Path("runs/x"), summary, Plan(model="m"), "s", "sqlite://"))
+    summary.update(winner_strategy="bo")
+    assert not any("allocator" in line for line in final_lines(
+        SearchResult(Path("runs/x"), summary, Plan(model="m"), "s", "sqlite://")))
     summary.update(satisfied=False, min_margin=-0.2)
     assert "no plan satisfies every property within 100.0 MB after 12 trials; closest plan: trial 7, minimum margin -0.2000" \
         in final_lines(SearchResult(Path("runs/x"), summary, None, "s", "sqlite://"))[0]

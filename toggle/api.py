@@ -210,6 +210,10 @@ def final_lines(result: SearchResult) -> list[str]:
         closest = (f"closest plan: trial {s['best_trial']}, minimum margin {s['min_margin']:+.4f}"
                    if s.get("best_trial") is not None and s.get("min_margin") is not None else "no plan within the budget was evaluated")
         lines.append(f"no plan satisfies every property within {format_bytes(s['budget_bytes'])} after {s['trials']} trials; {closest}")
+    if s.get("satisfied") and s.get("winner_strategy") == "allocator path":
+        gp = (s.get("trials_by_strategy") or {}).get("bo", {"trials": 0, "feasible": 0})
+        lines.append(f"the winner is a point of the measured-error allocator's path, which BO bisects first; "
+                     f"its {gp['trials']} model-guided proposals after that found no smaller satisfying plan")
     if s.get("compressed_size_bytes") is not None:
         lines.append(f"size: {format_bytes(s['compressed_size_bytes'])} vs {format_bytes(s['base_size_bytes'])} 16-bit dense "
                      f"({100 * s['size_reduction']:.1f}% smaller)")

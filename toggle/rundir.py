@@ -72,6 +72,7 @@ def trial_rows(study, params: list[str] | None = None) -> list[dict]:
             "number": t.number,
             "state": t.state.name.lower(),
             "source": t.user_attrs.get("source", ""),
+            "strategy": (t.user_attrs.get("sampler_info") or {}).get("strategy"),  # how the sampler chose it
             "value": t.value,
             "bytes": t.user_attrs.get("bytes"),
             "flops_per_token": t.user_attrs.get("flops_per_token"),
@@ -269,6 +270,7 @@ class RunDir:
                 try:
                     rows.append({
                         "number": int(cells[0]), "state": cells[1], "source": cells[2], "value": _number(cells[3]),
+                        "strategy": None,  # the study keeps it (sampler_info); trials.csv does not
                         "bytes": _number(cells[4]), "flops_per_token": _number(cells[5]),
                         "feasible": cells[6] == "True", "min_margin": _number(cells[7]),
                         "robustness": {p: _number(v) for p, v in zip(properties, cells[len(FIXED_COLUMNS):end])},

@@ -46,6 +46,10 @@ def summarise(rows, *, objective_fn, space, budget_bytes: float, objective: str,
         # trials whose evaluation stopped early on their hardest prompts (their margins are upper bounds)
         "early_stopped_trials": sum(bool(r.get("partial")) for r in rows),
         "sampler_seconds": round(sum(r["sampler_seconds"] or 0.0 for r in rows), 2),
+        # how the winner was chosen (e.g. BO's "allocator path" phase or its GP "bo" proposals),
+        # and what each way of choosing gave: whether the model-guided search earned the winner
+        "winner_strategy": (chosen.get("strategy") or chosen.get("source") or "unknown") if chosen else None,
+        "trials_by_strategy": _by_strategy(rows),
         **(extra or {}),
     }
     plan = None
@@ -53,3 +57,12 @@ def summarise(rows, *, objective_fn, space, budget_bytes: float, objective: str,
         plan = space.plan(best["params"], trial=best["number"], robustness=best["robustness"],
                           bytes=best["bytes"], flops_per_token=best["flops_per_token"])
     return summary, plan
+
+
+def _by_strategy(rows: list[dict]) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    for r in rows:
+        counts = out.setdefault(r.get("strategy") or r.get("source") or "unknown", {"trials": 0, "feasible": 0})
+        counts["trials"] += 1
+        counts["feasible"] += bool(r["feasible"])
+    return out
