@@ -13,8 +13,6 @@ statistics), evaluate, cost, search, formats, audit, report.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import os
 import re
 import sys
@@ -32,10 +30,11 @@ from .confidence import describe as describe_confidence
 from .cost import CostModel
 from .errors import InvalidInput
 from .evaluate import Evaluator
-from .files import finite_or_none
+from .files import finite_or_none, json_digest
 from .formats import ArtifactInfo, get_format, read_manifest
 from .hf import quiet_transformers
 from .load import load_model, resolve
+from .loaded import file_digest
 from .modules import compressible_modules
 from .modules import describe as describe_modules
 from .plan import Plan
@@ -145,14 +144,12 @@ def study_identity(loaded, trace, spec_set, suite, profile) -> dict:
     --relax, the whole prompt suite (the held-out audit uses it), the profile and its methods
     (toggle.search.study keeps it in the study: other inputs, another study). The profile's
     trial count, seed and file location are left out: more trials resume, a seed picks plans."""
-    def digest(obj) -> str:
-        return hashlib.sha256(json.dumps(obj, sort_keys=True, default=repr).encode()).hexdigest()[:16]
-
-    files = [hashlib.sha256(Path(f).read_bytes()).hexdigest() for f in spec_set.files]
+    files = [file_digest(Path(f)) for f in spec_set.files]
     consts = {Path(f).name: {n: c.value for n, c in cs.items()} for f, cs in spec_set.consts.items()}
     stable = dataclasses.replace(profile, trials=0, seed=0, source="", name="")
-    return {"model": loaded.fingerprint, "trace": trace.key, "spec_files": digest(files), "consts": digest(consts),
-            "prompts": suite.fingerprint, "profile": digest(repr(stable)), "methods": digest(repr(profile.methods))}
+    return {"model": loaded.fingerprint, "trace": trace.key, "spec_files": json_digest(files),
+            "consts": json_digest(consts), "prompts": suite.fingerprint, "profile": json_digest(repr(stable)),
+            "methods": json_digest(repr(profile.methods))}
 
 
 def _stage_printer(enabled: bool):

@@ -70,10 +70,11 @@ class Confidence:
 
 def describe(d: dict) -> str:
     """The sentence for a Confidence.to_dict() (how the report and the CLI word it)."""
-    return (f"violation rate {d['violations']}/{d['prompts']}, at most {_pct(d['upper_bound'])} at "
-            f"{_pct(d['level'])} confidence ({d.get('method', METHOD)}) on these prompts")
+    return (f"violation rate {d['violations']}/{d['prompts']}, at most {percent(d['upper_bound'])} at "
+            f"{percent(d['level'])} confidence ({d.get('method', METHOD)}) on these prompts")
 
 
-def _pct(v: float) -> str:
+def percent(v: float) -> str:
+    """0.095 -> '9.5%', 0.95 -> '95%' (one decimal, a trailing .0 dropped)."""
     text = f"{100 * v:.1f}"
     return (text[:-2] if text.endswith(".0") else text) + "%"

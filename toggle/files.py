@@ -7,6 +7,7 @@ JSON has no such numbers; readers treat null as "not a finite value".
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -75,6 +76,12 @@ def atomic_path(path: str | Path):
     except BaseException:
         _remove(tmp)
         raise
+
+
+def json_digest(obj, length: int = 16) -> str:
+    """A short content hash of `obj` as canonical JSON (sorted keys; other values by str()): cache
+    keys and study identities."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:length]
 
 
 def finite_or_none(value):

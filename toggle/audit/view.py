@@ -8,6 +8,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from ..confidence import percent
+
 
 def verdict(result) -> str:
     n, passed = len(result.prompts), sum(p.satisfied for p in result.prompts)
@@ -28,7 +30,7 @@ def print_audit(result, console: Console | None = None, *, text_width: int = 160
         console.print(f"[yellow]note:[/yellow] {escape(note)}")
     table = Table(title=f"robustness per property over {len(result.prompts)} {result.split} prompts "
                         f"({result.mode} mode; >= 0 holds)")
-    upper = f"violation rate (at most, {_pct(result.confidence)} conf.)"
+    upper = f"violation rate (at most, {percent(result.confidence)} conf.)"
     for col, justify in (("property", "left"), ("formula", "left"), ("prompts", "right"), ("min", "right"),
                          ("median", "right"), ("holds on", "right"), (upper, "right")):
         table.add_column(col, justify=justify, overflow="fold")
@@ -61,12 +63,7 @@ def print_audit(result, console: Console | None = None, *, text_width: int = 160
 
 def _rate(c) -> str:
     """'0/30 (<= 9.5%)': violations of the prompts, and the upper bound of the rate."""
-    return f"{c.violations}/{c.prompts} (<= {_pct(c.upper)})" if c.prompts else "-"
-
-
-def _pct(v: float) -> str:
-    text = f"{100 * v:.1f}"
-    return (text[:-2] if text.endswith(".0") else text) + "%"
+    return f"{c.violations}/{c.prompts} (<= {percent(c.upper)})" if c.prompts else "-"
 
 
 def _num(v: float) -> str:

@@ -24,8 +24,6 @@ reused for other inputs. The trial count and the seed are not part of it: more t
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
 import sys
@@ -38,7 +36,7 @@ import optuna
 from optuna.trial import TrialState
 
 from ..errors import InvalidInput
-from ..files import finite_or_none, jsonable
+from ..files import finite_or_none, json_digest, jsonable
 from ..plan import Plan
 from ..rundir import FINISHED, MEASURED, SENSITIVITY, RunDir, best_row, trial_rows
 from ..units import format_bytes
@@ -242,7 +240,7 @@ IDENTITY_LABELS = {"model": "model weights", "trace": "trace settings", "spec_fi
 
 
 def identity_digest(identity: dict) -> str:
-    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
+    return json_digest(identity, 10)
 
 
 def _study_name(store, chosen: str | None, base: str, identity: dict | None, url: str) -> tuple[str, str | None]:

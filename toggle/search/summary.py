@@ -48,7 +48,7 @@ def summarise(rows, *, objective_fn, space, budget_bytes: float, objective: str,
         "sampler_seconds": round(sum(r["sampler_seconds"] or 0.0 for r in rows), 2),
         # how the winner was chosen (e.g. BO's "allocator path" phase or its GP "bo" proposals),
         # and what each way of choosing gave: whether the model-guided search earned the winner
-        "winner_strategy": (chosen.get("strategy") or chosen.get("source") or "unknown") if chosen else None,
+        "winner_strategy": _strategy(chosen) if chosen else None,
         "trials_by_strategy": _by_strategy(rows),
         **(extra or {}),
     }
@@ -59,10 +59,15 @@ def summarise(rows, *, objective_fn, space, budget_bytes: float, objective: str,
     return summary, plan
 
 
+def _strategy(row: dict) -> str:
+    """How the sampler chose a trial (its sampler_info), else the sampler that ran it."""
+    return row.get("strategy") or row.get("source") or "unknown"
+
+
 def _by_strategy(rows: list[dict]) -> dict[str, dict[str, int]]:
     out: dict[str, dict[str, int]] = {}
     for r in rows:
-        counts = out.setdefault(r.get("strategy") or r.get("source") or "unknown", {"trials": 0, "feasible": 0})
+        counts = out.setdefault(_strategy(r), {"trials": 0, "feasible": 0})
         counts["trials"] += 1
         counts["feasible"] += bool(r["feasible"])
     return out

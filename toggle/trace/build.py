@@ -3,7 +3,6 @@ and cached (see cache.py); or score the base model along paths from elsewhere (t
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -12,6 +11,7 @@ import torch
 import transformers
 
 from ..errors import InvalidInput, ToggleError
+from ..files import json_digest
 from ..prompts import EncodedPrompt, PromptSuite, encode
 from ..signals import GOLD, LOGPROBS, SignalOptions
 from .cache import DEFAULT_CACHE, TraceCache
@@ -141,7 +141,7 @@ def encode_suite(suite: PromptSuite, tokenizer) -> list[EncodedPrompt]:
 
 
 def _key(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:20]
+    return json_digest(obj, 20)
 
 
 def _transformers_version() -> str:
