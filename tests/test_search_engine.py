@@ -305,9 +305,30 @@ def test_a_vacuously_true_property_counts_as_satisfied(tmp_path):
     assert result.summary["feasible_trials"] == plain.summary["feasible_trials"] > 0
     assert result.summary["compressed_size_bytes"] == plain.summary["compressed_size_bytes"]
     assert result.summary["satisfied"] is True and result.exit_code == 0
+    assert result.summary["robustness"]["vacuous"] == "inf"  # strict JSON has no infinity
     scored = [t for t in _study(result).trials if "robustness" in t.user_attrs and not t.user_attrs.get("reason")]
     assert scored and all(t.user_attrs["robustness"]["vacuous"] == math.inf for t in scored)
     assert all(t.constraints["robustness:vacuous"] == 0.0 for t in scored)
     # the BO sampler's surrogate takes it too
     bo = run_study(_WithVacuous(blocks=3, seed=1), budget, profile=SMALL, run_dir=tmp_path / "bo", trials=8, sampler="bo")
     assert bo.summary["satisfied"] is True and bo.summary["feasible_trials"] > 0
+
+
+def test_sensitivity_cache_keeps_a_vacuously_true_property_satisfied(tmp_path):
+    from toggle.search.sensitivity import drop_tables, run_profiling
+    from toggle.rundir import SENSITIVITY, RunDir
+
+    obj = _WithVacuous(blocks=2)
+    space = SearchSpace(obj.model_id, obj.refs, SMALL)
+    store = RunDir(tmp_path).store(SENSITIVITY)
+    run_profiling(space, obj, store)
+    cache = json.loads((tmp_path / SENSITIVITY).read_text())
+    assert cache["baseline"]["vacuous"] == "inf" and all(e["robustness"]["vacuous"] == "inf" for e in cache["entries"])
+    n = obj.evaluations
+    prof = run_profiling(space, obj, store)  # read back from the file
+    assert obj.evaluations == n
+    assert all(prof.margin(e) == min(v for k, v in e["robustness"].items() if k != "vacuous")
+               for e in prof.entries if not e.get("reason"))
+    tables = drop_tables(space, prof)
+    assert all(np.all(row == 0) for row in tables["vacuous"])
+    assert any(np.any(row > 0) for row in tables[obj.properties[0]])

@@ -81,3 +81,37 @@ def test_margin_objective_returns_the_most_robust_plan_within_the_budget(tmp_pat
     fits = [t for t in rows if t["bytes"] is not None and t["bytes"] <= budget and t["min_margin"] is not None]
     assert r.summary["objective"] == "margin" and r.summary["compressed_size_bytes"] <= budget
     assert r.summary["min_margin"] == pytest.approx(max(t["min_margin"] for t in fits))
+
+
+class _WithVacuous:
+    """The synthetic objective plus a property that is vacuously true (+inf) on every prompt."""
+
+    def __init__(self, obj):
+        self.obj = obj
+
+    def __getattr__(self, name):
+        return getattr(self.obj, name)
+
+    def evaluate(self, plan, stop_below=None):
+        out = self.obj.evaluate(plan, stop_below)
+        out.robustness["vacuous"] = np.inf
+        return out
+
+
+def test_a_vacuously_true_property_survives_the_cache_and_costs_no_margin(tmp_path):
+    import json
+
+    obj, space, costs = _setup()
+    plain = AdditiveModel(space, costs, run_measurement(space, costs, obj, obj))
+    store = RunDir(tmp_path).store(MEASURED)
+    run_measurement(space, costs, _WithVacuous(obj), _WithVacuous(obj), store)
+    cached = json.loads((tmp_path / MEASURED).read_text())
+    assert cached["baseline"]["vacuous"] == "inf" and all(p["robustness"]["vacuous"] == "inf" for p in cached["probes"])
+    # read back from the file: the vacuous property predicts no drop, the others are unchanged
+    model = AdditiveModel(space, costs, run_measurement(space, costs, obj, obj, store))
+    j = model.names.index("vacuous")
+    assert all(np.all(d[:, j] == 0) for d in model.drops)
+    others = [model.names.index(p) for p in plain.names]
+    for d, d0 in zip(model.drops, plain.drops):
+        np.testing.assert_allclose(d[:, others], d0)
+    assert [list(p) for p in allocation_path(model, costs)[0]] == [list(p) for p in allocation_path(plain, costs)[0]]

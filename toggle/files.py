@@ -92,6 +92,25 @@ def finite_or_none(value):
     return value if math.isfinite(value) else None
 
 
+# A vacuously true property (nothing to check on a prompt) has robustness +inf, which strict
+# JSON cannot hold: caches store it as this string; null stays "could not be scored" (-inf, NaN).
+VACUOUS = "inf"
+
+
+def robustness_to_json(value):
+    """A robustness as a cache stores it: a finite float, VACUOUS for +inf, None for -inf / NaN."""
+    if value is not None and float(value) == math.inf:
+        return VACUOUS
+    return finite_or_none(value)
+
+
+def robustness_from_json(value) -> float:
+    """Inverse of robustness_to_json: VACUOUS -> +inf, None -> -inf (not scored, a violation)."""
+    if value == VACUOUS:
+        return math.inf
+    return -math.inf if value is None else float(value)
+
+
 def jsonable(obj):
     """obj with numpy scalars and arrays as Python numbers and lists, paths as text, tuples as
     lists and non-finite floats as None."""

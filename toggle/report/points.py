@@ -17,6 +17,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..files import robustness_from_json
 from ..plan import Plan
 from ..rundir import POINTS, STATS, RunDir
 from ..search.space import plan_from_groups
@@ -72,7 +73,8 @@ def operating_points(run: RunData, compare: list[RunData]) -> list[OperatingPoin
 def _reference(run: RunData) -> dict[str, float]:
     """Each property's robustness for the untouched model (its full slack)."""
     baseline = (run.sensitivity or {}).get("baseline") or {}
-    ref = {p: v for p, v in baseline.items() if v is not None and math.isfinite(v) and v > 0}
+    decoded = {p: robustness_from_json(v) for p, v in baseline.items()}
+    ref = {p: v for p, v in decoded.items() if math.isfinite(v) and v > 0}
     if len(ref) == len(run.properties):
         return ref
     best = {}

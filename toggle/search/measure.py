@@ -28,7 +28,7 @@ import numpy as np
 from .costs import CostTable
 from .objective import Objective
 from .space import SearchSpace, setting_of
-from ..files import finite_or_none
+from ..files import robustness_from_json, robustness_to_json
 from .profile import KNOBS
 
 PROBE_QUANTILE = 0.75  # the probe option: this quantile of a group's option errors (log scale)
@@ -60,7 +60,11 @@ class AdditiveModel:
     def __init__(self, space: SearchSpace, costs: CostTable, measured: Measured):
         self.space, self.costs = space, costs
         self.names = list(measured.baseline)
-        self.base = np.array([_finite(measured.baseline[p], 0.0) for p in self.names])
+        base = np.array([robustness_from_json(measured.baseline[p]) for p in self.names])
+        # +inf: vacuously true on the profiling prompts (e.g. no prompt there has a gold answer), so
+        # a probe cannot show a drop; -inf: the base model could not be scored. Neither has a margin.
+        vacuous = np.isposinf(base)
+        self.base = np.where(np.isfinite(base), base, 0.0)
         self.scale = np.maximum(np.abs(self.base), 1e-3)  # a property's margin: what a drop is measured against
         errors = [np.asarray(e, dtype=float) for e in measured.errors]
         probes = {(p["group"], p["option"]): p for p in measured.probes}
@@ -71,8 +75,13 @@ class AdditiveModel:
             coef = np.zeros(len(self.names))
             if probe is not None and e[probe["option"]] > 0:
                 for j, p in enumerate(self.names):
-                    r = probe["robustness"].get(p)
-                    drop = SATURATED * self.scale[j] if probe.get("reason") or r is None else self.base[j] - r
+                    r = robustness_from_json(probe["robustness"].get(p))
+                    if probe.get("reason") or r == -math.inf:
+                        drop = SATURATED * self.scale[j]
+                    elif r == math.inf or vacuous[j]:  # nothing measured against: only a violation counts
+                        drop = 0.0 if r >= 0 else SATURATED * self.scale[j]
+                    else:
+                        drop = self.base[j] - r
                     coef[j] = max(drop, 0.0) / e[probe["option"]]
             elif probe is None and e.max() > 0:
                 coef[:] = np.nan  # not probed: unknown, never free
@@ -105,7 +114,7 @@ class AdditiveModel:
 
 def measure_key(space: SearchSpace, objective: Objective) -> str:
     base = getattr(objective, "cache_key", objective.model_id)
-    return (f"measured|{base}|{space.profile.granularity}|{space.methods}|prompts={space.profile.sensitivity.prompts}"
+    return (f"measured|v2|{base}|{space.profile.granularity}|{space.methods}|prompts={space.profile.sensitivity.prompts}"
             f"|groups={len(space.groups)}|knobs={[g.choices for g in space.groups[:2]]}")
 
 
@@ -118,7 +127,7 @@ def run_measurement(space: SearchSpace, costs: CostTable, objective: Objective, 
     t0 = time.perf_counter()
     if m is None:
         base = profiling.evaluate(space.plan({}))
-        m = Measured(key=key, baseline={k: finite_or_none(v) for k, v in base.robustness.items()},
+        m = Measured(key=key, baseline={k: robustness_to_json(v) for k, v in base.robustness.items()},
                      errors=[], evaluations=1)
     if len(m.errors) < len(space.groups):
         m.errors = [group_errors(space, costs, objective, gi) for gi in range(len(space.groups))]
@@ -134,7 +143,7 @@ def run_measurement(space: SearchSpace, costs: CostTable, objective: Objective, 
             continue  # nothing to compress in this group
         out = profiling.evaluate(space.plan(space.to_params(costs.with_combo(space.untouched(), gi, option))))
         m.probes.append({"group": g.name, "option": option, "reason": out.reason,
-                         "robustness": {k: finite_or_none(v) for k, v in out.robustness.items()}})
+                         "robustness": {k: robustness_to_json(v) for k, v in out.robustness.items()}})
         m.evaluations += 1
         m.seconds += time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -224,10 +233,6 @@ def zones_of(space: SearchSpace, thirds: int = 3) -> tuple[list[int], int]:
         part = g.name.split(".", 1)[1] if "." in g.name else "block"
         zone.append(1 + parts.index(part) * thirds + third)
     return zone, 1 + len(parts) * thirds
-
-
-def _finite(v, default: float) -> float:
-    return float(v) if v is not None and math.isfinite(v) else default
 
 
 def _load(key: str, store, study) -> Measured | None:

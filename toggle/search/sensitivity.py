@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..files import finite_or_none
+from ..files import robustness_from_json, robustness_to_json
 from .objective import Objective
 from .space import SearchSpace, _compression_rank
 
@@ -44,7 +44,7 @@ class SensitivityProfile:
     def margin(self, entry: dict) -> float:
         if entry.get("reason"):
             return -math.inf
-        values = [v if v is not None and math.isfinite(v) else -math.inf for v in entry["robustness"].values()]
+        values = [robustness_from_json(v) for v in entry["robustness"].values()]
         return min(values) if values else math.inf
 
 
@@ -92,7 +92,8 @@ def profile_key(space: SearchSpace, objective: Objective) -> str:
     adding a level to a profile reuses every entry already measured."""
     s = space.profile.sensitivity
     base = getattr(objective, "cache_key", objective.model_id)
-    return f"{base}|{space.profile.granularity}|{space.methods}|prompts={s.prompts}|groups={len(space.groups)}"
+    # v2: vacuously true robustness stored as "inf" (it read as a violation before)
+    return f"v2|{base}|{space.profile.granularity}|{space.methods}|prompts={s.prompts}|groups={len(space.groups)}"
 
 
 def run_profiling(space: SearchSpace, objective: Objective, store=None, *, study=None,
@@ -103,7 +104,8 @@ def run_profiling(space: SearchSpace, objective: Objective, store=None, *, study
     prof = _load_cached(key, store, study)
     if prof is None:
         t0 = time.perf_counter()
-        prof = SensitivityProfile(key=key, baseline=objective.evaluate(space.plan({})).robustness)
+        base = objective.evaluate(space.plan({})).robustness
+        prof = SensitivityProfile(key=key, baseline={k: robustness_to_json(v) for k, v in base.items()})
         prof.seconds = time.perf_counter() - t0
     done = {(e["group"], e["knob"], _num(e["value"])) for e in prof.entries}
     points = profiling_points(space)
@@ -116,7 +118,7 @@ def run_profiling(space: SearchSpace, objective: Objective, store=None, *, study
         out = objective.evaluate(space.plan(space.to_params(index)))
         prof.seconds += time.perf_counter() - t0
         prof.entries.append({"group": group, "knob": knob, "value": value,
-                             "robustness": {k: finite_or_none(v) for k, v in out.robustness.items()},
+                             "robustness": {k: robustness_to_json(v) for k, v in out.robustness.items()},
                              "reason": out.reason})
         if store is not None:
             store.save(prof.to_dict())  # a Ctrl-C loses at most one evaluation
@@ -169,15 +171,19 @@ def drop_tables(space: SearchSpace, prof: SensitivityProfile) -> dict[str, list[
     (NaN logits) counts as a drop of 10x the baseline margin."""
     tables: dict[str, list[np.ndarray]] = {}
     for p, r0 in prof.baseline.items():
-        r0 = r0 if r0 is not None and math.isfinite(r0) else 0.0
+        r0 = robustness_from_json(r0)
+        r0 = r0 if math.isfinite(r0) else 0.0  # vacuous (+inf) or unscored base: no margin to drop from
         worst = 10.0 * max(abs(r0), 1e-3)
         measured: dict[tuple[int, int], float] = {}
         for e in prof.entries:
             col = space.dim_of(e["group"], e["knob"])
             if col is None or e["value"] not in space.dims[col].choices:
                 continue
-            r = e["robustness"].get(p)
-            drop = worst if e.get("reason") or r is None else min(r0 - r, worst)
+            r = robustness_from_json(e["robustness"].get(p))
+            if e.get("reason") or r == -math.inf:
+                drop = worst
+            else:  # vacuously true (+inf) on the subset: no drop seen
+                drop = 0.0 if r == math.inf else min(r0 - r, worst)
             measured[(col, space.dims[col].choices.index(e["value"]))] = drop
         tables[p] = [_interpolate(d, {i: v for (c, i), v in measured.items() if c == col})
                      for col, d in enumerate(space.dims)]
@@ -213,7 +219,8 @@ class AdditivePrior:
 
     def __init__(self, space: SearchSpace, prof: SensitivityProfile):
         self.names = list(prof.baseline)
-        self.base = np.array([v if v is not None and math.isfinite(v) else 0.0 for v in prof.baseline.values()])
+        base = np.array([robustness_from_json(v) for v in prof.baseline.values()])
+        self.base = np.where(np.isfinite(base), base, 0.0)
         self.drops = drop_tables(space, prof)
         # Dimensions no profiling entry measured (a knob the profile's levels leave out): their
         # drop is unknown, not zero, so the greedy path must not treat them as free.

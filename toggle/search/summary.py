@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 
+from ..files import robustness_to_json
 from ..plan import Plan
 from ..rundir import best_row, closest_row
 
@@ -31,7 +32,7 @@ def summarise(rows, *, objective_fn, space, budget_bytes: float, objective: str,
         # the same size against the file the model was loaded from (a GGUF may be 4-bit already)
         "loaded_size_bytes": getattr(objective_fn, "loaded_bytes", None),
         "loaded_format": getattr(objective_fn, "loaded_format", None),
-        "robustness": {k: (v if v is None or math.isfinite(v) else None) for k, v in (chosen["robustness"] if chosen else {}).items()},
+        "robustness": {k: robustness_to_json(v) for k, v in (chosen["robustness"] if chosen else {}).items()},
         "satisfied": best is not None,
         "trials": len(rows),
         "feasible_trials": sum(r["feasible"] for r in rows),
