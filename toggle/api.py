@@ -126,7 +126,7 @@ def search(model: str, budget: str | Budget, *, specs=None, prompts=None, profil
             summary["artifact"] = {"path": os.path.relpath(info.path, run.path), "format": info.fmt,
                                    "weights_file_bytes": info.weights_file_bytes, "total_bytes": info.total_bytes,
                                    "accounted_bytes": info.cost.bytes, "tensor_bytes_on_disk": info.tensor_bytes_on_disk,
-                                   "accounted_tensor_bytes": info.cost.tensor_bytes}
+                                   "accounted_tensor_bytes": info.cost.tensor_bytes, **info.meta}
 
     budget_bytes = budget.resolve(cost_model.compressible_params, cost_model.other_bytes)
     result = run_study(full, budget_bytes, profile=search_profile, run_dir=run.path, trials=trials, sampler=sampler,

@@ -206,6 +206,12 @@ def _cmd_apply(args) -> int:
         ("FLOPs per token", f"{cost.flops_per_token:,} (dense {cost.base_flops_per_token:,}, "
                             f"{cost.flops_reduction:.2f}x fewer)"),
     ]
+    if "imatrix" in info.meta:
+        rows.append(("importance matrix", f"{info.meta['imatrix']['modules']} modules quantised with one "
+                                          f"(calibration statistics)"))
+    if info.meta.get("fallbacks"):
+        rows.append(("type fallbacks", f"{len(info.meta['fallbacks'])} modules (rows not a multiple of the "
+                                       f"type's block: llama.cpp's fallback rule)"))
     print(f"toggle: wrote {info.path} ({info.fmt} format)")
     for label, value in rows:
         print(f"  {label + ':':<20} {value}")

@@ -47,13 +47,13 @@ class StoredMatrix:
 
     bits: int
     values: torch.Tensor | None  # float16 (out, in) when bits == 16; pruned entries are 0
-    quant: QuantizedMatrix | None  # when bits < 16
+    quant: QuantizedMatrix | None  # when bits < 16 (a compress.ggml.GGMLMatrix for the ggml quantizers)
     mask: torch.Tensor | None  # bool (out, in) kept positions, when pruned
     keep: int  # weights kept per row
 
     @property
     def shape(self) -> tuple[int, int]:
-        return tuple((self.values if self.quant is None else self.quant.codes).shape)
+        return tuple(self.values.shape) if self.quant is None else self.quant.shape
 
     @property
     def zero_exact(self) -> bool:
@@ -244,8 +244,7 @@ class PlanApplier:
         return {
             "base_copies": sum(t.nbytes for n, t in self._base.items()
                                if t.data_ptr() != self._original[n].data_ptr()),
-            "quantised": sum(q.codes.nbytes + q.scales.nbytes + (q.mins.nbytes if q.mins is not None else 0)
-                             for q in self._quant.values()),
+            "quantised": sum(q.nbytes for q in self._quant.values()),
             "prepared": sum(getattr(t, "nbytes", 0) for t in self._prepared.values()),
             "prune_order": sum(t.nbytes for t in self._order.values()),
             "svd": sum(f.nbytes for f in self._svd.values()),

@@ -69,6 +69,11 @@ class QuantizedMatrix:
     def shape(self) -> tuple[int, int]:
         return tuple(self.codes.shape)
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes held in memory (codes, scales, minimums, input scales)."""
+        return sum(t.nbytes for t in (self.codes, self.scales, self.mins, self.input_scales) if t is not None)
+
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         out_f, in_f = self.codes.shape
         w = torch.empty(out_f, in_f, dtype=torch.float32, device=self.codes.device)

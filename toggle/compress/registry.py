@@ -10,6 +10,9 @@ applier, the cost model and the writers read it here instead of testing method n
                 family's statistics-free method instead (FALLBACK)
   input_scales  the artifact stores float16 per-input-channel scales beside the codes (AWQ)
   gguf          its result fits GGUF blocks exactly (no extra tensors)
+  ggml          its result is llama.cpp's own GGML blocks (compress/ggml.py's GGMLMatrix): only the
+                GGUF format stores it
+  fallback      the method used on a module without statistics (None: the family's FALLBACK)
   and the functions that do the work (signatures per family below).
 
 Adding a method: write its function in the family's file (quant.py, prune.py, lowrank.py or a
@@ -22,7 +25,7 @@ from typing import Callable
 
 import torch
 
-from . import lowrank, prune, quant
+from . import ggml, lowrank, prune, quant
 
 FAMILIES = ("quantizer", "pruner", "lowrank")
 FALLBACK = {"quantizer": "rtn", "pruner": "magnitude", "lowrank": "svd"}
@@ -36,6 +39,8 @@ class Method:
     needs_stats: bool = False
     input_scales: bool = False
     gguf: bool = True
+    ggml: bool = False
+    fallback: str | None = None
     # quantizer: quantize(w, cfg, gram, mask, prepared) -> QuantizedMatrix; prepare(w, cfg, gram)
     #            -> state computed once per unpruned matrix and reused for its pruned versions
     #            (None: quantize prepares it from the matrix it is given)
@@ -67,6 +72,15 @@ METHODS: dict[str, dict[str, Method]] = {
                       prepare=lambda w, cfg, gram: quant.awq_search(w, cfg, gram)),
         "gptq": Method("gptq", "quantizer", "GPTQ: RTN rules, error spread through the inverse Hessian",
                        needs_stats=True, quantize=_gptq),
+        # llama.cpp's quantisers through ctypes (needs tools/build_llama_cpp.sh); the importance
+        # matrix is the diagonal of the input Gram matrix, none on a module without statistics
+        "ggml": Method("ggml", "quantizer", "llama.cpp's own K-quants with an importance matrix: bits 2-6 -> "
+                       "Q2_K..Q6_K, 8 -> Q8_0; rows not a multiple of 256 take llama.cpp's fallback "
+                       "(Q2_K/Q3_K -> Q4_0, Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0)", needs_stats=True,
+                       ggml=True, fallback="ggml", quantize=ggml.quantize),
+        "ggml_iq": Method("ggml_iq", "quantizer", "llama.cpp's own i-quants with an importance matrix: bits 2 -> "
+                          "IQ2_S, 3 -> IQ3_S, 4 -> IQ4_XS; rows not a multiple of 256 take IQ4_NL",
+                          needs_stats=True, ggml=True, fallback="ggml_iq", quantize=ggml.quantize),
     },
     "pruner": {
         "magnitude": Method("magnitude", "pruner", "unstructured magnitude |W| per row", score=prune.magnitude_score),
@@ -100,7 +114,7 @@ def acts(family: str, setting) -> bool:
 def chosen(family: str, methods, *, has_stats: bool = True) -> Method:
     """The method a plan's `methods` use for `family`, on a module with or without statistics."""
     m = method(family, getattr(methods, family))
-    return m if has_stats or not m.needs_stats else method(family, FALLBACK[family])
+    return m if has_stats or not m.needs_stats else method(family, m.fallback or FALLBACK[family])
 
 
 def needs_stats(setting, methods) -> bool:

@@ -26,6 +26,9 @@ class ArtifactInfo:
     weights_file_bytes: int  # the safetensors / GGUF file, headers and metadata included
     total_bytes: int  # everything written (config, tokenizer, manifest included)
     encodings: dict[str, list[str]] = field(default_factory=dict)  # module -> encoding (or type) per matrix
+    # how it was made, where a format has more to say (GGUF: modules quantised with an importance
+    # matrix, types that fell back); copied into summary.json's artifact block
+    meta: dict = field(default_factory=dict)
 
 
 class Format(ABC):

@@ -8,7 +8,11 @@ What maps (`gguf_type_for`): 16 bits -> F16; with group_size 32 and a quantiser 
 GGUF blocks (registry: rtn, gptq), 8 bits symmetric -> Q8_0, 5 bits -> Q5_0 / Q5_1 (symmetric /
 asymmetric), 4 bits -> Q4_0 / Q4_1. toggle's quantisation rules are llama.cpp's (compress/quant.py),
 so the codes and float16 scales toggle computed are written as GGUF blocks bit for bit and the
-file decodes to exactly the weights the plan was evaluated with. Pruned weights are stored as
+file decodes to exactly the weights the plan was evaluated with. The quantizers ggml and ggml_iq
+(compress/ggml.py) are llama.cpp's own, called through ctypes: bits pick a K-quant or i-quant
+(Q2_K..Q6_K, Q8_0; IQ2_S, IQ3_S, IQ4_XS), a row length that does not split into 256-value
+super-blocks takes llama.cpp's fallback (Q4_0, Q5_0, Q5_1, Q8_0, IQ4_NL; F16 when not even 32
+fits), and the blocks llama.cpp returned are written as they are. Pruned weights are stored as
 zeros (symmetric types and F16 hold 0 exactly; the asymmetric Q4_1/Q5_1 do not, so pruning with
 them is refused). Low-rank is refused: GGUF has no factorised matrices. Tensors that are not
 compressible weights (norms, biases, GPT-2 position embeddings) are written as F32, exactly as
@@ -30,7 +34,7 @@ import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from ..compress import registry
+from ..compress import ggml, registry
 from ..compress.apply import PlanApplier, validate_plan
 from ..compress.quant import QuantizedMatrix
 from ..errors import InvalidInput, ModelLoadError
@@ -45,8 +49,10 @@ from .base import ArtifactInfo, Format
 ARCHITECTURES = {"llama": "llama", "gpt2": "gpt2"}
 BLOCK = 32
 ALIGNMENT = 32  # GGUF pads every tensor's data to this many bytes
-BLOCK_BYTES = {"Q8_0": 34, "Q5_1": 24, "Q5_0": 22, "Q4_1": 20, "Q4_0": 18}
-QTYPES = ("F32", "F16", *BLOCK_BYTES)
+BLOCK_BYTES = {"Q8_0": 34, "Q5_1": 24, "Q5_0": 22, "Q4_1": 20, "Q4_0": 18}  # toggle's own block writer
+# every type the writer stores: the ones above, and those llama.cpp's quantisers make (compress/ggml.py)
+QTYPES = ("F32", "F16", *BLOCK_BYTES, *sorted(({t for menu in ggml.TYPES.values() for t in menu.values()}
+                                              | set(ggml.FALLBACK.values())) - set(BLOCK_BYTES)))
 # Tokenizer keys copied from a GGUF source, with their types: the pre-tokenizer decides how text
 # is split before BPE (llama.cpp's "default" splits SmolLM2's text into other tokens than its
 # own "smollm"), the flags whether a BOS token and a space prefix are added.
@@ -59,7 +65,11 @@ SOURCE_KEYS = {"tokenizer.ggml.pre": gguf.GGUFValueType.STRING,
 FILE_TYPES = {"F32": gguf.LlamaFileType.ALL_F32, "F16": gguf.LlamaFileType.MOSTLY_F16,
               "Q8_0": gguf.LlamaFileType.MOSTLY_Q8_0, "Q5_1": gguf.LlamaFileType.MOSTLY_Q5_1,
               "Q5_0": gguf.LlamaFileType.MOSTLY_Q5_0, "Q4_1": gguf.LlamaFileType.MOSTLY_Q4_1,
-              "Q4_0": gguf.LlamaFileType.MOSTLY_Q4_0}
+              "Q4_0": gguf.LlamaFileType.MOSTLY_Q4_0, "Q2_K": gguf.LlamaFileType.MOSTLY_Q2_K,
+              "Q3_K": gguf.LlamaFileType.MOSTLY_Q3_K_M, "Q4_K": gguf.LlamaFileType.MOSTLY_Q4_K_M,
+              "Q5_K": gguf.LlamaFileType.MOSTLY_Q5_K_M, "Q6_K": gguf.LlamaFileType.MOSTLY_Q6_K,
+              "IQ2_S": gguf.LlamaFileType.MOSTLY_IQ2_S, "IQ3_S": gguf.LlamaFileType.MOSTLY_IQ3_S,
+              "IQ4_XS": gguf.LlamaFileType.MOSTLY_IQ4_XS, "IQ4_NL": gguf.LlamaFileType.MOSTLY_IQ4_NL}
 # Bump when the cached layout of de-quantised GGUF models changes so stale caches are rebuilt.
 _CACHE_VERSION = "2"
 
@@ -67,13 +77,14 @@ _CACHE_VERSION = "2"
 class GGUFFormat(Format):
     name = "gguf"
     label = "GGUF"
-    description = "one .gguf file that llama.cpp runs (legacy block types, F16 and F32)"
+    description = "one .gguf file that llama.cpp runs (legacy block types, K-quants and i-quants, F16 and F32)"
 
     def problem(self, ref, setting, methods) -> str | None:
         return gguf_problem(ref, setting, methods)
 
     def module_bytes(self, ref, setting, methods) -> tuple[int, tuple[str, ...]]:
-        qtype = gguf_type_for(setting.bits, methods.quantizer, methods.group_size, methods.symmetric_for(setting.bits))
+        qtype = gguf_type_for(setting.bits, methods.quantizer, methods.group_size, methods.symmetric_for(setting.bits),
+                              n_per_row=ref.in_features)
         return tensor_bytes(qtype, ref.numel), (qtype,)
 
     def other_bytes(self, model, refs) -> int:
@@ -103,16 +114,21 @@ class GGUFFormat(Format):
 
 # --- which settings map to which type, and their bytes -------------------------------------------
 
-def gguf_type_for(bits: int, quantizer: str = "rtn", group_size: int = 32, symmetric: bool = True) -> str | None:
+def gguf_type_for(bits: int, quantizer: str = "rtn", group_size: int = 32, symmetric: bool = True, *,
+                  n_per_row: int | None = None) -> str | None:
     """The GGUF type that stores exactly what toggle computes for these choices, or None.
 
-    16 bits -> F16. With group size 32 and a quantiser whose codes fit GGUF blocks: 8 bits
-    symmetric -> Q8_0, 5 bits -> Q5_0 (symmetric) / Q5_1 (asymmetric), 4 bits -> Q4_0 / Q4_1.
-    Nothing else maps: GGUF has no 2, 3, 6 or 7-bit type with these block rules, no asymmetric
-    8-bit type, and no place for per-input-channel scales (AWQ).
+    16 bits -> F16. The ggml quantizers: their menu's type for `bits`, or llama.cpp's fallback
+    when rows of `n_per_row` weights do not split into its blocks (compress/ggml.py; group_size
+    and symmetric do not apply). Other quantisers, with group size 32 and codes that fit GGUF
+    blocks: 8 bits symmetric -> Q8_0, 5 bits -> Q5_0 (symmetric) / Q5_1 (asymmetric), 4 bits ->
+    Q4_0 / Q4_1. Nothing else maps: toggle's own codes have no 2, 3, 6 or 7-bit GGUF type, no
+    asymmetric 8-bit type, and no place for per-input-channel scales (AWQ).
     """
     if bits == 16:
         return "F16"
+    if registry.method("quantizer", quantizer).ggml:
+        return ggml.ggml_type(quantizer, bits, n_per_row)[0] if n_per_row else ggml.TYPES[quantizer].get(bits)
     if group_size != BLOCK or not registry.method("quantizer", quantizer).gguf:
         return None
     return {(8, True): "Q8_0", (5, True): "Q5_0", (5, False): "Q5_1",
@@ -124,7 +140,16 @@ def gguf_problem(ref, setting, methods) -> str | None:
     if setting.rank_ratio < 1:
         return (f"rank_ratio {setting.rank_ratio}: GGUF has no factorised matrices; multiplied back the "
                 f"matrix is full size again (no saving) and re-rounded, so it is refused; use --format toggle")
-    qtype = gguf_type_for(setting.bits, methods.quantizer, methods.group_size, methods.symmetric_for(setting.bits))
+    qtype = gguf_type_for(setting.bits, methods.quantizer, methods.group_size, methods.symmetric_for(setting.bits),
+                          n_per_row=ref.in_features)
+    if registry.method("quantizer", methods.quantizer).ggml and setting.bits < 16:
+        if qtype is None:
+            return (f"{setting.bits} bits: quantizer {methods.quantizer} has no GGML type for it; its bits are "
+                    f"{ggml.menu(methods.quantizer)}, or 16 (F16)")
+        if setting.sparsity > 0:
+            return (f"sparsity {setting.sparsity} with quantizer {methods.quantizer}: llama.cpp's {qtype} does not "
+                    f"keep pruned weights at exactly 0; use quantizer rtn with Q4_0/Q5_0/Q8_0 for pruned modules")
+        return None
     if qtype is None:
         fitting = ", ".join(n for n, m in registry.METHODS["quantizer"].items() if m.gguf)
         return (f"{setting.bits} bits with quantizer {methods.quantizer}, group_size {methods.group_size}, "
@@ -146,7 +171,8 @@ def tensor_bytes(qtype: str, numel: int) -> int:
     elif qtype == "F32":
         size = 4 * numel
     else:
-        size = numel // BLOCK * BLOCK_BYTES[qtype]
+        block, block_bytes = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[qtype]]
+        size = numel // block * block_bytes
     return -(-size // ALIGNMENT) * ALIGNMENT
 
 
@@ -180,15 +206,26 @@ def write_artifact(loaded, plan: Plan, out_path: Path, applier: PlanApplier, cos
 
     prepared: dict[str, tuple[str, np.ndarray]] = {}
     encodings: dict[str, list[str]] = {}
+    imatrix, fallbacks = [], {}
     for ref in refs:
         setting = plan.setting(ref.name)
         methods = plan.methods.for_setting(setting)
-        qtype = gguf_type_for(setting.bits, methods.quantizer, methods.group_size, methods.symmetric_for(setting.bits))
+        qtype = gguf_type_for(setting.bits, methods.quantizer, methods.group_size, methods.symmetric_for(setting.bits),
+                              n_per_row=ref.in_features)
         matrix = applier.stored(ref, setting, plan.methods).matrices[0]
-        if qtype == "F16":
+        q = matrix.quant
+        if isinstance(q, ggml.GGMLMatrix):  # llama.cpp's own blocks, as its quantiser returned them
+            if q.qtype != qtype:  # the cost model priced another type: never write what was not accounted
+                raise InvalidInput(f"GGUF export: {ref.name}: quantised as {q.qtype}, accounted as {qtype}")
+            data = q.raw.view(np.float16) if qtype == "F16" else q.raw
+            if q.imatrix:
+                imatrix.append(ref.name)
+            if q.wanted:
+                fallbacks[ref.name] = f"{q.wanted} -> {q.qtype}"
+        elif qtype == "F16":
             data = matrix.dequantize().half().cpu().numpy()  # float16 values, pruned ones 0
         else:
-            data = gguf_blocks(matrix.quant, qtype)
+            data = gguf_blocks(q, qtype)
         prepared[f"{ref.name}.weight"] = (qtype, data)
         encodings[ref.name] = [qtype]
     # Everything else stays exactly as loaded (F32), so the file decodes to the simulated model.
@@ -197,8 +234,14 @@ def write_artifact(loaded, plan: Plan, out_path: Path, applier: PlanApplier, cos
     with atomic_path(out_path) as tmp:
         write_gguf(tmp, model, loaded.tokenizer, prepared, name=model_name(loaded), source=source_metadata(loaded))
     size = out_path.stat().st_size
+    meta = {}
+    if imatrix:
+        meta["imatrix"] = {"modules": len(imatrix), "statistic": "mean x^2 per input channel over the calibration "
+                           "tokens (the diagonal of each module's input Gram matrix), as llama.cpp's imatrix"}
+    if fallbacks:
+        meta["fallbacks"] = fallbacks
     return ArtifactInfo(path=out_path, fmt="gguf", cost=cost, tensor_bytes_on_disk=size - _data_offset(out_path),
-                        weights_file_bytes=size, total_bytes=size, encodings=encodings)
+                        weights_file_bytes=size, total_bytes=size, encodings=encodings, meta=meta)
 
 
 def source_metadata(loaded) -> dict:

@@ -60,7 +60,11 @@ class ToggleFormat(Format):
     description = "packed safetensors + toggle.json manifest (loadable back through the Python API)"
 
     def problem(self, ref, setting, methods) -> str | None:
-        return None  # every setting the applier can build is stored exactly
+        # every setting the applier can build is stored exactly, except llama.cpp's own blocks
+        if setting.bits < 16 and registry.method("quantizer", methods.quantizer).ggml:
+            return (f"quantizer {methods.quantizer} makes llama.cpp's GGML blocks, which only the GGUF format "
+                    f"stores; use --format gguf (or format: gguf in the search profile), or quantizer rtn, awq or gptq")
+        return None
 
     def module_bytes(self, ref, setting, methods) -> tuple[int, tuple[str, ...]]:
         # Per-input scales (AWQ) are stored only where the method had statistics: an untied
