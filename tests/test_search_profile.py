@@ -60,7 +60,7 @@ def test_bad_profiles_name_file_field_and_what_is_valid(tmp_path, data, message)
 
 
 def test_missing_profile_lists_shipped_ones():
-    with pytest.raises(InvalidInput, match="no such search profile; shipped profiles: default, gguf, prune-lowrank, quant-only"):
+    with pytest.raises(InvalidInput, match="no such search profile; shipped profiles: default, gguf, gguf-kquant, prune-lowrank, quant-only"):
         load_profile("nonexistent")
 
 
