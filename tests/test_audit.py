@@ -253,3 +253,17 @@ def test_unscorable_candidate_is_a_violation_with_the_reason(files, tiny_llama_d
     assert data["robustness"] == {"coherence": None} and data["reason"] == r.reason
     assert math.isinf(r.properties["coherence"].min)
     json.dumps(data, allow_nan=False)  # the JSON is strict: no NaN / Infinity
+
+
+def test_token_signals_compare_the_two_models_own_continuations_in_free_mode(files, tiny_llama_dir):
+    (files / "tok.stl").write_text("match = always[0:7] (token_match >= 0.5)\n"
+                                   "stops = always[0:5] ((base_stop >= 0.5) -> eventually[0:2] (cand_stop >= 0.5))\n")
+    same = audit(files / "copy", base=str(tiny_llama_dir), specs=[files / "tok.stl"], prompts=files / "p.yaml",
+                 mode="free")
+    assert same.satisfied and same.signals["token_match"]["min"] == 1.0  # same weights, same text
+    assert same.properties["match"].min == pytest.approx(0.5)
+    broken = audit(files / "q2", specs=[files / "tok.stl"], prompts=files / "p.yaml", mode="free")
+    # 2-bit writes other text: some position differs from the base's own continuation
+    assert not broken.satisfied and broken.signals["token_match"]["min"] == 0.0
+    assert broken.properties["match"].min == pytest.approx(-0.5)
+    assert {broken.signals[s]["min"] for s in ("base_stop", "cand_stop")} <= {0.0, 1.0}

@@ -7,7 +7,7 @@ import torch
 from scipy.spatial.distance import jensenshannon
 from scipy.stats import entropy
 
-from toggle.signals import SIGNALS, SignalOptions, compute_signals, describe
+from toggle.signals import SIGNALS, SignalOptions, StepTokens, compute_signals, describe
 from toggle.trace import StepOutputs
 
 
@@ -63,6 +63,40 @@ def test_topk_overlap_by_hand(k, expected):
     v = compute_signals(["topk_overlap", "base_rank"], outputs(Q4), outputs(P4), options=SignalOptions(topk=k))
     assert v["topk_overlap"] == pytest.approx(expected)
     assert v["base_rank"].tolist() == [3.0, 2.0]
+
+
+class _Path:
+    def __init__(self, tokens, base_tokens=None):
+        self.tokens, self.base_tokens = tuple(tokens), base_tokens
+
+
+# vocabulary of 3, token 2 ends the text
+STOP_BASE = [[0.7, 0.2, 0.1], [0.1, 0.3, 0.6], [0.2, 0.2, 0.6], [0.1, 0.1, 0.8]]
+STOP_CAND = [[0.6, 0.3, 0.1], [0.2, 0.5, 0.3], [0.1, 0.2, 0.7], [0.5, 0.3, 0.2]]
+
+
+def test_stop_signals_by_hand():
+    tokens = StepTokens.of([_Path([0, 2]), _Path([2, 2])], eos={2})
+    out = compute_signals(["base_stop", "cand_stop"], StepOutputs((2, 2), (0, 0), torch.log(torch.tensor(STOP_CAND))),
+                          StepOutputs((2, 2), (0, 0), torch.log(torch.tensor(STOP_BASE))), tokens=tokens)
+    assert out["base_stop"].tolist() == [0.0, 1.0, 1.0, 1.0]
+    assert out["cand_stop"].tolist() == [0.0, 0.0, 1.0, 0.0]
+    # without end-of-sequence ids nothing ends
+    assert compute_signals(["cand_stop"], outputs(STOP_CAND), outputs(STOP_BASE))["cand_stop"].tolist() == [0.0] * 4
+
+
+def test_token_match_on_the_base_path_and_on_the_candidates_own():
+    cand, base = outputs(STOP_CAND), outputs(STOP_BASE)
+    # the base's own path (search, teacher audit): the candidate's greedy choice vs the path's token
+    on_base = StepTokens.of([_Path([0, 2, 2, 2])], eos={2})
+    assert compute_signals(["token_match"], cand, base, tokens=on_base)["token_match"].tolist() == [1, 0, 1, 0]
+    assert compute_signals(["token_match"], cand, base)["token_match"].tolist() == [1, 0, 1, 0]  # = top1_agree
+    # free-running: the path is the candidate's own continuation, compared with the base's own,
+    # position by position; the base's continuation ended after 2 tokens
+    free = StepTokens.of([_Path([0, 1, 2, 0], base_tokens=(0, 2))], eos={2})
+    assert compute_signals(["token_match"], cand, base, tokens=free)["token_match"].tolist() == [1, 0, 0, 0]
+    # chunked the same
+    assert compute_signals(["token_match"], cand, base, tokens=free, chunk=1)["token_match"].tolist() == [1, 0, 0, 0]
 
 
 def test_topk_is_not_part_of_the_trace_options():

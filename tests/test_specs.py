@@ -320,7 +320,7 @@ ASSISTANT = resource_dir("specs") / "assistant"
 
 def test_assistant_specs_load_as_a_set_and_are_not_defaults():
     specs = load_specs([ASSISTANT])
-    assert [Path(f).name for f in specs.files] == ["coherence_95.stl", "confident_agreement.stl", "recovery.stl"]
+    assert [Path(f).name for f in specs.files] == ["coherence_95.stl", "confident_agreement.stl", "recovery.stl", "stops.stl"]
     by = {p.name: p for p in specs.properties}
     assert by["coherence_95"].share == 0.95 and by["recovery"].share is None
     assert {p.steps_needed for p in specs.properties} == {32}
@@ -340,6 +340,22 @@ def test_recovery_at_the_end_of_a_trace(jsd, expected):
     # and rtamt's eventually over an empty window (past the end) is -inf
     (p,) = load_specs([ASSISTANT / "recovery.stl"]).properties
     assert p.robustness({"jsd": jsd}) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("base, cand, with_base, not_early", [
+    ([0, 0, 0, 0], [0, 0, 0, 0], 0.5, 0.5),  # nobody stops: both implications hold vacuously, margin 0.5
+    ([0, 0, 0, 1], [0, 0, 0, 1], 0.5, 0.5),  # both stop at the last step (teacher: the base's path ends there)
+    ([0, 0, 0, 1], [0, 0, 0, 0], -0.5, 0.5),  # the base stops, the trace ends, the candidate never did
+    ([0, 1, 0, 0, 0], [0, 0, 0, 1, 0], 0.5, -0.5),  # 2 steps late: inside the window 1..3; but the base
+    #   does not stop in 3..5 (cut to 3..4), so no_early_stop is broken at step 3
+    ([0, 1, 0, 0, 0], [0, 0, 0, 0, 1], -0.5, -0.5),  # 3 steps late: outside the window
+    ([0, 0, 0, 0], [0, 1, 0, 0], 0.5, -0.5),  # the candidate stops where the base goes on
+])
+def test_stops_at_the_end_of_a_trace(base, cand, with_base, not_early):
+    by = {p.name: p for p in load_specs([ASSISTANT / "stops.stl"]).properties}
+    signals = {"base_stop": base, "cand_stop": cand}
+    assert by["stops_with_base"].robustness(signals) == pytest.approx(with_base)
+    assert by["no_early_stop"].robustness(signals) == pytest.approx(not_early)
 
 
 def test_confident_agreement_and_coherence_95_by_hand():

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import InvalidInput, ToggleError
-from .signals import ANSWER, SIGNALS, compute_signals
+from .signals import ANSWER, SIGNALS, TOKEN_SIGNALS, StepTokens, compute_signals
 from .specs.semantics import decided_below, over_suite
-from .trace import Trace, check_outputs, resolve_options, score_paths
+from .trace import Trace, check_outputs, end_tokens, resolve_options, score_paths
 
 EARLY_CHUNK = 4  # prompts scored first when a candidate may stop early (fewer on a small suite; then twice as many, then the rest)
 
@@ -71,6 +71,7 @@ class Evaluator:
             raise InvalidInput(f"propert{'ies' if len(gold) > 1 else 'y'} {', '.join(gold)} need gold answers, "
                                f"but no prompt of the trace has one")
         self.loaded, self.specs, self.trace, self.applier = loaded, specs, trace, applier
+        self.eos = end_tokens(loaded.model, loaded.tokenizer)
         self._subsets: dict[tuple[str, ...], Trace] = {}
         self._hardness: dict[str, float] = {}  # prompt id -> its lowest relative margin seen (early exit's order)
         self._scale: dict[str, float] = {}  # property -> the largest |robustness| seen on a prompt
@@ -140,7 +141,8 @@ class Evaluator:
         problem = check_outputs(cand, trace.options)
         if problem:
             return problem
-        values = compute_signals(self.specs.signals, cand, trace.base, options=self.specs.options)
+        tokens = StepTokens.of(trace.paths, self.eos) if TOKEN_SIGNALS.intersection(self.specs.signals) else None
+        values = compute_signals(self.specs.signals, cand, trace.base, options=self.specs.options, tokens=tokens)
         t2 = clock()
         timings["signals"] = timings.get("signals", 0.0) + t2 - t1
         for name, v in values.items():

@@ -85,12 +85,37 @@ class Signal:
     compute: Callable[["_Pair"], torch.Tensor]
 
 
+@dataclass(frozen=True)
+class StepTokens:
+    """The tokens of the path at every step (concatenated over prompts), for the token signals."""
+
+    path: torch.Tensor  # (steps,) int64: the token the path takes at each step
+    # (steps,) the base model's own greedy continuation at each step, -1 past its end, when the
+    # path is the candidate's own (a free-running audit); None: the path is the base model's own
+    base_own: torch.Tensor | None = None
+    eos: tuple[int, ...] = ()  # the token ids that end a continuation
+
+    @classmethod
+    def of(cls, paths, eos=()) -> "StepTokens":
+        """From trace.TokenPath-like objects (`tokens`, optional `base_tokens`)."""
+        path = torch.tensor([t for p in paths for t in p.tokens], dtype=torch.long)
+        own = None
+        if any(getattr(p, "base_tokens", None) is not None for p in paths):
+            own = torch.tensor([(list(p.base_tokens or ()) + [-1] * len(p.tokens))[i]
+                                for p in paths for i in range(len(p.tokens))], dtype=torch.long)
+        return cls(path, own, tuple(sorted(eos)))
+
+    def slice(self, start: int, stop: int) -> "StepTokens":
+        return StepTokens(self.path[start:stop], None if self.base_own is None else self.base_own[start:stop], self.eos)
+
+
 class _Pair:
     """Candidate and base outputs over a slice of steps; shared terms computed once."""
 
-    def __init__(self, cand, base, options: SignalOptions | None = None):
+    def __init__(self, cand, base, options: SignalOptions | None = None, tokens: StepTokens | None = None):
         self.cand, self.base = cand, base
         self.options = options or SignalOptions()
+        self.tokens = tokens
 
     # float32: 5x faster than float64 over (steps, vocabulary), differences ~1e-7
     @cached_property
@@ -146,6 +171,21 @@ def _topk_overlap(x: _Pair) -> torch.Tensor:
     return (ip.unsqueeze(-1) == iq.unsqueeze(-2)).any(-1).sum(-1).float() / k
 
 
+def _token_match(x: _Pair) -> torch.Tensor:
+    t = x.tokens
+    if t is None or t.base_own is None:  # the path is the base's own: the candidate's own token is its greedy choice
+        path = x.b.squeeze(-1) if t is None else t.path
+        return (x.lq.argmax(-1) == path).float()
+    return (t.path == t.base_own).float()  # the path is the candidate's own continuation
+
+
+def _stops(lp: torch.Tensor, x: _Pair) -> torch.Tensor:
+    eos = x.tokens.eos if x.tokens is not None else ()
+    if not eos:
+        return torch.zeros(lp.shape[0])
+    return torch.isin(lp.argmax(-1), torch.tensor(eos, dtype=torch.long)).float()
+
+
 def _cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     a, b = a.double(), b.double()
     return ((a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1))).clamp(-1.0, 1.0)
@@ -179,6 +219,17 @@ _REGISTRY = [
            "candidate's topk (option topk, default 5; 0..1)",
            "topk_overlap[t] = |topk(p) & topk(q)| / k, k = min(topk, |V|), ties broken by torch.topk",
            LOGPROBS, STEP, _topk_overlap),
+    Signal("token_match", "1 when the candidate's own greedy continuation has the base model's token at this "
+           "step, else 0. Free-running audit: the two models' own continuations of the prompt, compared "
+           "position by position (0 once either has ended); on the base's path (search, teacher audit) the "
+           "candidate's greedy choice after the base's tokens, which is top1_agree",
+           "token_match[t] = [c_t = g_t], c / g = the candidate's / base's own greedy continuation "
+           "(teacher: c_t = argmax q, g = the path)", LOGPROBS, STEP, _token_match),
+    Signal("base_stop", "1 when the base model's most likely next token ends the text (end-of-sequence), else 0",
+           "base_stop[t] = [argmax p in EOS]", LOGPROBS, STEP, lambda x: _stops(x.lp, x)),
+    Signal("cand_stop", "1 when the candidate's most likely next token ends the text (end-of-sequence), else 0; "
+           "in a free-running audit the path ends where the candidate generated it",
+           "cand_stop[t] = [argmax q in EOS]", LOGPROBS, STEP, lambda x: _stops(x.lq, x)),
     Signal("attn_cos", "cosine between candidate and base attention from the current step to the prompt's "
            "first tokens, averaged over heads and the chosen layers",
            "attn_cos[t] = cos(a_q[t], a_p[t]), a[t][j] = mean over layers in attn_layers and heads of "
@@ -197,19 +248,22 @@ _REGISTRY = [
            lambda x: x.cand.gold_logprob.double()),
 ]
 SIGNALS: dict[str, Signal] = {s.name: s for s in _REGISTRY}
+TOKEN_SIGNALS = frozenset({"token_match", "base_stop", "cand_stop"})  # read StepTokens
 
 
 def known_signals() -> list[str]:
     return list(SIGNALS)
 
 
-def compute_signals(names, cand, base, *, options: SignalOptions | None = None,
+def compute_signals(names, cand, base, *, options: SignalOptions | None = None, tokens: StepTokens | None = None,
                     chunk: int = 128) -> dict[str, np.ndarray]:
     """Signal values for every step (concatenated over prompts), float64 numpy arrays.
 
     `cand` and `base` are trace.StepOutputs from the same paths; `options` (the specs') set
-    what the arithmetic reads, e.g. topk. Step signals are computed
-    in chunks of steps so the (steps, vocabulary) intermediates stay small.
+    what the arithmetic reads, e.g. topk; `tokens` the paths' tokens and end-of-sequence ids
+    (token_match, base_stop, cand_stop; without them the path is taken to be the base's greedy
+    tokens and nothing ends). Step signals are computed in chunks of steps so the
+    (steps, vocabulary) intermediates stay small.
     """
     step = [SIGNALS[n] for n in names if SIGNALS[n].axis == STEP]
     answer = [SIGNALS[n] for n in names if SIGNALS[n].axis == ANSWER]
@@ -217,7 +271,8 @@ def compute_signals(names, cand, base, *, options: SignalOptions | None = None,
     total = sum(cand.steps)
     with torch.no_grad():
         for start in range(0, total, chunk):
-            pair = _Pair(cand.slice(start, start + chunk), base.slice(start, start + chunk), options)
+            pair = _Pair(cand.slice(start, start + chunk), base.slice(start, start + chunk), options,
+                         None if tokens is None else tokens.slice(start, start + chunk))
             for s in step:
                 out[s.name].append(s.compute(pair))
         if answer:

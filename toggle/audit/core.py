@@ -41,7 +41,8 @@ from ..files import finite_or_none
 from ..modules import find_blocks
 from ..prompts import EncodedPrompt, Prompt
 from ..signals import ANSWER, ATTENTION, HIDDEN
-from ..trace import DEFAULT_STEPS, GenerationSettings, TokenPath, build_trace, encode_suite, generate_paths, trace_along
+from ..trace import (DEFAULT_STEPS, GenerationSettings, TokenPath, base_continuations, build_trace, encode_suite,
+                     generate_paths, trace_along)
 
 MODES = ("teacher", "free")
 SPLITS = ("heldout", "calibration", "all")
@@ -221,7 +222,12 @@ def audit_models(candidate, base, spec_set, suite, *, split: str = "heldout", mo
         with _weights(applier, plan):
             own = generate_paths(candidate.model, candidate.tokenizer, encoded, GenerationSettings(steps=steps))
         timings["generate"] = clock() - t0
-        paths = [TokenPath(e.prompt.id, e.ids, e.content, t, e.answer_ids) for e, t in zip(encoded, own)]
+        reference = {}
+        if "token_match" in spec_set.signals:  # compares the two models' own continuations
+            with _weights(applier, None):
+                reference = base_continuations(base, suite, split=split, steps=steps)
+        paths = [TokenPath(e.prompt.id, e.ids, e.content, t, e.answer_ids, reference.get(e.prompt.id))
+                 for e, t in zip(encoded, own)]
         t1 = clock()
         with _weights(applier, None):
             trace = trace_along(base, paths, spec_set.needs, spec_set.options, split=split)

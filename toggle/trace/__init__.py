@@ -25,9 +25,9 @@ use is importable from `toggle.trace`.
 """
 from __future__ import annotations
 
-from .build import TRACE_VERSION, Trace, build_trace, encode_suite, trace_along
+from .build import TRACE_VERSION, Trace, base_continuations, build_trace, encode_suite, trace_along
 from .cache import DEFAULT_CACHE, MEMORY_LIMIT, TraceCache
-from .generate import DEFAULT_STEPS, GenerationSettings, generate_paths
+from .generate import DEFAULT_STEPS, GenerationSettings, end_tokens, generate_paths
 # _left_pad, _batches and _Sequence are private; re-exported for benchmarks/bench_evaluation.py.
 from .padding import _left_pad
 from .score import (DEFAULT_BATCH_TOKENS, StepOutputs, TokenPath, _batches, _Sequence, check_outputs, resolve_options,
@@ -36,5 +36,6 @@ from .score import (DEFAULT_BATCH_TOKENS, StepOutputs, TokenPath, _batches, _Seq
 __all__ = [
     "DEFAULT_BATCH_TOKENS", "DEFAULT_CACHE", "DEFAULT_STEPS", "MEMORY_LIMIT", "TRACE_VERSION",
     "GenerationSettings", "StepOutputs", "TokenPath", "Trace", "TraceCache",
-    "build_trace", "check_outputs", "encode_suite", "generate_paths", "resolve_options", "score_paths", "trace_along",
+    "base_continuations", "build_trace", "check_outputs", "end_tokens", "encode_suite", "generate_paths",
+    "resolve_options", "score_paths", "trace_along",
 ]

@@ -85,8 +85,7 @@ def build_trace(loaded, suite: PromptSuite, specs=None, *, split: str = "calibra
         raise InvalidInput(f"{suite.source}: the specs use gold-answer signals but no {split} prompt has an answer")
 
     device, dtype = _device_dtype(model)
-    path_key = _key({"v": TRACE_VERSION, "model": loaded.fingerprint, "suite": chosen.fingerprint, "split": split,
-                     "settings": asdict(settings), "template": _template_hash(tokenizer)})
+    path_key = _path_key(loaded, chosen, split, settings)
     # Scores also depend on the numerics: a candidate equal to the base must reproduce them exactly.
     score_key = _key({"paths": path_key, "needs": sorted(needs), "options": asdict(resolved),
                       "device": device.type, "dtype": str(dtype), "batch_tokens": batch_tokens,
@@ -98,13 +97,7 @@ def build_trace(loaded, suite: PromptSuite, specs=None, *, split: str = "calibra
             return hit
 
     timings = {"generate": 0.0, "score": 0.0}
-    tokens = cache.read_paths(path_key, encoded) if use_cache else None
-    if tokens is None:
-        start = time.perf_counter()
-        tokens = generate_paths(model, tokenizer, encoded, settings)
-        timings["generate"] = time.perf_counter() - start
-        if use_cache:
-            cache.write_paths(path_key, encoded, tokens, settings)
+    tokens, timings["generate"] = _continuations(loaded, encoded, path_key, settings, cache if use_cache else None)
     paths = [TokenPath(e.prompt.id, e.ids, e.content, t, e.answer_ids) for e, t in zip(encoded, tokens)]
     base = cache.read_scores(score_key, paths) if use_cache else None
     if base is None:
@@ -121,6 +114,36 @@ def build_trace(loaded, suite: PromptSuite, specs=None, *, split: str = "calibra
     if use_cache:
         cache.put(trace)
     return trace
+
+
+def base_continuations(loaded, suite: PromptSuite, *, split: str, steps: int, stop_at_eos: bool = True,
+                       use_cache: bool = True, cache: TraceCache | None = None) -> dict[str, tuple[int, ...]]:
+    """The base model's own greedy continuation of each prompt of a split (prompt id -> tokens),
+    from the same cache as build_trace's paths (a teacher-mode trace of the split reuses them)."""
+    chosen = suite.split(split)
+    settings = GenerationSettings(steps=steps, stop_at_eos=stop_at_eos)
+    encoded = [encode(p, loaded.tokenizer) for p in chosen]
+    cache = cache if cache is not None else DEFAULT_CACHE
+    tokens, _ = _continuations(loaded, encoded, _path_key(loaded, chosen, split, settings), settings,
+                               cache if use_cache else None)
+    return {e.prompt.id: t for e, t in zip(encoded, tokens)}
+
+
+def _path_key(loaded, chosen: PromptSuite, split: str, settings: GenerationSettings) -> str:
+    return _key({"v": TRACE_VERSION, "model": loaded.fingerprint, "suite": chosen.fingerprint, "split": split,
+                 "settings": asdict(settings), "template": _template_hash(loaded.tokenizer)})
+
+
+def _continuations(loaded, encoded, path_key: str, settings: GenerationSettings, cache: TraceCache | None):
+    """(greedy continuations, seconds spent generating): read from `cache`, else generated (and stored)."""
+    tokens = cache.read_paths(path_key, encoded) if cache is not None else None
+    if tokens is not None:
+        return tokens, 0.0
+    start = time.perf_counter()
+    tokens = generate_paths(loaded.model, loaded.tokenizer, encoded, settings)
+    if cache is not None:
+        cache.write_paths(path_key, encoded, tokens, settings)
+    return tokens, time.perf_counter() - start
 
 
 def trace_along(base_loaded, paths: list[TokenPath], needs, options: SignalOptions, *, split: str = "audit",

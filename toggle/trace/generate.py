@@ -19,13 +19,18 @@ class GenerationSettings:
     stop_at_eos: bool = True  # a continuation ends at (and includes) the end-of-sequence token
 
 
-def generate_paths(model, tokenizer, encoded: list[EncodedPrompt], settings: GenerationSettings,
-                   *, batch_size: int = 8) -> list[tuple[int, ...]]:
-    """Greedy continuations (token ids, ending with EOS when the model stopped)."""
+def end_tokens(model, tokenizer) -> frozenset[int]:
+    """The token ids that end a continuation: the model's generation config's, else the tokenizer's EOS."""
     eos = model.generation_config.eos_token_id
     if eos is None:
         eos = tokenizer.eos_token_id
-    eos_ids = set(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])
+    return frozenset(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])
+
+
+def generate_paths(model, tokenizer, encoded: list[EncodedPrompt], settings: GenerationSettings,
+                   *, batch_size: int = 8) -> list[tuple[int, ...]]:
+    """Greedy continuations (token ids, ending with EOS when the model stopped)."""
+    eos_ids = end_tokens(model, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (min(eos_ids) if eos_ids else 0)
     config = GenerationConfig(
         max_new_tokens=settings.steps, do_sample=False, pad_token_id=pad,

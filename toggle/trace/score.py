@@ -28,6 +28,9 @@ class TokenPath:
     content: tuple[int, int]  # token span of the prompt's own text (attn_cos looks at its start)
     tokens: tuple[int, ...]  # the continuation: step t predicts tokens[t]
     answer: tuple[int, ...] | None = None  # gold answer tokens (answer-axis signals)
+    # When `tokens` are not the base model's own continuation (a free-running audit: the
+    # candidate's), the base model's own greedy continuation of the prompt (token_match).
+    base_tokens: tuple[int, ...] | None = None
 
 
 @dataclass
