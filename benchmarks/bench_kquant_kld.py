@@ -1,0 +1,85 @@
+"""Issue 14: one toggle K-quant GGUF of the built-in model against llama.cpp's Q4_K_M preset,
+scored by llama.cpp itself (llama-perplexity --kl-divergence against an F16 base).
+
+    PYTHONPATH=$PWD python benchmarks/bench_kquant_kld.py OUT_DIR
+
+Base: F16 of the model's de-quantised weights (written by toggle). Presets: llama-quantize
+from that F16 file without an importance matrix. toggle: quantizer ggml (and ggml_iq), every
+block at 4 bits, embedding Q8_0, importance matrix from the 30 calibration prompts of
+prompts/default.yaml. Text: every 4th Python documentation topic (pydoc_data), as in issue 14.
+"""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from toggle import llama_cpp
+from toggle.api import write_artifact
+from toggle.compress import collect_stats
+from toggle.formats.gguf import source_metadata, write_gguf
+from toggle.load import load_model
+from toggle.modules import compressible_modules, stored_other_tensors
+from toggle.plan import Methods, ModuleSetting, Plan
+from toggle.prompts import load_prompts
+
+
+# llama-perplexity's KL-divergence summary lines: PPL(Q), mean KLD, 99th percentile, same top-1 share
+PATTERNS = (r"Mean PPL\(Q\)\s*:\s*([0-9.]+)", r"Mean\s+KLD:\s*([0-9.]+)", r"99\.0%\s+KLD:\s*([0-9.]+)",
+            r"Same top p:\s*([0-9.]+)")
+
+
+def run(*args) -> str:
+    proc = subprocess.run([str(a) for a in args], capture_output=True, text=True, errors="replace")
+    if proc.returncode:
+        sys.exit(f"{args[0]} failed: {proc.stderr[-1500:]}")
+    return proc.stdout + proc.stderr
+
+
+def main(out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    from pydoc_data.topics import topics
+    text = "\n\n".join(topics[k] for k in sorted(topics)[::4])
+    (out / "text.txt").write_text(text)
+    lm = load_model("smollm2-135m")
+    refs = compressible_modules(lm.model)
+    if not (out / "f16.gguf").exists():
+        tensors = {f"{r.name}.weight": ("F16", lm.model.get_submodule(r.name).weight.detach().half().numpy())
+                   for r in refs}
+        for n, t in stored_other_tensors(lm.model, refs).items():
+            tensors.setdefault(n, ("F32", t.detach().float().numpy()))
+        write_gguf(out / "f16.gguf", lm.model, lm.tokenizer, tensors, name="smollm2-f16",
+                   source=source_metadata(lm))
+    suite = load_prompts(None)
+    seqs = [torch.tensor(lm.tokenizer(p.prompt).input_ids) for p in suite.split("calibration")]
+    stats = collect_stats(lm.model, seqs, refs=refs)
+    names = [r.name for r in refs]
+    files = {}
+    for quantizer in ("ggml", "ggml_iq"):
+        plan = Plan.uniform(lm.model_id, names, ModuleSetting(bits=4), Methods(quantizer=quantizer))
+        plan = plan.with_setting(names[0], ModuleSetting(bits=8, quantizer="ggml"))
+        path = out / f"toggle-{quantizer}-4.gguf"
+        write_artifact(lm, plan, path, "gguf", stats=stats)
+        files[f"toggle {quantizer} 4-bit, Q8_0 embedding, imatrix"] = path
+    quantize = llama_cpp.tool("llama-quantize")
+    for preset in ("Q4_K_M",):
+        path = out / f"{preset}.gguf"
+        run(quantize, out / "f16.gguf", path, preset, 2)
+        files[f"{preset} preset"] = path
+    perplexity = llama_cpp.tool("llama-perplexity")
+    base = out / "base.kld"
+    run(perplexity, "-m", out / "f16.gguf", "-f", out / "text.txt", "-c", 128, "-t", 2, "--kl-divergence-base", base)
+    print("| file | bytes | ppl | mean KLD | 99% KLD | same top-1 |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for label, path in files.items():
+        log = run(perplexity, "-m", path, "-f", out / "text.txt", "-c", 128, "-t", 2,
+                  "--kl-divergence-base", base, "--kl-divergence")
+        cells = [(re.search(pat, log) or [None, "?"])[1] for pat in PATTERNS]
+        print(f"| {label} | {path.stat().st_size:,} | " + " | ".join(cells) + "% |", flush=True)
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1] if len(sys.argv) > 1 else "/tmp/toggle-kquant-kld"))
