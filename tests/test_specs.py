@@ -342,18 +342,22 @@ def test_recovery_at_the_end_of_a_trace(jsd, expected):
     assert p.robustness({"jsd": jsd}) == pytest.approx(expected)
 
 
-@pytest.mark.parametrize("base, cand, with_base, not_early", [
-    ([0, 0, 0, 0], [0, 0, 0, 0], 0.5, 0.5),  # nobody stops: both implications hold vacuously, margin 0.5
-    ([0, 0, 0, 1], [0, 0, 0, 1], 0.5, 0.5),  # both stop at the last step (teacher: the base's path ends there)
-    ([0, 0, 0, 1], [0, 0, 0, 0], -0.5, 0.5),  # the base stops, the trace ends, the candidate never did
-    ([0, 1, 0, 0, 0], [0, 0, 0, 1, 0], 0.5, -0.5),  # 2 steps late: inside the window 1..3; but the base
+@pytest.mark.parametrize("base, cand, base_p, with_base, not_early", [
+    ([0, 0, 0, 0], [0, 0, 0, 0], [0.9] * 4, 0.5, 0.5),  # nobody stops: both implications hold vacuously, margin 0.5
+    ([0, 0, 0, 1], [0, 0, 0, 1], [0.9] * 4, 0.5, 0.5),  # both stop at the last step (teacher: the base's path ends there)
+    ([0, 0, 0, 1], [0, 0, 0, 0], [0.9] * 4, -0.2, 0.5),  # the base stops sure (0.9), the trace ends, the candidate never did: c - 0.9
+    ([0, 0, 0, 1], [0, 0, 0, 0], [0.9, 0.9, 0.9, 0.6], 0.1, 0.5),  # the base stops unsure (0.6 < c): passes by c - 0.6
+    ([0, 1, 0, 0, 0], [0, 0, 0, 1, 0], [0.9] * 5, 0.5, -0.2),  # 2 steps late: inside the window 1..3; but the base
     #   does not stop in 3..5 (cut to 3..4), so no_early_stop is broken at step 3
-    ([0, 1, 0, 0, 0], [0, 0, 0, 0, 1], -0.5, -0.5),  # 3 steps late: outside the window
-    ([0, 0, 0, 0], [0, 1, 0, 0], 0.5, -0.5),  # the candidate stops where the base goes on
+    ([0, 1, 0, 0, 0], [0, 0, 0, 0, 1], [0.9] * 5, -0.2, -0.2),  # 3 steps late: outside the window
+    ([0, 0, 0, 0], [0, 1, 0, 0], [0.9] * 4, 0.5, -0.2),  # the candidate stops where the base is sure to go on
+    ([0, 0, 0, 0], [0, 1, 0, 0], [0.9, 0.3, 0.9, 0.9], 0.5, 0.4),  # ... where the base is torn (0.3): passes by c - 0.3
+    ([0, 0, 0, 1], [0, 0, 0, 0], [0.1] * 4, 0.6, 0.6),  # a base this unsure everywhere: every step passes by c - 0.1
 ])
-def test_stops_at_the_end_of_a_trace(base, cand, with_base, not_early):
+def test_stops_at_the_end_of_a_trace(base, cand, base_p, with_base, not_early):
+    # min over t of max(0.5 - base_stop[t], c - base_p[t], max over t..t+2 of (cand_stop - 0.5)), c = 0.7
     by = {p.name: p for p in load_specs([ASSISTANT / "stops.stl"]).properties}
-    signals = {"base_stop": base, "cand_stop": cand}
+    signals = {"base_stop": base, "cand_stop": cand, "base_p": base_p}
     assert by["stops_with_base"].robustness(signals) == pytest.approx(with_base)
     assert by["no_early_stop"].robustness(signals) == pytest.approx(not_early)
 
@@ -361,10 +365,11 @@ def test_stops_at_the_end_of_a_trace(base, cand, with_base, not_early):
 def test_confident_agreement_and_coherence_95_by_hand():
     specs = load_specs([ASSISTANT])
     by = {p.name: p for p in specs.properties}
-    agree = by["confident_agreement"]  # min over t of max(0.5 - base_p, top1_agree - 1)
-    assert agree.robustness({"base_p": [0.9, 0.3, 0.6], "top1_agree": [1, 0, 1]}) == pytest.approx(0.0)
-    assert agree.robustness({"base_p": [0.9, 0.3, 0.6], "top1_agree": [1, 0, 0]}) == pytest.approx(-0.1)
-    assert agree.robustness({"base_p": [0.4, 0.3], "top1_agree": [0, 0]}) == pytest.approx(0.1)
+    agree = by["confident_agreement"]  # min over t of max(0.7 - base_p, top1_agree - 1)
+    assert agree.robustness({"base_p": [0.9, 0.3, 0.8], "top1_agree": [1, 0, 1]}) == pytest.approx(0.0)
+    assert agree.robustness({"base_p": [0.9, 0.3, 0.8], "top1_agree": [1, 0, 0]}) == pytest.approx(-0.1)
+    assert agree.robustness({"base_p": [0.9, 0.3, 0.6], "top1_agree": [1, 0, 0]}) == pytest.approx(0.0)  # 0.6 < c: not sure
+    assert agree.robustness({"base_p": [0.4, 0.3], "top1_agree": [0, 0]}) == pytest.approx(0.3)
     # 20 prompts at 95%: ceil(19) = 19 must hold, one may fail: the 2nd smallest per-prompt value
     per = {"coherence_95": {f"p{i}": 0.2 - 0.01 * i for i in range(18)} | {"bad": -0.4, "worse": -0.5}}
     assert specs.over_suite(per)["coherence_95"] == pytest.approx(-0.4)  # two fail: violated
