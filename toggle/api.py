@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from .audit import MODES, AuditResult, audit_models, check_split, print_audit
+from .audit import ENGINES, MODES, AuditResult, audit_models, check_split, print_audit
 from .compress.apply import PlanApplier, validate_plan
 from .compress.calibrate import ActivationStats, collect_stats
 from .compress.registry import stats_families
@@ -51,6 +51,7 @@ from .signals import describe as describe_signals
 from .specs import SpecError, load_specs, parse_overrides
 from .specs import check_files as check_spec_files
 from .trace import build_trace
+from .trace.llama_cpp import LlamaCppScorer
 from .units import Budget, format_bytes, parse_budget
 
 
@@ -315,13 +316,22 @@ def plan_stats(plan: Plan, loaded, plan_path: str | Path | None = None) -> Activ
 
 def audit(artifact, base: str | None = None, specs=None, prompts=None, split: str = "heldout",
           mode: str = "teacher", *, relax: float = 0.0, overrides: dict | None = None, device: str | None = None,
-          trust_remote_code: bool = False, worst: int = 5, confidence: float = DEFAULT_LEVEL) -> AuditResult:
+          trust_remote_code: bool = False, worst: int = 5, confidence: float = DEFAULT_LEVEL,
+          engine: str = "torch", threads: int | None = None) -> AuditResult:
     """Audit ARTIFACT (a toggle artifact directory, a .gguf file or a model directory) against
     its base model (default: the one recorded in the artifact's toggle.json) on a split of the
     prompt suite, with violation rates bounded at `confidence` (one-sided Clopper-Pearson).
+
+    `engine="llama.cpp"` (a .gguf ARTIFACT, teacher mode): the compressed model's logits come
+    from llama.cpp running the file (`threads` CPU threads), and the torch scores of the same
+    file are reported beside them (`result.cross_check`). Signals of the model's internals
+    (hidden_cos, attn_cos) are not exposed by llama.cpp: those come from torch on the same
+    file, and a note says so.
     Everything a user can get wrong is checked before a model is loaded."""
     if mode not in MODES:
         raise InvalidInput(f"--mode: {mode!r} is not valid; expected teacher or free")
+    if engine not in ENGINES:
+        raise InvalidInput(f"--engine: {engine!r} is not valid; expected {' or '.join(ENGINES)}")
     confidence = check_level(confidence)
     spec_set = load_specs(list(specs) if isinstance(specs, (list, tuple)) else specs, overrides or {}, relax)
     suite = load_prompts(prompts)
@@ -330,6 +340,12 @@ def audit(artifact, base: str | None = None, specs=None, prompts=None, split: st
     if not artifact_path.exists():
         raise InvalidInput(f"{artifact}: no such artifact: expected a toggle artifact directory (toggle apply --out), "
                            f"a .gguf file or a model directory")
+    scorer = None
+    if engine == "llama.cpp":
+        if mode != "teacher":
+            raise InvalidInput("--engine llama.cpp scores the base model's paths (teacher mode); --mode free "
+                               "generates with torch: audit with --mode teacher")
+        scorer = LlamaCppScorer(artifact_path, threads=threads)  # finds llama.cpp or says how to install it
     source, artifact_id, _ = resolve(str(artifact_path))
     manifest = read_manifest(Path(artifact_id)) if source == "toggle" else None
     if base is None:
@@ -352,7 +368,7 @@ def audit(artifact, base: str | None = None, specs=None, prompts=None, split: st
         notes.append(f"the artifact was made from weights with fingerprint {manifest['base_fingerprint']}; "
                      f"the base model {base} has {base_loaded.fingerprint}")
     result = audit_models(candidate, base_loaded, spec_set, suite, split=split, mode=mode, worst=worst,
-                          artifact=artifact_id, confidence=confidence)
+                          artifact=artifact_id, confidence=confidence, scorer=scorer, engine=engine)
     result.timings = {"load": round(loaded_seconds, 3), **result.timings}
     result.specs.update(relax=relax, overrides=dict(overrides or {}))
     result.notes[:0] = notes

@@ -132,6 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="which prompts to audit (default: heldout)")
     p.add_argument("--mode", choices=["teacher", "free"], default="teacher",
                    help="teacher: score on the base model's tokens; free: the compressed model generates")
+    p.add_argument("--engine", choices=["torch", "llama.cpp"], default="torch",
+                   help="what runs the compressed model: torch (default) or, for a .gguf file, llama.cpp itself "
+                        "(teacher mode, logit signals; the torch scores are shown beside it). llama.cpp: "
+                        "tools/build_llama_cpp.sh")
+    p.add_argument("--threads", type=int, metavar="N", help="llama.cpp threads (default: the CPUs available, at most 8)")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     p.add_argument("--relax", type=float, default=0.0, metavar="R", help="loosen every const threshold by R")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="NAME=VALUE",
@@ -221,7 +226,8 @@ def _cmd_apply(args) -> int:
 def _cmd_audit(args) -> int:
     result = api.audit(args.artifact, base=args.base, specs=args.specs, prompts=args.prompts, split=args.split,
                        mode=args.mode, relax=args.relax, overrides=api.parse_overrides(args.overrides), device=args.device,
-                       trust_remote_code=args.trust_remote_code, confidence=args.confidence)
+                       trust_remote_code=args.trust_remote_code, confidence=args.confidence, engine=args.engine,
+                       threads=args.threads)
     api.print_audit(result)
     if args.json:
         atomic_write_json(args.json, result.to_dict())

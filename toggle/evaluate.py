@@ -58,7 +58,10 @@ class Evaluation:
 class Evaluator:
     """Scores candidates of one model against one trace with one set of specs."""
 
-    def __init__(self, loaded, specs, trace: Trace, applier=None):
+    def __init__(self, loaded, specs, trace: Trace, applier=None, scorer=None):
+        """`scorer`: what computes the candidate's outputs along the trace's paths, with
+        score_paths' signature minus the model (e.g. trace.llama_cpp.LlamaCppScorer, llama.cpp
+        running a .gguf file); None: torch, `loaded.model` with the applier's weights."""
         missing = specs.needs - trace.needs
         if missing:
             raise InvalidInput(f"the trace was built without {', '.join(sorted(missing))}, which the specs need; "
@@ -70,7 +73,7 @@ class Evaluator:
         if gold and not any(p.answer for p in trace.paths):
             raise InvalidInput(f"propert{'ies' if len(gold) > 1 else 'y'} {', '.join(gold)} need gold answers, "
                                f"but no prompt of the trace has one")
-        self.loaded, self.specs, self.trace, self.applier = loaded, specs, trace, applier
+        self.loaded, self.specs, self.trace, self.applier, self.scorer = loaded, specs, trace, applier, scorer
         self.eos = end_tokens(loaded.model, loaded.tokenizer)
         self._subsets: dict[tuple[str, ...], Trace] = {}
         self._hardness: dict[str, float] = {}  # prompt id -> its lowest relative margin seen (early exit's order)
@@ -134,8 +137,15 @@ class Evaluator:
         summaries), or the reason the outputs cannot be compared."""
         clock = time.perf_counter
         t0 = clock()
-        cand = score_paths(self.loaded.model, trace.paths, self.specs.needs, trace.options,
-                           batch_tokens=trace.batch_tokens)
+        if self.scorer is None:
+            cand = score_paths(self.loaded.model, trace.paths, self.specs.needs, trace.options,
+                               batch_tokens=trace.batch_tokens)
+        else:
+            cand = self.scorer(trace.paths, self.specs.needs, trace.options, batch_tokens=trace.batch_tokens)
+            ours, theirs = cand.logprobs, trace.base.logprobs
+            if ours is not None and theirs is not None and ours.shape[-1] != theirs.shape[-1]:
+                raise InvalidInput(f"the candidate predicts over {ours.shape[-1]} tokens, the base model over "
+                                   f"{theirs.shape[-1]}; audit a file made from the base model")
         t1 = clock()
         timings["forward"] = timings.get("forward", 0.0) + t1 - t0
         problem = check_outputs(cand, trace.options)

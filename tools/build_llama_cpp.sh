@@ -5,7 +5,9 @@
 #
 # PREFIX defaults to $TOGGLE_LLAMA_CPP, else <python's sys.prefix>/llama.cpp (the active venv),
 # which is where toggle looks (toggle/formats/llama_cpp.py). It gets bin/ (llama-quantize,
-# llama-tokenize, llama-perplexity, llama-imatrix, llama-completion, llama-bench), lib/
+# llama-tokenize, llama-perplexity, llama-imatrix, llama-completion, llama-bench, and toggle's
+# own toggle-llama-logits from tools/llama_logits.c, which `toggle audit --engine llama.cpp`
+# reads llama.cpp's logits with), lib/
 # (libggml-base.so, libggml.so, libllama.so, ... loaded by toggle with ctypes), include/ and
 # llama.cpp's LICENSE.
 #
@@ -45,10 +47,30 @@ PY=${PYTHON:-$(command -v python || command -v python3)}
 PREFIX=${1:-${TOGGLE_LLAMA_CPP:-$("$PY" -c 'import sys; print(sys.prefix)')/llama.cpp}}
 BUILD_ID="$SDIST_NAME $SDIST_VERSION $SDIST_SHA256 targets=${TARGETS[*]} flags=${CMAKE_FLAGS[*]}"
 
+HELPER_SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/llama_logits.c"
+HELPER=toggle-llama-logits
+# toggle's logits helper: a small C program against the prefix's libllama, rebuilt (in seconds)
+# whenever its source changes; its sha256 is kept beside it.
+build_helper() {
+    local root=$1 sum
+    sum=$(sha256sum "$HELPER_SRC" | cut -d' ' -f1)
+    if [ -x "$root/bin/$HELPER" ] && [ "$(cat "$root/bin/$HELPER.sha256" 2>/dev/null)" = "$sum" ]; then
+        return 0
+    fi
+    local cc=${CC:-$(command -v cc || command -v gcc || command -v clang)}
+    "$cc" -O2 -std=c11 -Wall -o "$root/bin/$HELPER.tmp" "$HELPER_SRC" -I"$root/include" -L"$root/lib" \
+        -lllama -lggml -lggml-base '-Wl,-rpath,$ORIGIN/../lib' ||
+        { echo "build_llama_cpp: compiling $HELPER_SRC failed" >&2; return 1; }
+    mv "$root/bin/$HELPER.tmp" "$root/bin/$HELPER"
+    echo "$sum" >"$root/bin/$HELPER.sha256"
+    echo "build_llama_cpp: built $root/bin/$HELPER"
+}
+
 if [ -f "$PREFIX/BUILD-INFO" ] && [ "$(head -n 1 "$PREFIX/BUILD-INFO")" = "$BUILD_ID" ]; then
     missing=0
     for t in "${TARGETS[@]}"; do [ -x "$PREFIX/bin/$t" ] || missing=1; done
     if [ "$missing" = 0 ]; then
+        build_helper "$PREFIX"
         echo "build_llama_cpp: $PREFIX already holds llama.cpp from $SDIST_NAME $SDIST_VERSION; nothing to do"
         exit 0
     fi
@@ -114,6 +136,7 @@ cp "$src"/ggml/include/*.h "$src"/include/*.h "$stage/include/"
 cp "$src/LICENSE" "$stage/LICENSE"
 "$stage/bin/llama-quantize" --help >/dev/null 2>&1 || [ $? -eq 1 ] ||
     { echo "build_llama_cpp: the built llama-quantize does not run" >&2; exit 1; }
+build_helper "$stage"
 elapsed=$(( $(date +%s) - start ))
 { echo "$BUILD_ID"; echo "built $(date -u +%Y-%m-%dT%H:%M:%SZ) in ${elapsed}s with $JOBS jobs on $(nproc) cores"; } >"$stage/BUILD-INFO"
 rm -rf "$PREFIX"

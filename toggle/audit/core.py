@@ -21,6 +21,12 @@ property vacuously true on the prompt, holds too). The audit passes when every p
 every audited prompt; `pass_rate` is the share of prompts on which every property that applies
 to them holds (gold-answer properties apply only to prompts with an answer).
 
+Engines: the compressed model's outputs come from torch (default) or, for a .gguf file, from
+llama.cpp itself (`engine="llama.cpp"`, teacher mode, logit signals only): what a user will
+run. llama.cpp's kernels differ from a de-quantised torch model's (it quantises activations on
+some paths), so a llama.cpp audit also scores the file in torch and reports both
+(`result.cross_check`).
+
 Stated confidence: per property and for all of them together, the violation rate (failed
 prompts / prompts it applies to) and its one-sided upper Clopper-Pearson bound at `confidence`
 (toggle.confidence): `result.overall.sentence()` reads "violation rate 0/30, at most 9.5% at 95%
@@ -40,11 +46,12 @@ from ..evaluate import Evaluator
 from ..files import finite_or_none
 from ..modules import find_blocks
 from ..prompts import EncodedPrompt, Prompt
-from ..signals import ANSWER, ATTENTION, HIDDEN
+from ..signals import ANSWER, ATTENTION, HIDDEN, SIGNALS, compute_signals
 from ..trace import (DEFAULT_STEPS, GenerationSettings, TokenPath, base_continuations, build_trace, encode_suite,
-                     generate_paths, trace_along)
+                     generate_paths, score_paths, trace_along)
 
 MODES = ("teacher", "free")
+ENGINES = ("torch", "llama.cpp")
 SPLITS = ("heldout", "calibration", "all")
 WORST = 5  # prompts shown with their generated text side by side
 
@@ -129,6 +136,10 @@ class AuditResult:
     specs: dict = field(default_factory=dict)  # files, consts, relax, overrides
     notes: list[str] = field(default_factory=list)
     confidence: float = DEFAULT_LEVEL  # the level of the violation rates' upper bounds
+    engine: str = "torch"  # what computed the compressed model's outputs
+    # engine llama.cpp: the same audit with torch's outputs of the same file, per property
+    # {prompts, holds, min, median}, plus pass_rate and the largest per-step JSD between the two engines
+    cross_check: dict | None = None
 
     @property
     def satisfied(self) -> bool:
@@ -164,7 +175,7 @@ class AuditResult:
 
     def to_dict(self) -> dict:
         return {
-            "artifact": self.artifact, "base": self.base, "mode": self.mode, "split": self.split,
+            "artifact": self.artifact, "base": self.base, "mode": self.mode, "split": self.split, "engine": self.engine,
             "satisfied": self.satisfied, "pass_rate": self.pass_rate,
             "prompts_audited": len(self.prompts), "prompts_passed": sum(p.satisfied for p in self.prompts),
             "feasible": self.feasible, "reason": self.reason, "confidence": self.overall.to_dict(),
@@ -173,6 +184,7 @@ class AuditResult:
             "worst": [p.id for p in self.worst()],
             "prompts": [p.to_dict() for p in self.prompts],
             "signals": self.signals, "timings": self.timings, "specs": self.specs, "notes": self.notes,
+            "cross_check": self.cross_check,
         }
 
 
@@ -196,8 +208,12 @@ def check_split(suite, split: str, spec_set) -> None:
 
 def audit_models(candidate, base, spec_set, suite, *, split: str = "heldout", mode: str = "teacher",
                  applier=None, plan=None, worst: int = WORST, artifact: str | None = None,
-                 confidence: float = DEFAULT_LEVEL) -> AuditResult:
+                 confidence: float = DEFAULT_LEVEL, scorer=None, engine: str = "torch") -> AuditResult:
     """Audit `candidate` against `base` (both toggle.load.LoadedModel).
+
+    `scorer` (with `engine` naming it, e.g. trace.llama_cpp.LlamaCppScorer and "llama.cpp"):
+    what computes the candidate's outputs along the base's paths instead of torch; teacher mode
+    only. The candidate is then also scored by torch, reported as `cross_check`.
 
     With `applier` and `plan` the candidate is the base model with the plan's weights swapped in
     (the search audits its winner this way, without writing an artifact): `candidate` is then
@@ -206,6 +222,9 @@ def audit_models(candidate, base, spec_set, suite, *, split: str = "heldout", mo
     if mode not in MODES:
         raise InvalidInput(f"--mode: {mode!r} is not valid; expected teacher or free")
     confidence = check_level(confidence)
+    if scorer is not None and mode != "teacher":
+        raise InvalidInput(f"--engine {engine} scores the base model's paths (teacher mode); --mode free "
+                           f"generates with torch: audit with --mode teacher")
     check_split(suite, split, spec_set)
     check_compatible(candidate, base, spec_set)
     chosen = suite.split(split)
@@ -233,9 +252,30 @@ def audit_models(candidate, base, spec_set, suite, *, split: str = "heldout", mo
             trace = trace_along(base, paths, spec_set.needs, spec_set.options, split=split)
         timings["trace"] = clock() - t1
     t1 = clock()
+    outputs = {}  # engine -> the candidate's outputs, kept to compare the engines
+
+    def recorded(name, score):
+        def run(*args, **kw):
+            outputs[name] = score(*args, **kw)
+            return outputs[name]
+        return run
+
+    engine_scorer = None
+    if scorer is not None:
+        engine_scorer = recorded(engine, _with_internals_from_torch(scorer, candidate))
     with _weights(applier, None):
-        evaluation = Evaluator(candidate, spec_set, trace, applier).evaluate(plan)
+        evaluation = Evaluator(candidate, spec_set, trace, applier, scorer=engine_scorer).evaluate(plan)
     timings["evaluate"] = clock() - t1
+    cross = None
+    if scorer is not None:
+        t1 = clock()
+        torch_scorer = recorded("torch", lambda paths, needs, options, **kw: score_paths(candidate.model, paths, needs,
+                                                                                         options, **kw))
+        with _weights(applier, None):
+            cross = _cross_check(Evaluator(candidate, spec_set, trace, applier, scorer=torch_scorer).evaluate(plan),
+                                 spec_set, trace)
+        cross["jsd_between_engines"] = _engine_gap(outputs.get(engine), outputs.get("torch"))
+        timings["torch_cross_check"] = clock() - t1
 
     by_id = {p.id: p for p in chosen}
     rows = []
@@ -252,7 +292,13 @@ def audit_models(candidate, base, spec_set, suite, *, split: str = "heldout", mo
     properties = {p.name: _property_audit(p, rows, evaluation.feasible, confidence) for p in spec_set.properties}
     result = AuditResult(artifact=artifact or candidate.model_id, base=base.model_id, mode=mode, split=split,
                          properties=properties, prompts=rows, feasible=evaluation.feasible, reason=evaluation.reason,
-                         signals=evaluation.signals, specs=_specs_info(spec_set), confidence=confidence)
+                         signals=evaluation.signals, specs=_specs_info(spec_set), confidence=confidence,
+                         engine=engine, cross_check=cross)
+    internal = sorted(spec_set.needs & {HIDDEN, ATTENTION})
+    if scorer is not None and internal:
+        names = [p.name for p in spec_set.properties if any(SIGNALS[x].needs in (HIDDEN, ATTENTION) for x in p.signals)]
+        result.notes.append(f"{engine} does not expose {' or '.join(internal)}: the signals of {', '.join(names)} "
+                            f"come from torch running the same file; every logit signal comes from {engine}")
     t1 = clock()
     _fill_texts(result.worst(worst), candidate, base, trace, steps, mode, applier, plan)
     timings["texts"] = clock() - t1
@@ -325,6 +371,47 @@ def _property_audit(prop, rows: list[PromptAudit], feasible: bool, confidence: f
     # +inf (vacuously true on a prompt) is >= 0: it holds
     return PropertyAudit(prop.name, prop.formula, len(values), sum(v >= 0 for v in values), min(values),
                          statistics.median(values), confidence)
+
+
+def _with_internals_from_torch(scorer, candidate):
+    """`scorer` for the logit signals, torch on the same weights for hidden states and attention."""
+    def run(paths, needs, options, **kw):
+        needs = frozenset(needs)
+        internal = needs & {HIDDEN, ATTENTION}
+        out = scorer(paths, needs - internal, options, **kw)
+        if internal:
+            torch_out = score_paths(candidate.model, paths, internal, options, **kw)
+            out.hidden, out.attn = torch_out.hidden, torch_out.attn
+        return out
+    return run
+
+
+def _cross_check(evaluation, spec_set, trace) -> dict:
+    """Per property: prompts, holds, min and median of another engine's evaluation of the same file."""
+    out = {"engine": "torch", "feasible": evaluation.feasible, "properties": {}}
+    if not evaluation.feasible:
+        out["reason"] = evaluation.reason
+        return out
+    failed = set()
+    for prop in spec_set.properties:
+        values = evaluation.per_prompt.get(prop.name, {})
+        failed |= {pid for pid, v in values.items() if v < 0}
+        vals = list(values.values())
+        out["properties"][prop.name] = {
+            "prompts": len(vals), "holds": sum(v >= 0 for v in vals),
+            "min": finite_or_none(min(vals)) if vals else None,
+            "median": finite_or_none(statistics.median(vals)) if vals else None}
+    out["pass_rate"] = 1 - len(failed) / len(trace.paths) if trace.paths else 0.0
+    return out
+
+
+def _engine_gap(ours, theirs) -> dict | None:
+    """How far two engines' next-token distributions of the same file are apart (JSD, bits)."""
+    if ours is None or theirs is None or ours.logprobs is None or theirs.logprobs is None:
+        return None
+    jsd = compute_signals(["jsd"], ours, theirs)["jsd"]
+    return {"max": float(jsd.max()) if jsd.size else 0.0, "mean": float(jsd.mean()) if jsd.size else 0.0,
+            "steps": int(jsd.size)}
 
 
 def _specs_info(spec_set) -> dict:

@@ -13,7 +13,8 @@ from ..confidence import percent
 
 def verdict(result) -> str:
     n, passed = len(result.prompts), sum(p.satisfied for p in result.prompts)
-    where = f"{n} {result.split} prompt{'s' if n != 1 else ''} ({result.mode} mode)"
+    engine = "" if result.engine == "torch" else f", run by {result.engine}"
+    where = f"{n} {result.split} prompt{'s' if n != 1 else ''} ({result.mode} mode{engine})"
     if not result.feasible:
         return f"VIOLATED: the compressed model cannot be scored on {where}: {result.reason}"
     if result.satisfied:
@@ -28,8 +29,9 @@ def print_audit(result, console: Console | None = None, *, text_width: int = 160
     console.print(f"audit of [bold]{escape(result.artifact)}[/bold] against {escape(result.base)}")
     for note in result.notes:
         console.print(f"[yellow]note:[/yellow] {escape(note)}")
+    engine = "" if result.engine == "torch" else f", run by {result.engine}"
     table = Table(title=f"robustness per property over {len(result.prompts)} {result.split} prompts "
-                        f"({result.mode} mode; >= 0 holds)")
+                        f"({result.mode} mode{engine}; >= 0 holds)")
     upper = f"violation rate (at most, {percent(result.confidence)} conf.)"
     for col, justify in (("property", "left"), ("formula", "left"), ("prompts", "right"), ("min", "right"),
                          ("median", "right"), ("holds on", "right"), (upper, "right")):
@@ -42,6 +44,8 @@ def print_audit(result, console: Console | None = None, *, text_width: int = 160
     table.add_row("[bold]all properties[/bold]", "", str(overall.prompts), "", "", f"{overall.prompts - overall.violations}/"
                   f"{overall.prompts}", _rate(overall))
     console.print(table)
+    if result.cross_check:
+        _print_cross_check(result, console)
 
     worst = result.worst()
     if worst:
@@ -59,6 +63,27 @@ def print_audit(result, console: Console | None = None, *, text_width: int = 160
     console.print(("[green]" if result.satisfied else "[red]") + escape(verdict(result)) +
                   ("[/green]" if result.satisfied else "[/red]"))
     console.print(escape(f"all properties: {overall.sentence()}"))
+
+
+def _print_cross_check(result, console) -> None:
+    """The same file's scores from torch beside the engine's, property by property."""
+    cross = result.cross_check
+    other = cross.get("engine", "torch")
+    if not cross.get("feasible", True):
+        console.print(f"{other} could not score the file: {escape(str(cross.get('reason')))}")
+        return
+    table = Table(title=f"the same file in {other} (what toggle's search measures) beside {result.engine}")
+    for col in ("property", f"{result.engine} min", f"{other} min", f"{result.engine} holds", f"{other} holds"):
+        table.add_column(col, justify="left" if col == "property" else "right")
+    for name, p in result.properties.items():
+        q = cross["properties"].get(name, {})
+        table.add_row(escape(name), _num(p.min), _num(q.get("min")), f"{p.holds}/{p.prompts}",
+                      f"{q.get('holds', 0)}/{q.get('prompts', 0)}")
+    console.print(table)
+    gap = cross.get("jsd_between_engines")
+    if gap:
+        console.print(f"next-token JSD between {result.engine} and {other} on the same file: mean {gap['mean']:.4f}, "
+                      f"max {gap['max']:.4f} bits over {gap['steps']} steps")
 
 
 def _rate(c) -> str:
