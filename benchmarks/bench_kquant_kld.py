@@ -54,7 +54,7 @@ def main(out: Path) -> None:
         write_gguf(out / "f16.gguf", lm.model, lm.tokenizer, tensors, name="smollm2-f16",
                    source=source_metadata(lm))
     suite = load_prompts(None)
-    seqs = [torch.tensor(lm.tokenizer(p.prompt).input_ids) for p in suite.split("calibration")]
+    seqs = [torch.tensor(lm.tokenizer(p.text).input_ids) for p in suite.split("calibration")]
     stats = collect_stats(lm.model, seqs, refs=refs)
     names = [r.name for r in refs]
     files = {}
