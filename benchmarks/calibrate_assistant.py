@@ -14,7 +14,6 @@ fails many: it separates plans a user would accept from plans that break behavio
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 

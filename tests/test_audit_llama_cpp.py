@@ -101,6 +101,9 @@ def test_cli_audit_with_llama_cpp_reports_both_engines(files, tmp_path, capsys):
     ll, tt = data["properties"]["coherence"]["min"], cross["properties"]["coherence"]["min"]
     assert abs(ll - tt) <= gap["max"] + 1e-6
     assert "run by llama.cpp" in text and "the same file in torch" in text and "JSD between llama.cpp and torch" in text
+    speed = data["speed"]  # llama-bench on the file: reading a prompt and generating
+    assert speed["threads"] == 1 and speed["prompt_tokens_per_s"] > 0 and speed["gen_tokens_per_s"] > 0
+    assert "generation" in text and "tokens/s" in text
 
 
 @needs_llama_cpp

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from . import llama_cpp
 from .audit import ENGINES, MODES, AuditResult, audit_models, check_split, print_audit
 from .compress.apply import PlanApplier, validate_plan
 from .compress.calibrate import ActivationStats, collect_stats
@@ -370,6 +371,8 @@ def audit(artifact, base: str | None = None, specs=None, prompts=None, split: st
     result = audit_models(candidate, base_loaded, spec_set, suite, split=split, mode=mode, worst=worst,
                           artifact=artifact_id, confidence=confidence, scorer=scorer, engine=engine)
     result.timings = {"load": round(loaded_seconds, 3), **result.timings}
+    if scorer is not None:
+        result.speed = llama_cpp.bench(artifact_path, scorer.threads)
     result.specs.update(relax=relax, overrides=dict(overrides or {}))
     result.notes[:0] = notes
     return result

@@ -85,3 +85,30 @@ def available() -> bool:
     except LlamaCppNotFound:
         return False
     return True
+
+
+def bench(gguf, threads: int, prompt_tokens: int = 64, gen_tokens: int = 16, repetitions: int = 2) -> dict:
+    """llama.cpp's own speed of a .gguf file on this machine (llama-bench): tokens per second for
+    reading a prompt of `prompt_tokens` and for generating `gen_tokens`, on `threads` threads.
+    Figures of this machine under its current load, not of the user's device."""
+    import csv
+    import io
+    import subprocess
+
+    cmd = [str(tool("llama-bench")), "-m", str(gguf), "-p", str(prompt_tokens), "-n", str(gen_tokens),
+           "-t", str(threads), "-r", str(repetitions), "-o", "csv"]
+    for _ in range(3):  # llama.cpp's asynchronous logger may drop a short run's output (exit 0, nothing printed)
+        proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace")
+        if proc.returncode:
+            raise ToggleError(f"{gguf}: llama-bench failed (exit {proc.returncode}): "
+                              f"{(proc.stderr.strip().splitlines() or ['no message'])[-1]}", exit_code=1)
+        rows = list(csv.DictReader(io.StringIO(proc.stdout)))
+        if rows:
+            break
+    else:
+        raise ToggleError(f"{gguf}: llama-bench printed no result three times", exit_code=1)
+    speed = {"threads": threads}
+    for r in rows:
+        key = "prompt_tokens_per_s" if r["n_gen"] == "0" else "gen_tokens_per_s"
+        speed[key] = float(r["avg_ts"])
+    return speed

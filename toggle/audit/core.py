@@ -140,6 +140,7 @@ class AuditResult:
     # engine llama.cpp: the same audit with torch's outputs of the same file, per property
     # {prompts, holds, min, median}, plus pass_rate and the largest per-step JSD between the two engines
     cross_check: dict | None = None
+    speed: dict | None = None  # engine llama.cpp: llama-bench's tokens/s of the file on this machine
 
     @property
     def satisfied(self) -> bool:
@@ -184,7 +185,7 @@ class AuditResult:
             "worst": [p.id for p in self.worst()],
             "prompts": [p.to_dict() for p in self.prompts],
             "signals": self.signals, "timings": self.timings, "specs": self.specs, "notes": self.notes,
-            "cross_check": self.cross_check,
+            "cross_check": self.cross_check, "speed": self.speed,
         }
 
 
