@@ -9,9 +9,12 @@ Anything missing is a LlamaCppNotFound (exit 2) saying how to install it.
 """
 from __future__ import annotations
 
+import csv
 import ctypes
+import io
 import os
 import shutil
+import subprocess
 import sys
 from functools import lru_cache
 from pathlib import Path
@@ -91,10 +94,6 @@ def bench(gguf, threads: int, prompt_tokens: int = 64, gen_tokens: int = 16, rep
     """llama.cpp's own speed of a .gguf file on this machine (llama-bench): tokens per second for
     reading a prompt of `prompt_tokens` and for generating `gen_tokens`, on `threads` threads.
     Figures of this machine under its current load, not of the user's device."""
-    import csv
-    import io
-    import subprocess
-
     cmd = [str(tool("llama-bench")), "-m", str(gguf), "-p", str(prompt_tokens), "-n", str(gen_tokens),
            "-t", str(threads), "-r", str(repetitions), "-o", "csv"]
     for _ in range(3):  # llama.cpp's asynchronous logger may drop a short run's output (exit 0, nothing printed)
