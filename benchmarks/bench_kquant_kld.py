@@ -1,5 +1,6 @@
-"""Issue 14: one toggle K-quant GGUF of the built-in model against llama.cpp's Q4_K_M preset,
-scored by llama.cpp itself (llama-perplexity --kl-divergence against an F16 base).
+"""Issue 14: toggle's ggml / ggml_iq 4-bit GGUF files of the built-in model against llama.cpp's
+presets, scored by llama.cpp itself (llama-perplexity --kl-divergence against an F16 base), with
+llama-bench's generation speed of each file.
 
     PYTHONPATH=$PWD python benchmarks/bench_kquant_kld.py OUT_DIR
 
@@ -10,6 +11,7 @@ prompts/default.yaml. Text: every 4th Python documentation topic (pydoc_data), a
 """
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -65,20 +67,23 @@ def main(out: Path) -> None:
         write_artifact(lm, plan, path, "gguf", stats=stats)
         files[f"toggle {quantizer} 4-bit, Q8_0 embedding, imatrix"] = path
     quantize = llama_cpp.tool("llama-quantize")
-    for preset in ("Q4_K_M",):
+    for preset in ("Q6_K", "Q5_K_M", "Q4_K_M", "Q3_K_M", "Q4_0", "Q2_K"):
         path = out / f"{preset}.gguf"
         run(quantize, out / "f16.gguf", path, preset, 2)
         files[f"{preset} preset"] = path
     perplexity = llama_cpp.tool("llama-perplexity")
     base = out / "base.kld"
     run(perplexity, "-m", out / "f16.gguf", "-f", out / "text.txt", "-c", 128, "-t", 2, "--kl-divergence-base", base)
-    print("| file | bytes | ppl | mean KLD | 99% KLD | same top-1 |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print(f"# load average at start {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print("| file | bytes | ppl | mean KLD | 99% KLD | same top-1 | generation tok/s (2 threads) |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for label, path in files.items():
         log = run(perplexity, "-m", path, "-f", out / "text.txt", "-c", 128, "-t", 2,
                   "--kl-divergence-base", base, "--kl-divergence")
         cells = [(re.search(pat, log) or [None, "?"])[1] for pat in PATTERNS]
-        print(f"| {label} | {path.stat().st_size:,} | " + " | ".join(cells) + "% |", flush=True)
+        speed = llama_cpp.bench(path, threads=2)["gen_tokens_per_s"]
+        print(f"| {label} | {path.stat().st_size:,} | " + " | ".join(cells) + f"% | {speed:.0f} |", flush=True)
+    print(f"# load average at end {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
 if __name__ == "__main__":
