@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from . import llama_cpp
-from .audit import ENGINES, MODES, AuditResult, audit_models, check_split, print_audit
+from .audit import MODES, AuditResult, audit_models, check_engine, check_split, print_audit
 from .compress.apply import PlanApplier, validate_plan
 from .compress.calibrate import ActivationStats, collect_stats
 from .compress.registry import stats_families
@@ -331,8 +331,7 @@ def audit(artifact, base: str | None = None, specs=None, prompts=None, split: st
     Everything a user can get wrong is checked before a model is loaded."""
     if mode not in MODES:
         raise InvalidInput(f"--mode: {mode!r} is not valid; expected teacher or free")
-    if engine not in ENGINES:
-        raise InvalidInput(f"--engine: {engine!r} is not valid; expected {' or '.join(ENGINES)}")
+    check_engine(engine, mode)
     confidence = check_level(confidence)
     spec_set = load_specs(list(specs) if isinstance(specs, (list, tuple)) else specs, overrides or {}, relax)
     suite = load_prompts(prompts)
@@ -343,9 +342,6 @@ def audit(artifact, base: str | None = None, specs=None, prompts=None, split: st
                            f"a .gguf file or a model directory")
     scorer = None
     if engine == "llama.cpp":
-        if mode != "teacher":
-            raise InvalidInput("--engine llama.cpp scores the base model's paths (teacher mode); --mode free "
-                               "generates with torch: audit with --mode teacher")
         scorer = LlamaCppScorer(artifact_path, threads=threads)  # finds llama.cpp or says how to install it
     source, artifact_id, _ = resolve(str(artifact_path))
     manifest = read_manifest(Path(artifact_id)) if source == "toggle" else None

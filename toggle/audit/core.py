@@ -189,6 +189,15 @@ class AuditResult:
         }
 
 
+def check_engine(engine: str, mode: str) -> None:
+    """An engine toggle knows, in a mode it can audit in (an engine other than torch: teacher only)."""
+    if engine not in ENGINES:
+        raise InvalidInput(f"--engine: {engine!r} is not valid; expected {' or '.join(ENGINES)}")
+    if engine != "torch" and mode != "teacher":
+        raise InvalidInput(f"--engine {engine} scores the base model's paths (teacher mode); --mode free "
+                           f"generates with torch: audit with --mode teacher")
+
+
 def check_split(suite, split: str, spec_set) -> None:
     """The split exists, has prompts, and has gold answers when the specs need them."""
     if split not in SPLITS:
@@ -223,9 +232,8 @@ def audit_models(candidate, base, spec_set, suite, *, split: str = "heldout", mo
     if mode not in MODES:
         raise InvalidInput(f"--mode: {mode!r} is not valid; expected teacher or free")
     confidence = check_level(confidence)
-    if scorer is not None and mode != "teacher":
-        raise InvalidInput(f"--engine {engine} scores the base model's paths (teacher mode); --mode free "
-                           f"generates with torch: audit with --mode teacher")
+    if scorer is not None:
+        check_engine(engine, mode)
     check_split(suite, split, spec_set)
     check_compatible(candidate, base, spec_set)
     chosen = suite.split(split)
@@ -253,30 +261,30 @@ def audit_models(candidate, base, spec_set, suite, *, split: str = "heldout", mo
             trace = trace_along(base, paths, spec_set.needs, spec_set.options, split=split)
         timings["trace"] = clock() - t1
     t1 = clock()
-    outputs = {}  # engine -> the candidate's outputs, kept to compare the engines
-
-    def recorded(name, score):
-        def run(*args, **kw):
-            outputs[name] = score(*args, **kw)
-            return outputs[name]
-        return run
-
-    engine_scorer = None
+    cross, engine_run, torch_out, engine_out = None, None, {}, {}
     if scorer is not None:
-        engine_scorer = recorded(engine, _with_internals_from_torch(scorer, candidate))
-    with _weights(applier, None):
-        evaluation = Evaluator(candidate, spec_set, trace, applier, scorer=engine_scorer).evaluate(plan)
-    timings["evaluate"] = clock() - t1
-    cross = None
-    if scorer is not None:
-        t1 = clock()
-        torch_scorer = recorded("torch", lambda paths, needs, options, **kw: score_paths(candidate.model, paths, needs,
-                                                                                         options, **kw))
+        # torch first: its outputs are the cross-check, and they give the engine's run the
+        # hidden states and attention llama.cpp does not expose (the same paths, in the same
+        # order: both evaluations score the whole trace in one pass)
+        def torch_scorer(paths, needs, options, **kw):
+            torch_out["out"] = score_paths(candidate.model, paths, needs, options, **kw)
+            return torch_out["out"]
+
+        def engine_scorer(paths, needs, options, **kw):
+            out = engine_out["out"] = scorer(paths, frozenset(needs) - {HIDDEN, ATTENTION}, options, **kw)
+            out.hidden, out.attn = torch_out["out"].hidden, torch_out["out"].attn
+            return out
+
         with _weights(applier, None):
             cross = _cross_check(Evaluator(candidate, spec_set, trace, applier, scorer=torch_scorer).evaluate(plan),
                                  spec_set, trace)
-        cross["jsd_between_engines"] = _engine_gap(outputs.get(engine), outputs.get("torch"))
         timings["torch_cross_check"] = clock() - t1
+        engine_run, t1 = engine_scorer, clock()
+    with _weights(applier, None):
+        evaluation = Evaluator(candidate, spec_set, trace, applier, scorer=engine_run).evaluate(plan)
+    timings["evaluate"] = clock() - t1
+    if cross is not None:
+        cross["jsd_between_engines"] = _engine_gap(engine_out.get("out"), torch_out.get("out"))
 
     by_id = {p.id: p for p in chosen}
     rows = []
@@ -372,19 +380,6 @@ def _property_audit(prop, rows: list[PromptAudit], feasible: bool, confidence: f
     # +inf (vacuously true on a prompt) is >= 0: it holds
     return PropertyAudit(prop.name, prop.formula, len(values), sum(v >= 0 for v in values), min(values),
                          statistics.median(values), confidence)
-
-
-def _with_internals_from_torch(scorer, candidate):
-    """`scorer` for the logit signals, torch on the same weights for hidden states and attention."""
-    def run(paths, needs, options, **kw):
-        needs = frozenset(needs)
-        internal = needs & {HIDDEN, ATTENTION}
-        out = scorer(paths, needs - internal, options, **kw)
-        if internal:
-            torch_out = score_paths(candidate.model, paths, internal, options, **kw)
-            out.hidden, out.attn = torch_out.hidden, torch_out.attn
-        return out
-    return run
 
 
 def _cross_check(evaluation, spec_set, trace) -> dict:

@@ -80,12 +80,12 @@ def _print_cross_check(result, console) -> None:
         table.add_row(escape(name), _num(p.min), _num(q.get("min")), f"{p.holds}/{p.prompts}",
                       f"{q.get('holds', 0)}/{q.get('prompts', 0)}")
     console.print(table)
-    gap = cross.get("jsd_between_engines")
     if result.speed:
         sp = result.speed
         console.print(f"llama.cpp speed of the file on this machine (llama-bench, {sp['threads']} threads): "
                       f"prompt {sp.get('prompt_tokens_per_s', 0):.0f} tokens/s, generation "
                       f"{sp.get('gen_tokens_per_s', 0):.0f} tokens/s")
+    gap = cross.get("jsd_between_engines")
     if gap:
         console.print(f"next-token JSD between {result.engine} and {other} on the same file: mean {gap['mean']:.4f}, "
                       f"max {gap['max']:.4f} bits over {gap['steps']} steps")

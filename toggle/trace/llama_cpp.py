@@ -26,7 +26,6 @@ from ..signals import ATTENTION, GOLD, HIDDEN, LOGPROBS
 from .score import StepOutputs, TokenPath
 
 HELPER = "toggle-llama-logits"
-SUPPORTED = frozenset({LOGPROBS, GOLD})
 
 
 class LlamaCppError(ToggleError):
