@@ -210,22 +210,33 @@ def test_library_decoding_matches_the_gguf_package():
             assert not np.array_equal(ggml.quantize_rows(w, qtype, weights), raw), qtype
 
 
-def _run(tool: str, *args: str) -> str:
+def _run(tool: str, *args: str, complete=bool) -> str:
     # The llama.cpp these tests build (llama-cpp-python 0.3.36's vendored copy) prints through an
-    # asynchronous logger that now and then stops mid-run and exits 0 with nothing on stdout
-    # (seen in CI and here, about one short run in five, with stderr cut after "threadpool init").
-    # Such a run says nothing about the file, so it is run again, at most five times.
+    # asynchronous logger that now and then stops mid-run and exits 0 with its output cut short:
+    # nothing on stdout (seen in CI and here, about one short run in five, with stderr cut after
+    # "threadpool init"), or part of it (CI: "The capital of" for a prompt of "The capital of
+    # France"). Such a run says nothing about the file, so it is run again, at most five times,
+    # until `complete` holds for what it printed; the caller then checks what that says.
     for _ in range(5):
         proc = subprocess.run([str(llama_cpp.tool(tool)), *args], capture_output=True, text=True, errors="replace",
                               timeout=300)
         assert proc.returncode == 0, f"{tool} {' '.join(args)}: {proc.stderr[-2000:]}"
-        if proc.stdout:
+        if complete(proc.stdout):
             break
     return proc.stdout
 
 
+def _completion(path, prompt: str, *args: str) -> str:
+    """llama-completion's greedy text for `prompt`, the prompt echoed first; an output shorter than
+    the prompt is a cut-off run (see _run), not an answer."""
+    return _run("llama-completion", "-m", str(path), "-p", prompt, "--temp", "0", "-no-cnv", *args,
+                complete=lambda out: len(out) >= len(prompt))
+
+
 def _tokens(path, text: str) -> str:
-    return _run("llama-tokenize", "-m", str(path), "-p", text, "--ids", "--log-disable").strip().splitlines()[-1]
+    out = _run("llama-tokenize", "-m", str(path), "-p", text, "--ids", "--log-disable",
+               complete=lambda out: out.rstrip().endswith("]"))
+    return out.strip().splitlines()[-1]
 
 
 @needs_llama_cpp
@@ -248,13 +259,13 @@ def test_llama_cpp_runs_every_gguf_toggle_writes(arch, tiny_llama_dir, tiny_gpt2
     for i, (model, plan, stats) in enumerate(plans):
         path = tmp_path / f"m{i}.gguf"
         write_gguf(model, plan, path, stats=stats)
-        out = _run("llama-completion", "-m", str(path), "-p", "The capital of France", "-n", "4", "--temp", "0",
-                   "-t", "1", "-no-cnv")
+        out = _completion(path, "The capital of France", "-n", "4", "-t", "1")
         # The prompt comes back through llama.cpp's tokenizer and detokenizer. What a random tiny
         # model generates may be end-of-text at once (seen in CI), so generation is shown by
         # llama-bench's timed 4-token generation instead of by the completion's text.
         assert out.startswith("The capital of France")
-        bench = _run("llama-bench", "-m", str(path), "-p", "8", "-n", "4", "-t", "1", "-r", "1", "-o", "csv")
+        bench = _run("llama-bench", "-m", str(path), "-p", "8", "-n", "4", "-t", "1", "-r", "1", "-o", "csv",
+                     complete=lambda out: len(out.strip().splitlines()) >= 3)  # the header and two rows
         rows = list(csv.DictReader(io.StringIO(bench)))
         assert [(r["n_prompt"], r["n_gen"]) for r in rows] == [("8", "0"), ("0", "4")]
         assert all(float(r["avg_ts"]) > 0 for r in rows)
@@ -281,6 +292,5 @@ def test_builtin_model_kquants_tokenize_like_the_source_and_run(builtin_model, t
     assert {kinds[n] for n in kinds if not n.endswith("down_proj")} == {"Q5_0"}
     for text in (TEXT, "def f(x):\n    return x * 12  # twelve\n", "  Spaces,\ttabs and ünïcödé 123456"):
         assert _tokens(info.path, text) == _tokens(lm.source_path, text), text
-    out = _run("llama-completion", "-m", str(info.path), "-p", "The capital of France is", "-n", "4",
-               "--temp", "0", "-t", "2", "-no-cnv")
+    out = _completion(info.path, "The capital of France is", "-n", "4", "-t", "2")
     assert out.startswith("The capital of France is") and len(out) > len("The capital of France is")

@@ -20,6 +20,7 @@ from pathlib import Path
 from search_inputs import write_search_inputs
 
 import optuna
+import pytest
 import yaml
 
 from toggle.plan import Plan
@@ -215,3 +216,29 @@ def test_sigterm_at_every_stage_boundary_saves_and_exits_130(tiny_llama_dir, tmp
         check_run_dir(run, complete=False)
     print(f"boundaries passed before the signal could be sent: {missed}")
     assert set(missed) <= {"run directory:"}, missed
+
+
+def test_an_interrupt_while_optuna_records_a_trial_is_an_interrupt(monkeypatch):
+    """Seen with SIGTERM in CI: an interrupt inside optuna's tell made optuna fail on its own unset
+    local (UnboundLocalError), which the CLI then could not tell from a bug. It reaches the caller
+    as the KeyboardInterrupt, and the trial stays RUNNING for the next run to recover."""
+    from toggle.search.study import _optimize_one
+
+    study = optuna.create_study()
+    real = study._storage.set_trial_state_values
+
+    def interrupted(trial_id, state, values=None):
+        if state == optuna.trial.TrialState.COMPLETE:
+            raise KeyboardInterrupt("signal 15")
+        return real(trial_id, state, values)
+
+    monkeypatch.setattr(study._storage, "set_trial_state_values", interrupted)
+    try:
+        _optimize_one(study, lambda trial: trial.suggest_float("x", 0, 1))
+    except KeyboardInterrupt as e:
+        assert str(e) == "signal 15"
+    else:
+        raise AssertionError("the interrupt was lost")
+    assert [t.state for t in study.get_trials(deepcopy=False)] == [optuna.trial.TrialState.RUNNING]
+    with pytest.raises(ValueError, match="not a float"):  # any other error is left as it is
+        _optimize_one(study, lambda trial: float("not a float"))

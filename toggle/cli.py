@@ -18,6 +18,7 @@ import os
 import signal
 import sys
 import threading
+import traceback
 import warnings
 
 from rich.console import Console
@@ -25,11 +26,11 @@ from rich.markup import escape
 from rich.table import Table
 
 from . import __version__
-from .errors import BAD_INPUT, INTERRUPTED, ToggleError
+from .errors import BAD_INPUT, INTERNAL_ERROR, INTERRUPTED, ToggleError
 from .files import atomic_write_json
 from .units import format_bytes
 
-EPILOG_EXIT = "exit codes: 0 success, 1 specs not satisfied, 2 bad input, 130 interrupted"
+EPILOG_EXIT = "exit codes: 0 success, 1 specs not satisfied, 2 bad input, 70 internal error, 130 interrupted"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -315,6 +316,12 @@ def run() -> None:
         code = _main(sys.argv[1:])
     except SystemExit as e:  # argparse's --help (0) and usage errors (2), already printed
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else BAD_INPUT)
+    except KeyboardInterrupt:  # a signal in the moment between the command's end and here
+        print("toggle: interrupted", file=sys.stderr)
+    except BaseException:  # a bug: say so, with the traceback, rather than leave with a silent 130
+        code = INTERNAL_ERROR
+        print("toggle: internal error (a bug in toggle; please report it with this traceback):", file=sys.stderr)
+        traceback.print_exc()
     finally:
         _exit_now(code)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 BAD_INPUT = 2
 NOT_SATISFIED = 1
 INTERRUPTED = 130
+INTERNAL_ERROR = 70  # EX_SOFTWARE: a bug in toggle, not the user's input
 
 
 class ToggleError(Exception):

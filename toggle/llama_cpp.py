@@ -96,16 +96,18 @@ def bench(gguf, threads: int, prompt_tokens: int = 64, gen_tokens: int = 16, rep
     Figures of this machine under its current load, not of the user's device."""
     cmd = [str(tool("llama-bench")), "-m", str(gguf), "-p", str(prompt_tokens), "-n", str(gen_tokens),
            "-t", str(threads), "-r", str(repetitions), "-o", "csv"]
-    for _ in range(3):  # llama.cpp's asynchronous logger may drop a short run's output (exit 0, nothing printed)
+    # llama.cpp's asynchronous logger may cut a short run's output (exit 0, nothing or part of it
+    # printed): a run without both rows (prompt, generation) is run again.
+    for _ in range(3):
         proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace")
         if proc.returncode:
             raise ToggleError(f"{gguf}: llama-bench failed (exit {proc.returncode}): "
                               f"{(proc.stderr.strip().splitlines() or ['no message'])[-1]}", exit_code=1)
-        rows = list(csv.DictReader(io.StringIO(proc.stdout)))
-        if rows:
+        rows = [r for r in csv.DictReader(io.StringIO(proc.stdout)) if r.get("avg_ts") and r.get("n_gen")]
+        if {r["n_gen"] == "0" for r in rows} == {True, False}:
             break
     else:
-        raise ToggleError(f"{gguf}: llama-bench printed no result three times", exit_code=1)
+        raise ToggleError(f"{gguf}: llama-bench printed no complete result three times", exit_code=1)
     speed = {"threads": threads}
     for r in rows:
         key = "prompt_tokens_per_s" if r["n_gen"] == "0" else "gen_tokens_per_s"

@@ -213,7 +213,7 @@ def run_study(objective: Objective, budget_bytes: int, *, profile: SearchProfile
             if getattr(chosen, "exhausted", None) and chosen.exhausted(study):
                 bar.print(f"{chosen.name}: every rung of the ladder within the budget has been evaluated")
                 break
-            study.optimize(func, n_trials=1, catch=())
+            _optimize_one(study, func)
             rows = trial_rows(study, space.params)
             best = best_row(rows, objective_kind, budget_bytes)
             last = rows[-1] if rows else None
@@ -336,6 +336,18 @@ def warm_starts(path, est, costs, budget_bytes, objective_kind, levels=(0.05, 0.
     if fits and not out:
         out.append(path[fits[0]])  # the least compressed plan along the path that fits
     return out
+
+
+def _optimize_one(study, func) -> None:
+    """One trial. An interrupt that lands while optuna records the trial's end makes optuna's
+    _run_trial fail on its own unset local (UnboundLocalError, its context the KeyboardInterrupt):
+    that is the interrupt, and is raised as one; the trial, left RUNNING, is recovered next run."""
+    try:
+        study.optimize(func, n_trials=1, catch=())
+    except Exception as e:
+        if isinstance(e.__context__, KeyboardInterrupt):
+            raise e.__context__ from None
+        raise
 
 
 def _trial_function(space: SearchSpace, objective: Objective, sampler, budget_bytes: float, objective_kind: str,
