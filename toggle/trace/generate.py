@@ -27,8 +27,14 @@ def end_tokens(model, tokenizer) -> frozenset[int]:
     return frozenset(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])
 
 
+# Sequences per generate() call. Greedy decoding of a small model on a CPU is bound by the weights
+# read per step, so wider batches amortise them: 96 held-out prompts x 32 steps on SmolLM2-135M,
+# 2 cores, took 39 s at 8, 27 s at 16, 21 s at 32 and 20 s at 48-96, with identical tokens.
+GENERATE_BATCH = 32
+
+
 def generate_paths(model, tokenizer, encoded: list[EncodedPrompt], settings: GenerationSettings,
-                   *, batch_size: int = 8) -> list[tuple[int, ...]]:
+                   *, batch_size: int = GENERATE_BATCH) -> list[tuple[int, ...]]:
     """Greedy continuations (token ids, ending with EOS when the model stopped)."""
     eos_ids = end_tokens(model, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (min(eos_ids) if eos_ids else 0)
