@@ -41,6 +41,19 @@ def run(*args) -> str:
     return proc.stdout + proc.stderr
 
 
+def f16_file(lm, out: Path) -> Path:
+    """OUT/f16.gguf: the model's de-quantised weights at F16, the base every KLD is measured against."""
+    path = out / "f16.gguf"
+    if not path.exists():
+        refs = compressible_modules(lm.model)
+        tensors = {f"{r.name}.weight": ("F16", lm.model.get_submodule(r.name).weight.detach().half().numpy())
+                   for r in refs}
+        for n, t in stored_other_tensors(lm.model, refs).items():
+            tensors.setdefault(n, ("F32", t.detach().float().numpy()))
+        write_gguf(path, lm.model, lm.tokenizer, tensors, name="smollm2-f16", source=source_metadata(lm))
+    return path
+
+
 def main(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     from pydoc_data.topics import topics
@@ -48,13 +61,7 @@ def main(out: Path) -> None:
     (out / "text.txt").write_text(text)
     lm = load_model("smollm2-135m")
     refs = compressible_modules(lm.model)
-    if not (out / "f16.gguf").exists():
-        tensors = {f"{r.name}.weight": ("F16", lm.model.get_submodule(r.name).weight.detach().half().numpy())
-                   for r in refs}
-        for n, t in stored_other_tensors(lm.model, refs).items():
-            tensors.setdefault(n, ("F32", t.detach().float().numpy()))
-        write_gguf(out / "f16.gguf", lm.model, lm.tokenizer, tensors, name="smollm2-f16",
-                   source=source_metadata(lm))
+    f16_file(lm, out)
     suite = load_prompts(None)
     seqs = [torch.tensor(lm.tokenizer(p.text).input_ids) for p in suite.split("calibration")]
     stats = collect_stats(lm.model, seqs, refs=refs)

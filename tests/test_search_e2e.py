@@ -72,3 +72,22 @@ def test_builtin_model_search_writes_a_run_directory(user_cache, tmp_path):
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert code in (0, 1) and summary["trials"] == 3 and summary["budget_bytes"] == 100_000_000
     assert summary["base_size_bytes"] > 250_000_000
+
+
+@pytest.mark.skipif(not __import__("toggle.llama_cpp", fromlist=["available"]).available(),
+                    reason="llama.cpp is not installed (tools/build_llama_cpp.sh)")
+def test_a_gguf_search_reports_the_files_speed_in_llama_cpp(tiny_llama_dir, tmp_path, capsys):
+    """The GGUF profile's winner is written as a .gguf file and llama-bench measures it: tokens/s
+    generating and reading a prompt, in summary.json and in the last lines."""
+    (tmp_path / "p.yaml").write_text(PROMPTS)
+    (tmp_path / "s.stl").write_text("const eps = 0.2\ncoherence = always[0:7] (jsd <= eps)\n")
+    main(["search", str(tiny_llama_dir), "--budget", "1MB", "--specs", str(tmp_path / "s.stl"), "--profile", "gguf",
+          "--prompts", str(tmp_path / "p.yaml"), "--trials", "2", "--out", str(tmp_path / "run")])
+    out = capsys.readouterr().out
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    artifact = summary["artifact"]
+    assert artifact["format"] == "gguf" and (tmp_path / "run" / artifact["path"]).suffix == ".gguf"
+    speed = artifact["speed"]
+    assert speed["threads"] >= 1 and speed["gen_tokens_per_s"] > 0 and speed["prompt_tokens_per_s"] > 0
+    assert "source" not in speed  # the tiny model was loaded from safetensors, not a GGUF file
+    assert f"llama.cpp speed on this machine (llama-bench, {speed['threads']} threads): " in out

@@ -29,7 +29,7 @@ from .compress.registry import stats_families
 from .confidence import DEFAULT_LEVEL, check_level
 from .confidence import describe as describe_confidence
 from .cost import CostModel
-from .errors import InvalidInput
+from .errors import InvalidInput, ToggleError
 from .evaluate import Evaluator
 from .files import finite_or_none, json_digest
 from .formats import ArtifactInfo, get_format, read_manifest
@@ -129,6 +129,9 @@ def search(model: str, budget: str | Budget, *, specs=None, prompts=None, profil
                                    "weights_file_bytes": info.weights_file_bytes, "total_bytes": info.total_bytes,
                                    "accounted_bytes": info.cost.bytes, "tensor_bytes_on_disk": info.tensor_bytes_on_disk,
                                    "accounted_tensor_bytes": info.cost.tensor_bytes, **info.meta}
+            if info.fmt == "gguf":
+                say("measuring the file's speed in llama.cpp (llama-bench)")
+                summary["artifact"]["speed"] = gguf_speed(info.path, loaded.source_path)
 
     budget_bytes = budget.resolve(cost_model.compressible_params, cost_model.other_bytes)
     result = run_study(full, budget_bytes, profile=search_profile, run_dir=run.path, trials=trials, sampler=sampler,
@@ -138,6 +141,22 @@ def search(model: str, budget: str | Budget, *, specs=None, prompts=None, profil
     say("writing the report")
     write_report(run.path)
     return result
+
+
+def gguf_speed(gguf: Path, source: Path | None = None, threads: int | None = None) -> dict:
+    """llama-bench's tokens/s of a written .gguf file on this machine (torch's thread count), and of
+    the GGUF file the model was loaded from, for comparison: llama.cpp's types differ in speed as
+    well as size (Q4_1 runs at about half Q4_0's speed on a CPU). Without llama.cpp: why not."""
+    threads = threads or torch.get_num_threads()
+    if not llama_cpp.available():
+        return {"skipped": "llama.cpp is not installed (tools/build_llama_cpp.sh)"}
+    try:
+        speed = {**llama_cpp.bench(gguf, threads), "measured_on": "this machine, under its current load"}
+        if source is not None and Path(source).suffix == ".gguf":
+            speed["source"] = {"file": Path(source).name, **llama_cpp.bench(source, threads)}
+    except ToggleError as e:  # the file is written and audited; a failed benchmark says so
+        return {"skipped": e.message}
+    return speed
 
 
 def study_identity(loaded, trace, spec_set, suite, profile) -> dict:
@@ -239,6 +258,17 @@ def final_lines(result: SearchResult) -> list[str]:
         lines.append(f"compressed model: {Path(result.run_dir) / artifact['path']} ({artifact['format']} format, weights file "
                      f"{format_bytes(artifact['weights_file_bytes'])}, {artifact['total_bytes']:,} bytes with "
                      f"config and tokenizer)")
+        speed = artifact.get("speed") or {}
+        if "gen_tokens_per_s" in speed:
+            line = (f"llama.cpp speed on this machine (llama-bench, {speed['threads']} threads): "
+                    f"{speed['gen_tokens_per_s']:.0f} tokens/s generating, {speed['prompt_tokens_per_s']:.0f} reading a prompt")
+            if "source" in speed:
+                src = speed["source"]
+                line += (f"; the loaded {src['file']}: {src['gen_tokens_per_s']:.0f} and "
+                         f"{src['prompt_tokens_per_s']:.0f}")
+            lines.append(line)
+        elif speed.get("skipped"):
+            lines.append(f"llama.cpp speed: not measured ({speed['skipped']})")
     lines.append(f"run directory: {result.run_dir}")
     return lines
 
