@@ -4,8 +4,8 @@ llama.cpp's presets, each scored by llama.cpp itself and audited on the held-out
     PYTHONPATH=$PWD python benchmarks/bench_gguf.py [--budgets 86MB,91MB,96MB] [--trials 12] [--out DIR]
 
 toggle's files: `toggle search smollm2-135m --profile gguf-kquant --objective margin --budget B`
-(the most robust plan of llama.cpp's own types that fits B; no plan of that menu satisfies the
-default specs below 98 MB, BENCHMARKS.md), the file the search writes (RUN/model), plus the exact
+(the most robust plan of llama.cpp's own types that fits B), the file the search writes
+(RUN/model), plus the exact
 plan (every block Q4_1, embedding Q8_0: what the de-quantised weights came from). Presets:
 llama-quantize from the F16 file of the de-quantised weights, without an importance matrix.
 Per file: bytes on disk; llama-perplexity --kl-divergence against the F16 file (every 4th pydoc
@@ -18,12 +18,11 @@ writes no model), the search's most robust plan is written here, with the search
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_kquant_kld import PATTERNS, f16_file, run as run_tool  # noqa: E402
+from bench_kquant_kld import kld_base, kld_scores, run as run_tool  # noqa: E402
 from common import Run, table  # noqa: E402
 
 from toggle import api, llama_cpp  # noqa: E402
@@ -38,15 +37,6 @@ from toggle.plan import Methods, ModuleSetting, Plan  # noqa: E402
 PRESETS = ("Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q3_K_M", "Q4_0", "Q2_K")
 
 
-def scored_by_llama_cpp(path: Path, out: Path, base_kld: Path) -> dict:
-    log = run_tool(llama_cpp.tool("llama-perplexity"), "-m", path, "-f", out / "text.txt", "-c", 128, "-t", 2,
-                   "--kl-divergence-base", base_kld, "--kl-divergence")
-    cells = [(re.search(pat, log) or [None, None])[1] for pat in PATTERNS]
-    ppl, kld, p99, top1 = (float(c) if c is not None else None for c in cells)
-    return {"bytes": path.stat().st_size, "ppl": ppl, "kld_mean": kld, "kld_p99": p99, "same_top1_pct": top1,
-            "gen_tok_s": llama_cpp.bench(path, threads=2)["gen_tokens_per_s"]}
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--budgets", default="86MB,91MB,96MB")
@@ -55,15 +45,8 @@ def main() -> None:
     args = ap.parse_args()
     bench = Run("bench_gguf", threads=2)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    from pydoc_data.topics import topics
-    (out / "text.txt").write_text("\n\n".join(topics[k] for k in sorted(topics)[::4]))
     lm = load_model("smollm2-135m")
-    f16 = f16_file(lm, out)
-    base_kld = out / "base.kld"
-    if not base_kld.exists():
-        run_tool(llama_cpp.tool("llama-perplexity"), "-m", f16, "-f", out / "text.txt", "-c", 128, "-t", 2,
-                 "--kl-divergence-base", base_kld)
+    kld_base(lm, out)
     rows, searched = [], {}
 
     def add(row: dict) -> None:
@@ -75,36 +58,36 @@ def main() -> None:
     files = {}
     for budget in args.budgets.split(","):
         run_dir = out / f"run-{budget}"
-        done = load_run(run_dir).summary if (run_dir / "summary.json").exists() else {}
-        if done.get("trials", 0) >= args.trials and not done.get("interrupted"):
-            s = done  # finished by an earlier run of this benchmark
-        else:
-            s = api.search("smollm2-135m", budget, profile="gguf-kquant", objective="margin", trials=args.trials,
-                           out=run_dir, progress=False).summary
+        fresh = not (run_dir / "summary.json").exists()
+        run = None if fresh else load_run(run_dir)
+        if fresh or run.summary.get("trials", 0) < args.trials or run.summary.get("interrupted"):
+            api.search("smollm2-135m", budget, profile="gguf-kquant", objective="margin", trials=args.trials,
+                       out=run_dir, progress=False)
+            run = load_run(run_dir)
+        s = run.summary
         stats = ActivationStats.load(run_dir / STATS)  # the calibration prompts' statistics (imatrix)
         label = f"toggle search --objective margin --budget {budget} (trial {s['best_trial']})"
-        # a rerun that resumed the study: its seconds are those of the last run
-        searched[label] = {"search_seconds": s["wall_seconds"], "satisfied": s["satisfied"],
+        # the search's own seconds only when this run did all of it (a resumed study's are the last part's)
+        searched[label] = {"search_seconds": s["wall_seconds"] if fresh else None, "satisfied": s["satisfied"],
                            "calibration_min_margin": s["min_margin"]}
         if "artifact" in s:
             files[label] = run_dir / s["artifact"]["path"]
         else:  # no plan satisfies the specs: the search writes none, the most robust one is written here
-            run = load_run(run_dir)
             plan = plan_for(run, run.trial(s["best_trial"]))
             files[label] = out / f"toggle-margin-{budget}.gguf"
             api.write_artifact(lm, plan, files[label], "gguf", stats=stats)
     names = [r.name for r in compressible_modules(lm.model)]
     exact = Plan.uniform(lm.model_id, names, ModuleSetting(bits=4), Methods(quantizer="rtn", group_size=32, symmetric=False))
-    exact = exact.with_setting(names[0], ModuleSetting(bits=8, quantizer="ggml"))  # Q8_0
+    exact = exact.with_setting(names[0], ModuleSetting(bits=8, quantizer="ggml"))  # Q8_0, needs the statistics
     files["toggle exact plan (Q4_1 blocks, Q8_0 embedding)"] = out / "toggle-exact.gguf"
     api.write_artifact(lm, exact, files["toggle exact plan (Q4_1 blocks, Q8_0 embedding)"], "gguf", stats=stats)
     for preset in PRESETS:
         files[f"{preset} preset"] = out / f"{preset}.gguf"
         if not files[f"{preset} preset"].exists():
-            run_tool(llama_cpp.tool("llama-quantize"), f16, files[f"{preset} preset"], preset, 2)
+            run_tool(llama_cpp.tool("llama-quantize"), out / "f16.gguf", files[f"{preset} preset"], preset, 2)
     for label, path in files.items():
         audit = api.audit(path, base="smollm2-135m", split="heldout")
-        add({"file": label, **scored_by_llama_cpp(path, out, base_kld),
+        add({"file": label, **kld_scores(path, out),
              "heldout_pass": sum(p.satisfied for p in audit.prompts), "heldout_prompts": len(audit.prompts),
              "heldout_min_margin": min(p.min for p in audit.properties.values() if p.min is not None),
              **searched.get(label, {})})

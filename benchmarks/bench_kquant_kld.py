@@ -54,14 +54,33 @@ def f16_file(lm, out: Path) -> Path:
     return path
 
 
-def main(out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
+def kld_base(lm, out: Path) -> Path:
+    """OUT/text.txt (every 4th pydoc topic), OUT/f16.gguf and llama-perplexity's saved logits of the
+    F16 file on that text (OUT/base.kld), which every file's KLD is measured against."""
     from pydoc_data.topics import topics
-    text = "\n\n".join(topics[k] for k in sorted(topics)[::4])
-    (out / "text.txt").write_text(text)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "text.txt").write_text("\n\n".join(topics[k] for k in sorted(topics)[::4]))
+    f16, base = f16_file(lm, out), out / "base.kld"
+    if not base.exists():
+        run(llama_cpp.tool("llama-perplexity"), "-m", f16, "-f", out / "text.txt", "-c", 128, "-t", 2,
+            "--kl-divergence-base", base)
+    return base
+
+
+def kld_scores(path: Path, out: Path) -> dict:
+    """One file against OUT/base.kld: bytes, PPL(Q), mean and 99% KLD, same top-1 (%), and
+    llama-bench's generation tokens/s on 2 threads."""
+    log = run(llama_cpp.tool("llama-perplexity"), "-m", path, "-f", out / "text.txt", "-c", 128, "-t", 2,
+              "--kl-divergence-base", out / "base.kld", "--kl-divergence")
+    ppl, kld, p99, top1 = (float(m[1]) if m else None for m in (re.search(pat, log) for pat in PATTERNS))
+    return {"bytes": path.stat().st_size, "ppl": ppl, "kld_mean": kld, "kld_p99": p99, "same_top1_pct": top1,
+            "gen_tok_s": llama_cpp.bench(path, threads=2)["gen_tokens_per_s"]}
+
+
+def main(out: Path) -> None:
     lm = load_model("smollm2-135m")
     refs = compressible_modules(lm.model)
-    f16_file(lm, out)
+    kld_base(lm, out)
     suite = load_prompts(None)
     seqs = [torch.tensor(lm.tokenizer(p.text).input_ids) for p in suite.split("calibration")]
     stats = collect_stats(lm.model, seqs, refs=refs)
@@ -78,18 +97,13 @@ def main(out: Path) -> None:
         path = out / f"{preset}.gguf"
         run(quantize, out / "f16.gguf", path, preset, 2)
         files[f"{preset} preset"] = path
-    perplexity = llama_cpp.tool("llama-perplexity")
-    base = out / "base.kld"
-    run(perplexity, "-m", out / "f16.gguf", "-f", out / "text.txt", "-c", 128, "-t", 2, "--kl-divergence-base", base)
     print(f"# load average at start {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print("| file | bytes | ppl | mean KLD | 99% KLD | same top-1 | generation tok/s (2 threads) |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for label, path in files.items():
-        log = run(perplexity, "-m", path, "-f", out / "text.txt", "-c", 128, "-t", 2,
-                  "--kl-divergence-base", base, "--kl-divergence")
-        cells = [(re.search(pat, log) or [None, "?"])[1] for pat in PATTERNS]
-        speed = llama_cpp.bench(path, threads=2)["gen_tokens_per_s"]
-        print(f"| {label} | {path.stat().st_size:,} | " + " | ".join(cells) + f"% | {speed:.0f} |", flush=True)
+        r = kld_scores(path, out)
+        cells = ["?" if r[k] is None else f"{r[k]:g}" for k in ("ppl", "kld_mean", "kld_p99", "same_top1_pct")]
+        print(f"| {label} | {r['bytes']:,} | " + " | ".join(cells) + f"% | {r['gen_tok_s']:.0f} |", flush=True)
     print(f"# load average at end {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
