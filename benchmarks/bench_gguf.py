@@ -2,6 +2,7 @@
 llama.cpp's presets, each scored by llama.cpp itself and audited on the held-out prompts.
 
     PYTHONPATH=$PWD python benchmarks/bench_gguf.py [--budgets 86MB,91MB,96MB] [--trials 12] [--out DIR]
+        [--presets Q8_0,Q6_K,...] [--splits calibration,heldout] [--engine torch|llama.cpp] [--name NAME]
 
 toggle's files: `toggle search smollm2-135m --profile gguf-kquant --objective margin --budget B`
 (the most robust plan of llama.cpp's own types that fits B), the file the search writes
@@ -12,7 +13,9 @@ Per file: bytes on disk; llama-perplexity --kl-divergence against the F16 file (
 topic, 7.8k tokens, -c 128): perplexity on those tokens (toggle's files tokenise as the source),
 mean and 99th-percentile KLD, same top-1; llama-bench generation tokens/s (2 threads); and the
 held-out audit (283 prompts, default specs, teacher mode in torch on the file's weights) for the
-presets and toggle's files alike. When no plan of a budget satisfies the specs (the search then
+presets and toggle's files alike, and the same audit on the 30 calibration prompts (what a
+search constrains): a file "satisfies the default specs" on a split when every property holds on
+every prompt of it. When no plan of a budget satisfies the specs (the search then
 writes no model), the search's most robust plan is written here, with the search's statistics.
 """
 from __future__ import annotations
@@ -42,8 +45,13 @@ def main() -> None:
     ap.add_argument("--budgets", default="86MB,91MB,96MB")
     ap.add_argument("--trials", type=int, default=12)
     ap.add_argument("--out", default="/tmp/toggle-bench-gguf")
+    ap.add_argument("--presets", default=",".join(PRESETS), help="llama-quantize presets to score (comma-separated)")
+    ap.add_argument("--splits", default="calibration,heldout", help="prompt splits every file is audited on")
+    ap.add_argument("--name", default="bench_gguf", help="results file name under benchmarks/results/")
+    ap.add_argument("--engine", default="torch", choices=("torch", "llama.cpp"),
+                    help="what computes each file's outputs in the audits (llama.cpp: torch's figures beside)")
     args = ap.parse_args()
-    bench = Run("bench_gguf", threads=2)
+    bench = Run(args.name, threads=2)
     out = Path(args.out)
     lm = load_model("smollm2-135m")
     kld_base(lm, out)
@@ -52,8 +60,9 @@ def main() -> None:
     def add(row: dict) -> None:
         rows.append(row)
         bench.finish(rows, final=False)
-        print(f"{row['file']}: {row['bytes']:,} B, KLD {row['kld_mean']}, held-out {row['heldout_pass']}/"
-              f"{row['heldout_prompts']}", flush=True)
+        print(f"{row['file']}: {row['bytes']:,} B, KLD {row['kld_mean']}, "
+              + ", ".join(f"{split} {row[f'{split}_pass']}/{row[f'{split}_prompts']}" for split in args.splits.split(",")),
+              flush=True)
 
     files = {}
     for budget in args.budgets.split(","):
@@ -81,22 +90,35 @@ def main() -> None:
     exact = exact.with_setting(names[0], ModuleSetting(bits=8, quantizer="ggml"))  # Q8_0, needs the statistics
     files["toggle exact plan (Q4_1 blocks, Q8_0 embedding)"] = out / "toggle-exact.gguf"
     api.write_artifact(lm, exact, files["toggle exact plan (Q4_1 blocks, Q8_0 embedding)"], "gguf", stats=stats)
-    for preset in PRESETS:
+    for preset in [p for p in args.presets.split(",") if p]:
         files[f"{preset} preset"] = out / f"{preset}.gguf"
         if not files[f"{preset} preset"].exists():
             run_tool(llama_cpp.tool("llama-quantize"), out / "f16.gguf", files[f"{preset} preset"], preset, 2)
     for label, path in files.items():
-        audit = api.audit(path, base="smollm2-135m", split="heldout")
-        add({"file": label, **kld_scores(path, out),
-             "heldout_pass": sum(p.satisfied for p in audit.prompts), "heldout_prompts": len(audit.prompts),
-             "heldout_min_margin": min(p.min for p in audit.properties.values() if p.min is not None),
-             **searched.get(label, {})})
+        row = {"file": label, **kld_scores(path, out)}
+        for split in args.splits.split(","):
+            row.update(audited(path, split, args.engine))
+        add({**row, **searched.get(label, {})})
     print(table(rows, [("file", "file", ""), ("bytes", "bytes", ","), ("ppl", "perplexity", ".2f"),
                        ("kld_mean", "mean KLD", ".4f"), ("kld_p99", "99% KLD", ".3f"),
                        ("same_top1_pct", "same top-1 %", ".1f"), ("gen_tok_s", "gen tok/s", ".0f"),
-                       ("heldout_pass", "held-out prompts passing", "d"), ("heldout_prompts", "of", "d"),
-                       ("heldout_min_margin", "held-out min margin", "+.4f")]))
-    bench.finish(rows, extra={"budgets": args.budgets, "trials": args.trials})
+                       *[(f"{split}_{key}", f"{split} {head}", fmt) for split in args.splits.split(",")
+                         for key, head, fmt in (("pass", "prompts passing", "d"), ("prompts", "of", "d"),
+                                                ("min_margin", "min margin", "+.4f"))]]))
+    bench.finish(rows, extra={"budgets": args.budgets, "trials": args.trials, "presets": args.presets,
+                              "splits": args.splits, "engine": args.engine})
+
+
+def audited(path: Path, split: str, engine: str) -> dict:
+    """The default specs' audit of one file on one split: prompts where every property holds, the
+    smallest margin, and (engine llama.cpp) torch's count of the same file beside it."""
+    audit = api.audit(path, base="smollm2-135m", split=split, engine=engine, threads=2)
+    row = {f"{split}_pass": sum(p.satisfied for p in audit.prompts), f"{split}_prompts": len(audit.prompts),
+           f"{split}_min_margin": min(p.min for p in audit.properties.values() if p.min is not None),
+           f"{split}_satisfied": audit.satisfied}
+    if audit.cross_check:
+        row[f"{split}_torch_pass_rate"] = audit.cross_check.get("pass_rate")
+    return row
 
 
 if __name__ == "__main__":
