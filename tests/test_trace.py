@@ -185,3 +185,19 @@ def test_errors(tiny):
     with pytest.raises(ToggleError, match="no prompts in split 'heldout'"):
         build_trace(tiny, suite_from_records(RECORDS[:1]), split="heldout")
     assert len(find_blocks(tiny.model)[1]) == 2
+
+
+def test_generation_batches_cap_rows_and_padded_tokens():
+    from toggle.trace.generate import generation_batches
+    lengths = [1, 5, 3, 600, 2, 7]
+    assert generation_batches(lengths, 2, 10**9) == [[0, 4], [2, 1], [5, 3]]  # rows only: pairs in length order
+    # 4 rows x 5 tokens fit in 20; the 7-token prompt does not join them; 600 > 20 stands alone
+    assert generation_batches(lengths, 32, 20) == [[0, 4, 2, 1], [5], [3]]
+
+
+def test_token_capped_generation_gives_the_same_paths(tiny):
+    encoded = encode_suite(suite_from_records(RECORDS), tiny.tokenizer)
+    settings = GenerationSettings(steps=5)
+    wide = generate_paths(tiny.model, tiny.tokenizer, encoded, settings, batch_tokens=10**9)
+    one_each = generate_paths(tiny.model, tiny.tokenizer, encoded, settings, batch_tokens=1)
+    assert wide == one_each and all(len(t) >= 1 for t in wide)

@@ -31,10 +31,27 @@ def end_tokens(model, tokenizer) -> frozenset[int]:
 # read per step, so wider batches amortise them: 96 held-out prompts x 32 steps on SmolLM2-135M,
 # 2 cores, took 39 s at 8, 27 s at 16, 21 s at 32 and 20 s at 48-96, with identical tokens.
 GENERATE_BATCH = 32
+# Padded prompt tokens per generate() call. Rows are left-padded to the batch's longest prompt,
+# so one 600-token prompt among 31 short ones made the default held-out suite's prefill 38%
+# padding; a cap puts long prompts in narrower batches of their own (benchmarks/bench_generate.py).
+GENERATE_TOKENS = 4096
+
+
+def generation_batches(lengths: list[int], batch_size: int = GENERATE_BATCH,
+                       batch_tokens: int = GENERATE_TOKENS) -> list[list[int]]:
+    """Indices of `lengths` in length order, cut into batches of at most `batch_size` rows and
+    at most `batch_tokens` padded tokens (a longer single prompt gets a batch of its own)."""
+    batches: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):
+        if batches and len(batches[-1]) < batch_size and (len(batches[-1]) + 1) * lengths[i] <= batch_tokens:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
 
 
 def generate_paths(model, tokenizer, encoded: list[EncodedPrompt], settings: GenerationSettings,
-                   *, batch_size: int = GENERATE_BATCH) -> list[tuple[int, ...]]:
+                   *, batch_size: int = GENERATE_BATCH, batch_tokens: int = GENERATE_TOKENS) -> list[tuple[int, ...]]:
     """Greedy continuations (token ids, ending with EOS when the model stopped)."""
     eos_ids = end_tokens(model, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (min(eos_ids) if eos_ids else 0)
@@ -44,11 +61,9 @@ def generate_paths(model, tokenizer, encoded: list[EncodedPrompt], settings: Gen
         min_new_tokens=None if settings.stop_at_eos else settings.steps,
     )
     device = next(model.parameters()).device
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].ids))
     out: dict[int, tuple[int, ...]] = {}
     with torch.no_grad():
-        for b in range(0, len(order), batch_size):
-            idx = order[b:b + batch_size]
+        for idx in generation_batches([len(e.ids) for e in encoded], batch_size, batch_tokens):
             ids, mask, _ = _left_pad([encoded[i].ids for i in idx], pad, device)
             generated = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
             for row, i in enumerate(idx):
