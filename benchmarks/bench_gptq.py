@@ -54,13 +54,12 @@ def main() -> None:
     cost = CostModel.for_model(loaded, "toggle", refs)
     print(f"# set-up {time.time() - t0:.1f} s", flush=True)
     embed = next(r.name for r in refs if r.component == "embed")
+    blocks = [r.name for r in refs if r.name != embed]
     rows: list[dict] = []
     for q in args.quantizers.split(","):
         for bits, group in SETTINGS:
-            modules = {r.name: ModuleSetting(bits=bits, group_size=group, quantizer=q)
-                       for r in refs if r.component != "embed"}
-            modules[embed] = ModuleSetting(bits=4, group_size=32, quantizer="rtn")
-            plan = Plan(model=loaded.model_id, modules=modules, methods=methods)
+            plan = Plan.uniform(loaded.model_id, blocks, ModuleSetting(bits=bits, group_size=group, quantizer=q),
+                                methods).with_setting(embed, ModuleSetting(bits=4, group_size=32, quantizer="rtn"))
             t = time.time()
             ev = evaluator.evaluate(plan)
             applier.restore()
