@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from . import llama_cpp
+from . import interrupts, llama_cpp
 from .audit import MODES, AuditResult, audit_models, check_engine, check_split, print_audit
 from .compress.apply import PlanApplier, validate_plan
 from .compress.calibrate import ActivationStats, collect_stats
@@ -176,6 +176,7 @@ def study_identity(loaded, trace, spec_set, suite, profile) -> dict:
 def _stage_printer(enabled: bool):
     """One line on stderr as each stage of a long run starts (the progress bar covers the trials)."""
     def say(text: str) -> None:
+        interrupts.check()
         if enabled:
             print(f"toggle: {text}", file=sys.stderr, flush=True)
     return say

@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from . import __version__
+from . import __version__, interrupts
 from .errors import BAD_INPUT, INTERNAL_ERROR, INTERRUPTED, ToggleError
 from .files import atomic_write_json
 from .units import format_bytes
@@ -349,7 +349,9 @@ def _main(argv: list[str]) -> int:
             api = _api
             if not args.verbose:
                 api.quiet_transformers()
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        interrupts.check()  # a signal swallowed during the command's last stage still counts
+        return code
     except ToggleError as e:
         print(f"toggle: error: {e.message}", file=sys.stderr)
         return e.exit_code
@@ -363,14 +365,7 @@ def _install_signal_handlers() -> dict:
     Returns the handlers it replaced (empty when it could not install any)."""
     if threading.current_thread() is not threading.main_thread():
         return {}  # signal handlers can only be installed from the main thread
-
-    def interrupt(signum, _frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, interrupt)}
-    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-        previous[signal.SIGINT] = signal.signal(signal.SIGINT, interrupt)
-    return previous
+    return interrupts.install()
 
 
 def _exit_now(code: int) -> None:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import interrupts
 from .errors import InvalidInput, ToggleError
 from .signals import ANSWER, SIGNALS, TOKEN_SIGNALS, StepTokens, compute_signals
 from .specs.semantics import decided_below, over_suite
@@ -113,6 +114,7 @@ class Evaluator:
         per_prompt: dict[str, dict[str, float]] = {p: {} for p in self.specs.names}
         summaries, partial = [], False
         for i, chunk in enumerate(chunks):
+            interrupts.check()
             scored = self._score(chunk, timings)
             if isinstance(scored, str):
                 return self._infeasible(scored, timings, clock() - start)

@@ -8,6 +8,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TextCo
 from rich.table import Table
 from rich.text import Text
 
+from .. import interrupts
 from ..units import format_bytes
 
 
@@ -37,6 +38,7 @@ class Progress:
             self._bar.update(self._task, description=description, total=total, completed=done, status="")
 
     def step(self, done: int, status: str = "") -> None:
+        interrupts.check()
         if self._bar:
             self._bar.update(self._task, completed=done, status=status)
             if not self.live and (status or done == self.total or done % max(1, self.total // 10) == 0):
