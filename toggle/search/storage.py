@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sqlite3
 import time
 import warnings
 from pathlib import Path
@@ -87,11 +88,26 @@ def _fast_sqlite(engine) -> None:
     def _pragmas(conn, _record):
         cur = conn.cursor()
         cur.execute("PRAGMA busy_timeout=30000")  # first: switching to WAL needs a lock another worker may hold
-        cur.execute("PRAGMA journal_mode=WAL")
+        _set_wal(cur)
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.close()
 
     engine.dispose()  # connections opened before the listener reconnect with the pragmas
+
+
+def _set_wal(cur, attempts: int = 60) -> None:
+    """WAL mode is stored in the file, so a worker that finds it set leaves it. Switching needs an
+    exclusive lock, and sqlite answers "database is locked" at once (without the busy timeout)
+    while the other worker starting beside it holds one: retry for up to ~30 s."""
+    for attempt in range(attempts):
+        try:
+            if str(cur.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+                cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or attempt == attempts - 1:
+                raise
+            time.sleep(0.5)
 
 
 def recover_orphans(study, storage) -> list[int]:
