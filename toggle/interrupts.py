@@ -12,7 +12,7 @@ from __future__ import annotations
 import signal
 import sys
 
-_pending: list[str] = []  # messages of interrupts that were swallowed, oldest first
+_pending: str | None = None  # the message of the latest interrupt that was swallowed
 _previous_hook = None
 
 
@@ -21,8 +21,9 @@ def handler(signum, _frame):
 
 
 def _unraisable(unraisable) -> None:
+    global _pending
     if isinstance(unraisable.exc_value, KeyboardInterrupt):
-        _pending.append(str(unraisable.exc_value) or "interrupted")
+        _pending = str(unraisable.exc_value) or "interrupted"
         return
     (_previous_hook or sys.__unraisablehook__)(unraisable)
 
@@ -30,8 +31,8 @@ def _unraisable(unraisable) -> None:
 def install() -> dict:
     """Install the handler for SIGTERM (and SIGINT where Python's default is in place) and the
     hook that keeps swallowed interrupts. Returns the handlers it replaced."""
-    global _previous_hook
-    _pending.clear()
+    global _previous_hook, _pending
+    _pending = None
     if sys.unraisablehook is not _unraisable:
         _previous_hook, sys.unraisablehook = sys.unraisablehook, _unraisable
     previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, handler)}
@@ -41,12 +42,12 @@ def install() -> dict:
 
 
 def pending() -> bool:
-    return bool(_pending)
+    return _pending is not None
 
 
 def check() -> None:
     """Raise an interrupt that arrived where it could not be raised (see the module docstring)."""
-    if _pending:
-        message = _pending[-1]
-        _pending.clear()
+    global _pending
+    if _pending is not None:
+        message, _pending = _pending, None
         raise KeyboardInterrupt(message)
