@@ -255,7 +255,7 @@ CASES = [
     ("profile-empty-values", search("--profile", "{d}/profile-empty-values.yaml"),
      ["profile-empty-values.yaml", "knobs.bits", "non-empty list"]),
     ("profile-unknown-knob", search("--profile", "{d}/profile-unknown-knob.yaml"),
-     ["profile-unknown-knob.yaml", "knobs", "colour", "bits, group_size, quantizer, sparsity, rank_ratio"]),
+     ["profile-unknown-knob.yaml", "knobs", "colour", "bits, group_size, scale_bits, quantizer, sparsity, rank_ratio"]),
     ("profile-bits-out-of-range", search("--profile", "{d}/profile-bits.yaml"),
      ["profile-bits.yaml", "knobs.bits", "9", "2..8, or 16"]),
     ("profile-sparsity-out-of-range", search("--profile", "{d}/profile-sparsity.yaml"),

@@ -38,11 +38,12 @@ class ModuleSetting:
     # they only mean something for quantised modules, so 16 bits drops them.
     group_size: int | None = None
     quantizer: str | None = None
+    scale_bits: int | None = None  # bits per stored group scale / minimum (16: float16)
 
     def __post_init__(self):
-        if self.bits >= 16 and (self.group_size is not None or self.quantizer is not None):
-            object.__setattr__(self, "group_size", None)
-            object.__setattr__(self, "quantizer", None)
+        if self.bits >= 16:
+            for knob in ("group_size", "quantizer", "scale_bits"):
+                object.__setattr__(self, knob, None)
 
     @property
     def untouched(self) -> bool:
@@ -62,6 +63,9 @@ class Methods:
     pruner: str = "magnitude"
     prune_pattern: str = "unstructured"
     lowrank: str = "svd"
+    # Bits of each quantisation group's scale (and minimum): 16 stores float16; 2..8 quantise them
+    # per row ("double quantisation", compress/quant.py), e.g. 8 halves their cost at group 32.
+    scale_bits: int = 16
 
     def symmetric_for(self, bits: int) -> bool:
         """Whether quantisation at `bits` is symmetric under these methods."""
@@ -71,10 +75,11 @@ class Methods:
 
     def for_setting(self, setting: ModuleSetting) -> "Methods":
         """These methods with a module setting's own group size and quantiser, where it has them."""
-        if setting.group_size is None and setting.quantizer is None:
+        if setting.group_size is None and setting.quantizer is None and setting.scale_bits is None:
             return self
         return replace(self, group_size=setting.group_size if setting.group_size is not None else self.group_size,
-                       quantizer=setting.quantizer or self.quantizer)
+                       quantizer=setting.quantizer or self.quantizer,
+                       scale_bits=setting.scale_bits if setting.scale_bits is not None else self.scale_bits)
 
 
 @dataclass
@@ -165,10 +170,13 @@ def setting_dict(s: ModuleSetting) -> dict:
         out["group_size"] = s.group_size
     if s.quantizer is not None:
         out["quantizer"] = s.quantizer
+    if s.scale_bits is not None:
+        out["scale_bits"] = s.scale_bits
     return out
 
 
-SETTING_KEYS = ("bits", "sparsity", "rank_ratio", "group_size", "quantizer")
+SETTING_KEYS = ("bits", "sparsity", "rank_ratio", "group_size", "quantizer", "scale_bits")
+SCALE_BITS = (2, 3, 4, 5, 6, 7, 8, 16)
 
 
 def _parse_setting(value, where: str) -> ModuleSetting:
@@ -193,8 +201,17 @@ def _parse_setting(value, where: str) -> ModuleSetting:
     if quantizer is not None and quantizer not in registry.names("quantizer"):
         raise InvalidInput(f"{where}.quantizer: {quantizer!r} is not valid; expected one of "
                            f"{', '.join(registry.names('quantizer'))}")
+    scale_bits = value.get("scale_bits")
+    if scale_bits is not None:
+        _check_scale_bits(scale_bits, f"{where}.scale_bits")
     return ModuleSetting(bits=int(bits), sparsity=float(sparsity), rank_ratio=float(rank), group_size=group,
-                         quantizer=quantizer)
+                         quantizer=quantizer, scale_bits=scale_bits)
+
+
+def _check_scale_bits(v, where: str) -> None:
+    if isinstance(v, bool) or not isinstance(v, int) or v not in SCALE_BITS:
+        raise InvalidInput(f"{where}: {v!r} is not valid; expected an integer 2..8 (quantised group scales) "
+                           f"or 16 (float16)")
 
 
 def _check_group_size(g, where: str) -> None:
@@ -216,6 +233,7 @@ def parse_methods(value, source: str) -> Methods:
         if got not in allowed:
             raise InvalidInput(f"{source}: methods.{name}: {got!r} is not valid; expected one of {', '.join(allowed)}")
     _check_group_size(m.group_size, f"{source}: methods.group_size")
+    _check_scale_bits(m.scale_bits, f"{source}: methods.scale_bits")
     if not isinstance(m.symmetric, bool) and m.symmetric != "auto":
         raise InvalidInput(f"{source}: methods.symmetric: {m.symmetric!r} is not valid; expected true, false or auto")
     return m

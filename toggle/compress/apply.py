@@ -67,7 +67,7 @@ class StoredMatrix:
             return matrix_bytes(out_f, in_f, self.keep, 16)
         q = self.quant
         return matrix_bytes(out_f, in_f, self.keep, q.bits, group_size=q.group_size, symmetric=q.symmetric,
-                            input_scales=q.input_scales is not None)
+                            input_scales=q.input_scales is not None, scale_bits=getattr(q, "scale_bits", 16))
 
     def dequantize(self) -> torch.Tensor:
         w = self.values.float() if self.quant is None else self.quant.dequantize()
@@ -359,7 +359,7 @@ def _quant_config(setting: ModuleSetting, methods: Methods, gram: torch.Tensor |
     # Without statistics (an untied embedding is a lookup, not a matmul) awq/gptq fall back to RTN.
     method = registry.chosen("quantizer", methods, has_stats=gram is not None).name
     return QuantConfig(bits=setting.bits, group_size=methods.group_size, symmetric=methods.symmetric_for(setting.bits),
-                       method=method)
+                       method=method, scale_bits=methods.scale_bits)
 
 
 def _prune_order(pruner: registry.Method, w: torch.Tensor, pattern: str, gram: torch.Tensor | None) -> torch.Tensor:

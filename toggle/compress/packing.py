@@ -60,21 +60,28 @@ def choose_encoding(out_f: int, in_f: int, keep: int, bits: int, zero_exact: boo
     return min(candidates, key=lambda e: encoding_bytes(e, out_f, in_f, keep, bits))
 
 
-def quant_param_bytes(out_f: int, in_f: int, group_size: int, symmetric: bool, input_scales: bool) -> int:
-    """float16 scales (and minimums when asymmetric) per group, float16 per-input scales (AWQ)."""
+def quant_param_bytes(out_f: int, in_f: int, group_size: int, symmetric: bool, input_scales: bool,
+                      scale_bits: int = 16) -> int:
+    """Scales (and minimums when asymmetric) per group, float16 per-input scales (AWQ).
+    scale_bits 16: one float16 per group and parameter; below, each parameter is a packed
+    stream of scale_bits-bit codes plus a float16 step and base per row (quant.ParamCodes)."""
     groups = 1 if group_size == -1 else math.ceil(in_f / group_size)
-    per_group = 2 if symmetric else 4
-    return out_f * groups * per_group + (2 * in_f if input_scales else 0)
+    n_params = 1 if symmetric else 2
+    if scale_bits == 16:
+        per_param = 2 * out_f * groups
+    else:
+        per_param = value_bytes(out_f * groups, scale_bits) + 4 * out_f
+    return n_params * per_param + (2 * in_f if input_scales else 0)
 
 
 def matrix_bytes(out_f: int, in_f: int, keep: int, bits: int, *, group_size: int = 128,
-                 symmetric: bool = False, input_scales: bool = False) -> tuple[int, str]:
+                 symmetric: bool = False, input_scales: bool = False, scale_bits: int = 16) -> tuple[int, str]:
     """Exact stored bytes of one matrix and the encoding chosen for it."""
     zero_exact = bits == 16 or symmetric
     encoding = choose_encoding(out_f, in_f, keep, bits, zero_exact)
     size = encoding_bytes(encoding, out_f, in_f, keep, bits)
     if bits < 16:
-        size += quant_param_bytes(out_f, in_f, group_size, symmetric, input_scales)
+        size += quant_param_bytes(out_f, in_f, group_size, symmetric, input_scales, scale_bits)
     return size, encoding
 
 

@@ -15,7 +15,14 @@ at group size 32 our codes are bit-for-bit the GGUF types (tests check it agains
                          w' = c * d + m                                   (Q4_1, Q5_1)
 
 d and m are stored as float16 and w' is computed from the stored values, so the de-quantised
-matrix is exactly what a loader of the artifact gets. Symmetric codes represent 0 exactly
+matrix is exactly what a loader of the artifact gets.
+
+Quantised group parameters (`scale_bits` < 16, "double quantisation" as in QLoRA, and what
+llama.cpp's K-quants do with 6-bit sub-block scales): each row's d (and m) over its groups are
+themselves stored as `scale_bits`-bit codes k with a float16 step s and base b per row,
+d = k * s + b, computed in float32 from the stored values. The weight codes are then chosen
+for those decoded parameters. At group 32 this cuts the parameters from 1 bit per weight
+(two float16 per 32 weights) to 0.5 (8-bit) or 0.375 (6-bit). Symmetric codes represent 0 exactly
 (pruned weights stay 0); asymmetric ones do not, so a pruned matrix is masked after decoding.
 
 Outlier-aware methods use the input Gram matrix G = E[x x^T] of the module (calibrate.py):
@@ -41,10 +48,13 @@ class QuantConfig:
     group_size: int = 128  # -1: one group per output row
     symmetric: bool = False
     method: str = "rtn"  # a quantizer of the registry (compress/registry.py): 'rtn', 'awq' or 'gptq'
+    scale_bits: int = 16  # 16: float16 group parameters; 2..8: quantised per row (module docstring)
 
     def __post_init__(self):
         if not 2 <= self.bits <= 8:
             raise ValueError(f"bits must be 2..8, got {self.bits}")
+        if self.scale_bits != 16 and not 2 <= self.scale_bits <= 8:
+            raise ValueError(f"scale_bits must be 2..8 or 16, got {self.scale_bits}")
         if self.group_size != -1 and self.group_size < 1:
             raise ValueError(f"group_size must be positive or -1, got {self.group_size}")
 
@@ -54,12 +64,15 @@ class QuantizedMatrix:
     """What the artifact stores for one quantised matrix, and how it decodes."""
 
     codes: torch.Tensor  # uint8 (out, in), values < 2**bits
-    scales: torch.Tensor  # float16 (out, groups): d
-    mins: torch.Tensor | None  # float16 (out, groups): m, asymmetric only
+    scales: torch.Tensor  # float16 (out, groups): d (float32, decoded from `params`, when quantised)
+    mins: torch.Tensor | None  # float16 (out, groups): m, asymmetric only (likewise)
     bits: int
     group_size: int  # as configured (-1 allowed)
     # float16 (in,): input-channel scales s (AWQ), stored beside the codes; decode divides by them
     input_scales: torch.Tensor | None = None
+    scale_bits: int = 16
+    # scale_bits < 16: what is stored for d and m, {"scales": ParamCodes, "mins": ParamCodes}
+    params: dict | None = None
 
     @property
     def symmetric(self) -> bool:
@@ -73,6 +86,7 @@ class QuantizedMatrix:
     def nbytes(self) -> int:
         """Bytes held in memory (codes, scales, minimums, input scales)."""
         return sum(t.nbytes for t in (self.codes, self.scales, self.mins, self.input_scales) if t is not None)
+
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         out_f, in_f = self.codes.shape
@@ -89,6 +103,47 @@ class QuantizedMatrix:
         if self.input_scales is not None:
             w.div_(self.input_scales.float())
         return w.to(dtype)
+
+
+@dataclass
+class ParamCodes:
+    """One row-wise quantised group parameter (d or m): value = codes * step + base per row."""
+
+    codes: torch.Tensor  # uint8 (out, groups), values < 2**bits
+    step: torch.Tensor  # float16 (out,)
+    base: torch.Tensor  # float16 (out,)
+    bits: int
+
+    def decode(self) -> torch.Tensor:
+        """float32 (out, groups), the same operations everywhere (quantiser, loader)."""
+        return self.codes.float().mul_(self.step.float()[:, None]).add_(self.base.float()[:, None])
+
+    @classmethod
+    def encode(cls, x: torch.Tensor, bits: int) -> "ParamCodes":
+        """Asymmetric round-to-nearest of each row of a float (out, groups) tensor."""
+        x = x.float()
+        lo, hi = x.amin(dim=1), x.amax(dim=1)
+        step = ((hi - lo) / ((1 << bits) - 1)).half()
+        base = lo.half()
+        s = step.float()[:, None]
+        inv = torch.where(s == 0, torch.zeros_like(s), 1 / s)
+        codes = (x - base.float()[:, None]).mul_(inv).round_().clamp_(0, (1 << bits) - 1)
+        return cls(codes=codes.to(torch.uint8), step=step, base=base, bits=bits)
+
+    def nearest(self, x: torch.Tensor, rows=slice(None)) -> tuple[torch.Tensor, torch.Tensor]:
+        """(codes, decoded values) on this parameter's grid for values x (rows, k) of `rows`."""
+        s, b = self.step.float()[rows, None], self.base.float()[rows, None]
+        inv = torch.where(s == 0, torch.zeros_like(s), 1 / s)
+        codes = (x.float() - b).mul_(inv).round_().clamp_(0, (1 << self.bits) - 1)
+        return codes, codes * s + b
+
+
+def quantize_params(d: torch.Tensor, m: torch.Tensor | None, scale_bits: int) -> dict:
+    """Group parameters (out, groups) as stored with `scale_bits` per value."""
+    out = {"scales": ParamCodes.encode(d, scale_bits)}
+    if m is not None:
+        out["mins"] = ParamCodes.encode(m, scale_bits)
+    return out
 
 
 def _parts(in_f: int, group_size: int) -> list[tuple[int, int, int, slice]]:
@@ -152,19 +207,27 @@ def quantize_rtn(w: torch.Tensor, cfg: QuantConfig) -> QuantizedMatrix:
     """Group-wise round-to-nearest."""
     w = w.float()
     out_f, in_f = w.shape
+    parts = _parts(in_f, cfg.group_size)
+    found = [group_params(_view(w, lo, hi, size), cfg.bits, cfg.symmetric) for lo, hi, size, _ in parts]
+    d = torch.cat([f[0].squeeze(-1) for f in found], dim=1)
+    m = None if cfg.symmetric else torch.cat([f[2].squeeze(-1) for f in found], dim=1)
+    params = None
+    if cfg.scale_bits < 16:
+        params = quantize_params(d, m, cfg.scale_bits)
+        d = params["scales"].decode()
+        m = params["mins"].decode() if m is not None else None
     codes = torch.empty(out_f, in_f, dtype=torch.uint8, device=w.device)
-    scales, mins = [], []
-    for lo, hi, size, _ in _parts(in_f, cfg.group_size):
-        wg = _view(w, lo, hi, size)
-        d, inv, m = group_params(wg, cfg.bits, cfg.symmetric)
-        _view(codes, lo, hi, size).copy_(encode(wg, cfg.bits, inv, m, cfg.symmetric))
-        scales.append(d.squeeze(-1))
-        mins.append(m)
-    return QuantizedMatrix(
-        codes=codes, scales=torch.cat(scales, dim=1).half(),
-        mins=None if cfg.symmetric else torch.cat([m.squeeze(-1) for m in mins], dim=1).half(),
-        bits=cfg.bits, group_size=cfg.group_size,
-    )
+    for (lo, hi, size, groups), (_, inv, mg) in zip(parts, found):
+        if params is not None:  # codes for the parameters as decoded from their codes
+            dg = d[:, groups, None]
+            mg = None if m is None else m[:, groups, None]
+            inv = torch.where(dg == 0, torch.zeros_like(dg), 1 / dg)
+        # else ggml's order: codes from the float32 parameters, which are then stored as float16
+        _view(codes, lo, hi, size).copy_(encode(_view(w, lo, hi, size), cfg.bits, inv, mg, cfg.symmetric))
+    if params is None:
+        d, m = d.half(), None if m is None else m.half()
+    return QuantizedMatrix(codes=codes, scales=d, mins=m, bits=cfg.bits, group_size=cfg.group_size,
+                           scale_bits=cfg.scale_bits, params=params)
 
 
 def output_error(w: torch.Tensor, w_hat: torch.Tensor, gram: torch.Tensor) -> float:
@@ -218,7 +281,10 @@ def quantize_gptq(w: torch.Tensor, cfg: QuantConfig, gram: torch.Tensor, *, mask
                   damp: float = 0.01, block: int = 128) -> QuantizedMatrix:
     """GPTQ with the RTN rules per group (group parameters taken from the error-updated
     weights when the group starts). With `mask`, pruned weights are forced to 0 and that
-    error is compensated too (SparseGPT with a fixed mask)."""
+    error is compensated too (SparseGPT with a fixed mask). With `scale_bits` < 16 each row's
+    parameter grid (step, base) is RTN's for the unchanged weights, and every group's
+    parameters are snapped to it when the group starts."""
+    grid = quantize_rtn(w, cfg).params if cfg.scale_bits < 16 else None
     W = w.float().clone()
     out_f, in_f = W.shape
     g = in_f if cfg.group_size == -1 else cfg.group_size
@@ -233,6 +299,9 @@ def quantize_gptq(w: torch.Tensor, cfg: QuantConfig, gram: torch.Tensor, *, mask
     codes = torch.zeros(out_f, in_f, dtype=torch.uint8)
     scales = torch.zeros(out_f, n_groups, dtype=torch.float16)
     mins = None if cfg.symmetric else torch.zeros(out_f, n_groups, dtype=torch.float16)
+    if grid is not None:  # decoded parameters (float32) and their codes
+        scales, mins = scales.float(), None if mins is None else mins.float()
+        param_codes = {k: torch.zeros(out_f, n_groups, dtype=torch.uint8) for k in grid}
     keep = None if mask is None else mask.float()
     for i1 in range(0, in_f, block):
         i2 = min(i1 + block, in_f)
@@ -244,8 +313,15 @@ def quantize_gptq(w: torch.Tensor, cfg: QuantConfig, gram: torch.Tensor, *, mask
             if col % g == 0:
                 group = W1[:, j:j + g] if keep is None else W1[:, j:j + g] * keep[:, col:col + g]
                 d, inv, m = group_params(group, cfg.bits, cfg.symmetric)
-                d16 = d.half()
-                m16 = None if m is None else m.half()
+                if grid is not None:
+                    k, d = grid["scales"].nearest(d.squeeze(-1)[:, None])
+                    param_codes["scales"][:, col // g] = k.squeeze(-1).to(torch.uint8)
+                    inv = torch.where(d == 0, torch.zeros_like(d), 1 / d)
+                    if m is not None:
+                        k, m = grid["mins"].nearest(m.squeeze(-1)[:, None])
+                        param_codes["mins"][:, col // g] = k.squeeze(-1).to(torch.uint8)
+                d16 = d.half() if grid is None else d
+                m16 = None if m is None else (m.half() if grid is None else m)
                 scales[:, col // g] = d16.squeeze(-1)
                 if mins is not None:
                     mins[:, col // g] = m16.squeeze(-1)
@@ -263,7 +339,13 @@ def quantize_gptq(w: torch.Tensor, cfg: QuantConfig, gram: torch.Tensor, *, mask
             W1[:, j:] -= e @ Hinv1[j:j + 1, j:]
             err1[:, j:j + 1] = e
         W[:, i2:] -= err1 @ Hinv[i1:i2, i2:]
-    return QuantizedMatrix(codes=codes, scales=scales, mins=mins, bits=cfg.bits, group_size=cfg.group_size)
+    params = None
+    if grid is not None:
+        params = {k: ParamCodes(codes=param_codes[k], step=p.step, base=p.base, bits=p.bits) for k, p in grid.items()}
+        scales = params["scales"].decode()  # what a loader decodes (the same values)
+        mins = params["mins"].decode() if "mins" in params else None
+    return QuantizedMatrix(codes=codes, scales=scales, mins=mins, bits=cfg.bits, group_size=cfg.group_size,
+                           scale_bits=cfg.scale_bits, params=params)
 
 
 def _inverse_hessian_factor(H: torch.Tensor, damp: float) -> torch.Tensor:

@@ -15,6 +15,12 @@ from .prune import pattern_problem
 
 def setting_problem(ref: ModuleRef, setting: ModuleSetting, methods: Methods) -> str | None:
     """Why `setting` cannot be applied to this module, or None."""
+    methods_here = methods.for_setting(setting)
+    if setting.bits < 16 and methods_here.scale_bits < 16:
+        from . import registry  # registry imports the quantisers; rules stays importable from plan.py
+        if registry.method("quantizer", methods_here.quantizer).ggml:
+            return (f"scale_bits {methods_here.scale_bits} needs a quantizer whose group parameters toggle chooses "
+                    f"(rtn, awq or gptq); {methods_here.quantizer} stores llama.cpp's own block scales: use scale_bits 16")
     if setting.rank_ratio < 1 and ref.part == "embed":
         return ("rank_ratio < 1 is not supported for the token embedding (it is a lookup table); "
                 "use bits and sparsity for it")
@@ -34,7 +40,7 @@ def methods_key(setting: ModuleSetting, methods: Methods) -> tuple:
     methods = methods.for_setting(setting)
     key: tuple = ()
     if setting.bits < 16:
-        key += (methods.quantizer, methods.group_size, methods.symmetric_for(setting.bits))
+        key += (methods.quantizer, methods.group_size, methods.symmetric_for(setting.bits), methods.scale_bits)
     if setting.sparsity > 0:
         key += (methods.pruner, methods.prune_pattern)
     if setting.rank_ratio < 1:

@@ -140,6 +140,9 @@ def gguf_problem(ref, setting, methods) -> str | None:
     if setting.rank_ratio < 1:
         return (f"rank_ratio {setting.rank_ratio}: GGUF has no factorised matrices; multiplied back the "
                 f"matrix is full size again (no saving) and re-rounded, so it is refused; use --format toggle")
+    if setting.bits < 16 and methods.scale_bits != 16 and not registry.method("quantizer", methods.quantizer).ggml:
+        return (f"scale_bits {methods.scale_bits}: GGUF's legacy blocks store float16 scales; use scale_bits 16, "
+                f"or quantizer ggml for llama.cpp's K-quants (which quantise their own sub-block scales)")
     qtype = gguf_type_for(setting.bits, methods.quantizer, methods.group_size, methods.symmetric_for(setting.bits),
                           n_per_row=ref.in_features)
     if registry.method("quantizer", methods.quantizer).ggml and setting.bits < 16:

@@ -10,6 +10,9 @@ The directory holds:
                         P.values   float16 values (16-bit matrices)
                         P.codes    packed `bits`-bit codes (little-endian bit stream)
                         P.scales / P.mins   float16 per group, P.awq_scales float16 per input
+                        or, with scale_bits < 16 (quantised group parameters):
+                        P.scale_codes / P.min_codes   packed scale_bits-bit codes per group,
+                        P.scale_step, P.scale_base / P.min_step, P.min_base   float16 per row
                         P.mask     packed keep bits (bitmask encoding) or
                         P.indices  (rows, kept) column indices (indices encoding)
                       and every other tensor (norms, biases) as loaded, under its own name;
@@ -39,13 +42,13 @@ from ..compress.lowrank import LowRankLinear
 from ..compress.packing import (ENCODINGS, indices_to_mask, mask_to_indices, matrix_bytes, pack_bits, pack_mask,
                                 unpack_bits, unpack_mask)
 from ..compress.prune import kept_per_row
-from ..compress.quant import QuantizedMatrix
+from ..compress.quant import ParamCodes, QuantizedMatrix
 from ..compress.rules import stored_shapes
 from ..errors import InvalidInput
 from ..hf import ready
 from ..loaded import LoadedModel, dir_fingerprint
 from ..modules import ModuleRef, compressible_modules, set_weight_matrix, stored_other_tensors
-from ..plan import ALLOWED_BITS, Plan
+from ..plan import ALLOWED_BITS, SCALE_BITS, Plan
 from ..files import atomic_path
 from .base import ArtifactInfo, Format
 
@@ -74,7 +77,8 @@ class ToggleFormat(Format):
         for out_f, in_f in stored_shapes(ref, setting):
             keep = kept_per_row(in_f, setting.sparsity, methods.prune_pattern)
             b, enc = matrix_bytes(out_f, in_f, keep, setting.bits, group_size=methods.group_size,
-                                  symmetric=methods.symmetric_for(setting.bits), input_scales=scales)
+                                  symmetric=methods.symmetric_for(setting.bits), input_scales=scales,
+                                  scale_bits=methods.scale_bits)
             size += b
             encodings.append(enc)
         return size, tuple(encodings)
@@ -157,12 +161,25 @@ def _encode_matrix(prefix: str, role: str, m: StoredMatrix, tensors: dict[str, t
     # "awq" and P.awq_scales are the format's (version 1) names for per-input scales
     entry.update(group_size=q.group_size, symmetric=q.symmetric, awq=q.input_scales is not None)
     tensors[f"{prefix}.codes"] = pack_bits(select(q.codes.cpu()), q.bits)
-    tensors[f"{prefix}.scales"] = q.scales.cpu().contiguous()
-    if q.mins is not None:
-        tensors[f"{prefix}.mins"] = q.mins.cpu().contiguous()
+    if q.params is not None:
+        entry["scale_bits"] = q.scale_bits
+        for key, name in PARAM_TENSORS.items():
+            if key in q.params:
+                p = q.params[key]
+                tensors[f"{prefix}.{name}_codes"] = pack_bits(p.codes.cpu(), p.bits)
+                tensors[f"{prefix}.{name}_step"] = p.step.cpu().contiguous()
+                tensors[f"{prefix}.{name}_base"] = p.base.cpu().contiguous()
+    else:
+        tensors[f"{prefix}.scales"] = q.scales.cpu().contiguous()
+        if q.mins is not None:
+            tensors[f"{prefix}.mins"] = q.mins.cpu().contiguous()
     if q.input_scales is not None:
         tensors[f"{prefix}.awq_scales"] = q.input_scales.cpu().contiguous()
     return entry
+
+
+# QuantizedMatrix.params key -> tensor name stem of a quantised group parameter
+PARAM_TENSORS = {"scales": "scale", "mins": "min"}
 
 
 def _refuse_foreign_dir(path: Path, marker: str) -> None:
@@ -259,14 +276,32 @@ def _decode_matrix(entry: dict, get) -> torch.Tensor:
         _expect(packed.numel() == math.ceil(count * bits / 8), prefix, "codes", math.ceil(count * bits / 8))
         codes = _scatter(unpack_bits(packed, bits, count), mask, out_f, in_f)
         groups = 1 if entry["group_size"] == -1 else math.ceil(in_f / entry["group_size"])
-        scales = get(f"{prefix}.scales")
-        _expect(tuple(scales.shape) == (out_f, groups), prefix, "scales", (out_f, groups))
-        mins = None if entry["symmetric"] else get(f"{prefix}.mins")
+        scale_bits = entry.get("scale_bits", 16)
+        if scale_bits == 16:
+            scales = get(f"{prefix}.scales")
+            _expect(tuple(scales.shape) == (out_f, groups), prefix, "scales", (out_f, groups))
+            mins = None if entry["symmetric"] else get(f"{prefix}.mins")
+        else:
+            scales, mins = (None if key == "mins" and entry["symmetric"] else
+                            _decode_params(prefix, name, scale_bits, out_f, groups, get)
+                            for key, name in PARAM_TENSORS.items())
         awq = get(f"{prefix}.awq_scales") if entry["awq"] else None
         q = QuantizedMatrix(codes=codes, scales=scales, mins=mins, bits=bits, group_size=entry["group_size"],
-                            input_scales=awq)
+                            input_scales=awq, scale_bits=scale_bits)
         w = q.dequantize()
     return w if mask is None else w * mask
+
+
+def _decode_params(prefix: str, name: str, bits: int, out_f: int, groups: int, get) -> torch.Tensor:
+    """One quantised group parameter (scales or minimums) as float32 (out, groups)."""
+    packed = get(f"{prefix}.{name}_codes")
+    count = out_f * groups
+    _expect(packed.numel() == math.ceil(count * bits / 8), prefix, f"{name}_codes", math.ceil(count * bits / 8))
+    step, base = get(f"{prefix}.{name}_step"), get(f"{prefix}.{name}_base")
+    for what, t in (("step", step), ("base", base)):
+        _expect(tuple(t.shape) == (out_f,), prefix, f"{name}_{what}", (out_f,))
+    codes = unpack_bits(packed, bits, count).reshape(out_f, groups)
+    return ParamCodes(codes=codes, step=step.half(), base=base.half(), bits=bits).decode()
 
 
 def _scatter(values: torch.Tensor, mask: torch.Tensor | None, out_f: int, in_f: int) -> torch.Tensor:
@@ -392,6 +427,9 @@ def _check_module_entry(where: Path, name: str, entry) -> None:
                 raise InvalidInput(f"{mat}.group_size: expected a positive integer or -1")
             if not isinstance(m.get("symmetric"), bool) or not isinstance(m.get("awq"), bool):
                 raise InvalidInput(f"{mat}: symmetric and awq must be true or false")
+            sb = m.get("scale_bits", 16)
+            if isinstance(sb, bool) or sb not in SCALE_BITS:
+                raise InvalidInput(f"{mat}.scale_bits: {sb!r}; expected one of {', '.join(map(str, SCALE_BITS))}")
     out_f, in_f = entry["shape"]
     shapes = [tuple(m["shape"]) for m in mats]
     ok = shapes == [(out_f, in_f)] if len(mats) == 1 else (

@@ -20,13 +20,14 @@ from ..errors import InvalidInput
 from ..files import read_yaml, search_profile
 from ..formats import FORMATS
 from ..compress import registry
-from ..plan import ALLOWED_BITS, Methods, parse_methods
+from ..plan import ALLOWED_BITS, SCALE_BITS, Methods, parse_methods
 
 GRANULARITIES = ("block", "block_part", "module")
-# group_size and quantizer override the profile's methods per group (None: the methods' own);
-# they matter only where bits < 16.
-KNOBS = ("bits", "group_size", "quantizer", "sparsity", "rank_ratio")
-UNTOUCHED_VALUE = {"bits": 16, "group_size": None, "quantizer": None, "sparsity": 0.0, "rank_ratio": 1.0}
+# group_size, quantizer and scale_bits override the profile's methods per group (None: the
+# methods' own); they matter only where bits < 16.
+KNOBS = ("bits", "group_size", "scale_bits", "quantizer", "sparsity", "rank_ratio")
+UNTOUCHED_VALUE = {"bits": 16, "group_size": None, "scale_bits": None, "quantizer": None, "sparsity": 0.0,
+                   "rank_ratio": 1.0}
 METHODS = ("single", "measured")  # sensitivity profiling methods
 _TOP_KEYS = ("granularity", "format", "trials", "seed", "knobs", "embedding", "methods", "sensitivity")
 
@@ -38,6 +39,8 @@ def compression_order(knob: str, values) -> tuple:
         return tuple(dict.fromkeys(values))
     if knob == "group_size":  # None (the methods' own) first, per-channel (-1) last
         return tuple(sorted(set(values), key=lambda g: (g is not None, g == -1, g or 0)))
+    if knob == "scale_bits":  # None (the methods' own) first, then more bits first
+        return tuple(sorted(set(values), key=lambda b: (b is not None, -(b or 0))))
     return tuple(sorted(set(values), reverse=(knob in ("bits", "rank_ratio"))))
 
 
@@ -113,7 +116,7 @@ def _knobs(value, where: str) -> dict[str, tuple]:
 def _typed(knob: str, v):
     if v is None or knob == "quantizer":
         return v
-    return int(v) if knob in ("bits", "group_size") else float(v)
+    return int(v) if knob in ("bits", "group_size", "scale_bits") else float(v)
 
 
 def _check_value(knob: str, v, where: str) -> None:
@@ -124,6 +127,11 @@ def _check_value(knob: str, v, where: str) -> None:
     if knob == "group_size" and v is not None and (isinstance(v, bool) or not isinstance(v, int) or not (v == -1 or v >= 8)):
         raise InvalidInput(f"{where}: {v!r} is not valid; group sizes are integers >= 8, or -1 for per-channel")
     if knob == "group_size":
+        return
+    if knob == "scale_bits":
+        if v is not None and (isinstance(v, bool) or v not in SCALE_BITS):
+            raise InvalidInput(f"{where}: {v!r} is not valid; scale_bits are integers 2..8 (quantised group "
+                               f"scales) or 16 (float16)")
         return
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise InvalidInput(f"{where}: {v!r} is not a number; expected values like {_example(knob)}")
@@ -173,5 +181,5 @@ def _int(v, where: str, *, minimum: int) -> int:
 
 
 def _example(knob: str) -> str:
-    return {"bits": "[16, 8, 4]", "group_size": "[32, 64, 128]", "quantizer": "[rtn, gptq]",
+    return {"bits": "[16, 8, 4]", "group_size": "[32, 64, 128]", "scale_bits": "[16, 8, 6]", "quantizer": "[rtn, gptq]",
             "sparsity": "[0.0, 0.25, 0.5]", "rank_ratio": "[1.0, 0.5]"}[knob]

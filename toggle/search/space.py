@@ -158,7 +158,7 @@ def setting_of(values: dict) -> ModuleSetting:
     """The module setting of a group's knob values (knob -> value)."""
     return ModuleSetting(bits=int(values["bits"]), sparsity=float(values["sparsity"]),
                          rank_ratio=float(values["rank_ratio"]), group_size=values.get("group_size"),
-                         quantizer=values.get("quantizer"))
+                         quantizer=values.get("quantizer"), scale_bits=values.get("scale_bits"))
 
 
 def _compression_rank(knob: str, value) -> float:
@@ -167,4 +167,6 @@ def _compression_rank(knob: str, value) -> float:
         return 0.0
     if knob == "group_size":
         return float("inf") if value == -1 else float(value or 0)
+    if knob == "scale_bits":
+        return -float(value or 16)
     return -float(value) if knob in ("bits", "rank_ratio") else float(value)
