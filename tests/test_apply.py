@@ -228,3 +228,14 @@ def test_a_module_setting_can_carry_its_own_group_size_and_quantiser(tiny_llama_
     with pytest.raises(InvalidInput, match="group_size 64, symmetric false has no GGUF type"):
         write_artifact(lm, plan, tmp_path / "m.gguf", "gguf", applier=applier)
     assert ModuleSetting(bits=16, group_size=64) == ModuleSetting()  # an untouched module has no group size
+
+
+def test_quantised_scales_need_a_quantizer_that_chooses_its_scales():
+    from toggle.compress.rules import setting_problem
+    from toggle.modules import ModuleRef
+
+    ref = ModuleRef("model.layers.0.mlp.down_proj", 0, "mlp.down_proj", "mlp", 64, 256, False, False)
+    assert setting_problem(ref, ModuleSetting(bits=4, scale_bits=8), Methods(quantizer="gptq")) is None
+    problem = setting_problem(ref, ModuleSetting(bits=4, scale_bits=8), Methods(quantizer="ggml"))
+    assert "scale_bits 8 needs a quantizer whose group parameters toggle chooses" in problem
+    assert setting_problem(ref, ModuleSetting(bits=16, scale_bits=8), Methods(quantizer="ggml")) is None

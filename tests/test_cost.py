@@ -48,6 +48,12 @@ def test_quantised_module_bytes_by_hand(llama):
     assert _module_bytes(cm, GATE, ModuleSetting(bits=3), Methods(group_size=128)).bytes == 3 * n // 8 + 128 * 4
     awq = _module_bytes(cm, GATE, ModuleSetting(bits=4), Methods(group_size=32, quantizer="awq")).bytes
     assert awq == n // 2 + 128 * 2 * 4 + 2 * 64  # plus one float16 scale per input channel
+    # quantised group parameters: 2 groups per row at 8 bits for scales and for minimums, plus a
+    # float16 step and base per row for each
+    scaled = _module_bytes(cm, GATE, ModuleSetting(bits=4, scale_bits=8), Methods(group_size=32)).bytes
+    assert scaled == n // 2 + 2 * (128 * 2 + 128 * 4)
+    six = _module_bytes(cm, GATE, ModuleSetting(bits=4), Methods(group_size=32, symmetric=True, scale_bits=6)).bytes
+    assert six == n // 2 + (128 * 2 * 6 // 8 + 128 * 4)
 
 
 def test_sparse_encodings_pick_the_cheapest(llama):
@@ -107,7 +113,8 @@ def test_cost_matches_what_the_applier_stores(llama):
         ref = rng.choice(cm.refs)
         setting = ModuleSetting(bits=rng.choice([2, 3, 4, 5, 8, 16]), sparsity=rng.choice([0, 0.3, 0.5, 0.95]),
                                 rank_ratio=1.0 if ref.part == "embed" else rng.choice([1.0, 0.5, 0.2]))
-        methods = Methods(group_size=rng.choice([32, 128, -1]), symmetric=rng.choice([True, False]))
+        methods = Methods(group_size=rng.choice([32, 128, -1]), symmetric=rng.choice([True, False]),
+                          scale_bits=rng.choice([16, 16, 8, 5]))
         stored = applier.stored(ref, setting, methods)
         expected = cm.module_cost(ref, setting, methods)
         assert sum(m.storage()[0] for m in stored.matrices) == expected.bytes

@@ -30,7 +30,7 @@ def _mixed_plan(lm, methods=Methods()):
     factorised, the embedding quantised, one module untouched."""
     names = [r.name for r in compressible_modules(lm.model)]
     settings = [ModuleSetting(bits=4), ModuleSetting(bits=8, sparsity=0.5), ModuleSetting(bits=3, sparsity=0.3, rank_ratio=0.5),
-                ModuleSetting(bits=16, sparsity=0.9), ModuleSetting(bits=2), ModuleSetting(rank_ratio=0.25),
+                ModuleSetting(bits=16, sparsity=0.9), ModuleSetting(bits=2, scale_bits=8), ModuleSetting(rank_ratio=0.25),
                 ModuleSetting(bits=16, sparsity=0.05)]
     modules = {n: settings[i % len(settings)] for i, n in enumerate(names[1:-1])}
     modules[names[0]] = ModuleSetting(bits=6, sparsity=0.2)
@@ -51,7 +51,9 @@ def _simulate(lm, plan, ids, stats=None, new_tokens=0):
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
 @pytest.mark.parametrize("methods", [Methods(), Methods(group_size=32, symmetric=True, pruner="wanda", quantizer="awq",
-                                                        lowrank="asvd")], ids=["rtn", "aware"])
+                                                        lowrank="asvd"),
+                                     Methods(group_size=32, quantizer="gptq", scale_bits=6)],
+                         ids=["rtn", "aware", "scaled"])
 def test_toggle_round_trip(arch, methods, tiny_llama_dir, tiny_gpt2_dir, tmp_path):
     from toggle.compress import collect_stats
 
@@ -166,6 +168,8 @@ def test_gguf_refuses_what_it_cannot_hold(tiny_llama_dir, tmp_path):
         (Plan(lm.model_id, {up: ModuleSetting(rank_ratio=0.5)}), "GGUF has no factorised matrices"),
         (Plan(lm.model_id, {up: ModuleSetting(bits=4, sparsity=0.5)}, Methods(group_size=32)),
          "Q4_1: its per-block minimum cannot represent the pruned zeros"),
+        (Plan(lm.model_id, {up: ModuleSetting(bits=4, scale_bits=8)}, Methods(group_size=32)),
+         "scale_bits 8: GGUF's legacy blocks store float16 scales"),
     ]
     for plan, reason in cases:
         with pytest.raises(InvalidInput, match=f"modules.{up}: .*{reason}"):

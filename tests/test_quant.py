@@ -124,3 +124,42 @@ def test_methods_needing_statistics_say_so():
         quantize(w, QuantConfig(4, 32, method="awq"))
     with pytest.raises(ValueError, match="bits must be 2..8"):
         QuantConfig(9)
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_quantised_scales_decode_as_stored_and_cost_little_accuracy(symmetric):
+    from toggle.compress.quant import ParamCodes
+
+    w = _weights(out_f=64, in_f=256)
+    float16 = _rel_error(w, quantize_rtn(w, QuantConfig(4, 32, symmetric)))
+    errors = {}
+    for sb in (8, 6, 3):
+        q = quantize_rtn(w, QuantConfig(4, 32, symmetric, scale_bits=sb))
+        assert set(q.params) == ({"scales"} if symmetric else {"scales", "mins"})
+        for key, p in q.params.items():
+            assert p.codes.dtype == torch.uint8 and p.codes.shape == (64, 8) and int(p.codes.max()) < 2 ** sb
+            assert p.step.dtype == p.base.dtype == torch.float16 and p.step.shape == (64,)
+            # The matrix decodes from exactly what a loader rebuilds from the stored codes.
+            rebuilt = ParamCodes(codes=p.codes.clone(), step=p.step.clone(), base=p.base.clone(), bits=sb).decode()
+            assert torch.equal(getattr(q, key), rebuilt)
+        errors[sb] = _rel_error(w, q)
+    # 8-bit scales are nearly free, fewer bits cost more; never a collapse
+    assert errors[8] < 1.02 * float16 and errors[8] <= errors[6] < errors[3] < 0.5, (float16, errors)
+    if symmetric:  # zero stays exactly representable
+        w0 = w.clone()
+        w0[:, ::5] = 0
+        assert torch.all(quantize_rtn(w0, QuantConfig(4, 32, True, scale_bits=6)).dequantize()[:, ::5] == 0)
+
+
+def test_gptq_with_quantised_scales_stays_on_the_row_grid_and_beats_rtn():
+    w = _weights(out_f=48, in_f=128, seed=1)
+    x = torch.randn(512, 128) * torch.linspace(0.2, 3.0, 128)
+    gram = x.T @ x / 512
+    cfg = QuantConfig(3, 32, False, scale_bits=6)
+    rtn, g = quantize_rtn(w, cfg), quantize_gptq(w, cfg, gram)
+    for key in ("scales", "mins"):
+        assert torch.equal(g.params[key].step, rtn.params[key].step)  # the grid RTN chose for the rows
+        assert torch.equal(getattr(g, key), g.params[key].decode())
+    assert output_error(w, g.dequantize(), gram) < output_error(w, rtn.dequantize(), gram)
+    with pytest.raises(ValueError, match="scale_bits"):
+        QuantConfig(4, 32, scale_bits=12)

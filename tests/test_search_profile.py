@@ -44,6 +44,7 @@ def test_profile_given_as_path(tmp_path):
     ({"knobs": {"bits": [1]}}, "knobs.bits: 1 is not valid; bits are integers 2..8, or 16"),
     ({"knobs": {"sparsity": [1.0]}}, "knobs.sparsity: 1.0 is not valid; sparsity is a fraction in [0, 1)"),
     ({"knobs": {"rank_ratio": ["x"]}}, "knobs.rank_ratio: 'x' is not a number"),
+    ({"knobs": {"scale_bits": [16, 9]}}, "knobs.scale_bits: 9 is not valid; scale_bits are integers 2..8"),
     ({"knobs": {"bitz": [4]}}, "knobs: unknown key(s) bitz; valid keys: bits, group_size, scale_bits, quantizer, sparsity, rank_ratio"),
     ({"knobs": {"bits": [4]}, "granularity": "layer"}, "granularity: 'layer' is not valid; expected one of block, block_part, module"),
     ({"knobs": {"bits": [4]}, "trials": 0}, "trials: 0 is not valid; expected an integer >= 1"),
