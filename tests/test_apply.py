@@ -239,3 +239,23 @@ def test_quantised_scales_need_a_quantizer_that_chooses_its_scales():
     problem = setting_problem(ref, ModuleSetting(bits=4, scale_bits=8), Methods(quantizer="ggml"))
     assert "scale_bits 8 needs a quantizer whose group parameters toggle chooses" in problem
     assert setting_problem(ref, ModuleSetting(bits=16, scale_bits=8), Methods(quantizer="ggml")) is None
+
+
+def test_output_error_of_sampled_rows_is_that_of_the_stored_matrix_and_caches_nothing(tiny_llama_dir):
+    lm = load_model(str(tiny_llama_dir))
+    ids = _ids(lm)
+    stats = collect_stats(lm.model, [ids[0]])
+    applier = PlanApplier(lm.model, stats=stats)
+    ref = next(r for r in applier.refs if r.component == "mlp.gate_proj")  # 128 rows
+    for setting, methods in [(ModuleSetting(bits=3, group_size=32, scale_bits=6), Methods()),
+                             (ModuleSetting(bits=4), Methods(quantizer="gptq", group_size=32)),
+                             (ModuleSetting(bits=4, sparsity=0.5), Methods(pruner="wanda"))]:
+        got = applier.output_error(ref, setting, methods, max_rows=40)
+        fresh = PlanApplier(lm.model, stats=stats)  # the whole matrix, as evaluation stores it
+        w_hat = fresh.stored(ref, setting, methods).weight()
+        rows = torch.linspace(0, ref.out_features - 1, 40).round().long().unique()
+        w, gram = fresh._base[ref.name].float()[rows], stats.gram(ref.name).float()
+        diff = w_hat[rows] - w
+        want = float(((diff @ gram) * diff).sum() / ((w @ gram) * w).sum())
+        assert got == pytest.approx(want, rel=1e-5) and got > 0
+    assert applier.cache_bytes["quantised"] == 0  # the plain quantisations were not kept

@@ -11,6 +11,7 @@ def test_shipped_profiles_load_with_values_ordered_least_compressed_first():
     assert default.granularity == "block_part"
     assert default.knobs["bits"][0] == 16 and list(default.knobs["bits"]) == sorted(default.knobs["bits"], reverse=True)
     assert default.knobs["group_size"] == (32, 64, 128) and default.embedding["group_size"] == (32, 64, 128)
+    assert default.knobs["scale_bits"] == (16, 8, 6) == default.embedding["scale_bits"]  # float16 first
     assert default.knobs["sparsity"] == (0.0,) and default.knobs["rank_ratio"] == (1.0,)
     assert default.sensitivity.method == "measured" and default.methods.pruner == "wanda"
     pruning = load_profile("prune-lowrank")

@@ -229,14 +229,30 @@ class PlanApplier:
         rows are used: an estimate of the same ratio at a fraction of the cost."""
         ref = self._by_name[ref] if isinstance(ref, str) else ref
         w = self._base[ref.name].float()
-        w_hat = self.stored(ref, setting, methods).weight().float()
         rows = torch.linspace(0, w.shape[0] - 1, min(max_rows, w.shape[0])).round().long().unique()
-        w, diff = w[rows], w_hat[rows] - w[rows]
+        w_hat = self._rows_weight(ref, setting, methods, rows)
+        w, diff = w[rows], w_hat - w[rows]
         gram = self._gram(ref)
         if gram is None:
             return float(diff.pow(2).sum() / w.pow(2).sum().clamp(min=1e-30))
         gram = gram.float()
         return float(((diff @ gram) * diff).sum() / ((w @ gram) * w).sum().clamp(min=1e-30))
+
+    def _rows_weight(self, ref: ModuleRef, setting: ModuleSetting, methods: Methods, rows: torch.Tensor) -> torch.Tensor:
+        """Rows `rows` of the effective weight under `setting`. Plain quantisation is row by row,
+        so only those rows are quantised, and nothing is cached: profiling prices every option
+        of every module once, and caching them all would hold a model's worth of codes per option."""
+        m = methods.for_setting(setting)
+        quantizer = registry.chosen("quantizer", m, has_stats=self._gram(ref) is not None)
+        if setting.sparsity > 0 or setting.rank_ratio < 1 or setting.bits == 16 or quantizer.prepare is not None:
+            return self.stored(ref, setting, methods).weight().float()[rows]
+        problem = setting_problem(ref, setting, m)
+        if problem:
+            raise InvalidInput(f"{ref.name}: {problem}")
+        gram = self._gram(ref) if registry.needs_stats(setting, m) else None
+        with single_threaded():
+            part = self._base[ref.name][rows]
+            return self._matrix(part, setting, m, gram, key=None).dequantize().float()
 
     @property
     def cache_bytes(self) -> dict[str, int]:
