@@ -41,3 +41,36 @@ def test_two_workers_share_one_study(tmp_path, kind):
     assert len({t.user_attrs["worker"] for t in trials}) == 2  # both did work
     evaluated = [tuple(sorted(t.params.items())) for t in trials if "duplicate_of" not in t.user_attrs]
     assert len(set(evaluated)) == len(evaluated)  # no point is evaluated twice (pending ones are not proposed)
+
+
+def test_an_enqueued_sqlite_trial_goes_to_one_worker_only(tmp_path, monkeypatch):
+    """Optuna pops an enqueued trial by reading that it waits, then writing that it runs. Worker B
+    pops it in between worker A's read and write: only one of them may get it (with pysqlite's
+    deferred transactions both did, and one then failed with "Cannot tell a COMPLETE trial")."""
+    import threading
+
+    from toggle.search.storage import open_storage
+
+    store_a, _ = open_storage(None, tmp_path)
+    store_b, _ = open_storage(None, tmp_path)
+    study = optuna.create_study(study_name="s", storage=store_a)
+    study.enqueue_trial({"x": 1.0})
+    trial_id = store_a.get_all_trials(study._study_id)[0]._trial_id
+    got: dict[str, bool] = {}
+
+    def pop(name, store):
+        got[name] = store.set_trial_state_values(trial_id, state=optuna.trial.TrialState.RUNNING)
+
+    b = threading.Thread(target=pop, args=("b", store_b))
+    checked = store_a.check_trial_is_updatable
+
+    def between_read_and_write(tid, state):  # A has read the trial's state, not yet written it
+        checked(tid, state)
+        if not b.is_alive() and "b" not in got:
+            b.start()
+            b.join(timeout=1.0)  # B waits for A's lock (the fix), or pops the trial at once (the race)
+
+    monkeypatch.setattr(store_a, "check_trial_is_updatable", between_read_and_write)
+    pop("a", store_a)
+    b.join(timeout=30)
+    assert sorted(got.values()) == [False, True], got

@@ -83,14 +83,24 @@ def _rdb(url: str, attempts: int = 5):
 def _fast_sqlite(engine) -> None:
     """Optuna commits once per parameter; with sqlite's default full fsync that costs ~1 s per
     trial of 180 parameters. WAL with synchronous=NORMAL stays crash-safe (a power cut may lose
-    the last trial, never corrupt the file) and lets several local workers read while one writes."""
+    the last trial, never corrupt the file) and lets several local workers read while one writes.
+
+    Every transaction also takes sqlite's write lock when it begins (BEGIN IMMEDIATE, SQLAlchemy's
+    recipe for serializable sqlite): optuna hands out an enqueued trial by reading that it waits,
+    then writing that it runs, and with pysqlite's deferred transactions two workers could both
+    read "waiting" and both run the same trial (then one fails: "Cannot tell a COMPLETE trial")."""
     @event.listens_for(engine, "connect")
     def _pragmas(conn, _record):
+        conn.isolation_level = None  # pysqlite emits no BEGIN of its own: the "begin" listener does
         cur = conn.cursor()
         cur.execute("PRAGMA busy_timeout=30000")  # first: switching to WAL needs a lock another worker may hold
         _set_wal(cur)
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn):
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     engine.dispose()  # connections opened before the listener reconnect with the pragmas
 
