@@ -146,6 +146,7 @@ class PlanApplier:
         self._order: dict[tuple, torch.Tensor] = {}  # pruning order per (module, pruner, pattern)
         self._svd: dict[tuple, SVDFactors] = {}  # full-rank factors per (module, method)
         self._prepared: dict[tuple, object] = {}  # a quantiser's per-matrix state (AWQ's input scales)
+        self._energy: dict[tuple, float] = {}  # output_error's denominator per (module, rows)
         self._lru: OrderedDict[tuple, torch.Tensor] = OrderedDict()  # effective weights
         self._lru_bytes = 0
         self.counters = {"applied": 0, "skipped": 0, "lru_hits": 0, "composed": 0}
@@ -232,11 +233,16 @@ class PlanApplier:
         rows = torch.linspace(0, w.shape[0] - 1, min(max_rows, w.shape[0])).round().long().unique()
         w_hat = self._rows_weight(ref, setting, methods, rows)
         w, diff = w[rows], w_hat - w[rows]
-        gram = self._gram(ref)
+        # The ratio does not depend on G's scale: the summed Gram matrix saves a division per call,
+        # and the denominator, the same for every option of a module, is computed once.
+        gram = None if self.stats is None or ref.name not in self.stats else self.stats.gram_sum(ref.name).float()
+        key = (ref.name, max_rows)
+        if key not in self._energy:
+            energy = w.pow(2).sum() if gram is None else ((w @ gram) * w).sum()
+            self._energy[key] = float(energy.clamp(min=1e-30))
         if gram is None:
-            return float(diff.pow(2).sum() / w.pow(2).sum().clamp(min=1e-30))
-        gram = gram.float()
-        return float(((diff @ gram) * diff).sum() / ((w @ gram) * w).sum().clamp(min=1e-30))
+            return float(diff.pow(2).sum()) / self._energy[key]
+        return float(((diff @ gram) * diff).sum()) / self._energy[key]
 
     def _rows_weight(self, ref: ModuleRef, setting: ModuleSetting, methods: Methods, rows: torch.Tensor) -> torch.Tensor:
         """Rows `rows` of the effective weight under `setting`. Plain quantisation is row by row,
