@@ -15,15 +15,15 @@ at group size 32 our codes are bit-for-bit the GGUF types (tests check it agains
                          w' = c * d + m                                   (Q4_1, Q5_1)
 
 d and m are stored as float16 and w' is computed from the stored values, so the de-quantised
-matrix is exactly what a loader of the artifact gets.
+matrix is exactly what a loader of the artifact gets. Symmetric codes represent 0 exactly
+(pruned weights stay 0); asymmetric ones do not, so a pruned matrix is masked after decoding.
 
 Quantised group parameters (`scale_bits` < 16, "double quantisation" as in QLoRA, and what
 llama.cpp's K-quants do with 6-bit sub-block scales): each row's d (and m) over its groups are
 themselves stored as `scale_bits`-bit codes k with a float16 step s and base b per row,
 d = k * s + b, computed in float32 from the stored values. The weight codes are then chosen
 for those decoded parameters. At group 32 this cuts the parameters from 1 bit per weight
-(two float16 per 32 weights) to 0.5 (8-bit) or 0.375 (6-bit). Symmetric codes represent 0 exactly
-(pruned weights stay 0); asymmetric ones do not, so a pruned matrix is masked after decoding.
+(two float16 per 32 weights) to 0.5 (8-bit) or 0.375 (6-bit).
 
 Outlier-aware methods use the input Gram matrix G = E[x x^T] of the module (calibrate.py):
   awq   per-input-channel scales s = rms(x)^alpha (alpha searched on a grid), quantise W*s,
@@ -87,7 +87,6 @@ class QuantizedMatrix:
         """Bytes held in memory (codes, scales, minimums, input scales)."""
         return sum(t.nbytes for t in (self.codes, self.scales, self.mins, self.input_scales) if t is not None)
 
-
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         out_f, in_f = self.codes.shape
         w = torch.empty(out_f, in_f, dtype=torch.float32, device=self.codes.device)
@@ -123,16 +122,13 @@ class ParamCodes:
         """Asymmetric round-to-nearest of each row of a float (out, groups) tensor."""
         x = x.float()
         lo, hi = x.amin(dim=1), x.amax(dim=1)
-        step = ((hi - lo) / ((1 << bits) - 1)).half()
-        base = lo.half()
-        s = step.float()[:, None]
-        inv = torch.where(s == 0, torch.zeros_like(s), 1 / s)
-        codes = (x - base.float()[:, None]).mul_(inv).round_().clamp_(0, (1 << bits) - 1)
-        return cls(codes=codes.to(torch.uint8), step=step, base=base, bits=bits)
+        grid = cls(codes=None, step=((hi - lo) / ((1 << bits) - 1)).half(), base=lo.half(), bits=bits)
+        grid.codes = grid.nearest(x)[0].to(torch.uint8)
+        return grid
 
-    def nearest(self, x: torch.Tensor, rows=slice(None)) -> tuple[torch.Tensor, torch.Tensor]:
-        """(codes, decoded values) on this parameter's grid for values x (rows, k) of `rows`."""
-        s, b = self.step.float()[rows, None], self.base.float()[rows, None]
+    def nearest(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(codes, decoded values) on this parameter's grid for values x (out, k), as float32."""
+        s, b = self.step.float()[:, None], self.base.float()[:, None]
         inv = torch.where(s == 0, torch.zeros_like(s), 1 / s)
         codes = (x.float() - b).mul_(inv).round_().clamp_(0, (1 << self.bits) - 1)
         return codes, codes * s + b
