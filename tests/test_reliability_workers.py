@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import optuna
@@ -90,27 +91,49 @@ def postgres_url():
         shutil.rmtree(home, ignore_errors=True)
 
 
+FIRST = TRIALS // 2  # the first worker stops when the study has this many trials; the second goes on to TRIALS
+
+
+def _open(storage: str):
+    if storage.startswith("journal:"):
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+        return JournalStorage(JournalFileBackend(storage[len("journal:"):]))
+    return storage
+
+
+def _finished_trials(storage: str) -> list[optuna.trial.FrozenTrial]:
+    try:
+        study = optuna.load_study(study_name="shared", storage=_open(storage))
+    except KeyError:  # the first worker has not created the study yet
+        return []
+    done = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED
+    return [t for t in study.get_trials(deepcopy=False) if t.state in done]
+
+
 def _two_workers(tmp_path: Path, tiny: Path, storage: str) -> list[optuna.trial.FrozenTrial]:
+    """Worker 0 asks for FIRST trials, worker 1 for TRIALS; worker 1 starts once worker 0 has finished
+    a trial, so both do work whatever the machine's speed (started together, the one that loads first
+    could finish every trial before the other's first), and they overlap while worker 0 still runs."""
     write_search_inputs(tmp_path, prompts=2, profile_prompts=1)
     env = dict(os.environ, PYTHONPATH=str(ROOT), TOGGLE_CACHE_DIR=str(tmp_path / "cache"))
     procs = []
-    for i in range(2):
+    for i, trials in enumerate((FIRST, TRIALS)):
         command = [sys.executable, "-m", "toggle.cli", "search", str(tiny), "--budget", "150KB",
                    "--specs", str(tmp_path / "s.stl"), "--prompts", str(tmp_path / "p.yaml"),
-                   "--profile", str(tmp_path / "profile.yaml"), "--trials", str(TRIALS),
+                   "--profile", str(tmp_path / "profile.yaml"), "--trials", str(trials),
                    "--storage", storage, "--study", "shared", "--out", str(tmp_path / f"worker{i}")]
         procs.append(subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+        deadline = time.monotonic() + 300
+        while i == 0 and not _finished_trials(storage):
+            assert procs[0].poll() is None, procs[0].communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "worker 0 finished no trial in 300 s"
+            time.sleep(0.2)
     for p in procs:
         _, err = p.communicate(timeout=600)
         assert p.returncode in (0, 1), err[-3000:]
         assert "Traceback" not in err
-    if storage.startswith("journal:"):
-        from optuna.storages.journal import JournalFileBackend, JournalStorage
-
-        store = JournalStorage(JournalFileBackend(storage[len("journal:"):]))
-    else:
-        store = storage
-    return optuna.load_study(study_name="shared", storage=store).get_trials()
+    return optuna.load_study(study_name="shared", storage=_open(storage)).get_trials()
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "journal", "postgresql"])
@@ -125,13 +148,13 @@ def test_two_search_workers_share_one_study(kind, tiny_llama_dir, tmp_path, requ
 
     done = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED
     finished = [t for t in trials if t.state in done]
-    assert TRIALS <= len(finished) <= TRIALS + 1  # each worker stops at TRIALS; both may start the last one
+    assert TRIALS <= len(finished) <= TRIALS + 1  # worker 1 stops at TRIALS; both may start the last one
     assert not [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
     workers = {t.user_attrs.get("worker") for t in finished}
     assert len(workers) == 2, workers  # both did work, and both results are in the study
     evaluated = [tuple(sorted(t.params.items())) for t in finished
                  if "robustness" in t.user_attrs and "duplicate_of" not in t.user_attrs]
     assert len(set(evaluated)) == len(evaluated)  # no point was evaluated twice
-    for i in range(2):  # each worker wrote a valid run directory from the shared study
+    for i, asked in enumerate((FIRST, TRIALS)):  # each worker wrote a valid run directory from the shared study
         summary = json.loads((tmp_path / f"worker{i}" / "summary.json").read_text())
-        assert summary["study"] == "shared" and summary["trials"] >= TRIALS
+        assert summary["study"] == "shared" and summary["trials"] >= asked
