@@ -115,3 +115,59 @@ def test_a_vacuously_true_property_survives_the_cache_and_costs_no_margin(tmp_pa
     for d, d0 in zip(model.drops, plain.drops):
         np.testing.assert_allclose(d[:, others], d0)
     assert [list(p) for p in allocation_path(model, costs)[0]] == [list(p) for p in allocation_path(plain, costs)[0]]
+
+
+def _reference_path(model, costs):
+    """The allocator written plainly, one group at a time: what the vectorised one must equal."""
+    current = np.zeros(len(model.drops), dtype=np.int64)
+    totals, loss, path = np.zeros(len(model.names)), 0.0, [costs.index_of(current)]
+    while True:
+        best = None
+        for gi, drops in enumerate(model.drops):
+            gain = costs.bytes_delta(gi)[current[gi]] - costs.bytes_delta(gi)
+            with np.errstate(invalid="ignore"):
+                new_loss = np.max((totals + drops - drops[current[gi]]) / model.scale, axis=1)
+            score = np.where((gain > 0) & np.isfinite(new_loss), gain / np.maximum(new_loss - loss, 1e-9), -np.inf)
+            ci = int(np.argmax(score))
+            if np.isfinite(score[ci]) and (best is None or score[ci] > best[0]):
+                best = (score[ci], gi, ci, float(new_loss[ci]))
+        if best is None:
+            return path
+        _, gi, ci, loss = best
+        totals = totals + model.drops[gi][ci] - model.drops[gi][current[gi]]
+        current[gi] = ci
+        path.append(costs.index_of(current))
+
+
+def test_allocation_path_equals_the_plain_one_group_at_a_time_allocator():
+    obj, space, costs = _setup(blocks=6)
+    model = AdditiveModel(space, costs, run_measurement(space, costs, obj, obj))
+    rng = np.random.default_rng(3)
+    model.drops = [d * f for d, f in zip(model.drops, np.exp(rng.normal(0.0, 0.5, len(model.drops))))]
+    model.drops[2] = np.where(model.drops[2] > 0, np.inf, 0.0)  # an unprobed group: never moved
+    path = allocation_path(model, costs)[0]
+    assert len(path) > 20
+    assert [p.tolist() for p in path] == [p.tolist() for p in _reference_path(model, costs)]
+    assert all(costs.combo_ids(p)[0, 2] == 0 for p in path)
+
+
+def test_gp_predictions_equal_botorch_posterior_including_pending_points():
+    import torch
+
+    from toggle.search.gp import fit_models, gp_predict
+
+    rng = np.random.default_rng(0)
+    x = rng.random((40, 6))
+    y = np.stack([3.0 * np.sin(x.sum(axis=1)) + 2.0, x[:, 0] - x[:, 1]], axis=1)
+    models = fit_models(x, y)
+    pending = torch.as_tensor(rng.random((3, 6)))
+    with torch.no_grad():
+        models.append(models[0].condition_on_observations(pending, models[0].posterior(pending).mean))
+    query = rng.random((5000, 6))
+    mu, sd = gp_predict(models, query, batch=2048)
+    with torch.no_grad():
+        for j, m in enumerate(models):
+            post = m.posterior(torch.as_tensor(query))
+            assert np.allclose(mu[:, j], post.mean.squeeze(-1).numpy(), rtol=0, atol=1e-9)
+            assert np.allclose(sd[:, j], post.variance.squeeze(-1).clamp_min(1e-12).sqrt().numpy(), rtol=1e-7, atol=1e-12)
+    assert sd[:, 0].std() > 0 and mu[:, 1].std() > 0  # a fitted GP, not a constant

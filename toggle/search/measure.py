@@ -186,36 +186,51 @@ def allocation_path(model: AdditiveModel, costs: CostTable, limit: np.ndarray | 
     share of any property's margin), until no move saves anything. Returns the index vectors
     along the way, each cheaper than the last, and their predicted losses."""
     column = 1 if objective == "flops" else 0
-    n_groups = len(model.drops)
+    n_groups, n_props = len(model.drops), len(model.names)
+    width = max(len(costs.combos(gi)) for gi in range(n_groups))
+    # Every group's options side by side (padded options are never allowed), so one step scores
+    # every move of every group in a few array operations: a path has hundreds of steps.
+    drops = np.zeros((n_groups, width, n_props))
+    saving = np.zeros((n_groups, width))
+    allowed = np.zeros((n_groups, width), dtype=bool)
+    for gi in range(n_groups):
+        n = len(costs.combos(gi))
+        drops[gi, :n] = model.drops[gi]
+        saving[gi, :n] = costs._delta[gi][:, column]
+        allowed[gi, :n] = True
+        if limit is not None:
+            for ci in range(n):
+                allowed[gi, ci] = np.all(costs.with_combo(costs.space.untouched(), gi, ci) <= limit)
+    # Per step only the moved group's row changes: keep each group's move deltas (per property,
+    # laid out property-first so the max over properties is a few elementwise maxima).
+    delta = np.moveaxis(drops, 2, 0).copy()  # (properties, groups, options): drop added by each move
+    gain = saving[:, :1] - saving  # bytes saved by each move from the untouched option
+    open_moves = (gain > 0) & allowed
     current = np.zeros(n_groups, dtype=np.int64)
-    totals = np.zeros(len(model.names))  # predicted drop per property
-    saving = [costs.bytes_delta(gi) if column == 0 else costs._delta[gi][:, 1] for gi in range(n_groups)]
-    allowed = [np.ones(len(costs.combos(gi)), dtype=bool) for gi in range(n_groups)]
-    if limit is not None:
-        for gi in range(n_groups):
-            for ci in range(len(costs.combos(gi))):
-                allowed[gi][ci] = np.all(costs.with_combo(costs.space.untouched(), gi, ci) <= limit)
-    path, losses = [costs.index_of(current)], [0.0]
+    totals = np.zeros(n_props)  # predicted drop per property
+    index = costs.index_of(current)
+    path, losses = [index], [0.0]
     loss = 0.0
-    while True:
-        best = None
-        for gi in range(n_groups):
-            cur = current[gi]
-            gain = saving[gi][cur] - saving[gi]  # bytes saved by moving to each option
-            delta = model.drops[gi] - model.drops[gi][cur]
-            new_loss = np.max((totals[None, :] + delta) / model.scale, axis=1)
+    with np.errstate(invalid="ignore"):  # inf - inf for a move away from an unprobed option: never taken
+        while True:
+            new_loss = (totals[0] + delta[0]) / model.scale[0]
+            for p in range(1, n_props):
+                np.maximum(new_loss, (totals[p] + delta[p]) / model.scale[p], out=new_loss)
             worse = np.maximum(new_loss - loss, 1e-9)
-            score = np.where((gain > 0) & allowed[gi] & np.isfinite(new_loss), gain / worse, -np.inf)
-            ci = int(np.argmax(score))
-            if np.isfinite(score[ci]) and (best is None or score[ci] > best[0]):
-                best = (score[ci], gi, ci, float(new_loss[ci]))
-        if best is None:
-            break
-        _, gi, ci, loss = best
-        totals = totals + model.drops[gi][ci] - model.drops[gi][current[gi]]
-        current[gi] = ci
-        path.append(costs.index_of(current))
-        losses.append(loss)
+            score = np.where(open_moves & np.isfinite(new_loss), gain / worse, -np.inf)
+            # Row-major argmax: the best move, ties to the first group and its first option.
+            gi, ci = np.unravel_index(int(np.argmax(score)), score.shape)
+            if not np.isfinite(score[gi, ci]):
+                break
+            loss = float(new_loss[gi, ci])
+            totals = totals + drops[gi, ci] - drops[gi, current[gi]]
+            current[gi] = ci
+            delta[:, gi] = (drops[gi] - drops[gi, ci]).T
+            gain[gi] = saving[gi, ci] - saving[gi]
+            open_moves[gi] = (gain[gi] > 0) & allowed[gi]
+            index = costs.with_combo(index, int(gi), int(ci))
+            path.append(index)
+            losses.append(loss)
     return path, losses
 
 

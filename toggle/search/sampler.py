@@ -219,7 +219,7 @@ class ConstrainedBOSampler(SpaceSampler):
         if not keep.any():
             self.last_info = {"strategy": "random (trust region exhausted)", "tr_length": length}
             return self.random_point(study, trial)
-        cands, cand_value = cands[keep], cand_value[keep]
+        cands, cand_value = _unique_rows(cands[keep], cand_value[keep])
 
         log_pf = surrogate.log_prob_feasible(cands)
         acq = log_pf + (np.log(c_star - cand_value) if c_star is not None else 0.0)
@@ -246,7 +246,7 @@ class ConstrainedBOSampler(SpaceSampler):
         if not keep.any():
             self.last_info = {"strategy": "random (no candidate left)"}
             return self.random_point(study, trial)
-        cands = cands[keep]
+        cands = _unique_rows(cands[keep])[0]
         mu, sd = surrogate.predict(cands)
         draws = mu[None] + sd[None] * self._rng.standard_normal((64, *mu.shape))
         ei = np.maximum(draws.min(axis=2) - m_star, 0.0).mean(axis=0)
@@ -304,6 +304,14 @@ class ConstrainedBOSampler(SpaceSampler):
             out[rows, up] += 1
             out[rows, down] -= 1
         return np.clip(out, 0, self.limit[None, :])
+
+
+def _unique_rows(cands: np.ndarray, *aligned: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Each distinct candidate once, in first-seen order (re-allocated paths and trust-region draws
+    repeat points; the GPs need not score them twice, and argmax still picks the first)."""
+    _, first = np.unique(cands, axis=0, return_index=True)
+    first = np.sort(first)
+    return (cands[first], *(a[first] for a in aligned))
 
 
 # --- study history -----------------------------------------------------------------------
