@@ -67,9 +67,25 @@ def test_bo_from_the_allocator_path_is_at_least_as_small_as_the_allocator(tmp_pa
         results[sampler] = r.summary["compressed_size_bytes"]
         by = r.summary["trials_by_strategy"]
         assert sum(c["trials"] for c in by.values()) == r.summary["trials"] and r.summary["winner_strategy"] in by
-        if sampler == "bo":  # it bisects the allocator's path, then proposes from its GP
-            assert set(by) == {"allocator path", "bo"}, by
+        if sampler == "bo":  # it bisects the allocator's path, the uniform settings below it, then proposes from its GP
+            assert set(by) == {"allocator path", "uniform", "bo"}, by
     assert results["bo"] <= results["allocator"] < results["uniform"]
+
+
+def test_bo_is_never_larger_than_uniform_where_the_measurements_mislead_the_allocator(tmp_path):
+    """Profiled through a very noisy view, the allocator's path ranks groups wrongly and one uniform
+    setting beats it; BO bisects the uniform settings below its best and its GP improves on both."""
+    results, by = {}, {}
+    for sampler in ("uniform", "allocator", "bo"):
+        obj = SyntheticObjective(blocks=6, seed=1)
+        r = run_study(obj, int(obj.base16_bytes * 0.45), profile=PROFILE, run_dir=tmp_path / sampler, trials=16,
+                      sampler=sampler, profiling_objective=obj.profiling_view(noise=2.5, seed=6), progress=False)
+        assert r.satisfied, sampler
+        results[sampler], by[sampler] = r.summary["compressed_size_bytes"], r.summary["trials_by_strategy"]
+    assert results["uniform"] < results["allocator"]  # the case this test is about
+    assert set(by["bo"]) == {"allocator path", "uniform", "bo"}, by["bo"]
+    assert by["bo"]["uniform"]["feasible"] >= 1
+    assert results["bo"] < results["uniform"]
 
 
 def test_margin_objective_returns_the_most_robust_plan_within_the_budget(tmp_path):

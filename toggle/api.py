@@ -229,9 +229,11 @@ def final_lines(result: SearchResult) -> list[str]:
         closest = (f"closest plan: trial {s['best_trial']}, minimum margin {s['min_margin']:+.4f}"
                    if s.get("best_trial") is not None and s.get("min_margin") is not None else "no plan within the budget was evaluated")
         lines.append(f"no plan satisfies every property within {format_bytes(s['budget_bytes'])} after {s['trials']} trials; {closest}")
-    if s.get("satisfied") and s.get("winner_strategy") == "allocator path":
+    start = {"allocator path": "a point of the measured-error allocator's path, which BO bisects first",
+             "uniform": "a uniform setting, which BO bisects after the measured-error allocator's path"}
+    if s.get("satisfied") and s.get("winner_strategy") in start:
         gp = (s.get("trials_by_strategy") or {}).get("bo", {"trials": 0, "feasible": 0})
-        lines.append(f"the winner is a point of the measured-error allocator's path, which BO bisects first; "
+        lines.append(f"the winner is {start[s['winner_strategy']]}; "
                      f"its {gp['trials']} model-guided proposals after that found no smaller satisfying plan")
     if s.get("compressed_size_bytes") is not None:
         lines.append(f"size: {format_bytes(s['compressed_size_bytes'])} vs {format_bytes(s['base_size_bytes'])} 16-bit dense "

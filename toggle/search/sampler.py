@@ -18,6 +18,10 @@ improvement, and evaluations are deterministic (one teacher-forced pass), so nei
 cost nor a noisy-EI incumbent is needed. Until a feasible plan exists the acquisition is the
 probability of feasibility alone.
 
+With measured-error profiling BO first bisects the allocator's path, then the uniform settings
+cheaper than the best plan so far (ladder.py): its incumbent is the best of both baselines before
+any GP proposal, at a few evaluations' cost.
+
 Candidates come from a trust region around the incumbent (TuRBO/SCBO style: a random ~20
 dimensions perturbed by at most the region's length; the length doubles after 2 successes and
 halves after 3 failures, replayed from the study's history so resumed runs and other workers
@@ -150,15 +154,21 @@ class ConstrainedBOSampler(SpaceSampler):
     def __init__(self, space, costs, budget_bytes, *, objective="size", seed=0, limit=None, prior=None, n_startup: int = 4,
                  n_candidates: int = 3000, random_fraction: float = 0.1, length_init: float = 0.4,
                  length_min: float = 0.05, length_max: float = 1.0, success_tol: int = 2, failure_tol: int = 3,
-                 ladder: list | None = None, features=None, measured=None, reallocations: int = 12):
+                 ladder: list | None = None, features=None, measured=None, reallocations: int = 12,
+                 uniform: list | None = None):
         """With `ladder` (the measured-error allocator's path within the budget), BO first bisects
         along it, as the allocator does, then fits its GPs (on `features`, the prior's predicted
         loss per zone of groups) and proposes swaps, trust-region moves and re-allocations with
-        perturbed group sensitivities (`measured`: toggle.search.measure.AdditiveModel)."""
+        perturbed group sensitivities (`measured`: toggle.search.measure.AdditiveModel). With
+        `uniform` (the uniform settings within the budget, most expensive first), BO then bisects the
+        uniform settings cheaper than the best plan found so far: where the measurements rank groups
+        wrongly, one setting everywhere can beat the allocator's path, and BO's plan must never be
+        larger than a baseline's that costs a few evaluations to find."""
         super().__init__(space, costs, budget_bytes, objective=objective, seed=seed, limit=limit)
         self.ladder = ladder
         self.features, self.measured, self.reallocations = features, measured, reallocations
         self._ladder = Ladder(ladder, objective) if ladder is not None else None
+        self._uniform = Ladder(uniform, objective) if uniform and objective != "margin" else None
         self.n_startup, self.n_candidates, self.random_fraction = n_startup, n_candidates, random_fraction
         self.length_init, self.length_min, self.length_max = length_init, length_min, length_max
         self.success_tol, self.failure_tol = success_tol, failure_tol
@@ -169,9 +179,14 @@ class ConstrainedBOSampler(SpaceSampler):
         obs = observations(self.space, study)
         seen = _seen(self.space, study, trial)
         if self.ladder is not None:
-            rung = self._ladder.next_rung(*ladder_state(self.space, study, trial), bisect_only=True)
+            results, pending = ladder_state(self.space, study, trial)
+            rung = self._ladder.next_rung(results, pending, bisect_only=True)
             if rung is not None:
                 self.last_info = {"strategy": "allocator path"}
+                return rung
+            rung = self._uniform_below_best(results, pending)
+            if rung is not None:
+                self.last_info = {"strategy": "uniform"}
                 return rung
         elif len(obs["index"]) < self.n_startup:
             self.last_info = {"strategy": "startup-random"}
@@ -227,6 +242,20 @@ class ConstrainedBOSampler(SpaceSampler):
         self.last_info = {"strategy": "bo", "tr_length": round(length, 4), "pool": int(len(cands)),
                           "prob_feasible": float(np.exp(log_pf[best])), "pending": int(len(pending))}
         return cands[best]
+
+    def _uniform_below_best(self, results: dict[tuple, bool], pending: set[tuple]) -> np.ndarray | None:
+        """The next uniform setting to bisect among those cheaper than the best feasible plan so far
+        (the more expensive ones count as passed: nothing is learnt from them), or None when done."""
+        if self._uniform is None or not len(self._uniform):
+            return None
+        feasible = [np.array(k) for k, ok in results.items() if ok]
+        best = float(self.value_of(np.stack(feasible))[0].min()) if feasible else math.inf
+        rungs = np.stack(self._uniform.points)
+        known = dict(results)
+        for point, value in zip(rungs, self.value_of(rungs)[0]):
+            if value >= best:
+                known.setdefault(tuple(point.tolist()), True)
+        return self._uniform.next_rung(known, pending, bisect_only=True)
 
     def _propose_margin(self, study, trial, obs, seen, Surrogate) -> np.ndarray:
         """--objective margin: expected improvement of the smallest robustness over properties,

@@ -90,7 +90,8 @@ def _bo(c: SamplerContext):
         return ConstrainedBOSampler(
             c.space, c.costs, c.budget_bytes, objective=c.objective, seed=c.seed, limit=c.limit, prior=c.measured,
             ladder=path_ladder(c.path, c.costs, c.budget_bytes, c.objective),
-            features=lambda index: c.measured.zone_loss(index, zones, n_zones), measured=c.measured, **c.options)
+            features=lambda index: c.measured.zone_loss(index, zones, n_zones), measured=c.measured,
+            uniform=uniform_ladder(c.space, c.costs, c.budget_bytes, c.objective), **c.options)
     sampler = ConstrainedBOSampler(c.space, c.costs, c.budget_bytes, objective=c.objective, seed=c.seed, limit=c.limit,
                                    prior=c.prior, **c.options)
     sampler.warm_starts = warm_starts(c.path, c.estimate, c.costs, c.budget_bytes, c.objective)
