@@ -58,7 +58,13 @@ def test_final_lines_report_size_and_flop_reduction():
     assert ("the winner is a point of the measured-error allocator's path, which BO bisects first; its 5 "
             "model-guided proposals after that found no smaller satisfying plan") in final_lines(
         SearchResult(Path("runs/x"), summary, Plan(model="m"), "s", "sqlite://"))
-    summary.update(winner_strategy="uniform")
+    summary.update(trials_by_strategy={"allocator path": {"trials": 9, "feasible": 2}, "uniform": {"trials": 3, "feasible": 0}},
+                   trials=12)
+    assert ("the winner is a point of the measured-error allocator's path, which BO bisects first; the bisections took "
+            "all 12 trials, none was left for a model-guided proposal (more --trials leave some)") in final_lines(
+        SearchResult(Path("runs/x"), summary, Plan(model="m"), "s", "sqlite://"))
+    summary.update(winner_strategy="uniform", trials_by_strategy={"allocator path": {"trials": 7, "feasible": 2},
+                                                                  "bo": {"trials": 5, "feasible": 0}})
     assert ("the winner is a uniform setting, which BO bisects after the measured-error allocator's path; its 5 "
             "model-guided proposals after that found no smaller satisfying plan") in final_lines(
         SearchResult(Path("runs/x"), summary, Plan(model="m"), "s", "sqlite://"))

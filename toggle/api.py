@@ -233,8 +233,10 @@ def final_lines(result: SearchResult) -> list[str]:
              "uniform": "a uniform setting, which BO bisects after the measured-error allocator's path"}
     if s.get("satisfied") and s.get("winner_strategy") in start:
         gp = (s.get("trials_by_strategy") or {}).get("bo", {"trials": 0, "feasible": 0})
-        lines.append(f"the winner is {start[s['winner_strategy']]}; "
-                     f"its {gp['trials']} model-guided proposals after that found no smaller satisfying plan")
+        after = (f"its {gp['trials']} model-guided proposals after that found no smaller satisfying plan" if gp["trials"]
+                 else f"the bisections took all {s['trials']} trials, none was left for a model-guided proposal "
+                      f"(more --trials leave some)")
+        lines.append(f"the winner is {start[s['winner_strategy']]}; {after}")
     if s.get("compressed_size_bytes") is not None:
         lines.append(f"size: {format_bytes(s['compressed_size_bytes'])} vs {format_bytes(s['base_size_bytes'])} 16-bit dense "
                      f"({100 * s['size_reduction']:.1f}% smaller)")
