@@ -23,6 +23,7 @@ from pathlib import Path
 import optuna
 import pytest
 from search_inputs import write_search_inputs
+from shared_study import finished_trials, open_storage
 
 ROOT = Path(__file__).resolve().parent.parent
 TRIALS = 8
@@ -94,23 +95,6 @@ def postgres_url():
 FIRST = TRIALS // 2  # the first worker stops when the study has this many trials; the second goes on to TRIALS
 
 
-def _open(storage: str):
-    if storage.startswith("journal:"):
-        from optuna.storages.journal import JournalFileBackend, JournalStorage
-
-        return JournalStorage(JournalFileBackend(storage[len("journal:"):]))
-    return storage
-
-
-def _finished_trials(storage: str) -> list[optuna.trial.FrozenTrial]:
-    try:
-        study = optuna.load_study(study_name="shared", storage=_open(storage))
-    except KeyError:  # the first worker has not created the study yet
-        return []
-    done = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED
-    return [t for t in study.get_trials(deepcopy=False) if t.state in done]
-
-
 def _two_workers(tmp_path: Path, tiny: Path, storage: str) -> list[optuna.trial.FrozenTrial]:
     """Worker 0 asks for FIRST trials, worker 1 for TRIALS; worker 1 starts once worker 0 has finished
     a trial, so both do work whatever the machine's speed (started together, the one that loads first
@@ -125,7 +109,7 @@ def _two_workers(tmp_path: Path, tiny: Path, storage: str) -> list[optuna.trial.
                    "--storage", storage, "--study", "shared", "--out", str(tmp_path / f"worker{i}")]
         procs.append(subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
         deadline = time.monotonic() + 300
-        while i == 0 and not _finished_trials(storage):
+        while i == 0 and not finished_trials(storage):
             assert procs[0].poll() is None, procs[0].communicate()[1][-3000:]
             assert time.monotonic() < deadline, "worker 0 finished no trial in 300 s"
             time.sleep(0.2)
@@ -133,7 +117,7 @@ def _two_workers(tmp_path: Path, tiny: Path, storage: str) -> list[optuna.trial.
         _, err = p.communicate(timeout=600)
         assert p.returncode in (0, 1), err[-3000:]
         assert "Traceback" not in err
-    return optuna.load_study(study_name="shared", storage=_open(storage)).get_trials()
+    return optuna.load_study(study_name="shared", storage=open_storage(storage)).get_trials()
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "journal", "postgresql"])

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from shared_study import finished_trials
 
 WORKER = """
 import sys
@@ -20,21 +21,6 @@ run_study(obj, int(obj.base16_bytes * 0.5), profile=SMALL, run_dir={run_dir!r}, 
 """
 
 
-def _open(storage: str):
-    if storage.startswith("journal:"):
-        from optuna.storages.journal import JournalFileBackend, JournalStorage
-        return JournalStorage(JournalFileBackend(storage[len("journal:"):]))
-    return storage
-
-
-def _finished(storage: str) -> list[optuna.trial.FrozenTrial]:
-    try:
-        study = optuna.load_study(study_name="shared", storage=_open(storage))
-    except KeyError:  # not created yet
-        return []
-    return study.get_trials(states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))
-
-
 @pytest.mark.parametrize("kind", ["journal", "sqlite"])
 def test_two_workers_share_one_study(tmp_path, kind):
     """Worker 0 asks for 5 trials, worker 1 for 10 and starts once worker 0 has finished one: both do
@@ -46,14 +32,14 @@ def test_two_workers_share_one_study(tmp_path, kind):
         worker = WORKER.format(tests=str(Path(__file__).parent), run_dir=str(tmp_path / f"w{i}"), storage=storage, trials=trials)
         procs.append(subprocess.Popen([sys.executable, "-c", worker], env=env, stderr=subprocess.PIPE, text=True))
         deadline = time.monotonic() + 200
-        while i == 0 and not _finished(storage):
+        while i == 0 and not finished_trials(storage):
             assert procs[0].poll() is None, procs[0].communicate()[1][-2000:]
             assert time.monotonic() < deadline, "worker 0 finished no trial in 200 s"
             time.sleep(0.1)
     for p in procs:
         _, err = p.communicate(timeout=300)
         assert p.returncode == 0, err[-2000:]
-    finished = _finished(storage)
+    finished = finished_trials(storage)
     assert 10 <= len(finished) <= 11  # worker 1 stops once the study has 10 (both may start the 10th)
     trials = [t for t in finished if t.state == optuna.trial.TrialState.COMPLETE]
     assert len({t.user_attrs["worker"] for t in finished}) == 2  # both did work
