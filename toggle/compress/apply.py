@@ -235,7 +235,8 @@ class PlanApplier:
         w, diff = w[rows], w_hat - w[rows]
         # The ratio does not depend on G's scale: the summed Gram matrix saves a division per call,
         # and the denominator, the same for every option of a module, is computed once.
-        gram = None if self.stats is None or ref.name not in self.stats else self.stats.gram_sum(ref.name).float()
+        gram = self._gram(ref, summed=True)
+        gram = None if gram is None else gram.float()
         key = (ref.name, max_rows)
         if key not in self._energy:
             energy = w.pow(2).sum() if gram is None else ((w @ gram) * w).sum()
@@ -249,16 +250,17 @@ class PlanApplier:
         so only those rows are quantised, and nothing is cached: profiling prices every option
         of every module once, and caching them all would hold a model's worth of codes per option."""
         m = methods.for_setting(setting)
-        quantizer = registry.chosen("quantizer", m, has_stats=self._gram(ref) is not None)
+        gram = self._gram(ref)
+        quantizer = registry.chosen("quantizer", m, has_stats=gram is not None)
         if setting.sparsity > 0 or setting.rank_ratio < 1 or setting.bits == 16 or quantizer.prepare is not None:
             return self.stored(ref, setting, methods).weight().float()[rows]
         problem = setting_problem(ref, setting, m)
         if problem:
             raise InvalidInput(f"{ref.name}: {problem}")
-        gram = self._gram(ref) if registry.needs_stats(setting, m) else None
         with single_threaded():
             part = self._base[ref.name][rows]
-            return self._matrix(part, setting, m, gram, key=None).dequantize().float()
+            return self._matrix(part, setting, m, gram if registry.needs_stats(setting, m) else None,
+                                key=None).dequantize().float()
 
     @property
     def cache_bytes(self) -> dict[str, int]:
@@ -274,10 +276,12 @@ class PlanApplier:
         }
 
     # --- composition ----------------------------------------------------------------------
-    def _gram(self, ref: ModuleRef) -> torch.Tensor | None:
+    def _gram(self, ref: ModuleRef, *, summed: bool = False) -> torch.Tensor | None:
+        """The module's input Gram matrix E[x x^T] (or its sum over tokens), on the weights' device."""
         if self.stats is None or ref.name not in self.stats:
             return None
-        return self.stats.gram(ref.name).to(self._base[ref.name].device)
+        gram = self.stats.gram_sum(ref.name) if summed else self.stats.gram(ref.name)
+        return gram.to(self._base[ref.name].device)
 
     def _full_matrix(self, ref: ModuleRef, setting: ModuleSetting, methods: Methods,
                      gram: torch.Tensor | None) -> StoredMatrix:
