@@ -17,13 +17,12 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import optuna
 import pytest
 from search_inputs import write_search_inputs
-from shared_study import finished_trials, open_storage
+from shared_study import open_storage, wait_for_a_finished_trial
 
 ROOT = Path(__file__).resolve().parent.parent
 TRIALS = 8
@@ -108,11 +107,8 @@ def _two_workers(tmp_path: Path, tiny: Path, storage: str) -> list[optuna.trial.
                    "--profile", str(tmp_path / "profile.yaml"), "--trials", str(trials),
                    "--storage", storage, "--study", "shared", "--out", str(tmp_path / f"worker{i}")]
         procs.append(subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
-        deadline = time.monotonic() + 300
-        while i == 0 and not finished_trials(storage):
-            assert procs[0].poll() is None, procs[0].communicate()[1][-3000:]
-            assert time.monotonic() < deadline, "worker 0 finished no trial in 300 s"
-            time.sleep(0.2)
+        if i == 0:
+            wait_for_a_finished_trial(procs[0], storage, 300)
     for p in procs:
         _, err = p.communicate(timeout=600)
         assert p.returncode in (0, 1), err[-3000:]

@@ -2,12 +2,11 @@
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import optuna
 import pytest
-from shared_study import finished_trials
+from shared_study import finished_trials, wait_for_a_finished_trial
 
 WORKER = """
 import sys
@@ -28,14 +27,11 @@ def test_two_workers_share_one_study(tmp_path, kind):
     storage = f"journal:{tmp_path / 'study.log'}" if kind == "journal" else f"sqlite:///{tmp_path / 'study.db'}"
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).parent.parent))
     procs = []
-    for i, trials in enumerate((5, 10)):
-        worker = WORKER.format(tests=str(Path(__file__).parent), run_dir=str(tmp_path / f"w{i}"), storage=storage, trials=trials)
+    for i, asked in enumerate((5, 10)):
+        worker = WORKER.format(tests=str(Path(__file__).parent), run_dir=str(tmp_path / f"w{i}"), storage=storage, trials=asked)
         procs.append(subprocess.Popen([sys.executable, "-c", worker], env=env, stderr=subprocess.PIPE, text=True))
-        deadline = time.monotonic() + 200
-        while i == 0 and not finished_trials(storage):
-            assert procs[0].poll() is None, procs[0].communicate()[1][-2000:]
-            assert time.monotonic() < deadline, "worker 0 finished no trial in 200 s"
-            time.sleep(0.1)
+        if i == 0:
+            wait_for_a_finished_trial(procs[0], storage, 200)
     for p in procs:
         _, err = p.communicate(timeout=300)
         assert p.returncode == 0, err[-2000:]
