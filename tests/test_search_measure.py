@@ -167,6 +167,43 @@ def test_allocation_path_equals_the_plain_one_group_at_a_time_allocator():
     assert all(costs.combo_ids(p)[0, 2] == 0 for p in path)
 
 
+def test_allocation_path_from_a_plan_continues_the_path_through_it():
+    """Started at the k-th point of the path (BO continues the allocator's path from its incumbent),
+    the allocator takes exactly the moves it took from there, with the same predicted losses."""
+    obj, space, costs = _setup(blocks=6)
+    model = AdditiveModel(space, costs, run_measurement(space, costs, obj, obj))
+    path, losses = allocation_path(model, costs)
+    for k in (1, len(path) // 3, len(path) - 2):
+        rest, rest_losses = allocation_path(model, costs, start=path[k])
+        assert [p.tolist() for p in rest] == [p.tolist() for p in path[k:]]
+        assert rest_losses == pytest.approx(losses[k:], abs=1e-12)
+
+
+def test_bo_proposals_stay_within_a_cost_step_of_the_incumbent(tmp_path):
+    """GP proposals save at most `step_max` x the trust region's length / its maximum below the
+    best feasible plan (when the candidate pool has any such plan): long jumps are where the GPs'
+    feasibility is least reliable."""
+    import optuna
+
+    obj = SyntheticObjective(blocks=6, seed=0)
+    r = run_study(obj, int(obj.base16_bytes * 0.45), profile=PROFILE, run_dir=tmp_path, trials=22, sampler="bo",
+                  profiling_objective=obj.profiling_view(), progress=False)
+    study = optuna.load_study(study_name=r.summary["study"], storage=f"sqlite:///{tmp_path / 'study.db'}")
+    trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
+    proposals = 0
+    for i, t in enumerate(trials):
+        info = t.user_attrs.get("sampler_info") or {}
+        if info.get("strategy") != "bo" or info.get("max_step") is None:
+            continue
+        feasible = [u.user_attrs["bytes"] for u in trials[:i] if u.user_attrs.get("robustness")
+                    and all(c <= 0 for c in u.constraints.values())]
+        best = min(feasible)
+        assert best * (1 - info["max_step"]) - 1 <= t.user_attrs["bytes"] < best, (t.number, info)
+        assert 0 < info["max_step"] <= 0.05
+        proposals += 1
+    assert proposals >= 3
+
+
 def test_gp_predictions_equal_botorch_posterior_including_pending_points():
     import torch
 

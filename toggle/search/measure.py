@@ -180,11 +180,12 @@ def probe_option(errors: list[float]) -> int | None:
 
 
 def allocation_path(model: AdditiveModel, costs: CostTable, limit: np.ndarray | None = None,
-                    objective: str = "size") -> tuple[list[np.ndarray], list[float]]:
-    """The measured-error allocator: from the untouched model, repeatedly move one group to the
-    option that saves the most bytes (or FLOPs) per unit of predicted margin consumed (the largest
-    share of any property's margin), until no move saves anything. Returns the index vectors
-    along the way, each cheaper than the last, and their predicted losses."""
+                    objective: str = "size", start: np.ndarray | None = None) -> tuple[list[np.ndarray], list[float]]:
+    """The measured-error allocator: from the untouched model (or the plan `start`, an index
+    vector), repeatedly move one group to the option that saves the most bytes (or FLOPs) per unit
+    of predicted margin consumed (the largest share of any property's margin), until no move saves
+    anything. Returns the index vectors along the way, each cheaper than the last (the first is the
+    start), and their predicted losses."""
     column = 1 if objective == "flops" else 0
     n_groups, n_props = len(model.drops), len(model.names)
     width = max(len(costs.combos(gi)) for gi in range(n_groups))
@@ -203,14 +204,17 @@ def allocation_path(model: AdditiveModel, costs: CostTable, limit: np.ndarray | 
                 allowed[gi, ci] = np.all(costs.with_combo(costs.space.untouched(), gi, ci) <= limit)
     # Per step only the moved group's row changes: keep each group's move deltas (per property,
     # laid out property-first so the max over properties is a few elementwise maxima).
-    delta = np.moveaxis(drops, 2, 0).copy()  # (properties, groups, options): drop added by each move
-    gain = saving[:, :1] - saving  # bytes saved by each move from the untouched option
+    rows = np.arange(n_groups)
+    current = np.zeros(n_groups, dtype=np.int64) if start is None else costs.combo_ids(start)[0]
+    at = drops[rows, current]  # (groups, properties): each group's drop at its current option
+    delta = np.moveaxis(drops - at[:, None, :], 2, 0).copy()  # (properties, groups, options): drop added by each move
+    gain = saving[rows, current][:, None] - saving  # bytes saved by each move from the current option
     open_moves = (gain > 0) & allowed
-    current = np.zeros(n_groups, dtype=np.int64)
-    totals = np.zeros(n_props)  # predicted drop per property
-    index = costs.index_of(current)
-    path, losses = [index], [0.0]
-    loss = 0.0
+    totals = at.sum(axis=0)  # predicted drop per property
+    index = costs.index_of(current) if start is None else np.array(start, dtype=np.int64)
+    with np.errstate(invalid="ignore"):
+        loss = float(np.max(totals / model.scale)) if start is not None else 0.0
+    path, losses = [index], [loss]
     with np.errstate(invalid="ignore"):  # inf - inf for a move away from an unprobed option: never taken
         while True:
             new_loss = (totals[0] + delta[0]) / model.scale[0]
