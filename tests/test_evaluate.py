@@ -196,6 +196,16 @@ def test_builtin_model_unmodified_and_8bit_pass_3bit_fails(builtin_model, tmp_pa
     assert q3.robustness["coherence"] < -0.5  # clearly, not marginally
 
 
+def test_early_exit_checks_every_few_prompts_until_half_the_suite():
+    from toggle.evaluate import early_chunks
+
+    assert early_chunks(30) == [4, 4, 4, 18]  # the built-in calibration suite: checks after 4, 8, 12
+    assert early_chunks(283) == [4, 4, 4, 6, 9, 13, 20, 30, 45, 148]  # few passes on a large suite
+    assert early_chunks(4) == [1, 1, 2]
+    assert early_chunks(1) == [1] and early_chunks(3) == [1, 2]
+    assert all(sum(early_chunks(n)) == n and min(early_chunks(n)) >= 1 for n in range(1, 80))
+
+
 def test_early_exit_stops_on_the_hardest_prompts_with_an_upper_bound(setup):
     """A violating candidate scored with stop_below=0 stops after the first chunk of prompts; its
     robustness is an upper bound of the full evaluation's; a passing one is scored on all of them."""

@@ -25,7 +25,21 @@ from .signals import ANSWER, SIGNALS, TOKEN_SIGNALS, StepTokens, compute_signals
 from .specs.semantics import decided_below, over_suite
 from .trace import Trace, check_outputs, end_tokens, resolve_options, score_paths
 
-EARLY_CHUNK = 4  # prompts scored first when a candidate may stop early (fewer on a small suite; then twice as many, then the rest)
+EARLY_CHUNK = 4  # prompts per chunk when a candidate may stop early (fewer on a small suite)
+
+
+def early_chunks(prompts: int) -> list[int]:
+    """Chunk sizes for early exit: EARLY_CHUNK prompts (a quarter of a small suite) at a time, each
+    chunk at least half of what is scored so far (few passes on a large suite), while the scored
+    prompts stay within half the suite; then the rest at once. A violation usually shows on the
+    hardest prompts, which go first, so checking every few prompts stops soon after it, and a plan
+    that passes the first half is scored in one more pass."""
+    first = min(EARLY_CHUNK, max(1, prompts // 4))
+    sizes, done = [], 0
+    while done + max(first, done // 2) <= prompts // 2:
+        sizes.append(max(first, done // 2))
+        done += sizes[-1]
+    return sizes + [prompts - done] if prompts > done else sizes
 
 
 @dataclass
@@ -107,10 +121,8 @@ class Evaluator:
             chunks = [trace]
         else:
             order = sorted(trace.prompt_ids, key=lambda pid: (self._hardness.get(pid, math.inf), pid))
-            first = min(EARLY_CHUNK, max(1, len(order) // 4))
-            sizes = [first, 2 * first, len(order)]
-            cuts = sorted({min(sum(sizes[:i + 1]), len(order)) for i in range(len(sizes))})
-            chunks = [trace.subset(order[lo:hi]) for lo, hi in zip([0] + cuts[:-1], cuts) if hi > lo]
+            cuts = np.cumsum(early_chunks(len(order))).tolist()
+            chunks = [trace.subset(order[lo:hi]) for lo, hi in zip([0] + cuts[:-1], cuts)]
         per_prompt: dict[str, dict[str, float]] = {p: {} for p in self.specs.names}
         summaries, partial = [], False
         for i, chunk in enumerate(chunks):
