@@ -177,6 +177,10 @@ def test_allocation_path_from_a_plan_continues_the_path_through_it():
         rest, rest_losses = allocation_path(model, costs, start=path[k])
         assert [p.tolist() for p in rest] == [p.tolist() for p in path[k:]]
         assert rest_losses == pytest.approx(losses[k:], abs=1e-12)
+    sizes = costs.of(np.stack(path))[0]
+    floor = float(sizes[len(path) // 2]) + 0.5  # just above the middle point's size (whole bytes)
+    short, _ = allocation_path(model, costs, start=path[2], floor=floor)
+    assert [p.tolist() for p in short] == [p.tolist() for p in path[2:len(path) // 2 + 1]]
 
 
 def test_bo_proposals_stay_within_a_cost_step_of_the_incumbent(tmp_path):

@@ -180,12 +180,13 @@ def probe_option(errors: list[float]) -> int | None:
 
 
 def allocation_path(model: AdditiveModel, costs: CostTable, limit: np.ndarray | None = None,
-                    objective: str = "size", start: np.ndarray | None = None) -> tuple[list[np.ndarray], list[float]]:
+                    objective: str = "size", start: np.ndarray | None = None,
+                    floor: float | None = None) -> tuple[list[np.ndarray], list[float]]:
     """The measured-error allocator: from the untouched model (or the plan `start`, an index
     vector), repeatedly move one group to the option that saves the most bytes (or FLOPs) per unit
     of predicted margin consumed (the largest share of any property's margin), until no move saves
-    anything. Returns the index vectors along the way, each cheaper than the last (the first is the
-    start), and their predicted losses."""
+    anything, or (with `floor`) once a plan costs at most `floor`. Returns the index vectors along
+    the way, each cheaper than the last (the first is the start), and their predicted losses."""
     column = 1 if objective == "flops" else 0
     n_groups, n_props = len(model.drops), len(model.names)
     width = max(len(costs.combos(gi)) for gi in range(n_groups))
@@ -215,6 +216,7 @@ def allocation_path(model: AdditiveModel, costs: CostTable, limit: np.ndarray | 
     with np.errstate(invalid="ignore"):
         loss = float(np.max(totals / model.scale)) if start is not None else 0.0
     path, losses = [index], [loss]
+    value = float(costs.of(index)[column][0]) if floor is not None else 0.0
     with np.errstate(invalid="ignore"):  # inf - inf for a move away from an unprobed option: never taken
         while True:
             new_loss = (totals[0] + delta[0]) / model.scale[0]
@@ -227,6 +229,7 @@ def allocation_path(model: AdditiveModel, costs: CostTable, limit: np.ndarray | 
             if not np.isfinite(score[gi, ci]):
                 break
             loss = float(new_loss[gi, ci])
+            value -= float(gain[gi, ci])
             totals = totals + drops[gi, ci] - drops[gi, current[gi]]
             current[gi] = ci
             delta[:, gi] = (drops[gi] - drops[gi, ci]).T
@@ -235,6 +238,8 @@ def allocation_path(model: AdditiveModel, costs: CostTable, limit: np.ndarray | 
             index = costs.with_combo(index, int(gi), int(ci))
             path.append(index)
             losses.append(loss)
+            if floor is not None and value <= floor:
+                break
     return path, losses
 
 

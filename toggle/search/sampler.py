@@ -228,21 +228,22 @@ class ConstrainedBOSampler(SpaceSampler):
 
         length = trust_length(value, feasible, self.length_init, self.length_min, self.length_max,
                               self.success_tol, self.failure_tol)
+        # The trust region in cost: at most `step` below the incumbent. Near the frontier the GPs'
+        # feasibility is least reliable far from the data, so EI (improvement x feasibility)
+        # otherwise keeps buying long jumps that fail.
+        step = self.step_max * length / self.length_max
+        floor = c_star * (1.0 - step) if c_star is not None else None
         cands = self._candidates(incumbent, length)
         if self.measured is not None:
-            cands = np.concatenate([cands, self._reallocate(c_star)])
+            cands = np.concatenate([cands, self._reallocate(c_star, floor)])
             if c_star is not None:
-                cands = np.concatenate([cands, self._descend(incumbent)])
+                cands = np.concatenate([cands, self._descend(incumbent, floor)])
         cand_value, cand_bytes = self.value_of(cands)
         keep = cand_bytes <= self.budget
         keep &= np.array([tuple(x.tolist()) not in seen for x in cands])
         if c_star is not None:
             keep &= cand_value < c_star
-            # The trust region in cost: at most `step_max` (scaled by the region's length) below the
-            # incumbent. Near the frontier the GPs' feasibility is least reliable far from the data,
-            # so EI (improvement x feasibility) otherwise keeps buying long jumps that fail.
-            step = self.step_max * length / self.length_max
-            near = keep & (cand_value >= c_star * (1.0 - step))
+            near = keep & (cand_value >= floor)
             if near.any():
                 keep = near
         if not keep.any():
@@ -298,11 +299,11 @@ class ConstrainedBOSampler(SpaceSampler):
         self.last_info = {"strategy": "bo-margin", "pool": int(len(cands)), "ei": float(ei[best])}
         return cands[best]
 
-    def _reallocate(self, c_star: float | None) -> np.ndarray:
+    def _reallocate(self, c_star: float | None, floor: float | None = None) -> np.ndarray:
         """Points of the measured-error allocator's path recomputed with every group's predicted
         drops scaled by a random log-normal factor: where the measurement ranks groups wrongly,
         another order of moves finds the plans it misses. Only points within the budget and (with an
-        incumbent) cheaper than it are kept."""
+        incumbent) cheaper than it are kept; a path stops at `floor`."""
         out = []
         base = self.measured.drops
         for _ in range(self.reallocations):
@@ -310,7 +311,7 @@ class ConstrainedBOSampler(SpaceSampler):
             self.measured.drops = [d * f for d, f in zip(base, factors)]
             try:
                 path, _ = allocation_path(self.measured, self.costs, objective="size" if self.objective == "margin"
-                                          else self.objective)
+                                          else self.objective, floor=floor)
             finally:
                 self.measured.drops = base
             pts = np.stack(path)
@@ -322,10 +323,11 @@ class ConstrainedBOSampler(SpaceSampler):
         width = len(self.space.dims)
         return np.array(out, dtype=np.int64).reshape(len(out), width)
 
-    def _descend(self, incumbent: np.ndarray) -> np.ndarray:
+    def _descend(self, incumbent: np.ndarray, floor: float | None = None) -> np.ndarray:
         """The measured-error allocator's path continued from the incumbent (every point cheaper
-        than it), as measured and with every group's drops scaled by a random log-normal factor:
-        the next groups to compress from the best plan so far, in a few plausible orders."""
+        than it) down to `floor`, as measured and with every group's drops scaled by a random
+        log-normal factor: the next groups to compress from the best plan so far, in a few
+        plausible orders."""
         out = []
         base = self.measured.drops
         for k in range(max(1, self.reallocations // 2)):
@@ -333,7 +335,7 @@ class ConstrainedBOSampler(SpaceSampler):
             self.measured.drops = [d * f for d, f in zip(base, factors)]
             try:
                 path, _ = allocation_path(self.measured, self.costs, limit=self.limit, objective=self.objective,
-                                          start=incumbent)
+                                          start=incumbent, floor=floor)
             finally:
                 self.measured.drops = base
             out.extend(path[1:])
