@@ -305,16 +305,10 @@ class ConstrainedBOSampler(SpaceSampler):
         another order of moves finds the plans it misses. Only points within the budget and (with an
         incumbent) cheaper than it are kept; a path stops at `floor`."""
         out = []
-        base = self.measured.drops
         for _ in range(self.reallocations):
-            factors = np.exp(self._rng.normal(0.0, 0.5, len(base)))
-            self.measured.drops = [d * f for d, f in zip(base, factors)]
-            try:
-                path, _ = allocation_path(self.measured, self.costs, objective="size" if self.objective == "margin"
-                                          else self.objective, floor=floor)
-            finally:
-                self.measured.drops = base
-            pts = np.stack(path)
+            factors = np.exp(self._rng.normal(0.0, 0.5, len(self.measured.drops)))
+            pts = np.stack(self._path_with(factors, objective="size" if self.objective == "margin" else self.objective,
+                                           floor=floor))
             value, size = self.value_of(pts)
             ok = size <= self.budget
             if c_star is not None:
@@ -329,18 +323,23 @@ class ConstrainedBOSampler(SpaceSampler):
         log-normal factor: the next groups to compress from the best plan so far, in a few
         plausible orders."""
         out = []
-        base = self.measured.drops
+        n = len(self.measured.drops)
         for k in range(max(1, self.reallocations // 2)):
-            factors = np.ones(len(base)) if k == 0 else np.exp(self._rng.normal(0.0, 0.5, len(base)))
-            self.measured.drops = [d * f for d, f in zip(base, factors)]
-            try:
-                path, _ = allocation_path(self.measured, self.costs, limit=self.limit, objective=self.objective,
-                                          start=incumbent, floor=floor)
-            finally:
-                self.measured.drops = base
-            out.extend(path[1:])
+            factors = np.ones(n) if k == 0 else np.exp(self._rng.normal(0.0, 0.5, n))
+            out.extend(self._path_with(factors, limit=self.limit, objective=self.objective, start=incumbent,
+                                       floor=floor)[1:])
         width = len(self.space.dims)
         return np.array(out, dtype=np.int64).reshape(len(out), width)
+
+    def _path_with(self, factors: np.ndarray, **options) -> list[np.ndarray]:
+        """The allocator's path (allocation_path's `options`) with every group's measured drops
+        scaled by its factor; the measurements themselves are left as they were."""
+        base = self.measured.drops
+        self.measured.drops = [d * f for d, f in zip(base, factors)]
+        try:
+            return allocation_path(self.measured, self.costs, **options)[0]
+        finally:
+            self.measured.drops = base
 
     def _candidates(self, incumbent: np.ndarray, length: float) -> np.ndarray:
         n_rand = int(self.n_candidates * self.random_fraction)
