@@ -22,17 +22,17 @@ With measured-error profiling BO first bisects the allocator's path, then the un
 cheaper than the best plan so far (ladder.py): its incumbent is the best of both baselines before
 any GP proposal, at a few evaluations' cost.
 
-Candidates come from a trust region around the incumbent (TuRBO/SCBO style: a random ~20
-dimensions perturbed by at most the region's length; the length doubles after 2 successes and
-halves after 3 failures, replayed from the study's history so resumed runs and other workers
-agree), plus 10% random in-budget points, all restricted to the space that sensitivity
-profiling allows; with measured errors also re-allocated allocator paths and the allocator's path
-continued from the incumbent. The region has a length in cost too: a proposal saves at most 5% x
-length / maximum length below the incumbent (2% at the initial length, 0.25% at the smallest).
-On the built-in model the frontier is a knife edge (one prompt's worst step decides), and without
-this bound EI kept buying 5% jumps at a predicted 10-25% feasibility that never held. Pending trials (running in other workers) are handled by the kriging
-believer: the GPs are conditioned on their predicted means, and a pending point predicted
-feasible counts as an incumbent, which pushes parallel proposals apart.
+Candidates come from a trust region around the incumbent (TuRBO/SCBO style: a random ~20 dimensions
+perturbed by at most the region's length; the length doubles after 2 successes and halves after 3
+failures, replayed from the study's history so resumed runs and other workers agree), plus 10%
+random in-budget points, all restricted to the space that sensitivity profiling allows; with
+measured errors also re-allocated allocator paths and the allocator's path continued from the
+incumbent. The region has a length in cost too: a proposal saves at most 5% x length / maximum
+length below the incumbent (2% at the initial length, 0.25% at the smallest). On the built-in model
+the frontier is a knife edge (one prompt's worst step decides), and without this bound EI kept
+buying 5% jumps at a predicted 5-25% feasibility that never held. Pending trials (running in other
+workers) are handled by the kriging believer: the GPs are conditioned on their predicted means, and
+a pending point predicted feasible counts as an incumbent, which pushes parallel proposals apart.
 """
 from __future__ import annotations
 
