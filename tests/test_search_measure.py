@@ -183,6 +183,21 @@ def test_allocation_path_from_a_plan_continues_the_path_through_it():
     assert [p.tolist() for p in short] == [p.tolist() for p in path[2:len(path) // 2 + 1]]
 
 
+def test_options_within_a_limit_are_those_whose_index_vector_stays_under_it():
+    obj, space, costs = _setup(blocks=3)
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        limit = (rng.random(len(space.dims)) * space.sizes).astype(np.int64)
+        for gi in range(len(space.groups)):
+            expected = [bool(np.all(costs.with_combo(space.untouched(), gi, ci) <= limit))
+                        for ci in range(len(costs.combos(gi)))]
+            assert costs.options_within(gi, limit).tolist() == expected
+    full = space.sizes - 1
+    assert all(costs.options_within(gi, full).all() for gi in range(len(space.groups)))
+    assert all(costs.options_within(gi, space.untouched()).tolist() == [True] + [False] * (len(costs.combos(gi)) - 1)
+               for gi in range(len(space.groups)))
+
+
 def test_bo_proposals_stay_within_a_cost_step_of_the_incumbent(tmp_path):
     """GP proposals save at most `step_max` x the trust region's length / its maximum below the
     best feasible plan (when the candidate pool has any such plan): long jumps are where the GPs'

@@ -44,6 +44,11 @@ class CostTable:
         self._columns = [[space.dim_of(g.name, k) for k in KNOBS] for g in space.groups]
         self._strides = [[int(np.prod([len(g.choices[k2]) for k2 in KNOBS[ki + 1:]])) for ki in range(len(KNOBS))]
                          for g in space.groups]
+        # For each group: the columns it drives, and each option's values there (options, columns).
+        self._driven = [[c for c in cols if c is not None] for cols in self._columns]
+        self._option_index = [np.array([[space.dims[c].choices.index(combo[ki]) for ki, c in enumerate(cols) if c is not None]
+                                        for combo in combos], dtype=np.int64).reshape(len(combos), len(driven))
+                              for cols, combos, driven in zip(self._columns, self._combos, self._driven)]
 
     def of(self, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(bytes, flops) for each row of an (N, dims) index matrix (or one vector)."""
@@ -78,11 +83,13 @@ class CostTable:
     def with_combo(self, index: np.ndarray, gi: int, ci: int) -> np.ndarray:
         """A copy of `index` with group gi at its option ci."""
         out = np.array(index, dtype=np.int64, copy=True)
-        for ki, knob in enumerate(KNOBS):
-            col = self._columns[gi][ki]
-            if col is not None:
-                out[col] = self.space.dims[col].choices.index(self._combos[gi][ci][ki])
+        out[self._driven[gi]] = self._option_index[gi][ci]
         return out
+
+    def options_within(self, gi: int, limit: np.ndarray) -> np.ndarray:
+        """(options,): whether each option of group gi stays within `limit` (a maximum index per
+        dimension, e.g. what sensitivity profiling allows)."""
+        return np.all(self._option_index[gi] <= np.asarray(limit)[self._driven[gi]], axis=1)
 
     def index_of(self, combo_ids) -> np.ndarray:
         """The index vector with each group at the given option."""

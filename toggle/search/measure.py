@@ -199,10 +199,7 @@ def allocation_path(model: AdditiveModel, costs: CostTable, limit: np.ndarray | 
         n = len(costs.combos(gi))
         drops[gi, :n] = model.drops[gi]
         saving[gi, :n] = costs._delta[gi][:, column]
-        allowed[gi, :n] = True
-        if limit is not None:
-            for ci in range(n):
-                allowed[gi, ci] = np.all(costs.with_combo(costs.space.untouched(), gi, ci) <= limit)
+        allowed[gi, :n] = True if limit is None else costs.options_within(gi, limit)
     # Per step only the moved group's row changes: keep each group's move deltas (per property,
     # laid out property-first so the max over properties is a few elementwise maxima).
     rows = np.arange(n_groups)
@@ -213,11 +210,11 @@ def allocation_path(model: AdditiveModel, costs: CostTable, limit: np.ndarray | 
     open_moves = (gain > 0) & allowed
     totals = at.sum(axis=0)  # predicted drop per property
     index = costs.index_of(current) if start is None else np.array(start, dtype=np.int64)
-    with np.errstate(invalid="ignore"):
-        loss = float(np.max(totals / model.scale)) if start is not None else 0.0
-    path, losses = [index], [loss]
     value = float(costs.of(index)[column][0]) if floor is not None else 0.0
+    path = [index]
     with np.errstate(invalid="ignore"):  # inf - inf for a move away from an unprobed option: never taken
+        loss = float(np.max(totals / model.scale))  # 0 from the untouched model
+        losses = [loss]
         while True:
             new_loss = (totals[0] + delta[0]) / model.scale[0]
             for p in range(1, n_props):
