@@ -1,6 +1,6 @@
 """The shipped prompt suite keeps its promised shape; tools/check_prompts.py catches bad suites;
-the held-out split is what tools/build_heldout.py builds, from sources apart from the calibration
-prompts and from the benchmarks' pydoc_data text."""
+the confirmation and held-out splits are what tools/build_heldout.py builds, from sources apart
+from the calibration prompts, from each other and from the benchmarks' pydoc_data text."""
 from __future__ import annotations
 
 import ast
@@ -47,11 +47,14 @@ def derived_from(prompt: str, sources: list[str], n: int) -> bool:
     return any(own & shingles(source, n) for source in sources)
 
 
-def _splits():
+def _splits(with_confirmation: bool = False):
     items, errors = check_prompts.validate(default_prompts())
     assert errors == []
     assert all(set(item.tags) & set(check_prompts.KINDS) for item in items)  # each has a kind
-    return ([i for i in items if i.split == "calibration"], [i for i in items if i.split == "heldout"])
+    calibration, heldout = [i for i in items if i.split == "calibration"], [i for i in items if i.split == "heldout"]
+    if with_confirmation:
+        return calibration, [i for i in items if i.split == "confirmation"], heldout
+    return calibration, heldout
 
 
 def test_calibration_split_is_unchanged():
@@ -119,10 +122,29 @@ def test_heldout_split_is_what_the_build_script_makes():
     if tuple(map(int, header.groups())) != sys.version_info[:2]:
         pytest.skip(f"built with Python {'.'.join(header.groups())}; docstrings differ between versions")
     built = build_heldout.build()
-    _, heldout = _splits()
-    assert [(i["id"], i["prompt"], i.get("answer"), tuple(i["tags"])) for i in built] == \
-        [(i.id, i.prompt, i.answer, i.tags) for i in heldout]
+    _, confirmation, heldout = _splits(with_confirmation=True)
+    assert [(i["id"], i["prompt"], i.get("answer"), i["split"], tuple(i["tags"])) for i in built] == \
+        [(i.id, i.prompt, i.answer, i.split, i.tags) for i in confirmation + heldout]
     assert build_heldout.main(["--check"]) == 0
+
+
+def test_confirmation_split_comes_from_other_sources_than_the_other_splits():
+    """The search confirms its new best plans on this split: it must tell something the calibration
+    prompts do not, and leave the held-out split unseen (no shared module, docstring or question)."""
+    calibration, confirmation, heldout = _splits(with_confirmation=True)
+    assert 25 <= len(confirmation) <= 40
+    kinds = Counter(item.tags[0] for item in confirmation)
+    assert kinds["fact"] >= 3 and kinds["long"] >= 2 and all(kinds[k] >= 3 for k in ("instruction", "code", "summary"))
+    confirm_modules = set(build_heldout.CONFIRM_MODULES + build_heldout.CONFIRM_LONG_MODULES)
+    assert not confirm_modules & set(build_heldout.MODULES + build_heldout.LONG_MODULES)
+    assert "pydoc_data" not in confirm_modules
+    heldout_questions = {q for _, q, _, _ in build_heldout.FACTS}
+    assert not {q for _, q, _, _ in build_heldout.CONFIRM_FACTS} & heldout_questions
+    assert not {i.prompt for i in confirmation} & {i.prompt for i in heldout + calibration}
+    assert not {i.id for i in confirmation} & {i.id for i in heldout + calibration}
+    assert [i.id for i in confirmation if derived_from(i.prompt, [c.prompt for c in calibration], 8)] == []
+    calibration_answers = {item.answer.lower() for item in calibration if item.answer}
+    assert [i.id for i in confirmation if i.answer and i.answer.lower() in calibration_answers] == []
 
 
 def test_build_check_fails_on_an_edited_split(tmp_path, capsys):
@@ -130,7 +152,7 @@ def test_build_check_fails_on_an_edited_split(tmp_path, capsys):
     text = default_prompts().read_text(encoding="utf-8")
     suite.write_text(text.replace("Explain in one sentence", "Explain in two sentences", 1), encoding="utf-8")
     assert build_heldout.main(["--suite", str(suite), "--check"]) == 1
-    assert "DIFFERS" in capsys.readouterr().out
+    assert "generated splits DIFFER from a rebuild" in capsys.readouterr().out
 
 
 def test_validate_names_item_and_field(tmp_path):
@@ -145,7 +167,7 @@ def test_validate_names_item_and_field(tmp_path):
     assert [item.id for item in items] == ["one"]
     text = "\n".join(errors)
     assert f"{suite}: item 1 (one): field 'id': 'one' already used by item 0" in text
-    assert "item 1 (one): field 'split': 'training' is not one of ['calibration', 'heldout']" in text
+    assert "item 1 (one): field 'split': 'training' is not one of ['calibration', 'confirmation', 'heldout']" in text
     assert "item 2 (Two Words): unknown field(s) ['colour']" in text
     assert "item 2 (Two Words): field 'prompt': must be a non-empty string" in text
     assert check_prompts.main([str(suite), "--no-tokens"]) == 2

@@ -59,7 +59,7 @@ def test_yaml_mapping_form_sets_chat_for_all(tmp_path):
 
 @pytest.mark.parametrize("lines, expected", [
     (['{"prompt": "ok"}', '', '{"prompt": "x", "split": "train"}'],
-     "F:3: field 'split': 'train' is not valid; expected calibration or heldout"),
+     "F:3: field 'split': 'train' is not valid; expected one of calibration, confirmation, heldout"),
     (['{"prompt": "ok"}', '{"prompt": '], "F:2:12: not valid JSON"),
     (['{"prompt": ""}'], "F:1: field 'prompt': expected non-empty text"),
     (['{"text": "hi"}'], "F:1: unknown field(s) 'text'; valid fields: id, prompt, answer, split, tags, chat"),

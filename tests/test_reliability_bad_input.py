@@ -217,7 +217,7 @@ CASES = [
     ("prompts-tags-not-list", search("--prompts", "{d}/tags-int.yaml"), ["tags-int.yaml", "item 1", "field 'tags'"]),
     ("prompts-answer-not-text", search("--prompts", "{d}/answer-list.yaml"), ["answer-list.yaml", "item 1", "field 'answer'"]),
     ("prompts-bad-split", search("--prompts", "{d}/bad-split.jsonl"),
-     ["bad-split.jsonl:1:", "field 'split'", "expected calibration or heldout"]),
+     ["bad-split.jsonl:1:", "field 'split'", "expected one of calibration, confirmation, heldout"]),
     ("prompts-unknown-field", search("--prompts", "{d}/unknown-field.jsonl"),
      ["unknown-field.jsonl:1:", "'colour'", "valid fields"]),
     ("prompts-duplicate-id", search("--prompts", "{d}/dup-id.yaml"), ["dup-id.yaml", "item 2", "used twice"]),

@@ -64,6 +64,28 @@ def test_impossible_budget_exits_2_with_the_minimum(tiny_llama_dir, tmp_path, ca
     assert code == 2 and "smaller than the most compressed plan profile 'default' allows" in err
 
 
+def test_a_search_confirms_each_new_best_on_the_confirmation_prompts(tiny_llama_dir, tmp_path, capsys):
+    import optuna
+    (tmp_path / "p.yaml").write_text(PROMPTS + '- {id: conf-a, prompt: "The sun rises in the", split: confirmation}\n'
+                                     '- {id: conf-b, prompt: "import os", split: confirmation}\n')
+    (tmp_path / "s.stl").write_text("const eps = 0.2\ncoherence = always[0:7] (jsd <= eps)\n")
+    code = main(["search", str(tiny_llama_dir), "--budget", "60KB", "--specs", str(tmp_path / "s.stl"),
+                 "--prompts", str(tmp_path / "p.yaml"), "--trials", "5", "--out", str(tmp_path / "run"), "--no-apply"])
+    out = capsys.readouterr()
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert code in (0, 1) and summary["satisfied"]
+    assert summary["confirmation_prompts"] == 2 and summary["confirmations"] >= 1
+    assert "tracing the base model on 2 confirmation prompts" in out.err
+    assert (f"confirmation: {summary['confirmations']} would-be best plans were also scored on the 2 confirmation "
+            f"prompts; {summary['confirmation_rejections']} failed there") in out.out
+    study = optuna.load_study(study_name=summary["study"], storage=f"sqlite:///{tmp_path / 'run' / 'study.db'}")
+    best = study.trials[summary["best_trial"]]
+    assert best.user_attrs["confirmation"]["passed"] is True  # the winner held on both splits
+    scored = set(best.user_attrs["per_prompt"]["coherence"])
+    assert {"conf-a", "conf-b"} <= scored and len(scored) == 5  # 3 calibration + 2 confirmation, no held-out
+    assert summary["heldout"]["prompts"] == 1
+
+
 @pytest.mark.integration
 def test_builtin_model_search_writes_a_run_directory(user_cache, tmp_path):
     (tmp_path / "s.stl").write_text("const eps = 0.1\ncoherence = always[0:15] (jsd <= eps)\n")

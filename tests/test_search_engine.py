@@ -332,3 +332,40 @@ def test_sensitivity_cache_keeps_a_vacuously_true_property_satisfied(tmp_path):
     tables = drop_tables(space, prof)
     assert all(np.all(row == 0) for row in tables["vacuous"])
     assert any(np.any(row > 0) for row in tables[obj.properties[0]])
+
+
+class _Stricter(SyntheticObjective):
+    """The same model scored on other prompts that are harder: every margin 0.3 lower."""
+
+    def robustness(self, plan):
+        return {k: v - 0.3 for k, v in super().robustness(plan).items()}
+
+
+def test_a_would_be_best_plan_is_kept_only_if_it_holds_on_the_confirmation_prompts(tmp_path):
+    obj = SyntheticObjective(blocks=3, seed=1)
+    budget = int(obj.base16_bytes * 0.5)
+    plain = run_study(obj, budget, profile=SMALL, run_dir=tmp_path / "plain", trials=12, sampler="bo")
+    # without confirmation the winner holds on the calibration prompts only
+    assert plain.plan is not None and min(_Stricter(blocks=3, seed=1).robustness(plain.plan).values()) < 0
+
+    confirm = _Stricter(blocks=3, seed=1)
+    result = run_study(SyntheticObjective(blocks=3, seed=1), budget, profile=SMALL, run_dir=tmp_path / "confirmed",
+                       trials=12, sampler="bo", confirm=confirm)
+    assert result.plan is not None and min(confirm.robustness(result.plan).values()) >= 0
+    assert result.summary["compressed_size_bytes"] > plain.summary["compressed_size_bytes"]
+    trials = _study(result).get_trials()
+    checked = [t for t in trials if "confirmation" in t.user_attrs]
+    # only would-be best plans are scored again: one confirmation evaluation each
+    assert confirm.evaluations == len(checked) == result.summary["confirmations"]
+    rejected = [t for t in checked if not t.user_attrs["confirmation"]["passed"]]
+    assert len(rejected) == result.summary["confirmation_rejections"] >= 1
+    for t in rejected:  # held on the calibration prompts; recorded with the confirmation's lower margins
+        assert min(t.user_attrs["calibration_robustness"].values()) >= 0
+        assert min(t.user_attrs["robustness"].values()) < 0
+        assert max(t.constraints.values()) > 0  # an Optuna constraint says violated: the sampler learns it
+        assert result.summary["best_trial"] != t.number
+    # every confirmed trial was cheaper than every satisfying trial before it
+    for t in checked:
+        before = [u.user_attrs["bytes"] for u in trials if u.number < t.number and u.state.name == "COMPLETE"
+                  and min((u.user_attrs.get("robustness") or {"x": -1}).values(), default=-1) >= 0]
+        assert all(t.user_attrs["bytes"] < b for b in before)

@@ -104,6 +104,14 @@ def search(model: str, budget: str | Budget, *, specs=None, prompts=None, profil
     profiling = full if len(subset) == len(ids) else ModelObjective(
         loaded.model_id, refs, names, evaluator, cost_model, cache_key=f"{key}|{','.join(subset)}", prompts=subset)
     space = SearchSpace(loaded.model_id, refs, search_profile)
+    confirm = None
+    if len(suite.split("confirmation")):
+        # the search fits the calibration prompts; a new best must also hold on these (never the held-out ones)
+        say(f"tracing the base model on {len(suite.split('confirmation'))} confirmation prompts")
+        applier.restore()
+        confirm = ModelObjective(loaded.model_id, refs, names,
+                                 Evaluator(loaded, spec_set, build_trace(loaded, suite, spec_set, split="confirmation"),
+                                           applier), cost_model, cache_key=f"{key}|confirmation")
 
     # 3. The study; then the winner's held-out audit goes into summary.json; then the report.
     def finish(summary: dict, plan: Plan | None) -> None:
@@ -137,7 +145,7 @@ def search(model: str, budget: str | Budget, *, specs=None, prompts=None, profil
     result = run_study(full, budget_bytes, profile=search_profile, run_dir=run.path, trials=trials, sampler=sampler,
                        objective_kind=objective, seed=seed, storage=storage, study_name=study,
                        profiling_objective=profiling, progress=progress, plan_meta=meta, finish=finish,
-                       identity=identity)
+                       identity=identity, confirm=confirm)
     say("writing the report")
     write_report(run.path)
     return result
@@ -237,6 +245,11 @@ def final_lines(result: SearchResult) -> list[str]:
                  else f"the bisections took all {s['trials']} trials, none was left for a model-guided proposal "
                       f"(more --trials leave some)")
         lines.append(f"the winner is {start[s['winner_strategy']]}; {after}")
+    if s.get("confirmation_prompts"):
+        rejected = s.get("confirmation_rejections", 0)
+        lines.append(f"confirmation: {s.get('confirmations', 0)} would-be best plans were also scored on the "
+                     f"{s['confirmation_prompts']} confirmation prompts; {rejected} failed there and were not kept"
+                     + (" (they held on the calibration prompts only)" if rejected else ""))
     if s.get("compressed_size_bytes") is not None:
         lines.append(f"size: {format_bytes(s['compressed_size_bytes'])} vs {format_bytes(s['base_size_bytes'])} 16-bit dense "
                      f"({100 * s['size_reduction']:.1f}% smaller)")

@@ -7,8 +7,9 @@ or JSONL (one prompt object per line). A prompt object:
      split: calibration, tags: [fact], chat: true}
 
 `prompt` is required; `id` defaults to `p<N>` (N = position in the file, from 1), `answer`
-(a gold answer for factual properties) to none, `split` to `calibration` (`heldout` prompts
-are only used by audit), `tags` to none, `chat` to the suite's `chat` (default: apply the
+(a gold answer for factual properties) to none, `split` to `calibration` (`confirmation`
+prompts are scored only for a search's new best plans, to confirm them; `heldout` prompts only
+by audit), `tags` to none, `chat` to the suite's `chat` (default: apply the
 tokenizer's chat template when it has one).
 
 Errors name the file, the line (JSONL) or item index (YAML, from 1) and the field.
@@ -23,7 +24,7 @@ from pathlib import Path
 from .errors import InvalidInput
 from .files import default_prompts, parse_yaml, read_text
 
-SPLITS = ("calibration", "heldout")
+SPLITS = ("calibration", "confirmation", "heldout")
 FIELDS = ("id", "prompt", "answer", "split", "tags", "chat")
 
 
@@ -45,7 +46,7 @@ class Prompt:
 class PromptSuite:
     path: Path | None
     prompts: tuple[Prompt, ...]
-    name: str = "all"  # which split this suite holds: 'all', 'calibration' or 'heldout'
+    name: str = "all"  # which split this suite holds: 'all' or one of SPLITS
     _fingerprint: str = field(default="", compare=False, repr=False)
 
     def __len__(self) -> int:
@@ -55,11 +56,11 @@ class PromptSuite:
         return iter(self.prompts)
 
     def split(self, name: str) -> "PromptSuite":
-        """The prompts of one split ('calibration', 'heldout'), or all of them ('all')."""
+        """The prompts of one split (SPLITS), or all of them ('all')."""
         if name == "all":
             return self
         if name not in SPLITS:
-            raise InvalidInput(f"split {name!r} is not valid; expected calibration, heldout or all")
+            raise InvalidInput(f"split {name!r} is not valid; expected {', '.join(SPLITS)} or all")
         return PromptSuite(self.path, tuple(p for p in self.prompts if p.split == name), name=name)
 
     def subset(self, ids) -> "PromptSuite":
@@ -223,7 +224,7 @@ def _parse_prompt(obj, where: str, index: int, suite_chat: bool | None) -> Promp
         raise InvalidInput(f"{where}: field 'answer': expected non-empty text (the gold answer), got {_show(answer)}")
     split = obj.get("split", "calibration")
     if split not in SPLITS:
-        raise InvalidInput(f"{where}: field 'split': {_show(split)} is not valid; expected calibration or heldout")
+        raise InvalidInput(f"{where}: field 'split': {_show(split)} is not valid; expected one of {', '.join(SPLITS)}")
     tags = obj.get("tags", [])
     if tags is None:
         tags = []

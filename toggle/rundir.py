@@ -84,6 +84,8 @@ def trial_rows(study, params: list[str] | None = None) -> list[dict]:
             "sampler_seconds": t.user_attrs.get("sampler_seconds", 0.0),
             "partial": bool(t.user_attrs.get("partial")),
             "prompts_evaluated": t.user_attrs.get("prompts_evaluated"),
+            # True / False: the trial would have led and was checked on the confirmation prompts
+            "confirmed": (t.user_attrs.get("confirmation") or {}).get("passed"),
             "params": {p: t.params.get(p) for p in params or ()},
         })
     return rows

@@ -1,6 +1,7 @@
-"""Build the held-out split of prompts/default.yaml from sources no calibration prompt came from.
+"""Build the held-out and confirmation splits of prompts/default.yaml from sources no
+calibration prompt came from.
 
-    PYTHONPATH=. python tools/build_heldout.py           # rewrite the heldout split in place
+    PYTHONPATH=. python tools/build_heldout.py           # rewrite the generated splits in place
     PYTHONPATH=. python tools/build_heldout.py --check   # exit 1 if the file differs from a rebuild
     PYTHONPATH=. python tools/build_heldout.py --stdout  # print the generated split only
 
@@ -24,6 +25,10 @@ Sources (nothing here is downloaded, and nothing comes from the calibration prom
    questions from the calibration facts, not the same question with another country). Only those
    that SmolLM2-135M-Instruct answered correctly under greedy decoding are kept
    (`tools/check_prompts.py --generate`); FACTS_DROPPED lists the ones it got wrong.
+
+The confirmation split (CONFIRM_*) is made the same way from other modules and other facts, so
+that it shares no docstring, module or question with the held-out split: the search confirms each
+new best plan on it (toggle.search.study), and the held-out split stays unseen by the search.
 
 The output depends only on this file and the interpreter's docstrings: the same Python minor
 version gives the same split (the version used is written in the generated comment). The
@@ -61,6 +66,22 @@ SHORT_PIECES = 42         # words + punctuation marks of that excerpt at most
 LONG_CHARS = 1200         # text of a long prompt (300+ tokens with the chat template)
 ENTRY_CHARS = 700         # one docstring's share of a long prompt at most
 KINDS = ("instruction", "summary", "continuation", "code")
+
+# The confirmation split: none of these modules is in MODULES or LONG_MODULES (a test checks).
+CONFIRM_MODULES = sorted(["argparse", "ast", "binascii", "io", "locale", "logging", "platform", "types"])
+CONFIRM_LONG_MODULES = sorted(["inspect", "traceback"])
+CONFIRM_PER_MODULE = 3
+# Checked like FACTS (tools/check_prompts.py --generate); 12 written, these 5 kept. Dropped: an
+# insect's legs ("8"), 8 plus 4, which animal says moo ("the kangaroo"), the sky's colour on a
+# clear day, which planet we live on ("Xanarada"); two more right ones (opposite of fast, hours
+# in half a day) were left out to keep the split's share of facts near the held-out split's.
+CONFIRM_FACTS = [
+    ("square-sides", "Answer with a number: how many sides does a square have?", "4", "math"),
+    ("three-times-three", "Answer with a number: what is 3 times 3?", "9", "math"),
+    ("april-days", "Answer with a number: how many days are in the month of April?", "30", "everyday"),
+    ("opposite-big", "Answer with one word: what is the opposite of big?", "small", "everyday"),
+    ("plural-foot", "Answer with one word: what is the plural of foot?", "feet", "literature"),
+]
 
 # (id, question, answer, domain). Prefixes as in the calibration facts so the answer comes early.
 FACTS = [
@@ -269,16 +290,22 @@ def clean(text: str) -> str:
 
 
 def build() -> list[dict]:
-    """The heldout items, in a fixed order: short docstring prompts module by module, then the
+    """The generated items: the confirmation split, then the held-out split (split_items)."""
+    return (split_items("confirmation", CONFIRM_MODULES, CONFIRM_PER_MODULE, CONFIRM_LONG_MODULES, CONFIRM_FACTS, ())
+            + split_items("heldout", MODULES, PER_MODULE, LONG_MODULES, FACTS, FACTS_DROPPED))
+
+
+def split_items(split: str, modules, per_module: int, long_modules, facts, dropped_facts) -> list[dict]:
+    """One split's items, in a fixed order: short docstring prompts module by module, then the
     long ones, then the facts. Each docstring gives at most one short prompt, of the kind made
     least often so far that it can give (ties: KINDS order), so the kinds stay balanced."""
     items: list[dict] = []
     made = dict.fromkeys(KINDS, 0)
     seen_docs: set[str] = set()  # aliases (bisect.bisect is bisect_right) give one prompt
-    for module_name in MODULES:
+    for module_name in modules:
         taken = 0
         for qual, obj, doc in members(module_name):
-            if taken == PER_MODULE:
+            if taken == per_module:
                 break
             if doc in seen_docs:
                 continue
@@ -286,21 +313,21 @@ def build() -> list[dict]:
                 text = short_prompt(kind, qual, obj, doc)
                 if text:
                     items.append({"id": f"doc-{kind[:4]}-{slug(qual)}", "prompt": clean(text),
-                                  "split": "heldout", "tags": [kind, "docs"]})
+                                  "split": split, "tags": [kind, "docs"]})
                     made[kind] += 1
                     taken += 1
                     seen_docs.add(doc)
                     break
-    for module_name in LONG_MODULES:
+    for module_name in long_modules:
         text = long_prompt(module_name)
         if text:
             items.append({"id": f"doc-long-{slug(module_name)}", "prompt": clean(text),
-                          "split": "heldout", "tags": ["long", "docs"]})
-    dropped = set(FACTS_DROPPED)
-    for fact_id, question, answer, domain in FACTS:
+                          "split": split, "tags": ["long", "docs"]})
+    dropped = set(dropped_facts)
+    for fact_id, question, answer, domain in facts:
         if fact_id not in dropped:
             items.append({"id": f"fact-{fact_id}", "prompt": question, "answer": answer,
-                          "split": "heldout", "tags": ["fact", domain]})
+                          "split": split, "tags": ["fact", domain]})
     return items
 
 
@@ -319,8 +346,9 @@ _Dumper.add_representer(str, _str)
 def render(items: list[dict]) -> str:
     version = ".".join(map(str, sys.version_info[:3]))
     head = (f"{MARKER}\n"
-            f"# Generated by tools/build_heldout.py (Python {version} docstrings + hand-written facts);\n"
-            "# edit that script and rerun it, do not edit this split by hand.\n")
+            f"# Generated by tools/build_heldout.py (Python {version} docstrings + hand-written facts):\n"
+            "# the confirmation split, then the heldout split; edit that script and rerun it, do not edit\n"
+            "# these splits by hand.\n")
     body = yaml.dump(items, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=100)
     text = head + body
     if yaml.safe_load(body) != items:
@@ -333,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--suite", type=Path, default=SUITE)
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--check", action="store_true", help="exit 1 if the suite differs from a rebuild")
-    mode.add_argument("--stdout", action="store_true", help="print the heldout split, write nothing")
+    mode.add_argument("--stdout", action="store_true", help="print the generated splits, write nothing")
     args = parser.parse_args(argv)
 
     items = build()
@@ -347,15 +375,16 @@ def main(argv: list[str] | None = None) -> int:
     new = current[: current.index(MARKER)] + section
     if args.check:
         same = new == current
-        print(f"{args.suite}: heldout split {'matches' if same else 'DIFFERS from'} a rebuild "
+        print(f"{args.suite}: generated splits {'match' if same else 'DIFFER from'} a rebuild "
               f"({len(items)} prompts)")
         return 0 if same else 1
     args.suite.write_text(new, encoding="utf-8")
-    kinds = {}
-    for item in items:
-        kinds[item["tags"][0]] = kinds.get(item["tags"][0], 0) + 1
-    print(f"{args.suite}: wrote {len(items)} heldout prompts: "
-          + ", ".join(f"{k} {n}" for k, n in sorted(kinds.items())))
+    for split in ("confirmation", "heldout"):
+        kinds = {}
+        for item in (i for i in items if i["split"] == split):
+            kinds[item["tags"][0]] = kinds.get(item["tags"][0], 0) + 1
+        print(f"{args.suite}: wrote {sum(kinds.values())} {split} prompts: "
+              + ", ".join(f"{k} {n}" for k, n in sorted(kinds.items())))
     return 0
 
 

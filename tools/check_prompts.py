@@ -22,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-SPLITS = ("calibration", "heldout")
+SPLITS = ("calibration", "confirmation", "heldout")
 FIELDS = ("id", "prompt", "answer", "split", "tags")
 ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 # Tags (optional): every tag is a kind or a domain, and a tagged item has at least one kind (`docs`: made from

@@ -52,7 +52,7 @@ from ..trace import (DEFAULT_STEPS, GenerationSettings, TokenPath, base_continua
 
 MODES = ("teacher", "free")
 ENGINES = ("torch", "llama.cpp")
-SPLITS = ("heldout", "calibration", "all")
+SPLITS = ("heldout", "calibration", "confirmation", "all")
 WORST = 5  # prompts shown with their generated text side by side
 
 
@@ -201,11 +201,13 @@ def check_engine(engine: str, mode: str) -> None:
 def check_split(suite, split: str, spec_set) -> None:
     """The split exists, has prompts, and has gold answers when the specs need them."""
     if split not in SPLITS:
-        raise InvalidInput(f"--split: {split!r} is not valid; expected heldout, calibration or all")
+        raise InvalidInput(f"--split: {split!r} is not valid; expected {', '.join(SPLITS[:-1])} or all")
     chosen = suite.split(split)
     if len(chosen) == 0:
-        other = "calibration" if split == "heldout" else "heldout"
-        raise InvalidInput(f"{suite.source}: no prompts in split {split!r} ({len(suite)} prompts, all {other}); "
+        counts = {s: len(suite.split(s)) for s in SPLITS[:-1] if s != split and len(suite.split(s))}
+        other = max(counts, key=counts.get) if counts else "all"
+        held = ", ".join(f"{n} {s}" for s, n in counts.items())
+        raise InvalidInput(f"{suite.source}: no prompts in split {split!r} ({len(suite)} prompts: {held}); "
                            f"mark some with `split: {split}` or audit with --split {other}")
     gold = [p.name for p in spec_set.properties if p.axis == ANSWER]
     if gold and not any(p.answer for p in chosen):

@@ -88,6 +88,10 @@ class ModelObjective:
     def base_flops_per_token(self) -> float:
         return float(self.cost_model.base_flops_per_token)
 
+    @property
+    def prompt_count(self) -> int:
+        return len(self.prompts) if self.prompts is not None else len(self.evaluator.trace.paths)
+
     def evaluate(self, plan: Plan, stop_below: float | None = None) -> Outcome:
         try:
             ev = self.evaluator.evaluate(plan, prompts=self.prompts, stop_below=stop_below)

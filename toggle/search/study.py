@@ -155,10 +155,12 @@ def run_study(objective: Objective, budget_bytes: int, *, profile: SearchProfile
               trials: int | None = None, sampler: str = "bo", objective_kind: str = "size", seed: int | None = None,
               storage: str | None = None, study_name: str | None = None, profiling_objective: Objective | None = None,
               progress: bool = False, sampler_options: dict | None = None, plan_meta: dict | None = None,
-              finish=None, identity: dict | None = None) -> SearchResult:
+              finish=None, identity: dict | None = None, confirm: Objective | None = None) -> SearchResult:
     """Search `objective` within `budget_bytes`; see the module docstring. `finish(summary, plan)`,
     when given, runs after the trials and before summary.json is written (not after Ctrl-C).
-    `identity`: input -> hash of what the trials' results depend on (see the module docstring)."""
+    `identity`: input -> hash of what the trials' results depend on (see the module docstring).
+    `confirm`: the same model scored on other prompts (the suite's confirmation split); a trial
+    that would become the best so far is kept as such only if it also holds there."""
     if sampler not in SAMPLERS:
         raise InvalidInput(f"--sampler: {sampler!r} is not valid; expected one of {', '.join(SAMPLERS)}")
     if objective_kind not in OBJECTIVES:
@@ -208,7 +210,7 @@ def run_study(objective: Objective, budget_bytes: int, *, profile: SearchProfile
             for index in getattr(chosen, "warm_starts", ()):  # points to evaluate before the sampler proposes
                 study.enqueue_trial(space.to_params(index), user_attrs={"source": "warm-start"}, skip_if_exists=True)
         study.sampler = chosen
-        func = _trial_function(space, objective, chosen, budget_bytes, objective_kind)
+        func = _trial_function(space, objective, chosen, budget_bytes, objective_kind, confirm=confirm)
         bar.phase(f"{sampler} trials", n_trials, _finished(study))
         while _finished(study) < n_trials:
             if getattr(chosen, "exhausted", None) and chosen.exhausted(study):
@@ -227,6 +229,8 @@ def run_study(objective: Objective, budget_bytes: int, *, profile: SearchProfile
         raise
     finally:
         bar.close()
+    if confirm is not None:
+        timings["confirmation_prompts"] = getattr(confirm, "prompt_count", None)
     result = _finish(study, space, objective, budget_bytes, objective_kind, sampler, seed, run, started, timings,
                      url, name, plan_meta, finish=finish)
     result.sensitivity = prof
@@ -352,7 +356,7 @@ def _optimize_one(study, func) -> None:
 
 
 def _trial_function(space: SearchSpace, objective: Objective, sampler, budget_bytes: float, objective_kind: str,
-                    early_exit: bool = True):
+                    early_exit: bool = True, confirm: Objective | None = None):
     def func(trial: optuna.Trial) -> float:
         trial.set_user_attr("worker", WORKER)  # first: a run killed from here on can be recovered
         params = space.suggest(trial)
@@ -386,6 +390,9 @@ def _trial_function(space: SearchSpace, objective: Objective, sampler, budget_by
         else:
             t0 = time.perf_counter()
             out = objective.evaluate(plan, stop_below=_stop_below(trial.study, objective_kind, early_exit, budget_bytes))
+            value = float(cost.bytes if objective_kind == "size" else cost.flops_per_token)
+            if confirm is not None and _would_lead(trial.study, out, value, objective_kind, budget_bytes):
+                out = _confirm(trial, confirm, plan, out, objective_kind, early_exit)
             trial.set_user_attr("eval_seconds", round(time.perf_counter() - t0, 4))
         if out.partial:  # stopped early: the robustness values are upper bounds
             trial.set_user_attr("partial", True)
@@ -404,6 +411,41 @@ def _trial_function(space: SearchSpace, objective: Objective, sampler, budget_by
         return float(cost.bytes if objective_kind == "size" else cost.flops_per_token)
 
     return func
+
+
+def _would_lead(study, out: Outcome, value: float, objective_kind: str, budget_bytes: float) -> bool:
+    """Whether a fully scored plan would become the study's best: the cheapest satisfying plan
+    (size, flops), or the largest minimum margin (margin)."""
+    if out.partial or out.reason is not None:
+        return False
+    best = best_row(trial_rows(study), objective_kind, budget_bytes)
+    if objective_kind == "margin":
+        return best is None or out.min_margin > best["min_margin"]
+    if not out.feasible:
+        return False
+    return best is None or value < best["bytes" if objective_kind == "size" else "flops_per_token"]
+
+
+def _confirm(trial, confirm: Objective, plan, out: Outcome, objective_kind: str, early_exit: bool) -> Outcome:
+    """Score a would-be best plan on the confirmation prompts too; its robustness becomes the lower
+    of the two per property, so a plan that only holds on the calibration prompts (which the
+    search has been fitting) is recorded as violating, and the sampler learns from that. Early
+    exit stops as soon as the plan cannot lead (a property violated; under --objective margin, a
+    margin below the calibration's), so a rejection costs a few prompts."""
+    stop = _stop_below(trial.study, objective_kind, early_exit, math.inf)
+    t0 = time.perf_counter()
+    check = confirm.evaluate(plan, stop_below=stop)
+    merged = {k: min(v, check.robustness.get(k, math.inf)) for k, v in out.robustness.items()}
+    passed = check.reason is None and all(r >= 0 for r in check.robustness.values())
+    trial.set_user_attr("calibration_robustness", {k: robustness_attr(v) for k, v in out.robustness.items()})
+    trial.set_user_attr("confirmation", {
+        "passed": passed, "seconds": round(time.perf_counter() - t0, 4), "partial": check.partial,
+        "prompts_evaluated": check.prompts_evaluated,
+        "robustness": {k: robustness_attr(v) for k, v in check.robustness.items()}})
+    per_prompt = {k: {**out.per_prompt.get(k, {}), **check.per_prompt.get(k, {})}
+                  for k in {*out.per_prompt, *check.per_prompt}}
+    return Outcome(merged, reason=check.reason or out.reason, per_prompt=per_prompt, timings=out.timings,
+                   partial=check.partial, prompts_evaluated=out.prompts_evaluated + check.prompts_evaluated)
 
 
 def robustness_attr(v):

@@ -47,6 +47,9 @@ def summarise(rows, *, objective_fn, space, budget_bytes: float, objective: str,
         # trials whose evaluation stopped early on their hardest prompts (their margins are upper bounds)
         "early_stopped_trials": sum(bool(r.get("partial")) for r in rows),
         "sampler_seconds": round(sum(r["sampler_seconds"] or 0.0 for r in rows), 2),
+        # would-be best plans checked on the confirmation prompts, and those that failed there
+        "confirmations": sum(r.get("confirmed") is not None for r in rows),
+        "confirmation_rejections": sum(r.get("confirmed") is False for r in rows),
         # how the winner was chosen (e.g. BO's "allocator path" phase or its GP "bo" proposals),
         # and what each way of choosing gave: whether the model-guided search earned the winner
         "winner_strategy": _strategy(chosen) if chosen else None,
