@@ -13,6 +13,12 @@ and the trial records robustness per property, the infeasibility reason and Optu
 (robustness:<p> = -robustness, size = bytes/budget - 1, valid = 1 if the evaluation failed).
 The trial's value is the plain cost (bytes or FLOPs per token), feasible or not.
 
+Confirmation (`confirm`, the suite's confirmation split): a trial that would become the best so
+far is scored on those prompts too and recorded with the lower robustness of the two, so the
+best plan has held on prompts the search is not fitting (a long search finds plans that pass
+the calibration prompts and fail elsewhere); the trial keeps `calibration_robustness` and a
+`confirmation` record (passed, seconds, prompts scored).
+
 No stale result: `identity` (toggle.api.study_identity: a hash per input that changes what a
 trial measures, i.e. model weights, trace settings, spec files, spec constants after --set /
 --relax, prompt suite, profile, methods) is kept in the study. Without --study the study's name
