@@ -237,6 +237,18 @@ def test_calibration_split_and_all(files):
     assert [p.id for p in r.prompts] == ["c1", "c2", "c3"]
 
 
+def test_cli_audits_the_confirmation_split(files, capsys):
+    (files / "pc.yaml").write_text(PROMPTS + '- {id: k1, prompt: "The sun rises in the", split: confirmation}\n')
+    code, out, _ = _run(capsys, files / "q8", "--specs", files / "jsd.stl", "--prompts", files / "pc.yaml",
+                        "--split", "confirmation", "--json", files / "conf.json")
+    report = json.loads((files / "conf.json").read_text())
+    assert code == 0 and report["split"] == "confirmation" and [p["id"] for p in report["prompts"]] == ["k1"]
+    code, _, err = _run(capsys, files / "q8", "--specs", files / "jsd.stl", "--prompts", files / "p.yaml",
+                        "--split", "confirmation")
+    assert code == 2 and "no prompts in split 'confirmation' (7 prompts: 4 heldout, 3 calibration)" in err
+    assert "--split heldout" in err
+
+
 def test_unscorable_candidate_is_a_violation_with_the_reason(files, tiny_llama_dir):
     """A candidate giving NaN logits fails the audit (exit 1) with the reason, never a crash."""
     import torch

@@ -247,9 +247,10 @@ def final_lines(result: SearchResult) -> list[str]:
         lines.append(f"the winner is {start[s['winner_strategy']]}; {after}")
     if s.get("confirmation_prompts"):
         rejected = s.get("confirmation_rejections", 0)
+        lost = "lost their lead there" if s.get("objective") == "margin" else "held on the calibration prompts only"
+        verdict = f"{rejected} {lost} and were not kept" if rejected else "every one held there"
         lines.append(f"confirmation: {s.get('confirmations', 0)} would-be best plans were also scored on the "
-                     f"{s['confirmation_prompts']} confirmation prompts; {rejected} failed there and were not kept"
-                     + (" (they held on the calibration prompts only)" if rejected else ""))
+                     f"{s['confirmation_prompts']} confirmation prompts; {verdict}")
     if s.get("compressed_size_bytes") is not None:
         lines.append(f"size: {format_bytes(s['compressed_size_bytes'])} vs {format_bytes(s['base_size_bytes'])} 16-bit dense "
                      f"({100 * s['size_reduction']:.1f}% smaller)")

@@ -129,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base", metavar="MODEL", help="base model (default: the one recorded in the artifact)")
     p.add_argument("--specs", nargs="+", action="extend", metavar="PATH", help=".stl files (default: specs/)")
     p.add_argument("--prompts", metavar="FILE", help="prompt suite (default: the shipped suite)")
-    p.add_argument("--split", default="heldout", choices=["heldout", "calibration", "all"],
+    p.add_argument("--split", default="heldout", choices=["heldout", "calibration", "confirmation", "all"],
                    help="which prompts to audit (default: heldout)")
     p.add_argument("--mode", choices=["teacher", "free"], default="teacher",
                    help="teacher: score on the base model's tokens; free: the compressed model generates")

@@ -398,7 +398,7 @@ def _trial_function(space: SearchSpace, objective: Objective, sampler, budget_by
             out = objective.evaluate(plan, stop_below=_stop_below(trial.study, objective_kind, early_exit, budget_bytes))
             value = float(cost.bytes if objective_kind == "size" else cost.flops_per_token)
             if confirm is not None and _would_lead(trial.study, out, value, objective_kind, budget_bytes):
-                out = _confirm(trial, confirm, plan, out, objective_kind, early_exit)
+                out = _confirm(trial, confirm, plan, out, objective_kind, early_exit, value, budget_bytes)
             trial.set_user_attr("eval_seconds", round(time.perf_counter() - t0, 4))
         if out.partial:  # stopped early: the robustness values are upper bounds
             trial.set_user_attr("partial", True)
@@ -432,26 +432,29 @@ def _would_lead(study, out: Outcome, value: float, objective_kind: str, budget_b
     return best is None or value < best["bytes" if objective_kind == "size" else "flops_per_token"]
 
 
-def _confirm(trial, confirm: Objective, plan, out: Outcome, objective_kind: str, early_exit: bool) -> Outcome:
+def _confirm(trial, confirm: Objective, plan, out: Outcome, objective_kind: str, early_exit: bool, value: float,
+             budget_bytes: float) -> Outcome:
     """Score a would-be best plan on the confirmation prompts too; its robustness becomes the lower
     of the two per property, so a plan that only holds on the calibration prompts (which the
     search has been fitting) is recorded as violating, and the sampler learns from that. Early
     exit stops as soon as the plan cannot lead (a property violated; under --objective margin, a
-    margin below the calibration's), so a rejection costs a few prompts."""
+    margin below the best so far), so a rejection costs a few prompts. `passed`: the plan still
+    leads with the lower margins."""
     stop = _stop_below(trial.study, objective_kind, early_exit, math.inf)
     t0 = time.perf_counter()
     check = confirm.evaluate(plan, stop_below=stop)
     merged = {k: min(v, check.robustness.get(k, math.inf)) for k, v in out.robustness.items()}
-    passed = check.reason is None and all(r >= 0 for r in check.robustness.values())
-    trial.set_user_attr("calibration_robustness", {k: robustness_attr(v) for k, v in out.robustness.items()})
-    trial.set_user_attr("confirmation", {
-        "passed": passed, "seconds": round(time.perf_counter() - t0, 4), "partial": check.partial,
-        "prompts_evaluated": check.prompts_evaluated,
-        "robustness": {k: robustness_attr(v) for k, v in check.robustness.items()}})
     per_prompt = {k: {**out.per_prompt.get(k, {}), **check.per_prompt.get(k, {})}
                   for k in {*out.per_prompt, *check.per_prompt}}
-    return Outcome(merged, reason=check.reason or out.reason, per_prompt=per_prompt, timings=out.timings,
-                   partial=check.partial, prompts_evaluated=out.prompts_evaluated + check.prompts_evaluated)
+    result = Outcome(merged, reason=check.reason or out.reason, per_prompt=per_prompt, timings=out.timings,
+                     partial=check.partial, prompts_evaluated=out.prompts_evaluated + check.prompts_evaluated)
+    trial.set_user_attr("calibration_robustness", {k: robustness_attr(v) for k, v in out.robustness.items()})
+    trial.set_user_attr("confirmation", {
+        "passed": _would_lead(trial.study, result, value, objective_kind, budget_bytes),
+        "seconds": round(time.perf_counter() - t0, 4), "partial": check.partial,
+        "prompts_evaluated": check.prompts_evaluated,
+        "robustness": {k: robustness_attr(v) for k, v in check.robustness.items()}})
+    return result
 
 
 def robustness_attr(v):
