@@ -33,3 +33,10 @@ class ModelLoadError(ToggleError):
 
 class InvalidInput(ToggleError):
     """A file or value supplied by the user is malformed: the message names where."""
+
+
+def key_list(keys) -> str:
+    """Keys a user wrote, for a one-line message: sorted, each as written when it is plain
+    printable text, else quoted with its escapes (a key holding a newline stays on one line)."""
+    shown = [str(k) if str(k).isprintable() and str(k).strip() == str(k) and str(k) else repr(k) for k in keys]
+    return ", ".join(sorted(shown))

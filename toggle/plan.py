@@ -22,7 +22,7 @@ from pathlib import Path
 
 from .compress import registry
 from .compress.prune import PATTERNS as PRUNE_PATTERNS
-from .errors import InvalidInput
+from .errors import InvalidInput, key_list
 from .files import atomic_write_yaml, read_yaml
 
 PLAN_VERSION = 1
@@ -126,7 +126,7 @@ class Plan:
         unknown = set(data) - {"toggle_plan", "model", "profile", "methods", "modules", "meta"}
         if unknown:
             raise InvalidInput(
-                f"{source}: unknown key(s) {', '.join(sorted(map(str, unknown)))}; "
+                f"{source}: unknown key(s) {key_list(unknown)}; "
                 f"valid keys: toggle_plan, model, profile, methods, modules, meta"
             )
         version = data.get("toggle_plan", PLAN_VERSION)
@@ -184,7 +184,7 @@ def _parse_setting(value, where: str) -> ModuleSetting:
         raise InvalidInput(f"{where}: expected a mapping with bits, sparsity, rank_ratio")
     unknown = set(value) - set(SETTING_KEYS)
     if unknown:
-        raise InvalidInput(f"{where}: unknown key(s) {', '.join(sorted(map(str, unknown)))}; valid: {', '.join(SETTING_KEYS)}")
+        raise InvalidInput(f"{where}: unknown key(s) {key_list(unknown)}; valid: {', '.join(SETTING_KEYS)}")
     bits = value.get("bits", 16)
     if isinstance(bits, bool) or not isinstance(bits, int) or bits not in ALLOWED_BITS:
         raise InvalidInput(f"{where}.bits: {bits!r} is not valid; expected an integer 2..8, or 16 for untouched")
@@ -225,7 +225,7 @@ def parse_methods(value, source: str) -> Methods:
     valid = Methods.__dataclass_fields__
     unknown = set(value) - set(valid)
     if unknown:
-        raise InvalidInput(f"{source}: methods: unknown key(s) {', '.join(sorted(map(str, unknown)))}; valid: {', '.join(valid)}")
+        raise InvalidInput(f"{source}: methods: unknown key(s) {key_list(unknown)}; valid: {', '.join(valid)}")
     m = Methods(**value)
     checks = [(family, getattr(m, family), registry.names(family)) for family in registry.FAMILIES]
     checks.append(("prune_pattern", m.prune_pattern, PRUNE_PATTERNS))

@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import InvalidInput
+from ..errors import InvalidInput, key_list
 from ..files import read_yaml, search_profile
 from ..formats import FORMATS
 from ..compress import registry
@@ -169,9 +169,9 @@ def _sensitivity(value, where: str, knobs: dict[str, tuple]) -> Sensitivity:
 
 
 def _no_unknown(mapping: dict, valid, where: str) -> None:
-    unknown = [str(k) for k in mapping if k not in valid]
+    unknown = [k for k in mapping if k not in valid]
     if unknown:
-        raise InvalidInput(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; valid keys: {', '.join(valid)}")
+        raise InvalidInput(f"{where}: unknown key(s) {key_list(unknown)}; valid keys: {', '.join(valid)}")
 
 
 def _int(v, where: str, *, minimum: int) -> int:
