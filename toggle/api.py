@@ -104,10 +104,10 @@ def search(model: str, budget: str | Budget, *, specs=None, prompts=None, profil
     profiling = full if len(subset) == len(ids) else ModelObjective(
         loaded.model_id, refs, names, evaluator, cost_model, cache_key=f"{key}|{','.join(subset)}", prompts=subset)
     space = SearchSpace(loaded.model_id, refs, search_profile)
-    confirm = None
-    if len(suite.split("confirmation")):
+    confirm, confirmation = None, suite.split("confirmation")
+    if len(confirmation):
         # the search fits the calibration prompts; a new best must also hold on these (never the held-out ones)
-        say(f"tracing the base model on {len(suite.split('confirmation'))} confirmation prompts")
+        say(f"tracing the base model on {len(confirmation)} confirmation prompts")
         applier.restore()
         confirm = ModelObjective(loaded.model_id, refs, names,
                                  Evaluator(loaded, spec_set, build_trace(loaded, suite, spec_set, split="confirmation"),

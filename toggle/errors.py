@@ -35,8 +35,12 @@ class InvalidInput(ToggleError):
     """A file or value supplied by the user is malformed: the message names where."""
 
 
-def key_list(keys) -> str:
+def key_list(keys, *, quote: bool = False) -> str:
     """Keys a user wrote, for a one-line message: sorted, each as written when it is plain
-    printable text, else quoted with its escapes (a key holding a newline stays on one line)."""
-    shown = [str(k) if str(k).isprintable() and str(k).strip() == str(k) and str(k) else repr(k) for k in keys]
-    return ", ".join(sorted(shown))
+    printable text, else quoted with its escapes (a key holding a newline stays on one line);
+    `quote`: every key quoted."""
+    def show(key) -> str:
+        text = str(key)
+        plain = not quote and text and text.isprintable() and text.strip() == text
+        return text if plain else repr(text)
+    return ", ".join(sorted(show(k) for k in keys))

@@ -21,7 +21,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import InvalidInput
+from .errors import InvalidInput, key_list
 from .files import default_prompts, parse_yaml, read_text
 
 SPLITS = ("calibration", "confirmation", "heldout")
@@ -191,7 +191,7 @@ def _parse_yaml(text: str, source: str) -> list[Prompt]:
     if isinstance(data, dict):
         unknown = set(data) - {"chat", "prompts"}
         if unknown:
-            raise InvalidInput(f"{source}: unknown top-level key(s) {_names(unknown)}; "
+            raise InvalidInput(f"{source}: unknown top-level key(s) {key_list(unknown, quote=True)}; "
                                f"expected a list of prompts, or a mapping with keys chat, prompts")
         chat = data.get("chat")
         if chat is not None and not isinstance(chat, bool):
@@ -211,7 +211,7 @@ def _parse_prompt(obj, where: str, index: int, suite_chat: bool | None) -> Promp
                            f"got {type(obj).__name__}")
     unknown = set(obj) - set(FIELDS)
     if unknown:
-        raise InvalidInput(f"{where}: unknown field(s) {_names(unknown)}; valid fields: {', '.join(FIELDS)}")
+        raise InvalidInput(f"{where}: unknown field(s) {key_list(unknown, quote=True)}; valid fields: {', '.join(FIELDS)}")
     text = obj.get("prompt")
     if not isinstance(text, str) or not text.strip():
         raise InvalidInput(f"{where}: field 'prompt': expected non-empty text, got {_show(text)}")
@@ -248,10 +248,6 @@ def _check_suite(prompts: list[Prompt], source: str) -> list[Prompt]:
             raise InvalidInput(f"{source}: item {i}: field 'id': {p.id!r} is used twice; ids must be unique")
         seen.add(p.id)
     return prompts
-
-
-def _names(keys) -> str:
-    return ", ".join(sorted(repr(str(k)) for k in keys))
 
 
 def _show(value) -> str:

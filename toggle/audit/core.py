@@ -204,7 +204,7 @@ def check_split(suite, split: str, spec_set) -> None:
         raise InvalidInput(f"--split: {split!r} is not valid; expected {', '.join(SPLITS[:-1])} or all")
     chosen = suite.split(split)
     if len(chosen) == 0:
-        counts = {s: len(suite.split(s)) for s in SPLITS[:-1] if s != split and len(suite.split(s))}
+        counts = {s: n for s in SPLITS[:-1] if s != split and (n := len(suite.split(s)))}
         other = max(counts, key=counts.get) if counts else "all"
         held = ", ".join(f"{n} {s}" for s, n in counts.items())
         raise InvalidInput(f"{suite.source}: no prompts in split {split!r} ({len(suite)} prompts: {held}); "

@@ -373,6 +373,7 @@ def _trial_function(space: SearchSpace, objective: Objective, sampler, budget_by
             trial.set_user_attr("sampler_info", sampler.last_info)
         plan = space.plan(params)
         cost = objective.cost(plan)
+        value = float(cost.bytes if objective_kind == "size" else cost.flops_per_token)
         trial.set_user_attr("bytes", int(cost.bytes))
         trial.set_user_attr("flops_per_token", float(cost.flops_per_token))
         trial.set_constraint("size", cost.bytes / budget_bytes - 1.0)
@@ -396,9 +397,10 @@ def _trial_function(space: SearchSpace, objective: Objective, sampler, budget_by
         else:
             t0 = time.perf_counter()
             out = objective.evaluate(plan, stop_below=_stop_below(trial.study, objective_kind, early_exit, budget_bytes))
-            value = float(cost.bytes if objective_kind == "size" else cost.flops_per_token)
-            if confirm is not None and _would_lead(trial.study, out, value, objective_kind, budget_bytes):
-                out = _confirm(trial, confirm, plan, out, objective_kind, early_exit, value, budget_bytes)
+            if confirm is not None:
+                best = best_row(trial_rows(trial.study), objective_kind, budget_bytes)
+                if _would_lead(best, out, value, objective_kind):
+                    out = _confirm(trial, confirm, plan, out, objective_kind, early_exit, value, best)
             trial.set_user_attr("eval_seconds", round(time.perf_counter() - t0, 4))
         if out.partial:  # stopped early: the robustness values are upper bounds
             trial.set_user_attr("partial", True)
@@ -414,17 +416,16 @@ def _trial_function(space: SearchSpace, objective: Objective, sampler, budget_by
         trial.set_constraint("valid", 1.0 if out.reason else 0.0)
         if objective_kind == "margin":  # the most robust plan: minimise the negated minimum margin
             return -out.min_margin if math.isfinite(out.min_margin) else MARGIN_FLOOR
-        return float(cost.bytes if objective_kind == "size" else cost.flops_per_token)
+        return value
 
     return func
 
 
-def _would_lead(study, out: Outcome, value: float, objective_kind: str, budget_bytes: float) -> bool:
-    """Whether a fully scored plan would become the study's best: the cheapest satisfying plan
-    (size, flops), or the largest minimum margin (margin)."""
+def _would_lead(best: dict | None, out: Outcome, value: float, objective_kind: str) -> bool:
+    """Whether a fully scored plan would displace `best` (the study's best row so far, None when
+    there is none): the cheapest satisfying plan (size, flops), or the largest minimum margin."""
     if out.partial or out.reason is not None:
         return False
-    best = best_row(trial_rows(study), objective_kind, budget_bytes)
     if objective_kind == "margin":
         return best is None or out.min_margin > best["min_margin"]
     if not out.feasible:
@@ -433,14 +434,14 @@ def _would_lead(study, out: Outcome, value: float, objective_kind: str, budget_b
 
 
 def _confirm(trial, confirm: Objective, plan, out: Outcome, objective_kind: str, early_exit: bool, value: float,
-             budget_bytes: float) -> Outcome:
+             best: dict | None) -> Outcome:
     """Score a would-be best plan on the confirmation prompts too; its robustness becomes the lower
     of the two per property, so a plan that only holds on the calibration prompts (which the
     search has been fitting) is recorded as violating, and the sampler learns from that. Early
     exit stops as soon as the plan cannot lead (a property violated; under --objective margin, a
     margin below the best so far), so a rejection costs a few prompts. `passed`: the plan still
     leads with the lower margins."""
-    stop = _stop_below(trial.study, objective_kind, early_exit, math.inf)
+    stop = _stop_threshold(objective_kind, early_exit, best)
     t0 = time.perf_counter()
     check = confirm.evaluate(plan, stop_below=stop)
     merged = {k: min(v, check.robustness.get(k, math.inf)) for k, v in out.robustness.items()}
@@ -450,7 +451,7 @@ def _confirm(trial, confirm: Objective, plan, out: Outcome, objective_kind: str,
                      partial=check.partial, prompts_evaluated=out.prompts_evaluated + check.prompts_evaluated)
     trial.set_user_attr("calibration_robustness", {k: robustness_attr(v) for k, v in out.robustness.items()})
     trial.set_user_attr("confirmation", {
-        "passed": _would_lead(trial.study, result, value, objective_kind, budget_bytes),
+        "passed": _would_lead(best, result, value, objective_kind),
         "seconds": round(time.perf_counter() - t0, 4), "partial": check.partial,
         "prompts_evaluated": check.prompts_evaluated,
         "robustness": {k: robustness_attr(v) for k, v in check.robustness.items()}})
@@ -470,6 +471,12 @@ MARGIN_FLOOR = 1e6  # the value of a plan that could not be scored, under --obje
 
 
 def _stop_below(study, objective_kind: str, early_exit: bool, budget_bytes: float) -> float | None:
+    """_stop_threshold with the study's best row (read only where a margin search needs it)."""
+    best = best_row(trial_rows(study), "margin", budget_bytes) if early_exit and objective_kind == "margin" else None
+    return _stop_threshold(objective_kind, early_exit, best)
+
+
+def _stop_threshold(objective_kind: str, early_exit: bool, best: dict | None) -> float | None:
     """The threshold below which a candidate's evaluation may stop: 0 (a violated property decides
     a size or FLOPs search), or the best minimum margin so far (nothing below it can win a margin
     search); None when early exit is off or nothing has been found yet."""
@@ -477,7 +484,6 @@ def _stop_below(study, objective_kind: str, early_exit: bool, budget_bytes: floa
         return None
     if objective_kind != "margin":
         return 0.0
-    best = best_row(trial_rows(study), "margin", budget_bytes)
     return best["min_margin"] if best is not None else None
 
 
