@@ -53,7 +53,7 @@ def main() -> None:
     trace = build_trace(loaded, load_prompts(None), specs, split="calibration")
     methods = Methods(quantizer="rtn", group_size=32, symmetric="auto", pruner="wanda")
     with tempfile.TemporaryDirectory() as tmp:
-        stats, _ = calibration_stats(loaded, refs, trace, methods, RunDir(tmp))
+        stats, _ = calibration_stats(loaded, refs, trace, True, RunDir(tmp))
     applier = PlanApplier(loaded.model, refs, stats)
     evaluator = Evaluator(loaded, specs, trace, applier)
     cost = CostModel.for_model(loaded, "toggle", refs)

@@ -90,7 +90,7 @@ def main() -> None:
     profile = load_profile("default")
     trace = build_trace(loaded, load_prompts(None), specs, split="calibration")
     with tempfile.TemporaryDirectory() as tmp:
-        stats, _ = calibration_stats(loaded, refs, trace, profile.methods, RunDir(tmp))
+        stats, _ = calibration_stats(loaded, refs, trace, profile.needs_stats, RunDir(tmp))
     applier = PlanApplier(loaded.model, refs, stats)
     evaluator = Evaluator(loaded, specs, trace, applier)
     cost = CostModel.for_model(loaded, profile.format, refs)

@@ -1,5 +1,6 @@
 """End to end through the real pipeline (load -> trace -> specs -> applier -> evaluator -> cost ->
 study). Needs toggle.specs / evaluate / trace / compress / cost: skipped until they are merged."""
+import csv
 import json
 
 import pytest
@@ -115,3 +116,62 @@ def test_a_gguf_search_reports_the_files_speed_in_llama_cpp(tiny_llama_dir, tmp_
     assert speed["threads"] >= 1 and speed["gen_tokens_per_s"] > 0 and speed["prompt_tokens_per_s"] > 0
     assert "source" not in speed  # the tiny model was loaded from safetensors, not a GGUF file
     assert f"llama.cpp speed on this machine (llama-bench, {speed['threads']} threads): " in out
+
+
+@pytest.mark.skipif(not __import__("toggle.llama_cpp", fromlist=["available"]).available(),
+                    reason="llama.cpp is not installed (tools/build_llama_cpp.sh)")
+def test_a_mixed_quantizer_menu_searches_only_what_the_format_can_store(tiny_llama_dir, tmp_path, capsys):
+    """A GGUF profile whose `quantizer` knob offers rtn and ggml over bits 8, 5, 4 and 3: GGUF has no
+    3-bit legacy type, so rtn at 3 bits costs infinitely much and no trial takes it, while ggml's
+    3 bits (Q3_K, here llama.cpp's fallback Q4_0) stays on the menu; ggml, offered by the knob only
+    (the methods' quantiser is rtn, their pruner magnitude), makes the search collect the
+    calibration statistics it reads, and the winner is written as a .gguf file."""
+    (tmp_path / "p.yaml").write_text(PROMPTS)
+    (tmp_path / "s.stl").write_text("const eps = 0.5\ncoherence = always[0:7] (jsd <= eps)\n")
+    (tmp_path / "mixed.yaml").write_text(
+        "format: gguf\ngranularity: block_part\n"
+        "knobs: {bits: [16, 8, 5, 4, 3], quantizer: [rtn, ggml]}\n"
+        "embedding: {bits: [16, 8, 5, 4], quantizer: [rtn]}\n"
+        "methods: {quantizer: rtn, group_size: 32, symmetric: auto, pruner: magnitude}\n"
+        "sensitivity: {method: measured, prompts: 2}\n")
+    main(["search", str(tiny_llama_dir), "--budget", "1MB", "--specs", str(tmp_path / "s.stl"),
+          "--profile", str(tmp_path / "mixed.yaml"), "--prompts", str(tmp_path / "p.yaml"), "--trials", "8",
+          "--seed", "1", "--out", str(tmp_path / "run")])
+    capsys.readouterr()
+    run = tmp_path / "run"
+    with open(run / "trials.csv", newline="") as f:
+        trials = list(csv.DictReader(f))
+    groups = {k.split(":")[0] for k in trials[0] if k.endswith(":bits")}
+    chosen = [(t[f"{g}:bits"], t.get(f"{g}:quantizer", "rtn")) for t in trials for g in groups]
+    assert len(trials) == 8 and ("3", "rtn") not in chosen
+    assert {q for _, q in chosen} == {"rtn", "ggml"} and {b for b, _ in chosen} & {"5", "4"}
+    measured = json.loads((run / "measured.json").read_text())
+    space = json.loads((run / "space.json").read_text())
+    for group, errors in zip(space["groups"], measured["errors"]):
+        if group["name"] == "embed":
+            assert errors[0] == 0.0 and all(e > 0 for e in errors[1:])
+            continue
+        # options: bits (16, 8, 5, 4, 3) x quantizer (rtn, ggml); 3 bits with rtn is the 9th
+        assert errors[8] == 0.0 and errors[9] > 0, group["name"]  # not storable: not measured
+        assert all(e > 0 for e in errors[2:8]), group["name"]
+    assert (run / "calibration_stats.safetensors").is_file()
+    artifact = json.loads((run / "summary.json").read_text())["artifact"]
+    assert artifact["format"] == "gguf" and artifact["weights_file_bytes"] == artifact["accounted_bytes"]
+
+
+def test_a_knob_value_the_format_cannot_store_at_all_is_named(tiny_llama_dir, tmp_path, capsys):
+    """bits 3 in a GGUF profile whose only quantiser is rtn: no setting with it can be stored, so the
+    search stops right after loading the model (the shapes decide) with the profile, the knob value
+    and GGUF's own reason."""
+    (tmp_path / "p.yaml").write_text(PROMPTS)
+    (tmp_path / "g3.yaml").write_text("format: gguf\nknobs: {bits: [16, 8, 4, 3]}\nembedding: {bits: [16, 8]}\n"
+                                      "methods: {quantizer: rtn, group_size: 32, symmetric: auto}\n")
+    (tmp_path / "s.stl").write_text("coherence = always[0:7] (jsd <= 0.5)\n")
+    code = main(["search", str(tiny_llama_dir), "--budget", "1MB", "--profile", str(tmp_path / "g3.yaml"),
+                 "--specs", str(tmp_path / "s.stl"), "--prompts", str(tmp_path / "p.yaml"), "--trials", "2",
+                 "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and not (tmp_path / "run").exists()
+    assert "tracing" not in err  # said right after loading, before any model work
+    assert f"{tmp_path / 'g3.yaml'}: bits 3 (group b00" in err and "no setting with it can be stored" in err
+    assert "has no GGUF type" in err

@@ -29,6 +29,18 @@ def test_gguf_profile_only_holds_what_gguf_stores():
     assert g.methods.quantizer == "rtn" and g.methods.group_size == 32 and g.format == "gguf"
 
 
+def test_a_profile_needs_statistics_when_a_method_or_a_quantizer_it_offers_reads_them():
+    plain = {"knobs": {"bits": [16, 4]}, "methods": {"quantizer": "rtn", "pruner": "magnitude"}}
+    assert not parse_profile(plain).needs_stats
+    assert parse_profile({**plain, "methods": {"quantizer": "rtn", "pruner": "wanda"}}).needs_stats
+    assert parse_profile({**plain, "knobs": {"bits": [16, 4], "quantizer": ["rtn", "gptq"]}}).needs_stats
+    assert parse_profile({**plain, "embedding": {"bits": [16, 4], "quantizer": ["rtn", "awq"]}}).needs_stats
+    assert not parse_profile({**plain, "knobs": {"bits": [16, 4], "quantizer": ["rtn"]}}).needs_stats
+    mixed = load_profile("gguf-mixed")  # llama.cpp's whole menu: legacy types, K- and i-quants
+    assert mixed.format == "gguf" and mixed.needs_stats
+    assert mixed.knobs["quantizer"] == ("rtn", "ggml", "ggml_iq") and mixed.embedding["quantizer"] == ("rtn", "ggml")
+
+
 def test_profile_given_as_path(tmp_path):
     p = tmp_path / "mine.yaml"
     p.write_text(yaml.safe_dump({"granularity": "module", "knobs": {"bits": [8, 16, 4]}}))
@@ -62,7 +74,7 @@ def test_bad_profiles_name_file_field_and_what_is_valid(tmp_path, data, message)
 
 
 def test_missing_profile_lists_shipped_ones():
-    with pytest.raises(InvalidInput, match="no such search profile; shipped profiles: default, gguf, gguf-kquant, prune-lowrank, quant-only"):
+    with pytest.raises(InvalidInput, match="no such search profile; shipped profiles: default, gguf, gguf-kquant, gguf-mixed, prune-lowrank, quant-only"):
         load_profile("nonexistent")
 
 

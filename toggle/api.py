@@ -25,7 +25,6 @@ from . import interrupts, llama_cpp
 from .audit import MODES, AuditResult, audit_models, check_engine, check_split, print_audit
 from .compress.apply import PlanApplier, validate_plan
 from .compress.calibrate import ActivationStats, collect_stats
-from .compress.registry import stats_families
 from .confidence import DEFAULT_LEVEL, check_level
 from .confidence import describe as describe_confidence
 from .cost import CostModel
@@ -42,6 +41,7 @@ from .plan import Plan
 from .prompts import load_prompts
 from .report import Report, write_report
 from .rundir import ARTIFACT, CALIBRATION, HELDOUT, SPACE, STATS, RunDir
+from .search.costs import CostTable
 from .search.objective import ModelObjective
 from .search.profile import load_profile
 from .search.sensitivity import spread
@@ -85,13 +85,15 @@ def search(model: str, budget: str | Budget, *, specs=None, prompts=None, profil
     say(f"loading {model}")
     loaded = load_model(model, device=device or "cpu", trust_remote_code=trust_remote_code)
     refs = compressible_modules(loaded.model)
+    cost_model = CostModel.for_model(loaded, get_format(search_profile.format), refs)
+    space = SearchSpace(loaded.model_id, refs, search_profile)
+    CostTable(space, cost_model.of)  # a knob value the format cannot store for these shapes: said now
     say(f"tracing the base model on {len(suite.split('calibration'))} calibration prompts")
     trace = build_trace(loaded, suite, spec_set, split="calibration")
     run = RunDir(out or default_run_dir(model, budget))
-    stats, meta = calibration_stats(loaded, refs, trace, search_profile.methods, run)
+    stats, meta = calibration_stats(loaded, refs, trace, search_profile.needs_stats, run)
     applier = PlanApplier(loaded.model, refs, stats)
     evaluator = Evaluator(loaded, spec_set, trace, applier)
-    cost_model = CostModel.for_model(loaded, get_format(search_profile.format), refs)
     names = [p.name for p in spec_set.properties]
     identity = study_identity(loaded, trace, spec_set, suite, search_profile)
     # the profiling caches (sensitivity.json, measured.json) are keyed by this: other specs or
@@ -103,7 +105,6 @@ def search(model: str, budget: str | Budget, *, specs=None, prompts=None, profil
     subset = spread(ids, search_profile.sensitivity.prompts)
     profiling = full if len(subset) == len(ids) else ModelObjective(
         loaded.model_id, refs, names, evaluator, cost_model, cache_key=f"{key}|{','.join(subset)}", prompts=subset)
-    space = SearchSpace(loaded.model_id, refs, search_profile)
     confirm, confirmation = None, suite.split("confirmation")
     if len(confirmation):
         # the search fits the calibration prompts; a new best must also hold on these (never the held-out ones)
@@ -195,10 +196,11 @@ def default_run_dir(model: str, budget: Budget) -> Path:
     return Path("runs") / f"{name}-{re.sub(r'[^A-Za-z0-9.]+', '', str(budget))}"
 
 
-def calibration_stats(loaded, refs, trace, methods, run: RunDir) -> tuple[ActivationStats | None, dict]:
-    """Input statistics for activation-aware methods (Wanda, AWQ, GPTQ, ASVD), gathered over the
-    calibration trace's token paths, kept beside the plan so `toggle apply` reproduces it."""
-    if not stats_families(methods):
+def calibration_stats(loaded, refs, trace, needed: bool, run: RunDir) -> tuple[ActivationStats | None, dict]:
+    """Input statistics for activation-aware methods (Wanda, AWQ, GPTQ, ASVD, llama.cpp's importance
+    matrix), when `needed`, gathered over the calibration trace's token paths, kept beside the plan
+    so `toggle apply` reproduces it."""
+    if not needed:
         return None, {}
     sequences = [torch.tensor(list(p.prompt_ids) + list(p.tokens)) for p in trace.paths]
     stats = collect_stats(loaded.model, sequences, refs=refs, fingerprint=loaded.fingerprint)

@@ -9,9 +9,11 @@ of points is then costed with a few numpy gathers; the chosen point is costed ex
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 
+from ..errors import InvalidInput
 from ..plan import Plan
 from .profile import KNOBS
 from .space import SearchSpace, setting_of
@@ -25,6 +27,7 @@ class CostTable:
         self._combos: list[list[tuple]] = []  # per group: every (bits, sparsity, rank_ratio)
         self._delta: list[np.ndarray] = []  # per group: (n_combos, 2) bytes, flops
         cache: dict[tuple, tuple[float, float]] = {}
+        why: dict[tuple, str] = {}  # (signature, combo) -> why the format cannot store it
         for g in space.groups:
             combos = list(itertools.product(*(g.choices[k] for k in KNOBS)))
             deltas = np.zeros((len(combos), 2))
@@ -34,9 +37,16 @@ class CostTable:
                     s = setting_of(dict(zip(KNOBS, combo)))
                     plan = Plan(model=space.model_id, modules={} if s.untouched else {m: s for m in g.modules},
                                 methods=space.methods)
-                    c = cost_fn(plan)
-                    cache[key] = (c.bytes - self.base_bytes, c.flops_per_token - self.base_flops)
+                    try:
+                        c = cost_fn(plan)
+                        cache[key] = (c.bytes - self.base_bytes, c.flops_per_token - self.base_flops)
+                    except InvalidInput as e:
+                        # A knob combination the format cannot store (a mixed GGUF menu's rtn at 3
+                        # bits): an infinite cost keeps it out of every budget, path and pool.
+                        cache[key] = (math.inf, math.inf)
+                        why.setdefault(key, e.message)
                 deltas[ci] = cache[key]
+            _check_every_value_usable(space, g, combos, deltas, why)
             self._combos.append(combos)
             self._delta.append(deltas)
         self.cost_calls = len(cache) + 1
@@ -65,6 +75,10 @@ class CostTable:
     def combos(self, gi: int) -> list[tuple]:
         """Group gi's options, as (bits, group_size, quantizer, sparsity, rank_ratio) tuples."""
         return self._combos[gi]
+
+    def usable(self, gi: int) -> np.ndarray:
+        """(options,): whether the format can store each option of group gi."""
+        return np.isfinite(self._delta[gi][:, 0])
 
     def bytes_delta(self, gi: int) -> np.ndarray:
         """Bytes each option of group gi adds to the untouched model's (negative: saves)."""
@@ -104,3 +118,18 @@ class CostTable:
 
     def min_bytes_index(self) -> np.ndarray:
         return self.index_of([int(np.argmin(d[:, 0])) for d in self._delta])
+
+
+def _check_every_value_usable(space: SearchSpace, g, combos: list[tuple], deltas: np.ndarray, why: dict) -> None:
+    """A knob value the format cannot store with any of the group's other values is a mistake in
+    the profile (GGUF has no 3-bit legacy type and the profile offers no other quantiser): say so
+    rather than search without it."""
+    compressed = [not setting_of(dict(zip(KNOBS, combo))).untouched for combo in combos]
+    for ki, knob in enumerate(KNOBS):
+        for value in g.choices[knob]:
+            # the 16-bit option ignores the other knobs: a value counts as usable only with compression
+            rows = [ci for ci, combo in enumerate(combos) if combo[ki] == value and compressed[ci]]
+            if rows and not np.isfinite(deltas[rows, 0]).any():
+                reason = why.get((g.signature, combos[rows[0]]), "")
+                raise InvalidInput(f"{space.profile.source or space.profile.name}: {knob} {value} (group {g.name}): no "
+                                   f"setting with it can be stored: {reason}")

@@ -158,12 +158,15 @@ def run_measurement(space: SearchSpace, costs: CostTable, objective: Objective, 
 
 
 def group_errors(space: SearchSpace, costs: CostTable, objective: Objective, gi: int) -> list[float]:
-    """The relative output error of every option of group gi (0 for the untouched option)."""
+    """The relative output error of every option of group gi (0 for the untouched option and for
+    options the format cannot store)."""
     g = space.groups[gi]
     out = []
-    for combo in costs.combos(gi):
+    for combo, usable in zip(costs.combos(gi), costs.usable(gi)):
         setting = setting_of(dict(zip(KNOBS, combo)))
-        out.append(0.0 if setting.untouched else float(objective.output_error(g.modules, setting, space.methods)))
+        # An option the format cannot store is never chosen (infinite cost): not worth measuring.
+        skip = setting.untouched or not usable
+        out.append(0.0 if skip else float(objective.output_error(g.modules, setting, space.methods)))
     return out
 
 

@@ -66,6 +66,14 @@ class SearchProfile:
     source: str = ""
     format: str = "toggle"  # the artifact whose bytes the search counts (a toggle.formats name)
 
+    @property
+    def needs_stats(self) -> bool:
+        """Whether a plan of this profile may use a method that reads calibration statistics: one of
+        the methods' own, or a quantiser a `quantizer` knob offers (e.g. ggml's importance matrix)."""
+        offered = {q for knobs in (self.knobs, self.embedding) for q in knobs.get("quantizer", ()) if q}
+        return bool(registry.stats_families(self.methods)
+                    or any(registry.method("quantizer", q).needs_stats for q in offered))
+
 
 def load_profile(name_or_path: str | Path) -> SearchProfile:
     """A bare name ('default') is looked up in search/; anything else is a path."""
