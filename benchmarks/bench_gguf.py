@@ -2,10 +2,12 @@
 llama.cpp's presets, each scored by llama.cpp itself and audited on the held-out prompts.
 
     PYTHONPATH=$PWD python benchmarks/bench_gguf.py [--budgets 86MB,91MB,96MB] [--trials 12] [--out DIR]
-        [--presets Q8_0,Q6_K,...] [--splits calibration,heldout] [--engine torch|llama.cpp] [--name NAME]
+        [--profile gguf-mixed] [--presets Q8_0,Q6_K,...] [--splits calibration,heldout]
+        [--engine torch|llama.cpp] [--name NAME]
 
-toggle's files: `toggle search smollm2-135m --profile gguf-kquant --objective margin --budget B`
-(the most robust plan of llama.cpp's own types that fits B), the file the search writes
+toggle's files: `toggle search smollm2-135m --profile P --objective margin --budget B` (the most
+robust plan of the profile's GGUF types that fits B; gguf-mixed: every legacy, K- and i-quant type
+per block part, gguf-kquant: llama.cpp's K-quants and their fallbacks only), the file the search writes
 (RUN/model), plus the exact
 plan (every block Q4_1, embedding Q8_0: what the de-quantised weights came from). Presets:
 llama-quantize from the F16 file of the de-quantised weights, without an importance matrix.
@@ -44,6 +46,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--budgets", default="86MB,91MB,96MB")
     ap.add_argument("--trials", type=int, default=12)
+    ap.add_argument("--profile", default="gguf-mixed", help="the search profile of toggle's files (gguf-mixed, gguf-kquant)")
     ap.add_argument("--out", default="/tmp/toggle-bench-gguf")
     ap.add_argument("--presets", default=",".join(PRESETS), help="llama-quantize presets to score (comma-separated)")
     ap.add_argument("--splits", default="calibration,heldout", help="prompt splits every file is audited on")
@@ -70,7 +73,7 @@ def main() -> None:
         fresh = not (run_dir / "summary.json").exists()
         run = None if fresh else load_run(run_dir)
         if fresh or run.summary.get("trials", 0) < args.trials or run.summary.get("interrupted"):
-            api.search("smollm2-135m", budget, profile="gguf-kquant", objective="margin", trials=args.trials,
+            api.search("smollm2-135m", budget, profile=args.profile, objective="margin", trials=args.trials,
                        out=run_dir, progress=False)
             run = load_run(run_dir)
         s = run.summary
@@ -105,7 +108,7 @@ def main() -> None:
                        *[(f"{split}_{key}", f"{split} {head}", fmt) for split in args.splits.split(",")
                          for key, head, fmt in (("pass", "prompts passing", "d"), ("prompts", "of", "d"),
                                                 ("min_margin", "min margin", "+.4f"))]]))
-    bench.finish(rows, extra={"budgets": args.budgets, "trials": args.trials, "presets": args.presets,
+    bench.finish(rows, extra={"budgets": args.budgets, "trials": args.trials, "profile": args.profile, "presets": args.presets,
                               "splits": args.splits, "engine": args.engine})
 
 
