@@ -87,7 +87,7 @@ def search(model: str, budget: str | Budget, *, specs=None, prompts=None, profil
     refs = compressible_modules(loaded.model)
     cost_model = CostModel.for_model(loaded, get_format(search_profile.format), refs)
     space = SearchSpace(loaded.model_id, refs, search_profile)
-    CostTable(space, cost_model.of)  # a knob value the format cannot store for these shapes: said now
+    costs = CostTable(space, cost_model.of)  # a knob value the format cannot store for these shapes: said now
     say(f"tracing the base model on {len(suite.split('calibration'))} calibration prompts")
     trace = build_trace(loaded, suite, spec_set, split="calibration")
     run = RunDir(out or default_run_dir(model, budget))
@@ -146,7 +146,7 @@ def search(model: str, budget: str | Budget, *, specs=None, prompts=None, profil
     result = run_study(full, budget_bytes, profile=search_profile, run_dir=run.path, trials=trials, sampler=sampler,
                        objective_kind=objective, seed=seed, storage=storage, study_name=study,
                        profiling_objective=profiling, progress=progress, plan_meta=meta, finish=finish,
-                       identity=identity, confirm=confirm)
+                       identity=identity, confirm=confirm, costs=costs)
     say("writing the report")
     write_report(run.path)
     return result

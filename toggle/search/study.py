@@ -161,12 +161,14 @@ def run_study(objective: Objective, budget_bytes: int, *, profile: SearchProfile
               trials: int | None = None, sampler: str = "bo", objective_kind: str = "size", seed: int | None = None,
               storage: str | None = None, study_name: str | None = None, profiling_objective: Objective | None = None,
               progress: bool = False, sampler_options: dict | None = None, plan_meta: dict | None = None,
-              finish=None, identity: dict | None = None, confirm: Objective | None = None) -> SearchResult:
+              finish=None, identity: dict | None = None, confirm: Objective | None = None,
+              costs: CostTable | None = None) -> SearchResult:
     """Search `objective` within `budget_bytes`; see the module docstring. `finish(summary, plan)`,
     when given, runs after the trials and before summary.json is written (not after Ctrl-C).
     `identity`: input -> hash of what the trials' results depend on (see the module docstring).
     `confirm`: the same model scored on other prompts (the suite's confirmation split); a trial
-    that would become the best so far is kept as such only if it also holds there."""
+    that would become the best so far is kept as such only if it also holds there. `costs`: the
+    profile's cost table for this model when the caller has built it already (its space is used)."""
     if sampler not in SAMPLERS:
         raise InvalidInput(f"--sampler: {sampler!r} is not valid; expected one of {', '.join(SAMPLERS)}")
     if objective_kind not in OBJECTIVES:
@@ -179,8 +181,8 @@ def run_study(objective: Objective, budget_bytes: int, *, profile: SearchProfile
     seed = profile.seed if seed is None else seed
     if seed < 0:
         raise InvalidInput(f"--seed: {seed} is not valid; expected an integer >= 0")
-    space = SearchSpace(objective.model_id, objective.refs, profile)
-    costs = CostTable(space, objective.cost)
+    space = costs.space if costs is not None else SearchSpace(objective.model_id, objective.refs, profile)
+    costs = costs if costs is not None else CostTable(space, objective.cost)
     _check_budget(budget_bytes, costs, objective, profile)
 
     store, url = open_storage(storage, run.path)
