@@ -8,7 +8,7 @@ import pytest
 from toggle.rundir import MEASURED, RunDir
 from toggle.search import parse_profile, run_study
 from toggle.search.costs import CostTable
-from toggle.search.measure import AdditiveModel, allocation_path, probe_option, run_measurement
+from toggle.search.measure import AdditiveModel, allocation_path, budget_plan, probe_option, refill, run_measurement
 from toggle.search.space import SearchSpace
 from toggle.search.synthetic import SyntheticObjective
 
@@ -181,6 +181,69 @@ def test_allocation_path_from_a_plan_continues_the_path_through_it():
     floor = float(sizes[len(path) // 2]) + 0.5  # just above the middle point's size (whole bytes)
     short, _ = allocation_path(model, costs, start=path[2], floor=floor)
     assert [p.tolist() for p in short] == [p.tolist() for p in path[2:len(path) // 2 + 1]]
+
+
+def test_allocation_path_never_moves_to_an_excluded_option():
+    obj, space, costs = _setup(blocks=4)
+    model = AdditiveModel(space, costs, run_measurement(space, costs, obj, obj))
+    path = allocation_path(model, costs)[0]
+    first_move = [(gi, int(ci)) for gi, ci in enumerate(costs.combo_ids(path[1])[0]) if ci != 0]
+    assert len(first_move) == 1
+    other = allocation_path(model, costs, exclude=first_move)[0]
+    gi, ci = first_move[0]
+    assert all(costs.combo_ids(p)[0, gi] != ci for p in other) and other[1].tolist() != path[1].tolist()
+
+
+def test_refill_spends_the_budget_until_no_move_that_fits_lowers_the_predicted_loss():
+    obj, space, costs = _setup(blocks=4)
+    model = AdditiveModel(space, costs, run_measurement(space, costs, obj, obj))
+    path, losses = allocation_path(model, costs)
+    sizes = costs.of(np.stack(path))[0]
+    k = len(path) * 2 // 3
+    budget = float(sizes[k - 5])  # five moves' worth of bytes above the path's k-th plan
+    plan = refill(model, costs, path[k], budget)
+    size, loss = float(costs.of(plan)[0][0]), float(model.loss(plan)[0])
+    assert sizes[k] < size <= budget and loss < losses[k]
+    for gi in range(len(space.groups)):  # no single move that fits the budget lowers the loss further
+        for ci in range(len(costs.combos(gi))):
+            moved = costs.with_combo(plan, gi, ci)
+            if costs.of(moved)[0][0] <= budget:
+                assert model.loss(moved)[0] >= loss - 1e-12
+
+
+def test_budget_plan_fits_and_is_predicted_at_least_as_robust_as_the_paths_first_plan_within_it():
+    """Under --objective margin the allocator's plan for a budget: the path gets cheaper one move
+    at a time and its first plan within a budget can lie well below it; the budget plan refills it
+    and tries the path without the move that crossed the budget."""
+    obj, space, costs = _setup(blocks=6)
+    model = AdditiveModel(space, costs, run_measurement(space, costs, obj, obj))
+    path, losses = allocation_path(model, costs)
+    sizes = costs.of(np.stack(path))[0]
+    better = detour = 0
+    for budget in sizes[0] * np.linspace(0.2, 0.95, 40):
+        first = int(np.argmax(sizes <= budget))
+        plan = budget_plan(model, costs, budget)
+        assert costs.of(plan)[0][0] <= budget
+        loss = model.loss(plan)[0]
+        assert loss <= losses[first] + 1e-12
+        better += loss < losses[first] - 1e-12
+        detour += loss < model.loss(budget_plan(model, costs, budget, alternatives=0))[0] - 1e-12
+    assert better >= 10 and detour >= 5  # both the refill and the detours around a crossing move pay
+    assert budget_plan(model, costs, sizes[0]).tolist() == space.untouched().tolist()
+    assert budget_plan(model, costs, costs.min_bytes() - 1) is None
+
+
+def test_margin_objective_starts_from_the_allocators_plan_for_the_budget(tmp_path):
+    obj = SyntheticObjective(blocks=4, seed=0)
+    budget = int(obj.base16_bytes * 0.5)
+    r = run_study(obj, budget, profile=PROFILE, run_dir=tmp_path, trials=2, sampler="allocator",
+                  objective_kind="margin", profiling_objective=obj, progress=False)
+    space = SearchSpace(obj.model_id, obj.refs, PROFILE)
+    costs = CostTable(space, obj.cost)
+    model = AdditiveModel(space, costs, run_measurement(space, costs, obj, obj))
+    rows, _ = RunDir(tmp_path).read_trials()
+    assert rows[0]["bytes"] == costs.of(budget_plan(model, costs, budget))[0][0]
+    assert r.summary["compressed_size_bytes"] <= budget
 
 
 def test_options_within_a_limit_are_those_whose_index_vector_stays_under_it():

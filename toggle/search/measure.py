@@ -182,27 +182,39 @@ def probe_option(errors: list[float]) -> int | None:
     return min(nonzero, key=lambda ei: (abs(math.log(ei[0]) - target), ei[1]))[1]
 
 
-def allocation_path(model: AdditiveModel, costs: CostTable, limit: np.ndarray | None = None,
-                    objective: str = "size", start: np.ndarray | None = None,
-                    floor: float | None = None) -> tuple[list[np.ndarray], list[float]]:
-    """The measured-error allocator: from the untouched model (or the plan `start`, an index
-    vector), repeatedly move one group to the option that saves the most bytes (or FLOPs) per unit
-    of predicted margin consumed (the largest share of any property's margin), until no move saves
-    anything, or (with `floor`) once a plan costs at most `floor`. Returns the index vectors along
-    the way, each cheaper than the last (the first is the start), and their predicted losses."""
-    column = 1 if objective == "flops" else 0
+def _option_tables(model: AdditiveModel, costs: CostTable, limit: np.ndarray | None, column: int,
+                   exclude=()) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every group's options side by side (padded options are never allowed), so one step scores
+    every move of every group in a few array operations: (groups, options, properties) predicted
+    drops, (groups, options) cost deltas, and which options may be taken (`exclude`: (group,
+    option) pairs that may not)."""
     n_groups, n_props = len(model.drops), len(model.names)
     width = max(len(costs.combos(gi)) for gi in range(n_groups))
-    # Every group's options side by side (padded options are never allowed), so one step scores
-    # every move of every group in a few array operations: a path has hundreds of steps.
     drops = np.zeros((n_groups, width, n_props))
-    saving = np.zeros((n_groups, width))
+    cost = np.zeros((n_groups, width))
     allowed = np.zeros((n_groups, width), dtype=bool)
     for gi in range(n_groups):
         n = len(costs.combos(gi))
         drops[gi, :n] = model.drops[gi]
-        saving[gi, :n] = costs._delta[gi][:, column]
+        cost[gi, :n] = costs._delta[gi][:, column]
         allowed[gi, :n] = True if limit is None else costs.options_within(gi, limit)
+    for gi, ci in exclude:
+        allowed[gi, ci] = False
+    return drops, cost, allowed
+
+
+def allocation_path(model: AdditiveModel, costs: CostTable, limit: np.ndarray | None = None,
+                    objective: str = "size", start: np.ndarray | None = None,
+                    floor: float | None = None, exclude=()) -> tuple[list[np.ndarray], list[float]]:
+    """The measured-error allocator: from the untouched model (or the plan `start`, an index
+    vector), repeatedly move one group to the option that saves the most bytes (or FLOPs) per unit
+    of predicted margin consumed (the largest share of any property's margin), until no move saves
+    anything, or (with `floor`) once a plan costs at most `floor`. `exclude`: (group, option) pairs
+    never moved to. Returns the index vectors along the way, each cheaper than the last (the first
+    is the start), and their predicted losses."""
+    column = 1 if objective == "flops" else 0
+    n_groups, n_props = len(model.drops), len(model.names)
+    drops, saving, allowed = _option_tables(model, costs, limit, column, exclude)
     # Per step only the moved group's row changes: keep each group's move deltas (per property,
     # laid out property-first so the max over properties is a few elementwise maxima).
     rows = np.arange(n_groups)
@@ -241,6 +253,65 @@ def allocation_path(model: AdditiveModel, costs: CostTable, limit: np.ndarray | 
             if floor is not None and value <= floor:
                 break
     return path, losses
+
+
+def refill(model: AdditiveModel, costs: CostTable, index: np.ndarray, budget: float,
+           limit: np.ndarray | None = None) -> np.ndarray:
+    """Spend what the budget leaves: from the plan `index` (within `budget` bytes), repeatedly
+    move one group to the option that lowers the predicted loss most per byte added, while the
+    plan stays within the budget. The allocator's path gets cheaper one move at a time, so its
+    first plan within a budget can lie well below it."""
+    drops, cost, allowed = _option_tables(model, costs, limit, 0)
+    rows = np.arange(len(drops))
+    current = costs.combo_ids(index)[0].copy()
+    index = np.array(index, dtype=np.int64)
+    size = float(costs.of(index)[0][0])
+    with np.errstate(invalid="ignore"):  # inf - inf for an unprobed group's options: never taken
+        for _ in range(4 * len(rows)):  # every move lowers the loss; the cap guards against float ties
+            at = drops[rows, current]  # (groups, properties)
+            totals = at.sum(axis=0)
+            loss = float(np.max(totals / model.scale))
+            new_loss = ((totals - at)[:, None, :] + drops) / model.scale
+            new_loss = new_loss.max(axis=2)  # (groups, options)
+            added = cost - cost[rows, current][:, None]
+            ok = allowed & np.isfinite(new_loss) & (new_loss < loss - 1e-12) & (size + added <= budget)
+            if not ok.any():
+                break
+            score = np.where(ok, (loss - new_loss) / np.maximum(added, 1.0), -np.inf)
+            gi, ci = np.unravel_index(int(np.argmax(score)), score.shape)
+            size += float(added[gi, ci])
+            current[gi] = ci
+            index = costs.with_combo(index, int(gi), int(ci))
+    return index
+
+
+def budget_plan(model: AdditiveModel, costs: CostTable, budget: float, limit: np.ndarray | None = None,
+                alternatives: int = 3) -> np.ndarray | None:
+    """The measured-error allocator's answer to --objective margin: the plan within `budget` bytes
+    with the least predicted loss (ties: the larger) among the allocator path's first plan within
+    the budget and `alternatives` more, each the path continued from the last plan above the budget
+    without the move that crossed it (one large move, say the embedding from 8 to 5 bits, can land
+    far below a budget that a few small moves would have met), each then refilled up to the budget
+    (`refill`). None when no plan fits."""
+    untouched = costs.space.untouched()
+    if costs.of(untouched)[0][0] <= budget:
+        return untouched
+    candidates, start, exclude = [], None, []
+    for _ in range(alternatives + 1):
+        path, _ = allocation_path(model, costs, limit, start=start, floor=budget, exclude=exclude)
+        if costs.of(path[-1])[0][0] > budget:
+            break  # no move left saves anything: nothing within the budget this way
+        candidates.append(refill(model, costs, path[-1], budget, limit))
+        if len(path) < 2:
+            break
+        before, after = costs.combo_ids(np.stack(path[-2:]))
+        gi = int(np.flatnonzero(before != after)[0])
+        start, exclude = path[-2], exclude + [(gi, int(after[gi]))]
+    if not candidates:
+        return None
+    matrix = np.stack(candidates)
+    losses, sizes = model.loss(matrix), costs.of(matrix)[0]
+    return matrix[min(range(len(candidates)), key=lambda i: (losses[i], -sizes[i]))]
 
 
 def zones_of(space: SearchSpace, thirds: int = 3) -> tuple[list[int], int]:

@@ -47,7 +47,7 @@ from optuna.trial import TrialState
 
 from .costs import CostTable
 from .ladder import Ladder, ladder_state
-from .measure import allocation_path
+from .measure import allocation_path, budget_plan
 from .space import SearchSpace
 
 
@@ -286,7 +286,7 @@ class ConstrainedBOSampler(SpaceSampler):
                               self.success_tol, self.failure_tol)
         cands = self._candidates(incumbent, length)
         if self.measured is not None:
-            cands = np.concatenate([cands, self._reallocate(None)])
+            cands = np.concatenate([cands, self._reallocate(None), self._budget_plans()])
         keep = (self.value_of(cands)[1] <= self.budget) & np.array([tuple(x.tolist()) not in seen for x in cands])
         if not keep.any():
             self.last_info = {"strategy": "random (no candidate left)"}
@@ -331,13 +331,31 @@ class ConstrainedBOSampler(SpaceSampler):
         width = len(self.space.dims)
         return np.array(out, dtype=np.int64).reshape(len(out), width)
 
+    def _budget_plans(self) -> np.ndarray:
+        """--objective margin: the allocator's plan for the budget (measure.budget_plan) with every
+        group's drops scaled by a random log-normal factor, a few times: the most robust plans
+        within the budget under plausible corrections of the measurements."""
+        n, out = len(self.measured.drops), []
+        for _ in range(max(1, self.reallocations // 4)):
+            factors = np.exp(self._rng.normal(0.0, 0.5, n))
+            plan = self._with_factors(factors, lambda: budget_plan(self.measured, self.costs, self.budget, self.limit))
+            if plan is not None:
+                out.append(plan)
+        width = len(self.space.dims)
+        return np.array(out, dtype=np.int64).reshape(len(out), width)
+
     def _path_with(self, factors: np.ndarray, **options) -> list[np.ndarray]:
         """The allocator's path (allocation_path's `options`) with every group's measured drops
-        scaled by its factor; the measurements themselves are left as they were."""
+        scaled by its factor."""
+        return self._with_factors(factors, lambda: allocation_path(self.measured, self.costs, **options)[0])
+
+    def _with_factors(self, factors: np.ndarray, compute):
+        """compute() with every group's measured drops scaled by its factor; the measurements
+        themselves are left as they were."""
         base = self.measured.drops
         self.measured.drops = [d * f for d, f in zip(base, factors)]
         try:
-            return allocation_path(self.measured, self.costs, **options)[0]
+            return compute()
         finally:
             self.measured.drops = base
 

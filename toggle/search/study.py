@@ -48,7 +48,7 @@ from ..rundir import FINISHED, MEASURED, SENSITIVITY, RunDir, best_row, trial_ro
 from ..units import format_bytes
 from .baselines import LadderSampler, path_ladder, uniform_ladder
 from .costs import CostTable
-from .measure import AdditiveModel, Measured, allocation_path, run_measurement, zones_of
+from .measure import AdditiveModel, Measured, allocation_path, budget_plan, run_measurement, zones_of
 from .objective import Objective, Outcome
 from .profile import SearchProfile
 from .progress import Progress, sensitivity_table
@@ -95,7 +95,7 @@ def _bo(c: SamplerContext):
         zones, n_zones = zones_of(c.space)
         return ConstrainedBOSampler(
             c.space, c.costs, c.budget_bytes, objective=c.objective, seed=c.seed, limit=c.limit, prior=c.measured,
-            ladder=path_ladder(c.path, c.costs, c.budget_bytes, c.objective),
+            ladder=_allocator_ladder(c),
             features=lambda index: c.measured.zone_loss(index, zones, n_zones), measured=c.measured,
             uniform=uniform_ladder(c.space, c.costs, c.budget_bytes, c.objective), **c.options)
     sampler = ConstrainedBOSampler(c.space, c.costs, c.budget_bytes, objective=c.objective, seed=c.seed, limit=c.limit,
@@ -105,8 +105,19 @@ def _bo(c: SamplerContext):
 
 
 def _allocator(c: SamplerContext):
-    return LadderSampler("allocator", path_ladder(c.path, c.costs, c.budget_bytes, c.objective), c.space, c.costs,
-                         c.budget_bytes, objective=c.objective, seed=c.seed)
+    return LadderSampler("allocator", _allocator_ladder(c), c.space, c.costs, c.budget_bytes, objective=c.objective,
+                         seed=c.seed)
+
+
+def _allocator_ladder(c: SamplerContext) -> list[np.ndarray]:
+    """The measured-error allocator's path within the budget; under --objective margin its plan
+    for the budget (measure.budget_plan) comes first: the path's first plan within the budget can
+    lie far below it."""
+    ladder = path_ladder(c.path, c.costs, c.budget_bytes, c.objective)
+    plan = budget_plan(c.measured, c.costs, c.budget_bytes, c.limit) if c.objective == "margin" else None
+    if plan is None:
+        return ladder
+    return [plan] + [p for p in ladder if not np.array_equal(p, plan)]
 
 
 def _random(c: SamplerContext):
