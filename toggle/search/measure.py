@@ -290,9 +290,9 @@ def budget_plan(model: AdditiveModel, costs: CostTable, budget: float, limit: np
     """The measured-error allocator's answer to --objective margin: the plan within `budget` bytes
     with the least predicted loss (ties: the larger) among the allocator path's first plan within
     the budget and `alternatives` more, each the path continued from the last plan above the budget
-    without the move that crossed it (one large move, say the embedding from 8 to 5 bits, can land
-    far below a budget that a few small moves would have met), each then refilled up to the budget
-    (`refill`). None when no plan fits."""
+    with the group whose move crossed it left where it was (one large move, say the embedding from
+    8 to 5 bits, can land far below a budget that a few small moves elsewhere would have met), each
+    then refilled up to the budget (`refill`). None when no plan fits."""
     untouched = costs.space.untouched()
     if costs.of(untouched)[0][0] <= budget:
         return untouched
@@ -305,8 +305,9 @@ def budget_plan(model: AdditiveModel, costs: CostTable, budget: float, limit: np
         if len(path) < 2:
             break
         before, after = costs.combo_ids(np.stack(path[-2:]))
-        gi = int(np.flatnonzero(before != after)[0])
-        start, exclude = path[-2], exclude + [(gi, int(after[gi]))]
+        gi = int(np.flatnonzero(before != after)[0])  # the group whose move crossed: it stays where it was
+        start = path[-2]
+        exclude = exclude + [(gi, ci) for ci in range(len(costs.combos(gi))) if ci != before[gi]]
     if not candidates:
         return None
     matrix = np.stack(candidates)
