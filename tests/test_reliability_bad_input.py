@@ -261,7 +261,7 @@ CASES = [
     ("profile-sparsity-out-of-range", search("--profile", "{d}/profile-sparsity.yaml"),
      ["profile-sparsity.yaml", "knobs.sparsity", "[0, 1)"]),
     ("profile-granularity", search("--profile", "{d}/profile-granularity.yaml"),
-     ["profile-granularity.yaml", "granularity", "block, block_part, module"]),
+     ["profile-granularity.yaml", "granularity", "block, block_part, block_part_width, module"]),
     ("profile-not-a-mapping", search("--profile", "{d}/profile-not-mapping.yaml"), ["profile-not-mapping.yaml", "mapping"]),
     ("profile-missing", search("--profile", "nope"), ["nope.yaml", "no such search profile", "default"]),
     # plans

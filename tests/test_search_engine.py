@@ -42,6 +42,21 @@ def test_space_groups_params_and_plan_round_trip():
     assert len(module_space.groups) == 1 + 3 * 7
 
 
+def test_block_part_width_splits_a_part_whose_rows_differ_in_length():
+    """The MLP's down projection reads the intermediate width, its gate and up projections the
+    hidden width: formats choose block types per row length, so they become two groups."""
+    obj = SyntheticObjective(blocks=2)
+    space = SearchSpace(obj.model_id, obj.refs, parse_profile({"granularity": "block_part_width",
+                                                              "knobs": {"bits": [16, 4]}}))
+    names = [g.name for g in space.groups]
+    assert names == ["embed", "b00.attn", "b00.mlp.gate_proj+up_proj", "b00.mlp.down_proj",
+                     "b01.attn", "b01.mlp.gate_proj+up_proj", "b01.mlp.down_proj"]
+    by_name = {g.name: g for g in space.groups}
+    assert by_name["b01.mlp.down_proj"].modules == ("model.layers.1.mlp.down_proj",)
+    assert len(by_name["b00.attn"].modules) == 4  # one width: the part stays whole
+    assert sorted(m for g in space.groups for m in g.modules) == sorted(r.name for r in obj.refs)
+
+
 def test_cost_table_is_exact_for_additive_costs():
     obj = SyntheticObjective(blocks=3)
     space = SearchSpace(obj.model_id, obj.refs, load_profile("prune-lowrank"))

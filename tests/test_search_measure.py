@@ -306,3 +306,35 @@ def test_gp_predictions_equal_botorch_posterior_including_pending_points():
             assert np.allclose(mu[:, j], post.mean.squeeze(-1).numpy(), rtol=0, atol=1e-9)
             assert np.allclose(sd[:, j], post.variance.squeeze(-1).clamp_min(1e-12).sqrt().numpy(), rtol=1e-7, atol=1e-12)
     assert sd[:, 0].std() > 0 and mu[:, 1].std() > 0  # a fitted GP, not a constant
+
+
+def test_a_margin_ladder_hands_over_to_bo_after_its_head_rungs():
+    from toggle.search.ladder import Ladder
+
+    points = [np.array([i, 0]) for i in range(4)]
+    key = [tuple(p.tolist()) for p in points]
+    two = Ladder(points, "margin", head=2)
+    assert two.next_rung({}, bisect_only=True).tolist() == [0, 0]
+    assert two.next_rung({key[0]: False}, bisect_only=True).tolist() == [1, 0]
+    assert two.next_rung({key[0]: False}, {key[1]}, bisect_only=True) is None  # the head is being evaluated
+    assert two.next_rung({key[0]: False, key[1]: True}, bisect_only=True) is None
+    assert two.next_rung({key[0]: False, key[1]: True}).tolist() == [2, 0]  # the allocator goes on down its ladder
+    assert Ladder(points, "margin").next_rung({key[0]: True}, bisect_only=True) is None
+
+
+def test_bo_under_margin_first_evaluates_the_budget_plan_and_the_paths_first_plan_within_the_budget(tmp_path):
+    obj = SyntheticObjective(blocks=4, seed=0)
+    budget = int(obj.base16_bytes * 0.5)
+    run_study(obj, budget, profile=PROFILE, run_dir=tmp_path, trials=4, sampler="bo", objective_kind="margin",
+              profiling_objective=obj, progress=False)
+    space = SearchSpace(obj.model_id, obj.refs, PROFILE)
+    costs = CostTable(space, obj.cost)
+    model = AdditiveModel(space, costs, run_measurement(space, costs, obj, obj))
+    path = allocation_path(model, costs)[0]
+    sizes = costs.of(np.stack(path))[0]
+    rows, _ = RunDir(tmp_path).read_trials()
+    plan_bytes = costs.of(budget_plan(model, costs, budget))[0][0]
+    first_within = sizes[int(np.argmax(sizes <= budget))]
+    assert plan_bytes != first_within  # the case this test is about
+    assert [r["bytes"] for r in rows[:2]] == [plan_bytes, first_within]
+    assert [r["source"] for r in rows[:2]] == ["bo", "bo"] and len(rows) == 4

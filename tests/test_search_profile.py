@@ -59,7 +59,7 @@ def test_profile_given_as_path(tmp_path):
     ({"knobs": {"rank_ratio": ["x"]}}, "knobs.rank_ratio: 'x' is not a number"),
     ({"knobs": {"scale_bits": [16, 9]}}, "knobs.scale_bits: 9 is not valid; scale_bits are integers 2..8"),
     ({"knobs": {"bitz": [4]}}, "knobs: unknown key(s) bitz; valid keys: bits, group_size, scale_bits, quantizer, sparsity, rank_ratio"),
-    ({"knobs": {"bits": [4]}, "granularity": "layer"}, "granularity: 'layer' is not valid; expected one of block, block_part, module"),
+    ({"knobs": {"bits": [4]}, "granularity": "layer"}, "granularity: 'layer' is not valid; expected one of block, block_part, block_part_width, module"),
     ({"knobs": {"bits": [4]}, "trials": 0}, "trials: 0 is not valid; expected an integer >= 1"),
     ({"knobs": {"bits": [16, 4]}, "sensitivity": {"levels": {"bits": [3]}}}, "sensitivity.levels.bits: 3 is not one of the allowed"),
     ({"knobs": {"bits": [4]}, "methods": {"quantizer": "magic"}}, "methods.quantizer: 'magic' is not valid"),

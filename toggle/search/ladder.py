@@ -15,9 +15,10 @@ from ..rundir import FINISHED
 
 
 class Ladder:
-    def __init__(self, points: list[np.ndarray], objective: str = "size"):
+    def __init__(self, points: list[np.ndarray], objective: str = "size", head: int = 1):
         self.points = [np.asarray(x) for x in points]
         self.objective = objective
+        self.head = head  # under --objective margin with bisect_only: the rungs evaluated before BO takes over
         self._pos = {tuple(x.tolist()): i for i, x in enumerate(self.points)}
 
     def __len__(self) -> int:
@@ -26,14 +27,15 @@ class Ladder:
     def next_rung(self, results: dict[tuple, bool], pending: set[tuple] = frozenset(), *,
                   bisect_only: bool = False) -> np.ndarray | None:
         """The next rung to evaluate given results (index tuple -> feasible), or None when done.
-        Under --objective margin: the most expensive rung not yet evaluated (the most robust plan
-        expected first). `bisect_only`: None once bisection has found the frontier."""
+        Under --objective margin: the first rung not yet evaluated (a margin ladder lists the
+        plans expected most robust first: the allocator's plan for the budget, then the most
+        expensive rungs); with `bisect_only`, only among the first `head` rungs. `bisect_only`: None once bisection has found the frontier."""
         known = {self._pos[k]: ok for k, ok in results.items() if k in self._pos}
         busy = {self._pos[k] for k in pending if k in self._pos}
         if self.objective == "margin":
             rest = [i for i in range(len(self.points)) if i not in known and i not in busy]
-            if bisect_only and known:
-                return None  # the allocator's most robust in-budget plan is known: BO takes over
+            if bisect_only:  # BO takes over once the plans expected most robust are known
+                rest = [i for i in rest if i < self.head]
             return self.points[rest[0]] if rest else None
         lo = max((i for i, ok in known.items() if ok), default=-1)  # cheapest known feasible
         hi = min((i for i, ok in known.items() if not ok and i > lo), default=len(self.points))

@@ -1,6 +1,6 @@
 """Search profiles (search/NAME.yaml): which knobs, at which granularity, with which values.
 
-    granularity: block_part        # block | block_part | module
+    granularity: block_part        # block | block_part | block_part_width | module
     trials: 60
     seed: 0
     knobs:     {bits: [16, 8, 4, 3], sparsity: [0.0, 0.3], rank_ratio: [1.0, 0.5]}
@@ -22,7 +22,7 @@ from ..formats import FORMATS
 from ..compress import registry
 from ..plan import ALLOWED_BITS, SCALE_BITS, Methods, parse_methods
 
-GRANULARITIES = ("block", "block_part", "module")
+GRANULARITIES = ("block", "block_part", "block_part_width", "module")
 # group_size, quantizer and scale_bits override the profile's methods per group (None: the
 # methods' own); they matter only where bits < 16.
 KNOBS = ("bits", "group_size", "scale_bits", "quantizer", "sparsity", "rank_ratio")

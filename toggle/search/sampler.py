@@ -171,7 +171,10 @@ class ConstrainedBOSampler(SpaceSampler):
         super().__init__(space, costs, budget_bytes, objective=objective, seed=seed, limit=limit)
         self.ladder = ladder
         self.features, self.measured, self.reallocations = features, measured, reallocations
-        self._ladder = Ladder(ladder, objective) if ladder is not None else None
+        # Under --objective margin the ladder starts with the allocator's plan for the budget and
+        # the path's first plan within it: the additive model's prediction can rank them wrongly
+        # (far below the frontier, where drops stop adding up), so BO starts from the better.
+        self._ladder = Ladder(ladder, objective, head=2) if ladder is not None else None
         self._uniform = Ladder(uniform, objective) if uniform and objective != "margin" else None
         self.n_startup, self.n_candidates, self.random_fraction = n_startup, n_candidates, random_fraction
         self.length_init, self.length_min, self.length_max = length_init, length_min, length_max

@@ -1,7 +1,8 @@
 """The search space: a profile applied to a model's compressible modules.
 
 A *group* is a set of modules that share one setting (a block, a block's attention or MLP
-part, or one module, per the profile's granularity; the embedding / LM head is its own group).
+part, a part's modules of one input width, or one module, per the profile's granularity; the
+embedding / LM head is its own group).
 Each group has up to three ordinal knobs (bits, sparsity, rank_ratio) whose values are ordered
 from least to most compression. A knob with more than one allowed value is a *dimension*: an
 Optuna categorical parameter named 'GROUP:KNOB', e.g. 'b03.attn:bits'.
@@ -44,9 +45,27 @@ def _group_key(ref: ModuleRef, granularity: str) -> str:
         return "embed"
     if granularity == "block":
         return f"b{ref.block:02d}"
-    if granularity == "block_part":
+    if granularity in ("block_part", "block_part_width"):  # the latter split by width afterwards
         return f"b{ref.block:02d}.{ref.part}"
     return f"b{ref.block:02d}.{ref.component}"
+
+
+def _split_by_width(members: dict[str, list[ModuleRef]]) -> dict[str, list[ModuleRef]]:
+    """Granularity block_part_width: a block part whose modules' rows differ in length is split by
+    row length (the input width), since formats choose block types per row length (llama.cpp's
+    K-quants need rows of a multiple of 256 weights: on a Llama-style model the MLP's down
+    projection can take them where its gate and up projections cannot). A split group is named
+    after its modules, e.g. 'b03.mlp.gate_proj+up_proj' and 'b03.mlp.down_proj'."""
+    out: dict[str, list[ModuleRef]] = {}
+    for key, rs in members.items():
+        widths = sorted({r.in_features for r in rs})
+        if len(widths) == 1:
+            out[key] = rs
+            continue
+        for w in widths:
+            part = [r for r in rs if r.in_features == w]
+            out[f"{key}.{'+'.join(r.component.split('.')[-1] for r in part)}"] = part
+    return out
 
 
 class SearchSpace:
@@ -57,6 +76,8 @@ class SearchSpace:
         members: dict[str, list[ModuleRef]] = {}
         for ref in refs:
             members.setdefault(_group_key(ref, profile.granularity), []).append(ref)
+        if profile.granularity == "block_part_width":
+            members = _split_by_width(members)
         self.groups: list[Group] = []
         for key, rs in members.items():
             choices = profile.embedding if key == "embed" else profile.knobs
