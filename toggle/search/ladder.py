@@ -27,9 +27,10 @@ class Ladder:
     def next_rung(self, results: dict[tuple, bool], pending: set[tuple] = frozenset(), *,
                   bisect_only: bool = False) -> np.ndarray | None:
         """The next rung to evaluate given results (index tuple -> feasible), or None when done.
-        Under --objective margin: the first rung not yet evaluated (a margin ladder lists the
-        plans expected most robust first: the allocator's plan for the budget, then the most
-        expensive rungs); with `bisect_only`, only among the first `head` rungs. `bisect_only`: None once bisection has found the frontier."""
+        `bisect_only`: None once bisection has found the frontier. Under --objective margin: the
+        first rung not yet evaluated (a margin ladder lists the plans expected most robust first:
+        the allocator's plan for the budget, then the most expensive rungs); with `bisect_only`,
+        only among the first `head` rungs."""
         known = {self._pos[k]: ok for k, ok in results.items() if k in self._pos}
         busy = {self._pos[k] for k in pending if k in self._pos}
         if self.objective == "margin":
