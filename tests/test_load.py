@@ -6,12 +6,16 @@ import sys
 import pytest
 import torch
 
+from tiny_models import make_tiny_model
+
 from toggle.errors import ModelLoadError
-from toggle.api import write_artifact
+from toggle.api import final_lines, search, write_artifact
+from toggle.cli import main
 from toggle.formats.gguf import write_gguf
 from toggle.files import cache_dir
 from toggle.load import load_model, resolve
-from toggle.modules import compressible_modules, parameter_counts, stored_other_tensors, weight_matrix
+from toggle.modules import (compressible_modules, parameter_counts, stored_other_tensors, uncompressed_note,
+                             weight_matrix)
 from toggle.plan import Methods, ModuleSetting, Plan
 
 
@@ -48,6 +52,42 @@ def test_module_map_llama(tiny_llama_dir):
     counts = parameter_counts(lm.model)
     assert counts["compressible"] == sum(r.numel for r in refs)
     assert counts["other"] == 2 * 2 * 64 + 64  # two RMSNorms per block plus the final norm
+
+
+def test_parameters_no_plan_compresses_are_named(tiny_llama_dir, tmp_path, capsys):
+    # transformers stores a mixture-of-experts block's experts as 3-D tensors, which no plan reaches
+    lm = load_model(str(make_tiny_model("mixtral", tmp_path / "moe")))
+    note = uncompressed_note(lm.model, compressible_modules(lm.model))
+    experts = 2 * (4 * 256 * 64 + 4 * 64 * 128)  # gate_up_proj and down_proj of 4 experts in 2 blocks
+    routers = 2 * 4 * 64  # each block's router: a 2-D parameter, not a Linear
+    assert note["parameters"] == experts + routers
+    assert note["fraction"] == pytest.approx((experts + routers) / parameter_counts(lm.model)["total"])
+    assert [t["name"] for t in note["tensors"][:2]] == ["model.layers.0.mlp.experts.gate_up_proj",
+                                                         "model.layers.1.mlp.experts.gate_up_proj"]
+    assert note["tensors"][0]["shape"] == [4, 256, 64] and note["dtype"] == "float32"
+    assert note["note"].startswith(f"{100 * note['fraction']:.1f}% of the model's parameters are in tensors toggle "
+                                   "does not compress, kept as loaded (float32) in every plan: "
+                                   "model.layers.0.mlp.experts.gate_up_proj (4x256x64), ")
+    assert "and 4 more" in note["note"] and "fused mixture-of-experts" in note["note"]
+    assert main(["modules", str(tmp_path / "moe")]) == 0
+    assert "note: " + note["note"] in capsys.readouterr().out.replace("\n", "")
+    # a model whose weights are all in compressible matrices has nothing to say
+    plain = load_model(str(tiny_llama_dir))
+    assert uncompressed_note(plain.model, compressible_modules(plain.model)) is None
+    assert main(["modules", str(tiny_llama_dir)]) == 0 and "note:" not in capsys.readouterr().out
+
+
+def test_a_search_says_which_parameters_it_leaves_as_loaded(tiny_gpt2_dir, tmp_path):
+    # the tiny GPT-2's learned position embeddings (1024 x 64) are a third of its parameters
+    (tmp_path / "p.yaml").write_text('- {prompt: "The capital of France is", split: calibration}\n'
+                                     '- {prompt: "Water boils at", split: heldout}\n')
+    (tmp_path / "s.stl").write_text("coherence = always[0:3] (jsd <= 0.3)\n")
+    result = search(str(tiny_gpt2_dir), "1MB", specs=[str(tmp_path / "s.stl")], prompts=str(tmp_path / "p.yaml"),
+                    trials=1, sampler="uniform", out=tmp_path / "run", progress=False, write_model=False)
+    note = json.loads((tmp_path / "run" / "summary.json").read_text())["uncompressed"]
+    assert [(t["name"], t["shape"]) for t in note["tensors"]] == [("transformer.wpe.weight", [1024, 64])]
+    assert note["note"].startswith(f"{100 * note['fraction']:.1f}% of the model's parameters")
+    assert "note: " + note["note"] in final_lines(result)
 
 
 def test_module_map_gpt2_conv1d(tiny_gpt2_dir):

@@ -52,6 +52,12 @@ def test_final_lines_report_size_and_flop_reduction():
     summary.update(loaded_size_bytes=98_400_000, loaded_format="Q4_1")
     assert final_lines(SearchResult(Path("runs/x"), summary, Plan(model="m"), "s", "sqlite://"))[3] == \
         "the loaded Q4_1 GGUF weights file is 98.4 MB: the plan is 8.5% smaller than that"
+    # a plan larger than its reference is said to be larger, not "-53.3% smaller"
+    larger = dict(summary, compressed_size_bytes=831_200, base_size_bytes=542_300, size_reduction=1 - 831_200 / 542_300,
+                  loaded_size_bytes=700_000, loaded_format=None)
+    lines = final_lines(SearchResult(Path("runs/x"), larger, Plan(model="m"), "s", "sqlite://"))
+    assert lines[1] == "size: 831.2 KB vs 542.3 KB 16-bit dense (53.3% larger)"
+    assert lines[3] == "the loaded weights file is 700.0 KB: the plan is 18.7% larger than that"
     # a winner from the allocator path BO bisects first is said to be one, with what BO's own proposals gave
     summary.update(winner_strategy="allocator path",
                    trials_by_strategy={"allocator path": {"trials": 7, "feasible": 2}, "bo": {"trials": 5, "feasible": 0}})

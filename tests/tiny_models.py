@@ -40,8 +40,8 @@ def make_tokenizer(vocab_size: int = 384):
 
 
 def make_tiny_model(arch: str, path: str | Path, *, seed: int = 0, tie: bool | None = None) -> Path:
-    """Build and save a tiny random model of `arch` ('llama' or 'gpt2') at `path`."""
-    from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
+    """Build and save a tiny random model of `arch` ('llama', 'gpt2' or 'mixtral') at `path`."""
+    from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, MixtralConfig
 
     path = Path(path)
     tokenizer = make_tokenizer()
@@ -58,6 +58,12 @@ def make_tiny_model(arch: str, path: str | Path, *, seed: int = 0, tie: bool | N
             vocab_size=vocab, n_embd=64, n_layer=2, n_head=4, n_positions=1024,  # 1024: transformers reads GGUF gpt2 with that
             tie_word_embeddings=True if tie is None else tie, bos_token_id=1, eos_token_id=2,
         )
+    elif arch == "mixtral":  # mixture of experts: transformers stores each block's experts as 3-D tensors
+        config = MixtralConfig(
+            vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2, max_position_embeddings=512,
+            tie_word_embeddings=True if tie is None else tie, bos_token_id=1, eos_token_id=2, pad_token_id=2,
+        )
     else:
         raise ValueError(arch)
     model = AutoModelForCausalLM.from_config(config)
@@ -65,7 +71,7 @@ def make_tiny_model(arch: str, path: str | Path, *, seed: int = 0, tie: bool | N
     # (peaked distributions), which is what compression signals need to see.
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if p.dim() == 2:
+            if p.dim() >= 2:
                 p.normal_(0.0, 0.15)
     model.generation_config.pad_token_id = 2
     model.save_pretrained(path, safe_serialization=True)

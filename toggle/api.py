@@ -36,6 +36,7 @@ from .hf import quiet_transformers
 from .load import load_model, resolve
 from .loaded import file_digest
 from .modules import compressible_modules
+from .modules import uncompressed_note as _uncompressed_note
 from .modules import describe as describe_modules
 from .plan import Plan
 from .prompts import load_prompts
@@ -53,7 +54,7 @@ from .specs import SpecError, load_specs, parse_overrides
 from .specs import check_files as check_spec_files
 from .trace import build_trace
 from .trace.llama_cpp import LlamaCppScorer
-from .units import Budget, format_bytes, parse_budget
+from .units import Budget, format_bytes, format_reduction, parse_budget
 
 
 # --- search --------------------------------------------------------------------------------------
@@ -85,6 +86,9 @@ def search(model: str, budget: str | Budget, *, specs=None, prompts=None, profil
     say(f"loading {model}")
     loaded = load_model(model, device=device or "cpu", trust_remote_code=trust_remote_code)
     refs = compressible_modules(loaded.model)
+    uncompressed = _uncompressed_note(loaded.model, refs)
+    if uncompressed:
+        say("note: " + uncompressed["note"])
     cost_model = CostModel.for_model(loaded, get_format(search_profile.format), refs)
     space = SearchSpace(loaded.model_id, refs, search_profile)
     costs = CostTable(space, cost_model.of)  # a knob value the format cannot store for these shapes: said now
@@ -119,6 +123,8 @@ def search(model: str, budget: str | Budget, *, specs=None, prompts=None, profil
         summary["specs"] = {"files": list(spec_set.files), "relax": relax, "overrides": dict(overrides or {}),
                             "consts": {n: c.value for consts in spec_set.consts.values() for n, c in consts.items()}}
         run.write_json(SPACE, space.to_dict())
+        if uncompressed:
+            summary["uncompressed"] = uncompressed
         run.clear(HELDOUT, CALIBRATION, ARTIFACT)  # a previous run's winner is not this one's
         if plan is None:
             summary["heldout"] = {"skipped": "no plan satisfies every property within the budget"}
@@ -180,6 +186,12 @@ def study_identity(loaded, trace, spec_set, suite, profile) -> dict:
     return {"model": loaded.fingerprint, "trace": trace.key, "spec_files": json_digest(files),
             "consts": json_digest(consts), "prompts": suite.fingerprint, "profile": json_digest(repr(stable)),
             "methods": json_digest(repr(profile.methods))}
+
+
+def uncompressed_note(model) -> dict | None:
+    """The parameters of `model` no plan compresses, when they are a share a user must hear of
+    (toggle.modules.uncompressed_note), else None."""
+    return _uncompressed_note(model, compressible_modules(model))
 
 
 def _stage_printer(enabled: bool):
@@ -255,14 +267,16 @@ def final_lines(result: SearchResult) -> list[str]:
                      f"{s['confirmation_prompts']} confirmation prompts; {verdict}")
     if s.get("compressed_size_bytes") is not None:
         lines.append(f"size: {format_bytes(s['compressed_size_bytes'])} vs {format_bytes(s['base_size_bytes'])} 16-bit dense "
-                     f"({100 * s['size_reduction']:.1f}% smaller)")
+                     f"({format_reduction(s['size_reduction'])})")
         lines.append(f"FLOPs per token: {s['compressed_flops_per_token']:.3g} vs {s['base_flops_per_token']:.3g} "
                      f"({s['flops_reduction']:.2f}x fewer)")
     if s.get("compressed_size_bytes") is not None and s.get("loaded_size_bytes"):
         fmt = f"{s['loaded_format']} GGUF " if s.get("loaded_format") else ""
         change = 1.0 - s["compressed_size_bytes"] / s["loaded_size_bytes"]
         lines.append(f"the loaded {fmt}weights file is {format_bytes(s['loaded_size_bytes'])}: the plan is "
-                     f"{100 * abs(change):.1f}% {'smaller' if change >= 0 else 'larger'} than that")
+                     f"{format_reduction(change)} than that")
+    if s.get("uncompressed"):
+        lines.append("note: " + s["uncompressed"]["note"])
     heldout = s.get("heldout") or {}
     if "pass_rate" in heldout:
         verdict = "every property holds" if heldout["satisfied"] else "VIOLATED"
@@ -437,4 +451,4 @@ __all__ = ["apply", "audit", "check_plan_model", "default_run_dir", "final_lines
            "report", "search", "study_identity", "write_artifact",
            # what the command line uses besides the four stages
            "SpecError", "check_spec_files", "describe_modules", "describe_signals", "load_model", "load_specs",
-           "parse_overrides", "print_audit", "quiet_transformers"]
+           "parse_overrides", "print_audit", "quiet_transformers", "uncompressed_note"]

@@ -28,7 +28,7 @@ from rich.table import Table
 from . import __version__, interrupts
 from .errors import BAD_INPUT, INTERNAL_ERROR, INTERRUPTED, ToggleError
 from .files import atomic_write_json
-from .units import format_bytes
+from .units import format_bytes, format_reduction
 
 EPILOG_EXIT = "exit codes: 0 success, 1 specs not satisfied, 2 bad input, 70 internal error, 130 interrupted"
 
@@ -208,7 +208,7 @@ def _cmd_apply(args) -> int:
                           f"{info.path.name if info.fmt == 'gguf' else 'model.safetensors'} with its header"),
         ("whole artifact", f"{info.total_bytes:,} ({format_bytes(info.total_bytes)}, tokenizer and config included)"),
         ("16-bit dense model", f"{cost.base16_bytes:,} ({format_bytes(cost.base16_bytes)}): "
-                               f"{100 * cost.size_reduction:.1f}% smaller, {cost.base16_bytes / cost.bytes:.2f}x"),
+                               f"{format_reduction(cost.size_reduction)}, {cost.base16_bytes / cost.bytes:.2f}x"),
         ("FLOPs per token", f"{cost.flops_per_token:,} (dense {cost.base_flops_per_token:,}, "
                             f"{cost.flops_reduction:.2f}x fewer)"),
     ]
@@ -272,7 +272,7 @@ def _cmd_report(args) -> int:
     print(f"toggle: wrote {report.markdown} and {report.html} ({len(report.plots)} plots: "
           f"{', '.join(p.name for p in report.plots.values())})")
     if h["size_reduction"] is not None:
-        print(f"  size {100 * h['size_reduction']:.1f}% smaller, FLOPs {h['flops_reduction']:.2f}x fewer than 16-bit dense; "
+        print(f"  size {format_reduction(h['size_reduction'])}, FLOPs {h['flops_reduction']:.2f}x fewer than 16-bit dense; "
               f"every property holds on calibration: {'yes' if h['satisfied'] else 'no'}"
               + (f"; held-out pass rate {100 * h['heldout_pass_rate']:.1f}%" if h["heldout_pass_rate"] is not None else ""))
     for p in report.operating_points:
@@ -294,6 +294,9 @@ def _cmd_modules(args) -> int:
                       r["part"] + (" (tied head)" if r["tied"] else ""), "x".join(map(str, r["shape"])),
                       f"{r['params']:,}", r["layout"])
     Console().print(table)
+    uncompressed = api.uncompressed_note(loaded.model)
+    if uncompressed:
+        print("note: " + uncompressed["note"])
     return 0
 
 

@@ -156,6 +156,35 @@ def stored_other_tensors(model: nn.Module, refs: list[ModuleRef]) -> dict[str, t
     return out
 
 
+def uncompressed_matrices(model: nn.Module, refs: list[ModuleRef]) -> list[tuple[str, tuple[int, ...], int]]:
+    """(name, shape, parameters) of every stored tensor of two or more dimensions that is not a
+    compressible weight, largest first: position embeddings, and tensors no plan can reach such as
+    the 3-D expert weights of fused mixture-of-experts blocks. Kept as loaded in every artifact."""
+    rows = [(name, tuple(t.shape), t.numel()) for name, t in stored_other_tensors(model, refs).items() if t.dim() >= 2]
+    return sorted(rows, key=lambda r: -r[2])
+
+
+def uncompressed_note(model: nn.Module, refs: list[ModuleRef], *, threshold: float = 0.05) -> dict | None:
+    """What `uncompressed_matrices` holds when it is at least `threshold` of the model's
+    parameters (a plan cannot shrink it, so a user must hear of it), else None: the share, the
+    tensors (largest first) and the sentence that says so."""
+    rows = uncompressed_matrices(model, refs)
+    total = parameter_counts(model)["total"]
+    params = sum(r[2] for r in rows)
+    if not rows or params < threshold * total:
+        return None
+    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    named = ", ".join(f"{n} ({'x'.join(map(str, shape))})" for n, shape, _ in rows[:2])
+    more = f" and {len(rows) - 2} more" if len(rows) > 2 else ""
+    kinds = ("3-D tensors such as fused mixture-of-experts weights, " if any(len(r[1]) > 2 for r in rows) else "")
+    text = (f"{100 * params / total:.1f}% of the model's parameters are in tensors toggle does not compress, kept "
+            f"as loaded ({dtype}) in every plan: {named}{more}. toggle compresses 2-D weight matrices (Linear and "
+            f"Conv1D layers in the blocks, the token embedding, the LM head); {kinds}position embeddings and "
+            f"other parameters stay as they are")
+    return {"parameters": params, "fraction": params / total, "dtype": dtype,
+            "tensors": [{"name": n, "shape": list(shape), "parameters": k} for n, shape, k in rows], "note": text}
+
+
 def parameter_counts(model: nn.Module) -> dict[str, int]:
     """Unique parameters (tied weights once): total, compressible, and the rest."""
     refs = compressible_modules(model)

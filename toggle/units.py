@@ -90,3 +90,9 @@ def format_bytes(n: int | float | None) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000
     return f"{n:.1f} TB"
+
+
+def format_reduction(reduction: float) -> str:
+    """'12.5% smaller' for a saved fraction of 0.125; '8.0% larger' for -0.08 (a plan can be
+    larger than its reference: parameters kept as loaded in float32, say)."""
+    return f"{100 * abs(reduction):.1f}% {'smaller' if reduction >= 0 else 'larger'}"

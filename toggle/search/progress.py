@@ -46,7 +46,7 @@ class Progress:
                 self.console.print(line, highlight=False)
 
     def trial_status(self, best_bytes: float | None, robustness: dict, reason: str | None) -> str:
-        best = (f"best {format_bytes(best_bytes)} (-{100 * (1 - best_bytes / self.base_bytes):.1f}%)"
+        best = (f"best {format_bytes(best_bytes)} ({100 * (best_bytes / self.base_bytes - 1):+.1f}%)"
                 if best_bytes is not None else "no feasible plan yet")
         if reason:
             last = f"last: {reason}"
