@@ -20,6 +20,8 @@ from toggle.signals import compute_signals
 from toggle.trace import TokenPath, score_paths
 from toggle.trace.llama_cpp import LlamaCppScorer
 
+from tiny_models import make_tiny_model
+
 write_gguf = partial(write_artifact, fmt="gguf")
 
 
@@ -79,6 +81,29 @@ def test_llama_cpp_logits_are_the_files_next_token_distributions(files):
     assert jsd.max() < 1e-3, jsd
     assert torch.equal(ours.logprobs.argmax(-1), theirs.logprobs.argmax(-1))
     assert ours.gold_logprob.shape == (2,) and torch.allclose(ours.gold_logprob, theirs.gold_logprob, atol=0.02)
+
+
+@needs_llama_cpp
+@pytest.mark.parametrize("arch, read_as", [("qwen2", "Qwen2Config"), ("qwen3", "Qwen3Config"), ("mistral", "LlamaConfig")])
+def test_gguf_of_other_llama_like_architectures_runs_the_same_model_in_llama_cpp(arch, read_as, tmp_path):
+    """Qwen2 (q/k/v biases), Qwen3 (q/k norms, heads wider than hidden / heads) and Mistral
+    (written as llama.cpp's "llama"): llama.cpp's next-token distributions of toggle's F16 file
+    are the source model's, and toggle reads the file back as the same model."""
+    source = load_model(str(make_tiny_model(arch, tmp_path / f"tiny-{arch}")))
+    names = [r.name for r in compressible_modules(source.model)]
+    path = tmp_path / f"{arch}.gguf"
+    write_gguf(source, Plan.uniform(source.model_id, names, ModuleSetting(bits=16)), path)
+    ids = [source.tokenizer(t).input_ids for t in ("The capital of France is", "Once upon a time a small robot")]
+    paths = [TokenPath("a", tuple(ids[0]), (0, len(ids[0])), (5, 9, 11, 7)),
+             TokenPath("b", tuple(ids[1]), (0, len(ids[1])), (3, 8, 2))]
+    ours = LlamaCppScorer(path, threads=1)(paths, {"logprobs"})
+    reread = load_model(str(path))
+    assert type(reread.model.config).__name__ == read_as
+    for model in (source.model, reread.model):
+        theirs = score_paths(model, paths, {"logprobs"}, None)
+        jsd = compute_signals(["jsd"], ours, theirs)["jsd"]
+        assert jsd.max() < 1e-3, (arch, jsd)
+        assert torch.equal(ours.logprobs.argmax(-1), theirs.logprobs.argmax(-1))
 
 
 @needs_llama_cpp

@@ -177,6 +177,26 @@ def test_gguf_refuses_what_it_cannot_hold(tiny_llama_dir, tmp_path):
     assert not list(tmp_path.iterdir())  # nothing written, not even a temporary file
 
 
+def test_gguf_refuses_a_model_llama_cpp_would_run_differently(tiny_llama_dir, tmp_path, monkeypatch):
+    """Rope scaling (Llama 3's, YaRN) and sliding-window attention are not written: a file
+    without them would run in llama.cpp with other positions or attention than the model searched."""
+    lm = load_model(str(tiny_llama_dir))
+    names = [r.name for r in compressible_modules(lm.model)]
+    plan = Plan.uniform(lm.model_id, names, ModuleSetting(bits=16))
+    monkeypatch.setattr(lm.model.config, "rope_parameters",
+                        {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0}, raising=False)
+    with pytest.raises(InvalidInput, match=r"this llama model's rope scaling 'llama3' \(config.json rope_scaling / "
+                                           r"rope_parameters\) is not written .*; use --format toggle"):
+        write_gguf(lm, plan, tmp_path / "x.gguf")
+    monkeypatch.setattr(lm.model.config, "rope_parameters", {"rope_type": "default", "rope_theta": 10000.0})
+    monkeypatch.setattr(lm.model.config, "model_type", "qwen2")
+    monkeypatch.setattr(lm.model.config, "use_sliding_window", True, raising=False)
+    with pytest.raises(InvalidInput, match=r"this qwen2 model uses sliding-window attention \(config.json "
+                                           r"use_sliding_window\), which llama.cpp's qwen2 does not"):
+        write_gguf(lm, plan, tmp_path / "x.gguf")
+    assert not list(tmp_path.iterdir())
+
+
 def test_accounted_size_is_the_file_size_within_one_percent(tmp_path):
     """On a model large enough for headers to be small, the files are the accounted size."""
     from transformers import AutoModelForCausalLM, LlamaConfig

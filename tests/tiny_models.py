@@ -40,7 +40,7 @@ def make_tokenizer(vocab_size: int = 384):
 
 
 def make_tiny_model(arch: str, path: str | Path, *, seed: int = 0, tie: bool | None = None) -> Path:
-    """Build and save a tiny random model of `arch` ('llama', 'gpt2' or 'mixtral') at `path`."""
+    """Build and save a tiny random model of `arch` ('llama', 'gpt2', 'qwen2', 'qwen3', 'mistral' or 'mixtral') at `path`."""
     from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, MixtralConfig
 
     path = Path(path)
@@ -58,6 +58,17 @@ def make_tiny_model(arch: str, path: str | Path, *, seed: int = 0, tie: bool | N
             vocab_size=vocab, n_embd=64, n_layer=2, n_head=4, n_positions=1024,  # 1024: transformers reads GGUF gpt2 with that
             tie_word_embeddings=True if tie is None else tie, bos_token_id=1, eos_token_id=2,
         )
+    elif arch in ("qwen2", "qwen3", "mistral"):  # Llama-like blocks that GGUF stores under their own names
+        from transformers import MistralConfig, Qwen2Config, Qwen3Config
+
+        cls = {"qwen2": Qwen2Config, "qwen3": Qwen3Config, "mistral": MistralConfig}[arch]
+        # Qwen3: heads 32 wide, not hidden / heads (16), as in the real models (128 x 16 heads > 1024)
+        extra = {"head_dim": 32} if arch == "qwen3" else {}
+        config = cls(
+            vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True if tie is None else tie,
+            bos_token_id=1, eos_token_id=2, pad_token_id=2, **extra,
+        )
     elif arch == "mixtral":  # mixture of experts: transformers stores each block's experts as 3-D tensors
         config = MixtralConfig(
             vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
@@ -73,6 +84,8 @@ def make_tiny_model(arch: str, path: str | Path, *, seed: int = 0, tie: bool | N
         for name, p in model.named_parameters():
             if p.dim() >= 2:
                 p.normal_(0.0, 0.15)
+            elif name.endswith("bias"):  # Qwen2's q/k/v biases: not zero, so the file must carry them
+                p.normal_(0.0, 0.1)
     model.generation_config.pad_token_id = 2
     model.save_pretrained(path, safe_serialization=True)
     tokenizer.save_pretrained(path)

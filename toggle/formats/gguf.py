@@ -32,7 +32,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from ..compress import ggml, registry
 from ..compress.apply import PlanApplier, validate_plan
@@ -45,8 +45,10 @@ from ..modules import stored_other_tensors
 from ..plan import Plan
 from .base import ArtifactInfo, Format
 
-# HF model_type -> GGUF architecture name
-ARCHITECTURES = {"llama": "llama", "gpt2": "gpt2"}
+# HF model_type -> GGUF architecture name (llama.cpp runs Mistral as "llama", as its converter writes it)
+ARCHITECTURES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gpt2": "gpt2"}
+# architectures whose config reads like Llama's (num_hidden_layers, num_key_value_heads, rms_norm_eps, rope)
+LLAMA_LIKE = ("llama", "qwen2", "qwen3")
 BLOCK = 32
 ALIGNMENT = 32  # GGUF pads every tensor's data to this many bytes
 BLOCK_BYTES = {"Q8_0": 34, "Q5_1": 24, "Q5_0": 22, "Q4_1": 20, "Q4_0": 18}  # toggle's own block writer
@@ -185,13 +187,35 @@ def skipped_in_gguf(hf_name: str) -> bool:
 
 
 def gguf_arch(config) -> str:
-    arch = ARCHITECTURES.get(getattr(config, "model_type", None))
+    """The GGUF architecture a model is written as; a model whose file llama.cpp would run
+    differently from transformers (rope scaling or a sliding window the writer does not store)
+    is refused."""
+    model_type = getattr(config, "model_type", None)
+    arch = ARCHITECTURES.get(model_type)
     if arch is None:
         raise InvalidInput(
             f"GGUF export supports the architectures {', '.join(ARCHITECTURES)}; "
-            f"this model is '{getattr(config, 'model_type', '?')}' (use --format toggle)"
+            f"this model is '{model_type or '?'}' (use --format toggle)"
         )
+    if arch in LLAMA_LIKE:
+        rope = _rope_parameters(config)
+        kind = rope.get("rope_type") or rope.get("type") or "default"
+        if kind != "default":
+            raise InvalidInput(f"GGUF export: this {model_type} model's rope scaling '{kind}' (config.json "
+                               f"rope_scaling / rope_parameters) is not written by toggle's GGUF writer, so llama.cpp "
+                               f"would compute other positions; use --format toggle")
+        if getattr(config, "use_sliding_window", False):
+            raise InvalidInput(f"GGUF export: this {model_type} model uses sliding-window attention "
+                               f"(config.json use_sliding_window), which llama.cpp's {arch} does not; use --format toggle")
     return arch
+
+
+def _rope_parameters(config) -> dict:
+    """transformers 5 keeps rope settings in `rope_parameters`; older configs in `rope_scaling`."""
+    rope = getattr(config, "rope_parameters", None)
+    if not isinstance(rope, dict):
+        rope = getattr(config, "rope_scaling", None)
+    return rope if isinstance(rope, dict) else {}
 
 
 # --- write ---------------------------------------------------------------------------------------
@@ -277,8 +301,8 @@ def write_gguf(path: str | Path, model: torch.nn.Module, tokenizer, tensors: dic
     """Write `model`'s metadata and tokenizer and `tensors` (HF parameter name -> (GGML type, data)):
     an (out, in) float32 / float16 array for F32 / F16, or (out, bytes per row) uint8 blocks for a
     quantised type, written as given (this is not a quantiser). Every tensor a GGUF file of the
-    model holds must be in `tensors`. Llama q/k rows are permuted here for llama.cpp's rope
-    kernel; GPT-2's Conv1D weights must already be (out, in). `source`: SOURCE_KEYS to copy
+    model holds must be in `tensors`. Llama (and Mistral) q/k rows are permuted here for
+    llama.cpp's rope kernel (Qwen's use the NeoX rope and stay as they are); GPT-2's Conv1D weights must already be (out, in). `source`: SOURCE_KEYS to copy
     (source_metadata)."""
     writer, name_map = _metadata_writer(path, model, tokenizer, name, source, file_type(tensors))
     config = model.config
@@ -334,12 +358,12 @@ def _metadata_writer(path, model, tokenizer, name, source=None, ftype: int = 0):
     not depend on `ftype` (a fixed-width integer), so header bytes are known before the plan."""
     config = model.config
     arch = gguf_arch(config)
-    n_layers = config.num_hidden_layers if arch == "llama" else config.n_layer
+    n_layers = config.num_hidden_layers if arch in LLAMA_LIKE else config.n_layer
     name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH[arch.upper()], n_layers)
 
     writer = gguf.GGUFWriter(str(path), arch)
     writer.add_name(name or getattr(config, "_name_or_path", None) or arch)
-    if arch == "llama":
+    if arch in LLAMA_LIKE:
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         writer.add_context_length(config.max_position_embeddings)
         writer.add_embedding_length(config.hidden_size)
@@ -348,9 +372,12 @@ def _metadata_writer(path, model, tokenizer, name, source=None, ftype: int = 0):
         writer.add_rope_dimension_count(head_dim)
         writer.add_head_count(config.num_attention_heads)
         writer.add_head_count_kv(config.num_key_value_heads)
+        # transformers reads Qwen's head width from these (Qwen3's need not be hidden / heads); llama.cpp too
+        if arch != "llama" or head_dim * config.num_attention_heads != config.hidden_size:
+            writer.add_key_length(head_dim)
+            writer.add_value_length(head_dim)
         writer.add_layer_norm_rms_eps(config.rms_norm_eps)
-        rope = getattr(config, "rope_parameters", None) or {}
-        theta = rope.get("rope_theta") if isinstance(rope, dict) else None
+        theta = _rope_parameters(config).get("rope_theta")
         writer.add_rope_freq_base(float(theta or getattr(config, "rope_theta", 10000.0)))
     else:
         writer.add_context_length(config.n_positions)
@@ -463,6 +490,14 @@ def _gguf_file_type(path: Path) -> str | None:
         return "gguf"
 
 
+def _key_length(path: Path) -> int | None:
+    """The file's attention head width (`<arch>.attention.key_length`), when it states one."""
+    fields = gguf.GGUFReader(str(path)).fields
+    arch = fields.get("general.architecture")
+    field = fields.get(f"{arch.contents()}.attention.key_length") if arch is not None else None
+    return int(field.contents()) if field is not None else None
+
+
 def dequantised_cache(gguf_path: Path, model_id: str) -> Path:
     """De-quantise a GGUF file once into a safetensors model directory in the cache."""
     try:
@@ -479,8 +514,12 @@ def dequantised_cache(gguf_path: Path, model_id: str) -> Path:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+            config = AutoConfig.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+            head_dim = _key_length(gguf_path)
+            if head_dim and hasattr(config, "head_dim"):
+                config.head_dim = head_dim  # transformers ignores attention.key_length (Qwen3 would get 128)
             model = AutoModelForCausalLM.from_pretrained(
-                str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32
+                str(gguf_path.parent), gguf_file=gguf_path.name, config=config, dtype=torch.float32
             )
     except Exception as e:  # transformers raises many types for bad GGUF files
         raise ModelLoadError(f"{gguf_path}: cannot load GGUF model: {one_line(e)}") from None
