@@ -11,6 +11,7 @@ import gguf
 import pytest
 import torch
 
+from toggle import llama_cpp
 from toggle.cli import main
 from toggle.compress.apply import PlanApplier
 from toggle.errors import InvalidInput
@@ -136,7 +137,7 @@ def test_gguf_metadata_copies_the_source_tokenizer_keys_and_names_the_file_type(
                 Methods(group_size=32, symmetric=False))  # Q4_1 blocks, the embedding F16
     first = write_gguf(lm, plan, tmp_path / "a.gguf")
     fields = _fields(first.path)
-    assert fields["tokenizer.ggml.pre"] == "default"  # a safetensors source: llama.cpp's default
+    assert fields["tokenizer.ggml.pre"] == "gpt-2"  # a safetensors source: what its tokenizer.json describes
     assert fields["general.file_type"] == int(gguf.LlamaFileType.MOSTLY_Q4_1)
     assert fields["general.quantization_version"] == gguf.GGML_QUANT_VERSION
     # a GGUF source with its own pre-tokenizer and flags: they travel to the file toggle writes
@@ -157,6 +158,61 @@ def test_gguf_metadata_copies_the_source_tokenizer_keys_and_names_the_file_type(
     for key, value in source_keys.items():
         assert fields[key] == value, key
     assert again.weights_file_bytes == again.cost.bytes  # the copied keys are in the accounted header
+
+
+_LLAMA3_SPLIT = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+_QWEN2_SPLIT = _LLAMA3_SPLIT.replace(r"\p{N}{1,3}", r"\p{N}")
+_TOKENIZER_CORPUS = [
+    "The year 2024 had 365 days and 12345 visitors.", "It's what HE'S done; we'VE seen 3.14159 and 1000000.",
+    "def f(x):\n\treturn x * 42\n\n\n", "  indented   text   with    spaces", "Ünïcödé wörds and 日本語 text 123",
+    "!!! ??? ... --- === ''' \"\"\"", "a'b c'd 'quoted' words", "email: a.b@c.com, url http://x.y/z?q=1"] * 30
+
+
+def _byte_level_tokenizer(kind: str):
+    """A small BPE tokenizer trained with the pre-tokenizer of GPT-2, SmolLM, Llama 3 or Qwen2."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=kind in ("gpt2", "smollm"))
+    tok.pre_tokenizer = {
+        "gpt2": byte_level,
+        "smollm": pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level]),
+        "llama3": pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(_LLAMA3_SPLIT), "isolated"), byte_level]),
+        "qwen2": pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(_QWEN2_SPLIT), "isolated"), byte_level]),
+    }[kind]
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(_TOKENIZER_CORPUS, trainers.BpeTrainer(
+        vocab_size=1200, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+                                   pad_token="</s>")
+
+
+@pytest.mark.skipif(not llama_cpp.available(), reason=f"llama.cpp is not installed: {llama_cpp.HOW}")
+@pytest.mark.parametrize("kind, pre", [("gpt2", "gpt-2"), ("smollm", "smollm"), ("llama3", "llama-bpe"),
+                                       ("qwen2", "qwen2")])
+def test_llama_cpp_tokenizes_a_gguf_of_a_safetensors_model_as_its_tokenizer_does(kind, pre, tmp_path):
+    """The pre-tokenizer decides where BPE may merge; a file written with llama.cpp's "default"
+    one split each of these tokenizers' text otherwise (checked: 50-71 tokens became 66-78)."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    tokenizer = _byte_level_tokenizer(kind)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4,
+        num_key_value_heads=2, bos_token_id=1, eos_token_id=2))
+    model.save_pretrained(tmp_path / "src")
+    tokenizer.save_pretrained(tmp_path / "src")
+    lm = load_model(str(tmp_path / "src"))
+    names = [r.name for r in compressible_modules(lm.model)]
+    info = write_gguf(lm, Plan.uniform(lm.model_id, names, ModuleSetting(bits=16)), tmp_path / "f.gguf")
+    assert _fields(info.path)["tokenizer.ggml.pre"] == pre
+    text = ("In 2024, it's 12345 and 3.14159!  We'VE got\n\n\tdef f(x):  return 1000000 ??? 日本語 'quoted' "
+            "a.b@c.com   end")
+    out = subprocess.run([str(llama_cpp.tool("llama-tokenize")), "-m", str(info.path), "-p", text, "--ids",
+                          "--log-disable", "--no-bos"], capture_output=True, text=True, check=True).stdout
+    assert json.loads(out.strip().splitlines()[-1]) == lm.tokenizer(text, add_special_tokens=False).input_ids
 
 
 def test_gguf_refuses_what_it_cannot_hold(tiny_llama_dir, tmp_path):

@@ -427,10 +427,37 @@ def gguf_header_bytes(model: torch.nn.Module, tokenizer, *, name: str | None = N
     return gguf.GGUFWriter.ggml_pad(size, gguf.GGUF_DEFAULT_ALIGNMENT)
 
 
+# The pre-tokenizer split patterns of common byte-level BPE tokenizers (tokenizer.json's Split
+# regex) and the llama.cpp pre-tokenizer that splits text the same way.
+_SPLIT_PATTERNS = {
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+":
+        "llama-bpe",  # Llama 3
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+":
+        "qwen2",  # Qwen2, Qwen2.5, Qwen3
+}
+
+
+def pre_tokenizer_name(spec: dict) -> str:
+    """llama.cpp's name (tokenizer.ggml.pre) for the pre-tokenizer of a tokenizer.json `spec`:
+    GPT-2's byte-level regex ("gpt-2"), single digits before it (SmolLM's "smollm"), or a Split
+    pattern of _SPLIT_PATTERNS; "default" for any other (llama.cpp then splits text its own way)."""
+    pre = spec.get("pre_tokenizer") or {}
+    steps = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
+    kinds = [step.get("type") for step in steps]
+    if kinds == ["ByteLevel"] and steps[0].get("use_regex", True):
+        return "gpt-2"
+    if kinds == ["Digits", "ByteLevel"] and steps[0].get("individual_digits") and steps[1].get("use_regex", True):
+        return "smollm"
+    if kinds == ["Split", "ByteLevel"] and not steps[1].get("use_regex", True):
+        return _SPLIT_PATTERNS.get((steps[0].get("pattern") or {}).get("Regex"), "default")
+    return "default"
+
+
 def _add_tokenizer(writer, tokenizer, config, source: dict) -> None:
     """Byte-level BPE vocabulary, merges, special ids and chat template (the 'gpt2' model), and
-    the source file's pre-tokenizer and flags. A model loaded from safetensors gets llama.cpp's
-    "default" pre-tokenizer (llama.cpp's converter names it from a hash of tokenised test text)."""
+    the source file's pre-tokenizer and flags. A model loaded from safetensors gets the llama.cpp
+    pre-tokenizer its tokenizer.json describes (pre_tokenizer_name; llama.cpp's converter names it
+    from a hash of tokenised test text instead)."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
         raise InvalidInput("GGUF export needs a fast (tokenizers) tokenizer")
@@ -451,7 +478,7 @@ def _add_tokenizer(writer, tokenizer, config, source: dict) -> None:
         types[idx] = 3 if special.get(idx) else (4 if idx in special else 1)  # CONTROL / USER_DEFINED / NORMAL
     merges = [m if isinstance(m, str) else " ".join(m) for m in bpe.get("merges", [])]
     writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre(source.get("tokenizer.ggml.pre", "default"))
+    writer.add_tokenizer_pre(source.get("tokenizer.ggml.pre") or pre_tokenizer_name(spec))
     add_bos = source.get("tokenizer.ggml.add_bos_token", getattr(tokenizer, "add_bos_token", None))
     if isinstance(add_bos, bool):
         writer.add_add_bos_token(add_bos)
