@@ -10,6 +10,7 @@ import sys
 import gguf
 import pytest
 import torch
+from transformers import AutoModelForCausalLM, LlamaConfig
 
 from toggle import llama_cpp
 from toggle.cli import main
@@ -195,8 +196,6 @@ def _byte_level_tokenizer(kind: str):
 def test_llama_cpp_tokenizes_a_gguf_of_a_safetensors_model_as_its_tokenizer_does(kind, pre, tmp_path):
     """The pre-tokenizer decides where BPE may merge; a file written with llama.cpp's "default"
     one split each of these tokenizers' text otherwise (checked: 50-71 tokens became 66-78)."""
-    from transformers import AutoModelForCausalLM, LlamaConfig
-
     tokenizer = _byte_level_tokenizer(kind)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(LlamaConfig(
@@ -213,6 +212,28 @@ def test_llama_cpp_tokenizes_a_gguf_of_a_safetensors_model_as_its_tokenizer_does
     out = subprocess.run([str(llama_cpp.tool("llama-tokenize")), "-m", str(info.path), "-p", text, "--ids",
                           "--log-disable", "--no-bos"], capture_output=True, text=True, check=True).stdout
     assert json.loads(out.strip().splitlines()[-1]) == lm.tokenizer(text, add_special_tokens=False).input_ids
+    assert info.meta["pre_tokenizer"] == {"name": pre, "from": "the tokenizer's pre-tokenizer (tokenizer.json)"}
+
+
+def test_an_unrecognised_pre_tokenizer_is_written_as_default_with_a_note(tmp_path, capsys):
+    from tokenizers import pre_tokenizers
+
+    tokenizer = _byte_level_tokenizer("gpt2")
+    tokenizer.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Punctuation(), pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    model = AutoModelForCausalLM.from_config(LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4,
+        num_key_value_heads=2, bos_token_id=1, eos_token_id=2))
+    model.save_pretrained(tmp_path / "src")
+    tokenizer.save_pretrained(tmp_path / "src")
+    lm = load_model(str(tmp_path / "src"))
+    names = [r.name for r in compressible_modules(lm.model)]
+    Plan.uniform(lm.model_id, names, ModuleSetting(bits=16)).save(tmp_path / "plan.yaml")
+    assert main(["apply", str(tmp_path / "plan.yaml"), str(tmp_path / "src"), "--out", str(tmp_path / "f.gguf"),
+                 "--format", "gguf"]) == 0
+    assert _fields(tmp_path / "f.gguf")["tokenizer.ggml.pre"] == "default"
+    assert ("toggle: note: the tokenizer's pre-tokenizer is not one toggle maps to llama.cpp's (gpt-2, smollm, "
+            "llama-bpe, qwen2), so the file has llama.cpp's 'default' one") in capsys.readouterr().out
 
 
 def test_gguf_refuses_what_it_cannot_hold(tiny_llama_dir, tmp_path):

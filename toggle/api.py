@@ -293,6 +293,8 @@ def final_lines(result: SearchResult) -> list[str]:
         lines.append(f"compressed model: {Path(result.run_dir) / artifact['path']} ({artifact['format']} format, weights file "
                      f"{format_bytes(artifact['weights_file_bytes'])}, {artifact['total_bytes']:,} bytes with "
                      f"config and tokenizer)")
+        if (artifact.get("pre_tokenizer") or {}).get("note"):
+            lines.append("note: " + artifact["pre_tokenizer"]["note"])
         speed = artifact.get("speed") or {}
         if "gen_tokens_per_s" in speed:
             line = (f"llama.cpp speed on this machine (llama-bench, {speed['threads']} threads): "

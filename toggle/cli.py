@@ -221,6 +221,8 @@ def _cmd_apply(args) -> int:
     print(f"toggle: wrote {info.path} ({info.fmt} format)")
     for label, value in rows:
         print(f"  {label + ':':<20} {value}")
+    if (info.meta.get("pre_tokenizer") or {}).get("note"):
+        print(f"toggle: note: {info.meta['pre_tokenizer']['note']}")
     return 0
 
 

@@ -258,10 +258,11 @@ def write_artifact(loaded, plan: Plan, out_path: Path, applier: PlanApplier, cos
     # Everything else stays exactly as loaded (F32), so the file decodes to the simulated model.
     for name, tensor in stored_other_tensors(model, refs).items():
         prepared.setdefault(name, ("F32", tensor.detach().to(torch.float32).cpu().numpy()))
+    source = source_metadata(loaded)
     with atomic_path(out_path) as tmp:
-        write_gguf(tmp, model, loaded.tokenizer, prepared, name=model_name(loaded), source=source_metadata(loaded))
+        write_gguf(tmp, model, loaded.tokenizer, prepared, name=model_name(loaded), source=source)
     size = out_path.stat().st_size
-    meta = {}
+    meta = {"pre_tokenizer": _pre_tokenizer_record(loaded.tokenizer, source)}
     if imatrix:
         meta["imatrix"] = {"modules": len(imatrix), "statistic": "mean x^2 per input channel over the calibration "
                            "tokens (the diagonal of each module's input Gram matrix), as llama.cpp's imatrix"}
@@ -451,6 +452,20 @@ def pre_tokenizer_name(spec: dict) -> str:
     if kinds == ["Split", "ByteLevel"] and not steps[1].get("use_regex", True):
         return _SPLIT_PATTERNS.get((steps[0].get("pattern") or {}).get("Regex"), "default")
     return "default"
+
+
+def _pre_tokenizer_record(tokenizer, source: dict) -> dict:
+    """What tokenizer.ggml.pre was written and from where; when toggle could not tell, a note."""
+    if source.get("tokenizer.ggml.pre"):
+        return {"name": source["tokenizer.ggml.pre"], "from": "the source GGUF file"}
+    spec = json.loads(tokenizer.backend_tokenizer.to_str())
+    name = pre_tokenizer_name(spec)
+    if name != "default" or not spec.get("pre_tokenizer"):
+        return {"name": name, "from": "the tokenizer's pre-tokenizer (tokenizer.json)"}
+    return {"name": name, "from": "not recognised", "note": (
+        "the tokenizer's pre-tokenizer is not one toggle maps to llama.cpp's (gpt-2, smollm, llama-bpe, qwen2), so "
+        "the file has llama.cpp's 'default' one and llama.cpp may split text into other tokens than the tokenizer "
+        "does; check with llama-tokenize, or start from the model's GGUF file, whose pre-tokenizer toggle copies")}
 
 
 def _add_tokenizer(writer, tokenizer, config, source: dict) -> None:
