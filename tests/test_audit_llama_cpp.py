@@ -107,6 +107,27 @@ def test_gguf_of_other_llama_like_architectures_runs_the_same_model_in_llama_cpp
 
 
 @needs_llama_cpp
+def test_llama_cpp_runs_a_llama3_rope_gguf_as_the_source_model(tmp_path, monkeypatch):
+    """Llama 3.x rope scaling reaches llama.cpp through rope_freqs.weight: without it llama.cpp
+    would compute plain rope, which on 130 positions differs by a JSD of ~2e-3 on this model."""
+    from toggle.formats import gguf as gguf_format
+
+    source = load_model(str(make_tiny_model("llama3", tmp_path / "src")))
+    names = [r.name for r in compressible_modules(source.model)]
+    plan = Plan.uniform(source.model_id, names, ModuleSetting(bits=16))
+    ids = source.tokenizer("The capital of France is Paris. Once upon a time a small robot learned to read. " * 7).input_ids
+    paths = [TokenPath("a", tuple(ids), (0, len(ids)), (5, 9, 11, 7, 3, 8))]
+    theirs = score_paths(source.model, paths, {"logprobs"}, None)
+
+    def llama_cpp_jsd(path):
+        return compute_signals(["jsd"], LlamaCppScorer(path, threads=1)(paths, {"logprobs"}), theirs)["jsd"].max()
+
+    assert llama_cpp_jsd(write_gguf(source, plan, tmp_path / "f16.gguf").path) < 1e-4
+    monkeypatch.setattr(gguf_format, "_extra_tensors", lambda model: {})
+    assert llama_cpp_jsd(write_gguf(source, plan, tmp_path / "plain.gguf").path) > 1e-3
+
+
+@needs_llama_cpp
 def test_cli_audit_with_llama_cpp_reports_both_engines(files, tmp_path, capsys):
     d, base = files
     out = tmp_path / "a.json"

@@ -8,19 +8,23 @@ import subprocess
 import sys
 
 import gguf
+import numpy as np
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
+from tiny_models import make_tiny_model
 from toggle import llama_cpp
 from toggle.cli import main
 from toggle.compress.apply import PlanApplier
-from toggle.errors import InvalidInput
+from toggle.errors import InvalidInput, ModelLoadError
 from toggle.api import write_artifact
 from toggle.formats import read_artifact
 from toggle.load import load_model
 from toggle.modules import compressible_modules
 from toggle.plan import Methods, ModuleSetting, Plan
+from toggle.signals import compute_signals
+from toggle.trace import TokenPath, score_paths
 
 write_gguf = partial(write_artifact, fmt="gguf")
 
@@ -254,15 +258,58 @@ def test_gguf_refuses_what_it_cannot_hold(tiny_llama_dir, tmp_path):
     assert not list(tmp_path.iterdir())  # nothing written, not even a temporary file
 
 
+LONG_TEXT = "The capital of France is Paris. Once upon a time a small robot learned to read the stars. " * 6
+
+
+def _rope_paths(lm):
+    ids = lm.tokenizer(LONG_TEXT).input_ids  # 130-odd positions: where scaled and plain rope part ways
+    return [TokenPath("a", tuple(ids), (0, len(ids)), (5, 9, 11, 7, 3, 8))]
+
+
+def test_llama3_rope_scaling_travels_through_gguf(tmp_path, monkeypatch):
+    """Llama 3.x's rope scaling is written as llama.cpp's rope_freqs tensor (priced in the
+    accounted size) and read back: transformers alone would ignore it and build another model."""
+    from toggle.formats import gguf as gguf_format
+
+    lm = load_model(str(make_tiny_model("llama3", tmp_path / "src")))
+    names = [r.name for r in compressible_modules(lm.model)]
+    plan = Plan.uniform(lm.model_id, names, ModuleSetting(bits=16))
+    info = write_gguf(lm, plan, tmp_path / "own.gguf")
+    assert info.weights_file_bytes == info.cost.bytes
+    factors = next(t for t in gguf.GGUFReader(str(info.path)).tensors if t.name == "rope_freqs.weight")
+    assert factors.data.shape == (16,) and factors.data[0] == 1.0 and factors.data[-1] == pytest.approx(32.0)
+    source = score_paths(lm.model, _rope_paths(lm), {"logprobs"}, None)
+
+    def reread_matches(path):
+        back = load_model(str(path))
+        assert back.model.config.rope_parameters["rope_type"] == "llama3"
+        again = score_paths(back.model, _rope_paths(lm), {"logprobs"}, None)
+        # float16 weights against float32 ones: ~1e-6; the same weights with plain rope: ~2e-3
+        return compute_signals(["jsd"], again, source)["jsd"].max() < 1e-4
+
+    assert reread_matches(info.path)  # toggle's own file: the settings are in toggle.rope_parameters
+    # a file from elsewhere (llama.cpp's converter) has the factors only
+    with monkeypatch.context() as m:
+        m.setattr(gguf_format, "ROPE_KEY", "other.key")
+        foreign = write_gguf(lm, plan, tmp_path / "foreign.gguf").path
+        m.setattr(gguf_format, "_extra_tensors",
+                  lambda model: {"rope_freqs.weight": np.linspace(1, 3, 16, dtype=np.float32)})
+        odd = write_gguf(lm, plan, tmp_path / "odd.gguf").path
+    assert reread_matches(foreign)  # Llama 3.x's factors are recognised
+    # factors that are no Llama 3.x's are refused: the model would not be the one llama.cpp runs
+    with pytest.raises(ModelLoadError, match="rope frequency factors .* that are not Llama 3.x's rope scaling"):
+        load_model(str(odd))
+
+
 def test_gguf_refuses_a_model_llama_cpp_would_run_differently(tiny_llama_dir, tmp_path, monkeypatch):
-    """Rope scaling (Llama 3's, YaRN) and sliding-window attention are not written: a file
+    """Rope scaling other than Llama 3's (YaRN, ...) and sliding-window attention are not written: a file
     without them would run in llama.cpp with other positions or attention than the model searched."""
     lm = load_model(str(tiny_llama_dir))
     names = [r.name for r in compressible_modules(lm.model)]
     plan = Plan.uniform(lm.model_id, names, ModuleSetting(bits=16))
     monkeypatch.setattr(lm.model.config, "rope_parameters",
-                        {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0}, raising=False)
-    with pytest.raises(InvalidInput, match=r"this llama model's rope scaling 'llama3' \(config.json rope_scaling / "
+                        {"rope_type": "yarn", "rope_theta": 500000.0, "factor": 32.0}, raising=False)
+    with pytest.raises(InvalidInput, match=r"this llama model's rope scaling 'yarn' \(config.json rope_scaling / "
                                            r"rope_parameters\) is not written .*; use --format toggle"):
         write_gguf(lm, plan, tmp_path / "x.gguf")
     monkeypatch.setattr(lm.model.config, "rope_parameters", {"rope_type": "default", "rope_theta": 10000.0})

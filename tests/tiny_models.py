@@ -40,7 +40,7 @@ def make_tokenizer(vocab_size: int = 384):
 
 
 def make_tiny_model(arch: str, path: str | Path, *, seed: int = 0, tie: bool | None = None) -> Path:
-    """Build and save a tiny random model of `arch` ('llama', 'gpt2', 'qwen2', 'qwen3', 'mistral' or 'mixtral') at `path`."""
+    """Build and save a tiny random model of `arch` ('llama', 'llama3', 'gpt2', 'qwen2', 'qwen3', 'mistral' or 'mixtral') at `path`."""
     from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, MixtralConfig
 
     path = Path(path)
@@ -57,6 +57,14 @@ def make_tiny_model(arch: str, path: str | Path, *, seed: int = 0, tie: bool | N
         config = GPT2Config(
             vocab_size=vocab, n_embd=64, n_layer=2, n_head=4, n_positions=1024,  # 1024: transformers reads GGUF gpt2 with that
             tie_word_embeddings=True if tie is None else tie, bos_token_id=1, eos_token_id=2,
+        )
+    elif arch == "llama3":  # Llama 3.1+ rope scaling (rope_type llama3, as Llama 3.2 1B has it)
+        config = LlamaConfig(
+            vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+            num_key_value_heads=1, max_position_embeddings=131072, tie_word_embeddings=True if tie is None else tie,
+            bos_token_id=1, eos_token_id=2, pad_token_id=2,
+            rope_parameters={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                             "original_max_position_embeddings": 8192, "rope_theta": 500000.0},
         )
     elif arch in ("qwen2", "qwen3", "mistral"):  # Llama-like blocks that GGUF stores under their own names
         from transformers import MistralConfig, Qwen2Config, Qwen3Config

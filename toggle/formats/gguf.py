@@ -20,6 +20,7 @@ loaded. Supports the Llama and GPT-2 architectures with byte-level BPE tokenizer
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -33,6 +34,7 @@ import gguf
 import numpy as np
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 from ..compress import ggml, registry
 from ..compress.apply import PlanApplier, validate_plan
@@ -47,6 +49,9 @@ from .base import ArtifactInfo, Format
 
 # HF model_type -> GGUF architecture name (llama.cpp runs Mistral as "llama", as its converter writes it)
 ARCHITECTURES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gpt2": "gpt2"}
+ROPE_FREQS = gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight"
+# toggle's own key: the model's rope settings (JSON), which transformers cannot rebuild from rope_freqs
+ROPE_KEY = "toggle.rope_parameters"
 # architectures whose config reads like Llama's (num_hidden_layers, num_key_value_heads, rms_norm_eps, rope)
 LLAMA_LIKE = ("llama", "qwen2", "qwen3")
 BLOCK = 32
@@ -73,7 +78,7 @@ FILE_TYPES = {"F32": gguf.LlamaFileType.ALL_F32, "F16": gguf.LlamaFileType.MOSTL
               "IQ2_S": gguf.LlamaFileType.MOSTLY_IQ2_S, "IQ3_S": gguf.LlamaFileType.MOSTLY_IQ3_S,
               "IQ4_XS": gguf.LlamaFileType.MOSTLY_IQ4_XS, "IQ4_NL": gguf.LlamaFileType.MOSTLY_IQ4_NL}
 # Bump when the cached layout of de-quantised GGUF models changes so stale caches are rebuilt.
-_CACHE_VERSION = "2"
+_CACHE_VERSION = "3"  # 3: Llama 3.x rope scaling restored from rope_freqs
 
 
 class GGUFFormat(Format):
@@ -90,8 +95,9 @@ class GGUFFormat(Format):
         return tensor_bytes(qtype, ref.numel), (qtype,)
 
     def other_bytes(self, model, refs) -> int:
-        return sum(tensor_bytes("F32", t.numel()) for n, t in stored_other_tensors(model, refs).items()
-                   if not skipped_in_gguf(n))
+        return (sum(tensor_bytes("F32", t.numel()) for n, t in stored_other_tensors(model, refs).items()
+                    if not skipped_in_gguf(n))
+                + sum(tensor_bytes("F32", data.size) for data in _extra_tensors(model).values()))
 
     def header_bytes(self, loaded) -> int:
         return gguf_header_bytes(loaded.model, loaded.tokenizer, name=model_name(loaded), source=source_metadata(loaded))
@@ -198,9 +204,8 @@ def gguf_arch(config) -> str:
             f"this model is '{model_type or '?'}' (use --format toggle)"
         )
     if arch in LLAMA_LIKE:
-        rope = _rope_parameters(config)
-        kind = rope.get("rope_type") or rope.get("type") or "default"
-        if kind != "default":
+        kind = _rope_type(config)
+        if kind != "default" and not (arch == "llama" and kind == "llama3"):
             raise InvalidInput(f"GGUF export: this {model_type} model's rope scaling '{kind}' (config.json "
                                f"rope_scaling / rope_parameters) is not written by toggle's GGUF writer, so llama.cpp "
                                f"would compute other positions; use --format toggle")
@@ -208,6 +213,31 @@ def gguf_arch(config) -> str:
             raise InvalidInput(f"GGUF export: this {model_type} model uses sliding-window attention "
                                f"(config.json use_sliding_window), which llama.cpp's {arch} does not; use --format toggle")
     return arch
+
+
+def _rope_type(config) -> str:
+    rope = _rope_parameters(config)
+    return rope.get("rope_type") or rope.get("type") or "default"
+
+
+def rope_freq_factors(config) -> np.ndarray | None:
+    """Llama 3.1+ rope scaling as llama.cpp stores it: the tensor rope_freqs.weight, by which each
+    rotary frequency is divided (default frequencies / scaled ones, as transformers computes both).
+    None for a model without it."""
+    if _rope_type(config) != "llama3":
+        return None
+    rope = _rope_parameters(config)
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    theta = float(rope.get("rope_theta") or getattr(config, "rope_theta", 10000.0))
+    default = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+    scaled, _ = ROPE_INIT_FUNCTIONS["llama3"](config, "cpu")
+    return (default / scaled).numpy().astype(np.float32)
+
+
+def _extra_tensors(model) -> dict[str, np.ndarray]:
+    """Tensors a GGUF file of `model` holds that the model's state does not (GGUF name -> F32 data)."""
+    factors = rope_freq_factors(model.config)
+    return {} if factors is None else {ROPE_FREQS: factors}
 
 
 def _rope_parameters(config) -> dict:
@@ -323,6 +353,8 @@ def write_gguf(path: str | Path, model: torch.nn.Module, tokenizer, tensors: dic
             writer.add_tensor(gguf_name, data.astype(np.float32 if qname == "F32" else np.float16))
         else:
             writer.add_tensor(gguf_name, data, raw_shape=data.shape, raw_dtype=gguf.GGMLQuantizationType[qname])
+    for gguf_name, data in _extra_tensors(model).items():
+        writer.add_tensor(gguf_name, data)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
@@ -380,6 +412,8 @@ def _metadata_writer(path, model, tokenizer, name, source=None, ftype: int = 0):
         writer.add_layer_norm_rms_eps(config.rms_norm_eps)
         theta = _rope_parameters(config).get("rope_theta")
         writer.add_rope_freq_base(float(theta or getattr(config, "rope_theta", 10000.0)))
+        if _rope_type(config) != "default":
+            writer.add_string(ROPE_KEY, json.dumps(_rope_parameters(config), sort_keys=True))
     else:
         writer.add_context_length(config.n_positions)
         writer.add_embedding_length(config.n_embd)
@@ -420,6 +454,8 @@ def gguf_header_bytes(model: torch.nn.Module, tokenizer, *, name: str | None = N
             shape = tuple(tensor.shape)
             writer.add_tensor_info(gguf_name, shape, np.dtype(np.float32), 4 * int(np.prod(shape)),
                                    raw_dtype=gguf.GGMLQuantizationType.F32)
+        for gguf_name, data in _extra_tensors(model).items():
+            writer.add_tensor_info(gguf_name, data.shape, data.dtype, data.nbytes, raw_dtype=gguf.GGMLQuantizationType.F32)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
@@ -532,6 +568,38 @@ def _gguf_file_type(path: Path) -> str | None:
         return "gguf"
 
 
+# Llama 3.1 / 3.2 / 3.3's rope scaling: what a rope_freqs tensor of a file toggle did not write is matched against
+_LLAMA3_ROPES = [{"rope_type": "llama3", "factor": factor, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                  "original_max_position_embeddings": 8192} for factor in (8.0, 32.0, 16.0)]
+
+
+def _restore_rope(path: Path, config) -> None:
+    """transformers reads no rope scaling from a llama GGUF (it ignores rope_freqs.weight), so the
+    model it builds would compute other positions than llama.cpp runs. toggle's own files carry
+    the settings (ROPE_KEY); Llama 3.x's are recognised by their factors; any other is refused."""
+    reader = gguf.GGUFReader(str(path))
+    tensor = next((t for t in reader.tensors if t.name == ROPE_FREQS), None)
+    if tensor is None:
+        return
+    if ROPE_KEY in reader.fields:
+        config.rope_parameters = json.loads(reader.fields[ROPE_KEY].contents())
+        return
+    factors = np.asarray(tensor.data, dtype=np.float32).reshape(-1)
+    base = dict(_rope_parameters(config), rope_theta=float(_rope_parameters(config).get("rope_theta")
+                                                           or getattr(config, "rope_theta", 10000.0)))
+    for candidate in _LLAMA3_ROPES:
+        trial = copy.deepcopy(config)
+        trial.rope_parameters = {**base, **candidate}
+        trial.max_position_embeddings = max(trial.max_position_embeddings, 8193)
+        mine = rope_freq_factors(trial)
+        if mine is not None and mine.shape == factors.shape and np.allclose(mine, factors, rtol=1e-4):
+            config.rope_parameters = {**base, **candidate}
+            return
+    raise ModelLoadError(f"{path}: the file holds rope frequency factors ({ROPE_FREQS}) that are not Llama 3.x's "
+                         f"rope scaling; transformers would ignore them and toggle would evaluate another model than "
+                         f"llama.cpp runs. Load the model from its Hugging Face directory instead")
+
+
 def _key_length(path: Path) -> int | None:
     """The file's attention head width (`<arch>.attention.key_length`), when it states one."""
     fields = gguf.GGUFReader(str(path)).fields
@@ -560,6 +628,7 @@ def dequantised_cache(gguf_path: Path, model_id: str) -> Path:
             head_dim = _key_length(gguf_path)
             if head_dim and hasattr(config, "head_dim"):
                 config.head_dim = head_dim  # transformers ignores attention.key_length (Qwen3 would get 128)
+            _restore_rope(gguf_path, config)
             model = AutoModelForCausalLM.from_pretrained(
                 str(gguf_path.parent), gguf_file=gguf_path.name, config=config, dtype=torch.float32
             )
