@@ -194,6 +194,17 @@ def _byte_level_tokenizer(kind: str):
                                    pad_token="</s>")
 
 
+def _tiny_llama_with(tokenizer, path):
+    """A one-block random Llama using `tokenizer`, saved at `path` and loaded through the loader."""
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4,
+        num_key_value_heads=2, bos_token_id=1, eos_token_id=2))
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return load_model(str(path))
+
+
 @pytest.mark.skipif(not llama_cpp.available(), reason=f"llama.cpp is not installed: {llama_cpp.HOW}")
 @pytest.mark.parametrize("kind, pre", [("gpt2", "gpt-2"), ("smollm", "smollm"), ("llama3", "llama-bpe"),
                                        ("qwen2", "qwen2")])
@@ -201,13 +212,7 @@ def test_llama_cpp_tokenizes_a_gguf_of_a_safetensors_model_as_its_tokenizer_does
     """The pre-tokenizer decides where BPE may merge; a file written with llama.cpp's "default"
     one split each of these tokenizers' text otherwise (checked: 50-71 tokens became 66-78)."""
     tokenizer = _byte_level_tokenizer(kind)
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4,
-        num_key_value_heads=2, bos_token_id=1, eos_token_id=2))
-    model.save_pretrained(tmp_path / "src")
-    tokenizer.save_pretrained(tmp_path / "src")
-    lm = load_model(str(tmp_path / "src"))
+    lm = _tiny_llama_with(tokenizer, tmp_path / "src")
     names = [r.name for r in compressible_modules(lm.model)]
     info = write_gguf(lm, Plan.uniform(lm.model_id, names, ModuleSetting(bits=16)), tmp_path / "f.gguf")
     assert _fields(info.path)["tokenizer.ggml.pre"] == pre
@@ -225,12 +230,7 @@ def test_an_unrecognised_pre_tokenizer_is_written_as_default_with_a_note(tmp_pat
     tokenizer = _byte_level_tokenizer("gpt2")
     tokenizer.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
         [pre_tokenizers.Punctuation(), pre_tokenizers.ByteLevel(add_prefix_space=False)])
-    model = AutoModelForCausalLM.from_config(LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4,
-        num_key_value_heads=2, bos_token_id=1, eos_token_id=2))
-    model.save_pretrained(tmp_path / "src")
-    tokenizer.save_pretrained(tmp_path / "src")
-    lm = load_model(str(tmp_path / "src"))
+    lm = _tiny_llama_with(tokenizer, tmp_path / "src")
     names = [r.name for r in compressible_modules(lm.model)]
     Plan.uniform(lm.model_id, names, ModuleSetting(bits=16)).save(tmp_path / "plan.yaml")
     assert main(["apply", str(tmp_path / "plan.yaml"), str(tmp_path / "src"), "--out", str(tmp_path / "f.gguf"),
