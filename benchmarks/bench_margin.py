@@ -3,7 +3,7 @@
 held-out prompts the search never saw.
 
     PYTHONPATH=$PWD python benchmarks/bench_margin.py [--budgets 80MB,72MB] [--samplers bo,uniform,allocator]
-        [--trials 12] [--out DIR]
+        [--trials 12] [--seed 0] [--out DIR] [--name bench_margin]
 
 Each cell is `toggle search smollm2-135m --objective margin --budget B --sampler S --trials N
 --no-apply` (default specs and profile; the profiling is shared through the cache, so only the
@@ -40,8 +40,9 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=12)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="/tmp/toggle-bench-margin")
+    ap.add_argument("--name", default="bench_margin", help="results file name under benchmarks/results/")
     args = ap.parse_args()
-    bench = Run("bench_margin")
+    bench = Run(args.name)
     lm = load_model("smollm2-135m")
     rows = []
     for budget in args.budgets.split(","):
