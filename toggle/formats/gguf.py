@@ -16,7 +16,9 @@ fits), and the blocks llama.cpp returned are written as they are. Pruned weights
 zeros (symmetric types and F16 hold 0 exactly; the asymmetric Q4_1/Q5_1 do not, so pruning with
 them is refused). Low-rank is refused: GGUF has no factorised matrices. Tensors that are not
 compressible weights (norms, biases, GPT-2 position embeddings) are written as F32, exactly as
-loaded. Supports the Llama and GPT-2 architectures with byte-level BPE tokenizers.
+loaded. Architectures: Llama (Llama 3.x rope scaling as llama.cpp's rope_freqs tensor), Mistral
+(as llama.cpp's llama), Qwen2, Qwen3 and GPT-2, with byte-level BPE tokenizers; the pre-tokenizer
+is the source GGUF file's, else the one its tokenizer.json describes (pre_tokenizer_name).
 """
 from __future__ import annotations
 
@@ -333,8 +335,8 @@ def write_gguf(path: str | Path, model: torch.nn.Module, tokenizer, tensors: dic
     an (out, in) float32 / float16 array for F32 / F16, or (out, bytes per row) uint8 blocks for a
     quantised type, written as given (this is not a quantiser). Every tensor a GGUF file of the
     model holds must be in `tensors`. Llama (and Mistral) q/k rows are permuted here for
-    llama.cpp's rope kernel (Qwen's use the NeoX rope and stay as they are); GPT-2's Conv1D weights must already be (out, in). `source`: SOURCE_KEYS to copy
-    (source_metadata)."""
+    llama.cpp's rope kernel (Qwen's use the NeoX rope and stay as they are); GPT-2's Conv1D
+    weights must already be (out, in). `source`: SOURCE_KEYS to copy (source_metadata)."""
     writer, name_map = _metadata_writer(path, model, tokenizer, name, source, file_type(tensors))
     config = model.config
     arch = gguf_arch(config)
