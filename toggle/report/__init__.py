@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ..confidence import describe as describe_confidence
 from ..rundir import REPORT_HTML, REPORT_MD, RunDir
-from ..units import format_bytes
+from ..units import format_bytes, format_reduction
 from . import plots
 from .data import RunData, load_run
 from .points import OperatingPoint, operating_points
@@ -91,7 +91,7 @@ def _blocks(run: RunData, others: list[RunData], made: dict, points: list[Operat
 
     b.append(Heading("Headline"))
     rows = [["size (bytes of the artifact)", _bytes(s["base_size_bytes"]), _bytes(s.get("compressed_size_bytes")),
-             _pct(s.get("size_reduction")) + " smaller" if s.get("size_reduction") is not None else "-"],
+             format_reduction(s["size_reduction"]) if s.get("size_reduction") is not None else "-"],
             ["FLOPs per token", f"{s['base_flops_per_token']:.4g}", _g(s.get("compressed_flops_per_token")),
              f"{s['flops_reduction']:.2f}x fewer" if s.get("flops_reduction") else "-"]]
     b.append(Table(["", "16-bit dense", f"plan (trial {s.get('best_trial')})", "reduction"], rows))

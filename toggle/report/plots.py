@@ -15,7 +15,7 @@ import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from ..rundir import pareto_front  # noqa: E402
-from ..units import format_bytes  # noqa: E402
+from ..units import format_bytes, format_reduction  # noqa: E402
 from .data import RunData, Series  # noqa: E402
 
 DPI = 110
@@ -219,7 +219,7 @@ def headline(run: RunData, path: Path) -> Path | None:
     for i, (_, v, _) in enumerate(bars):
         a.text(v / scale, i, f" {format_bytes(v)}", va="center", fontsize=8)
     a.set_xlabel(unit)
-    a.set_title(f"size: {100 * s['size_reduction']:.1f}% smaller", fontsize=10)
+    a.set_title(f"size: {format_reduction(s['size_reduction'])}", fontsize=10)
     flops = [("16-bit dense", s["base_flops_per_token"] / 1e6, GREY),
              ("compressed", (s.get("compressed_flops_per_token") or 0) / 1e6, colour)]
     b.barh([x[0] for x in flops], [x[1] for x in flops], color=[x[2] for x in flops])
