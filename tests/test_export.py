@@ -297,8 +297,9 @@ def test_llama3_rope_scaling_travels_through_gguf(tmp_path, monkeypatch):
         odd = write_gguf(lm, plan, tmp_path / "odd.gguf").path
     assert reread_matches(foreign)  # Llama 3.x's factors are recognised
     # factors that are no Llama 3.x's are refused: the model would not be the one llama.cpp runs
-    with pytest.raises(ModelLoadError, match="rope frequency factors .* that are not Llama 3.x's rope scaling"):
+    with pytest.raises(ModelLoadError, match="rope frequency factors .* that are not Llama 3.x's rope scaling") as e:
         load_model(str(odd))
+    assert str(e.value).startswith(f"{odd}: the file holds")  # toggle's reason as it is, not re-wrapped
 
 
 def test_gguf_refuses_a_model_llama_cpp_would_run_differently(tiny_llama_dir, tmp_path, monkeypatch):

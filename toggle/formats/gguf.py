@@ -217,6 +217,14 @@ def gguf_arch(config) -> str:
     return arch
 
 
+def _head_dim(config) -> int:
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
+def _rope_theta(config) -> float:
+    return float(_rope_parameters(config).get("rope_theta") or getattr(config, "rope_theta", 10000.0))
+
+
 def _rope_type(config) -> str:
     rope = _rope_parameters(config)
     return rope.get("rope_type") or rope.get("type") or "default"
@@ -228,10 +236,8 @@ def rope_freq_factors(config) -> np.ndarray | None:
     None for a model without it."""
     if _rope_type(config) != "llama3":
         return None
-    rope = _rope_parameters(config)
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    theta = float(rope.get("rope_theta") or getattr(config, "rope_theta", 10000.0))
-    default = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+    head_dim = _head_dim(config)
+    default = 1.0 / (_rope_theta(config) ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
     scaled, _ = ROPE_INIT_FUNCTIONS["llama3"](config, "cpu")
     return (default / scaled).numpy().astype(np.float32)
 
@@ -294,7 +300,7 @@ def write_artifact(loaded, plan: Plan, out_path: Path, applier: PlanApplier, cos
     with atomic_path(out_path) as tmp:
         write_gguf(tmp, model, loaded.tokenizer, prepared, name=model_name(loaded), source=source)
     size = out_path.stat().st_size
-    meta = {"pre_tokenizer": _pre_tokenizer_record(loaded.tokenizer, source)}
+    meta = {"pre_tokenizer": _pre_tokenizer_record(json.loads(loaded.tokenizer.backend_tokenizer.to_str()), source)}
     if imatrix:
         meta["imatrix"] = {"modules": len(imatrix), "statistic": "mean x^2 per input channel over the calibration "
                            "tokens (the diagonal of each module's input Gram matrix), as llama.cpp's imatrix"}
@@ -399,7 +405,7 @@ def _metadata_writer(path, model, tokenizer, name, source=None, ftype: int = 0):
     writer = gguf.GGUFWriter(str(path), arch)
     writer.add_name(name or getattr(config, "_name_or_path", None) or arch)
     if arch in LLAMA_LIKE:
-        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        head_dim = _head_dim(config)
         writer.add_context_length(config.max_position_embeddings)
         writer.add_embedding_length(config.hidden_size)
         writer.add_block_count(n_layers)
@@ -412,8 +418,7 @@ def _metadata_writer(path, model, tokenizer, name, source=None, ftype: int = 0):
             writer.add_key_length(head_dim)
             writer.add_value_length(head_dim)
         writer.add_layer_norm_rms_eps(config.rms_norm_eps)
-        theta = _rope_parameters(config).get("rope_theta")
-        writer.add_rope_freq_base(float(theta or getattr(config, "rope_theta", 10000.0)))
+        writer.add_rope_freq_base(_rope_theta(config))
         if _rope_type(config) != "default":
             writer.add_string(ROPE_KEY, json.dumps(_rope_parameters(config), sort_keys=True))
     else:
@@ -492,11 +497,11 @@ def pre_tokenizer_name(spec: dict) -> str:
     return "default"
 
 
-def _pre_tokenizer_record(tokenizer, source: dict) -> dict:
-    """What tokenizer.ggml.pre was written and from where; when toggle could not tell, a note."""
+def _pre_tokenizer_record(spec: dict, source: dict) -> dict:
+    """The tokenizer.ggml.pre a file gets (`name`) and from where: the source GGUF file's, else the
+    one the tokenizer.json `spec` describes; when toggle cannot tell, llama.cpp's default with a note."""
     if source.get("tokenizer.ggml.pre"):
         return {"name": source["tokenizer.ggml.pre"], "from": "the source GGUF file"}
-    spec = json.loads(tokenizer.backend_tokenizer.to_str())
     name = pre_tokenizer_name(spec)
     if name != "default" or not spec.get("pre_tokenizer"):
         return {"name": name, "from": "the tokenizer's pre-tokenizer (tokenizer.json)"}
@@ -531,7 +536,7 @@ def _add_tokenizer(writer, tokenizer, config, source: dict) -> None:
         types[idx] = 3 if special.get(idx) else (4 if idx in special else 1)  # CONTROL / USER_DEFINED / NORMAL
     merges = [m if isinstance(m, str) else " ".join(m) for m in bpe.get("merges", [])]
     writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre(source.get("tokenizer.ggml.pre") or pre_tokenizer_name(spec))
+    writer.add_tokenizer_pre(_pre_tokenizer_record(spec, source)["name"])
     add_bos = source.get("tokenizer.ggml.add_bos_token", getattr(tokenizer, "add_bos_token", None))
     if isinstance(add_bos, bool):
         writer.add_add_bos_token(add_bos)
@@ -575,11 +580,10 @@ _LLAMA3_ROPES = [{"rope_type": "llama3", "factor": factor, "low_freq_factor": 1.
                   "original_max_position_embeddings": 8192} for factor in (8.0, 32.0, 16.0)]
 
 
-def _restore_rope(path: Path, config) -> None:
+def _restore_rope(reader: gguf.GGUFReader, path: Path, config) -> None:
     """transformers reads no rope scaling from a llama GGUF (it ignores rope_freqs.weight), so the
     model it builds would compute other positions than llama.cpp runs. toggle's own files carry
     the settings (ROPE_KEY); Llama 3.x's are recognised by their factors; any other is refused."""
-    reader = gguf.GGUFReader(str(path))
     tensor = next((t for t in reader.tensors if t.name == ROPE_FREQS), None)
     if tensor is None:
         return
@@ -587,8 +591,7 @@ def _restore_rope(path: Path, config) -> None:
         config.rope_parameters = json.loads(reader.fields[ROPE_KEY].contents())
         return
     factors = np.asarray(tensor.data, dtype=np.float32).reshape(-1)
-    base = dict(_rope_parameters(config), rope_theta=float(_rope_parameters(config).get("rope_theta")
-                                                           or getattr(config, "rope_theta", 10000.0)))
+    base = dict(_rope_parameters(config), rope_theta=_rope_theta(config))
     for candidate in _LLAMA3_ROPES:
         trial = copy.deepcopy(config)
         trial.rope_parameters = {**base, **candidate}
@@ -602,9 +605,9 @@ def _restore_rope(path: Path, config) -> None:
                          f"llama.cpp runs. Load the model from its Hugging Face directory instead")
 
 
-def _key_length(path: Path) -> int | None:
+def _key_length(reader: gguf.GGUFReader) -> int | None:
     """The file's attention head width (`<arch>.attention.key_length`), when it states one."""
-    fields = gguf.GGUFReader(str(path)).fields
+    fields = reader.fields
     arch = fields.get("general.architecture")
     field = fields.get(f"{arch.contents()}.attention.key_length") if arch is not None else None
     return int(field.contents()) if field is not None else None
@@ -619,7 +622,7 @@ def dequantised_cache(gguf_path: Path, model_id: str) -> Path:
     target = cache_dir() / "models" / key
     if (target / "config.json").is_file() and (target / "toggle-cache.json").is_file():
         return target
-    _check_gguf(gguf_path)
+    reader = _check_gguf(gguf_path)
     print(f"toggle: de-quantising {gguf_path.name} once (about half a minute); cached in {target}",
           file=sys.stderr, flush=True)
     try:
@@ -627,13 +630,15 @@ def dequantised_cache(gguf_path: Path, model_id: str) -> Path:
             warnings.simplefilter("ignore")
             tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
             config = AutoConfig.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
-            head_dim = _key_length(gguf_path)
+            head_dim = _key_length(reader)
             if head_dim and hasattr(config, "head_dim"):
                 config.head_dim = head_dim  # transformers ignores attention.key_length (Qwen3 would get 128)
-            _restore_rope(gguf_path, config)
+            _restore_rope(reader, gguf_path, config)
             model = AutoModelForCausalLM.from_pretrained(
                 str(gguf_path.parent), gguf_file=gguf_path.name, config=config, dtype=torch.float32
             )
+    except ModelLoadError:
+        raise  # toggle's own reason, already naming the file
     except Exception as e:  # transformers raises many types for bad GGUF files
         raise ModelLoadError(f"{gguf_path}: cannot load GGUF model: {one_line(e)}") from None
     # transformers marks GGUF-loaded models as quantised and refuses save_pretrained; the
@@ -666,9 +671,10 @@ def dequantised_cache(gguf_path: Path, model_id: str) -> Path:
     return target
 
 
-def _check_gguf(path: Path) -> None:
+def _check_gguf(path: Path) -> gguf.GGUFReader:
     """A GGUF file transformers can read: the magic bytes, a complete header, a known architecture.
-    Checked before the (slow) de-quantisation so a wrong file fails in a second with its reason."""
+    Checked before the (slow) de-quantisation so a wrong file fails in a second with its reason.
+    Returns the file's reader (its header, for what transformers does not take from it)."""
     try:
         with open(path, "rb") as f:
             magic = f.read(4)
@@ -686,7 +692,7 @@ def _check_gguf(path: Path) -> None:
     try:
         from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
     except ImportError:  # pragma: no cover - layout of another transformers version: let it decide
-        return
+        return reader
     if arch is None:
         raise ModelLoadError(f"{path}: the GGUF file has no general.architecture field")
     # transformers' list also holds its non-architecture sections and models without decoder blocks
@@ -694,5 +700,6 @@ def _check_gguf(path: Path) -> None:
     if arch not in supported and arch.replace("-", "") not in supported:
         raise ModelLoadError(f"{path}: GGUF architecture {arch!r} is not supported; expected a decoder-only "
                              f"model of one of the architectures {', '.join(supported)}")
+    return reader
 
 
