@@ -71,14 +71,17 @@ def _run(capsys, *args):
 def test_base_model_against_itself_has_zero_divergence(files, tiny_llama_dir, mode):
     """Two separate loads of the same weights (a copied directory): nothing diverges."""
     r = audit(files / "copy", base=str(tiny_llama_dir), specs=[files / "s.stl"], prompts=files / "p.yaml", mode=mode)
+    # teacher mode compares with the base outputs recorded while generating (float rounding
+    # apart from this pass's); free mode scores both models by the same teacher-forced pass
+    tol = 1e-5 if mode == "teacher" else 0.0
     assert r.satisfied and r.pass_rate == 1.0 and r.exit_code == 0 and r.feasible
-    assert r.signals["jsd"]["max"] == 0.0 and r.signals["kl"]["max"] == 0.0
-    assert r.signals["top1_agree"]["min"] == 1.0 and r.signals["p_ratio"]["min"] == 1.0
+    assert r.signals["jsd"]["max"] <= tol and r.signals["kl"]["max"] <= tol
+    assert r.signals["top1_agree"]["min"] == 1.0 and r.signals["p_ratio"]["min"] == pytest.approx(1.0, abs=tol)
     assert r.signals["gold_p_ratio"]["min"] == 1.0
     for cos in ("hidden_cos", "attn_cos"):
-        assert r.signals[cos]["min"] == pytest.approx(1.0, abs=1e-12)
+        assert r.signals[cos]["min"] == pytest.approx(1.0, abs=max(tol, 1e-12))
     for name, margin in MARGINS_OF_THE_BASE.items():
-        assert r.properties[name].min == pytest.approx(margin, abs=1e-12), name
+        assert r.properties[name].min == pytest.approx(margin, abs=max(tol, 1e-12)), name
     assert [p.id for p in r.prompts] == ["h1", "h2", "h3", "h4"]
     # the gold property applies to the one held-out prompt with an answer
     assert r.properties["factual"].prompts == 1 and r.properties["coherence"].prompts == 4
@@ -184,7 +187,7 @@ def test_in_process_audit_of_a_plan_matches_its_artifact(files, tiny_llama_dir):
         assert a.compressed_text == b.compressed_text and a.compressed_text  # 4 prompts: all among the worst 5
     # the model holds its own weights again afterwards
     again = audit_models(lm, lm, specs, suite)
-    assert again.signals["jsd"]["max"] == 0.0
+    assert again.signals["jsd"]["max"] < 1e-6
 
 
 def _plan_of(artifact):

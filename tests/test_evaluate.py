@@ -63,10 +63,11 @@ def test_identical_model_gives_exact_signals_and_positive_robustness(setup):
     loaded, specs, trace = setup
     result = Evaluator(loaded, specs, trace, NoiseApplier(loaded.model)).evaluate(None)
     assert result.feasible and result.reason is None and result.satisfied
-    assert result.signals["jsd"]["max"] == 0.0
-    assert result.signals["hidden_cos"]["min"] == pytest.approx(1.0, abs=1e-9)
-    assert result.signals["attn_cos"]["min"] == pytest.approx(1.0, abs=1e-9)
-    assert result.signals["gold_p_ratio"]["min"] == 1.0
+    # the base outputs were recorded while generating: equal to this pass's to float rounding
+    assert 0.0 <= result.signals["jsd"]["max"] < 1e-6
+    assert result.signals["hidden_cos"]["min"] == pytest.approx(1.0, abs=1e-6)
+    assert result.signals["attn_cos"]["min"] == pytest.approx(1.0, abs=1e-6)
+    assert result.signals["gold_p_ratio"]["min"] == 1.0  # gold answers: the same teacher-forced pass
     assert result.robustness == pytest.approx({"coherence": 0.05, "longrange": 0.1, "context": 0.1, "factual": 0.5})
     assert set(result.per_prompt["coherence"]) == {"fact", "qa", "chat", "long"}
     assert set(result.per_prompt["factual"]) == {"fact", "qa"}  # only prompts with an answer
@@ -88,14 +89,16 @@ def test_shipped_specs_hold_for_the_identical_tiny_model(arch, tiny_llama_dir, t
 def test_robustness_falls_as_perturbation_grows(setup):
     loaded, specs, trace = setup
     evaluator = Evaluator(loaded, specs, trace, NoiseApplier(loaded.model))
+    untouched = evaluator.evaluate(None).signals["jsd"]["max"]
+    assert untouched < 1e-6
     margins = [evaluator.evaluate(scale).robustness["coherence"] for scale in (0.0, 0.05, 0.5)]
     assert margins[0] == pytest.approx(0.05)
     assert margins[0] > margins[1] > margins[2]
     heavy = evaluator.evaluate(1.0)
     assert heavy.feasible and heavy.robustness["coherence"] < 0 and not heavy.satisfied
     assert heavy.signals["jsd"]["max"] > 0.1
-    # back to the base weights: exact again
-    assert evaluator.evaluate(None).signals["jsd"]["max"] == 0.0
+    # back to the base weights: exactly what they gave before
+    assert evaluator.evaluate(None).signals["jsd"]["max"] == untouched
 
 
 def test_rtn_plans_through_the_applier(setup):
@@ -187,7 +190,8 @@ def test_builtin_model_unmodified_and_8bit_pass_3bit_fails(builtin_model, tmp_pa
         q3 = evaluator.evaluate(Plan.uniform(builtin_model.model_id, blocks, ModuleSetting(bits=3)))
     finally:
         applier.restore()
-    assert base.signals["jsd"]["max"] == 0.0 and base.signals["gold_p_ratio"]["min"] == 1.0
+    # the base outputs were recorded while generating: equal to a teacher-forced pass's to rounding
+    assert 0.0 <= base.signals["jsd"]["max"] < 1e-6 and base.signals["gold_p_ratio"]["min"] == 1.0
     assert base.signals["hidden_cos"]["min"] == pytest.approx(1.0, abs=1e-6)
     assert base.signals["attn_cos"]["min"] == pytest.approx(1.0, abs=1e-6)
     assert base.satisfied and all(v > 0 for v in base.robustness.values())

@@ -14,6 +14,7 @@ from toggle.prompts import suite_from_records
 from toggle.signals import SignalOptions
 from toggle.trace import (GenerationSettings, TokenPath, TraceCache, build_trace, encode_suite, generate_paths,
                           score_paths, trace_along)
+from toggle.trace.record import generate_recorded
 
 ALL = {"logprobs", "attention", "hidden", "gold"}
 RECORDS = [
@@ -95,7 +96,7 @@ def test_cache_in_memory_and_on_disk(tiny, monkeypatch):
         raise AssertionError("base work repeated")
 
     with monkeypatch.context() as m:
-        m.setattr(build_mod, "generate_paths", no_model_work)
+        m.setattr(build_mod, "generate_recorded", no_model_work)
         m.setattr(build_mod, "score_paths", no_model_work)
         again = build_trace(tiny, suite, steps=4, needs=ALL, options=OPTIONS)
     assert again.timings == {"generate": 0.0, "score": 0.0}
@@ -103,11 +104,19 @@ def test_cache_in_memory_and_on_disk(tiny, monkeypatch):
     for name, t in first.base.tensors().items():
         assert torch.equal(again.base.tensors()[name], t)
 
-    # other needs: paths are reused (no generation), scores are new
+    # other needs: paths are reused (no generation), scores are new, from a teacher-forced pass
     with monkeypatch.context() as m:
-        m.setattr(build_mod, "generate_paths", no_model_work)
+        m.setattr(build_mod, "generate_recorded", no_model_work)
         other = build_trace(tiny, suite, steps=4, needs={"logprobs"}, options=OPTIONS)
-    assert other.key != first.key and other.timings["score"] > 0
+    assert other.key != first.key and other.timings == {"generate": 0.0, "score": other.timings["score"]}
+    assert other.timings["score"] > 0
+    torch.testing.assert_close(other.base.logprobs, first.base.logprobs, atol=1e-4, rtol=1e-4)
+    # and are read back under their own key
+    trace_mod.DEFAULT_CACHE.clear()
+    with monkeypatch.context() as m:
+        m.setattr(build_mod, "generate_recorded", no_model_work)
+        m.setattr(build_mod, "score_paths", no_model_work)
+        assert build_trace(tiny, suite, steps=4, needs={"logprobs"}, options=OPTIONS).key == other.key
     # other steps or prompts: new paths
     assert build_trace(tiny, suite, steps=3, needs={"logprobs"}).timings["generate"] > 0
     changed = suite_from_records([dict(RECORDS[0], prompt="The capital of Italy is")] + RECORDS[1:])
@@ -193,6 +202,29 @@ def test_generation_batches_cap_rows_and_padded_tokens():
     assert generation_batches(lengths, 2, 10**9) == [[0, 4], [2, 1], [5, 3]]  # rows only: pairs in length order
     # 4 rows x 5 tokens fit in 20; the 7-token prompt does not join them; 600 > 20 stands alone
     assert generation_batches(lengths, 32, 20) == [[0, 4, 2, 1], [5], [3]]
+
+
+def test_recorded_generation_matches_the_teacher_forced_pass(tiny, monkeypatch):
+    """The base trace's outputs are recorded while generating; step t must be the output a
+    teacher-forced pass gives at step t of the same path (to float rounding), also for rows
+    that stop early beside longer ones, in batches with padding."""
+    encoded = encode_suite(suite_from_records(RECORDS[:3]), tiny.tokenizer)
+    settings = GenerationSettings(steps=6)
+    free = generate_paths(tiny.model, tiny.tokenizer, encoded, GenerationSettings(steps=6, stop_at_eos=False))
+    # make a token of the first prompt's continuation end it (the tiny model rarely picks EOS)
+    stop = next(k for k in range(1, 6) if free[0][k] not in free[0][:k])
+    monkeypatch.setattr(tiny.model.generation_config, "eos_token_id", free[0][stop])
+    needs, options = {"logprobs", "attention", "hidden"}, OPTIONS.resolved(2)
+    tokens, out = generate_recorded(tiny.model, tiny.tokenizer, encoded, settings, needs, options, batch_size=2)
+    assert tokens == generate_paths(tiny.model, tiny.tokenizer, encoded, settings)
+    assert len(tokens[0]) == stop + 1 and max(len(t) for t in tokens) > stop + 1
+    assert out.steps == tuple(len(t) for t in tokens)
+    paths = [TokenPath(e.prompt.id, e.ids, e.content, t, e.answer_ids) for e, t in zip(encoded, tokens)]
+    teacher = score_paths(tiny.model, paths, needs, options)
+    torch.testing.assert_close(out.logprobs, teacher.logprobs, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(out.attn, teacher.attn, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(out.hidden, teacher.hidden, atol=1e-4, rtol=1e-4)
+    assert out.gold_logprob is None  # answers are off the path: build_trace scores them apart
 
 
 def test_token_capped_generation_gives_the_same_paths(tiny):

@@ -6,9 +6,13 @@ Two separate operations:
   to its end-of-sequence token). For the search this is the BASE model, once.
 * `score_paths`: ONE teacher-forced pass of a model over given paths, returning exactly what
   the signals need at every step (log-probabilities, attention to the prompt's first tokens,
-  hidden states, gold-answer log-probabilities). The base model is scored once and cached;
-  every candidate is scored by the same function over the same paths (evaluate.py), so an
-  unmodified model reproduces the base outputs exactly.
+  hidden states, gold-answer log-probabilities). Every candidate is scored by it over the
+  base model's paths (evaluate.py).
+* `generate_recorded`: the base model's generation that records those outputs as it goes,
+  so the base trace costs one pass, not two (gold answers, off the path, take score_paths).
+  They equal a teacher-forced pass's to float rounding (an unmodified model scores JSD ~1e-8
+  against them, not 0); when only the paths are cached, the base is scored by score_paths
+  over them instead, under its own key.
 
 A free-running audit scores along another path: `generate_paths` with the compressed model,
 then `trace_along(base, ...)` scores the base model along those paths.
@@ -18,8 +22,8 @@ writes): paths keyed by model fingerprint, prompt-suite fingerprint, split and g
 settings; base outputs additionally by the specs' needs, signal options, device and dtype.
 `build_trace` uses the process-wide `DEFAULT_CACHE` unless given a `TraceCache` of its own.
 
-The package: generate.py (greedy paths), score.py (the teacher-forced pass), capture.py
-(attention weights during that pass), cache.py (TraceCache), build.py (Trace, build_trace,
+The package: generate.py (greedy paths), record.py (generation that records the outputs),
+score.py (the teacher-forced pass), capture.py (attention weights during either pass), cache.py (TraceCache), build.py (Trace, build_trace,
 trace_along), padding.py (left padding shared by generation and scoring). Everything callers
 use is importable from `toggle.trace`.
 """
@@ -30,6 +34,7 @@ from .cache import DEFAULT_CACHE, MEMORY_LIMIT, TraceCache
 from .generate import DEFAULT_STEPS, GenerationSettings, end_tokens, generate_paths
 # _left_pad, _batches and _Sequence are private; re-exported for benchmarks/bench_evaluation.py.
 from .padding import _left_pad
+from .record import generate_recorded
 from .score import (DEFAULT_BATCH_TOKENS, StepOutputs, TokenPath, _batches, _Sequence, check_outputs, resolve_options,
                     score_paths)
 
@@ -37,5 +42,6 @@ __all__ = [
     "DEFAULT_BATCH_TOKENS", "DEFAULT_CACHE", "DEFAULT_STEPS", "MEMORY_LIMIT", "TRACE_VERSION",
     "GenerationSettings", "StepOutputs", "TokenPath", "Trace", "TraceCache",
     "base_continuations", "build_trace", "check_outputs", "end_tokens", "encode_suite", "generate_paths",
+    "generate_recorded",
     "resolve_options", "score_paths", "trace_along",
 ]

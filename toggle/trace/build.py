@@ -15,7 +15,8 @@ from ..files import json_digest
 from ..prompts import EncodedPrompt, PromptSuite, encode
 from ..signals import GOLD, LOGPROBS, SignalOptions
 from .cache import DEFAULT_CACHE, TraceCache
-from .generate import DEFAULT_STEPS, GenerationSettings, generate_paths
+from .generate import DEFAULT_STEPS, GENERATE_BATCH, GENERATE_TOKENS, GenerationSettings, generate_paths
+from .record import generate_recorded
 from .score import DEFAULT_BATCH_TOKENS, StepOutputs, TokenPath, check_outputs, resolve_options, score_paths
 
 TRACE_VERSION = 1  # part of every path key: bump it to orphan all cached traces
@@ -57,7 +58,8 @@ def build_trace(loaded, suite: PromptSuite, specs=None, *, split: str = "calibra
                 steps: int | None = None, needs=None, options: SignalOptions | None = None,
                 stop_at_eos: bool = True, batch_tokens: int = DEFAULT_BATCH_TOKENS,
                 use_cache: bool = True, cache: TraceCache | None = None) -> Trace:
-    """Generate (once) and score (once) the base model on a split of the suite.
+    """Generate the base model's paths on a split of the suite, recording its outputs along
+    them as it goes (one pass; gold-answer log-probabilities take a second over the answers).
 
     `specs` (a SpecSet) supplies needs, options and the steps its properties read; `steps`,
     `needs` and `options` override it. Cached on disk and in memory; a second call with the
@@ -86,24 +88,49 @@ def build_trace(loaded, suite: PromptSuite, specs=None, *, split: str = "calibra
 
     device, dtype = _device_dtype(model)
     path_key = _path_key(loaded, chosen, split, settings)
-    # Scores also depend on the numerics: a candidate equal to the base must reproduce them exactly.
-    score_key = _key({"paths": path_key, "needs": sorted(needs), "options": asdict(resolved),
-                      "device": device.type, "dtype": str(dtype), "batch_tokens": batch_tokens,
-                      "torch": torch.__version__, "transformers": _transformers_version()})
+    # Base outputs come from one of two passes, equal to float rounding, and the key says which:
+    # recorded during generation (record.py: one pass instead of two), or, when the paths are
+    # already cached, a teacher-forced pass over them (cheaper than generating again).
+    keys = {source: _key({"paths": path_key, "needs": sorted(needs), "options": asdict(resolved),
+                          "device": device.type, "dtype": str(dtype), "batch_tokens": batch_tokens,
+                          "source": source, "torch": torch.__version__, "transformers": _transformers_version(),
+                          "generate": [GENERATE_BATCH, GENERATE_TOKENS] if source == "generation" else None})
+            for source in ("generation", "teacher")}
     cache = cache if cache is not None else DEFAULT_CACHE
     if use_cache:
-        hit = cache.get(score_key)
-        if hit is not None:
-            return hit
+        for key in keys.values():
+            hit = cache.get(key)
+            if hit is not None:
+                return hit
 
     timings = {"generate": 0.0, "score": 0.0}
-    tokens, timings["generate"] = _continuations(loaded, encoded, path_key, settings, cache if use_cache else None)
-    paths = [TokenPath(e.prompt.id, e.ids, e.content, t, e.answer_ids) for e, t in zip(encoded, tokens)]
-    base = cache.read_scores(score_key, paths) if use_cache else None
-    if base is None:
+    base, score_key = None, keys["generation"]
+    tokens = cache.read_paths(path_key, encoded) if use_cache else None
+    if tokens is not None:
+        for score_key in keys.values():
+            base = cache.read_scores(score_key, _paths(encoded, tokens))
+            if base is not None:
+                break
+    fresh = base is None
+    if fresh and tokens is None:  # paths and outputs in one pass
+        score_key = keys["generation"]
         start = time.perf_counter()
-        base = score_paths(model, paths, needs, resolved, batch_tokens=batch_tokens)
+        tokens, base = generate_recorded(model, tokenizer, encoded, settings, needs, resolved)
+        timings["generate"] = time.perf_counter() - start
+        if use_cache:
+            cache.write_paths(path_key, encoded, tokens, settings)
+        if GOLD in needs:  # the answers are not on the path: their own pass
+            start = time.perf_counter()
+            gold = score_paths(model, _paths(encoded, tokens), {GOLD}, resolved, batch_tokens=batch_tokens)
+            base.answer_steps, base.gold_logprob = gold.answer_steps, gold.gold_logprob
+            timings["score"] = time.perf_counter() - start
+    elif fresh:
+        score_key = keys["teacher"]
+        start = time.perf_counter()
+        base = score_paths(model, _paths(encoded, tokens), needs, resolved, batch_tokens=batch_tokens)
         timings["score"] = time.perf_counter() - start
+    paths = _paths(encoded, tokens)
+    if fresh:
         problem = check_outputs(base, resolved)
         if problem:
             raise ToggleError(f"{loaded.model_id}: the base model itself gives {problem}; cannot build a trace")
@@ -114,6 +141,10 @@ def build_trace(loaded, suite: PromptSuite, specs=None, *, split: str = "calibra
     if use_cache:
         cache.put(trace)
     return trace
+
+
+def _paths(encoded: list[EncodedPrompt], tokens) -> list[TokenPath]:
+    return [TokenPath(e.prompt.id, e.ids, e.content, t, e.answer_ids) for e, t in zip(encoded, tokens)]
 
 
 def base_continuations(loaded, suite: PromptSuite, *, split: str, steps: int, stop_at_eos: bool = True,

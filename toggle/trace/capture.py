@@ -1,5 +1,6 @@
-"""Attention capture for the teacher-forced pass: a transformers attention implementation that
-runs SDPA as usual and also pools the eager attention weights of the layers attn_cos reads."""
+"""Attention capture for the teacher-forced pass and for recorded generation: a transformers
+attention implementation that runs SDPA as usual and also pools the eager attention weights of
+the layers attn_cos reads."""
 from __future__ import annotations
 
 import sys

@@ -53,21 +53,32 @@ def generation_batches(lengths: list[int], batch_size: int = GENERATE_BATCH,
 def generate_paths(model, tokenizer, encoded: list[EncodedPrompt], settings: GenerationSettings,
                    *, batch_size: int = GENERATE_BATCH, batch_tokens: int = GENERATE_TOKENS) -> list[tuple[int, ...]]:
     """Greedy continuations (token ids, ending with EOS when the model stopped)."""
+    return _generate(model, tokenizer, encoded, settings, batch_size, batch_tokens)
+
+
+def _generate(model, tokenizer, encoded, settings, batch_size, batch_tokens, recorder=None):
+    """generate_paths; a `recorder` (record.py) is told of each batch and keeps each row's outputs."""
     eos_ids = end_tokens(model, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (min(eos_ids) if eos_ids else 0)
     config = GenerationConfig(
         max_new_tokens=settings.steps, do_sample=False, pad_token_id=pad,
         eos_token_id=sorted(eos_ids) if settings.stop_at_eos and eos_ids else None,
         min_new_tokens=None if settings.stop_at_eos else settings.steps,
+        # raw logits, not `scores`: those are after the logits processors (EOS masked, ...)
+        return_dict_in_generate=True, output_logits=recorder is not None,
     )
     device = next(model.parameters()).device
     out: dict[int, tuple[int, ...]] = {}
     with torch.no_grad():
         for idx in generation_batches([len(e.ids) for e in encoded], batch_size, batch_tokens):
-            ids, mask, _ = _left_pad([encoded[i].ids for i in idx], pad, device)
-            generated = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
+            ids, mask, pads = _left_pad([encoded[i].ids for i in idx], pad, device)
+            if recorder is not None:
+                recorder.begin([encoded[i] for i in idx], pads)
+            result = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
             for row, i in enumerate(idx):
-                new = generated[row, ids.shape[1]:].tolist()
+                new = result.sequences[row, ids.shape[1]:].tolist()
                 stop = next((k for k, t in enumerate(new) if t in eos_ids), None) if settings.stop_at_eos else None
                 out[i] = tuple(new[: stop + 1] if stop is not None else new)
+                if recorder is not None:
+                    recorder.keep(i, row, len(out[i]), result.logits)
     return [out[i] for i in range(len(encoded))]

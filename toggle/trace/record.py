@@ -1,0 +1,94 @@
+"""The base model's trace in one pass: greedy generation that records, at every step, what the
+teacher-forced pass (score.py) would return along the generated path (log-probabilities,
+pooled attention to the prompt's first tokens, hidden states at one block), so the base model
+is not run a second time over its own paths.
+
+Step t of a path is the forward call that produced token t: the prefill's last position for
+t = 0, then one decode call per token, so hooks read the last query position of every call.
+The values equal the teacher-forced pass's to float rounding (cached keys and values, other
+batch shapes), not bit for bit; gold-answer log-probabilities need a pass over the answer and
+still come from score_paths.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..modules import find_blocks
+from ..prompts import EncodedPrompt
+from ..signals import ATTENTION, HIDDEN, LOGPROBS, SignalOptions
+from .capture import _AttentionCapture, _capturing
+from .generate import GENERATE_BATCH, GENERATE_TOKENS, GenerationSettings, _generate
+from .score import StepOutputs
+
+RECORDED = frozenset({LOGPROBS, ATTENTION, HIDDEN})  # what generation can record; GOLD cannot
+
+
+class _Recorder:
+    """Collects one batch's per-call attention rows and hidden states (by hooks), then each
+    row's first n steps of them and of the logits."""
+
+    def __init__(self, needs, options: SignalOptions):
+        self.needs, self.options = needs, options
+        self.capture = _AttentionCapture(options) if ATTENTION in needs else None
+        self.parts: dict[str, dict[int, torch.Tensor]] = {name: {} for name in ("logprobs", "attn", "hidden")}
+        self.prompts: list[EncodedPrompt] = []
+        self.pads: list[int] = []
+        self.attn_rows: list[torch.Tensor] = []
+        self.hidden_rows: list[torch.Tensor] = []
+
+    def begin(self, prompts: list[EncodedPrompt], pads: list[int]) -> None:
+        self.prompts, self.pads = prompts, pads
+        self.attn_rows.clear()
+        self.hidden_rows.clear()
+        if self.capture is not None:
+            self.capture.start(1)
+
+    def after_block(self, _module, _inputs, output) -> None:
+        hidden = output[0] if isinstance(output, tuple) else output
+        self.hidden_rows.append(hidden[:, -1].detach().float().cpu())
+
+    def after_call(self, _module, _inputs, _output) -> None:
+        if self.capture is not None:
+            # keys are the padded prompt then the tokens generated so far; only the prompt's are kept
+            self.attn_rows.append(self.capture.pooled[:, -1].float().cpu())
+            self.capture.start(1)
+
+    def keep(self, index: int, row: int, n: int, logits: tuple[torch.Tensor, ...]) -> None:
+        if LOGPROBS in self.needs:
+            steps = torch.stack([logits[t][row] for t in range(n)])
+            self.parts["logprobs"][index] = torch.log_softmax(steps.float(), dim=-1).cpu()
+        if HIDDEN in self.needs:
+            self.parts["hidden"][index] = torch.stack([self.hidden_rows[t][row] for t in range(n)])
+        if self.capture is not None:
+            span = self.options.attn_span
+            content = self.prompts[row].content
+            start = self.pads[row] + content[0]
+            stop = min(self.pads[row] + content[1], start + span)
+            a = torch.zeros(n, span)
+            for t in range(n):
+                a[t, : stop - start] = self.attn_rows[t][row, start:stop]
+            self.parts["attn"][index] = a
+
+
+def generate_recorded(model, tokenizer, encoded: list[EncodedPrompt], settings: GenerationSettings, needs,
+                      options: SignalOptions, *, batch_size: int = GENERATE_BATCH,
+                      batch_tokens: int = GENERATE_TOKENS) -> tuple[list[tuple[int, ...]], StepOutputs]:
+    """Greedy continuations, and the outputs of `needs` (within RECORDED; `options` resolved)
+    at every step of them, recorded during the generation."""
+    needs = frozenset(needs) & RECORDED
+    recorder = _Recorder(needs, options)
+    _, blocks = find_blocks(model)
+    hooks = [model.register_forward_hook(recorder.after_call)]
+    if HIDDEN in needs:
+        hooks.append(blocks[options.hidden_layer].register_forward_hook(recorder.after_block))
+    try:
+        with _capturing(model, recorder.capture):
+            tokens = _generate(model, tokenizer, encoded, settings, batch_size, batch_tokens, recorder)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    out = StepOutputs(tuple(len(t) for t in tokens), tuple(0 for _ in tokens))
+    for name, rows in recorder.parts.items():
+        if rows:
+            setattr(out, name, torch.cat([rows[i] for i in range(len(tokens))]))
+    return tokens, out
