@@ -233,3 +233,31 @@ def test_token_capped_generation_gives_the_same_paths(tiny):
     wide = generate_paths(tiny.model, tiny.tokenizer, encoded, settings, batch_tokens=10**9)
     one_each = generate_paths(tiny.model, tiny.tokenizer, encoded, settings, batch_tokens=1)
     assert wide == one_each and all(len(t) >= 1 for t in wide)
+
+
+def test_a_shared_prefix_is_run_once_and_changes_nothing(tiny, monkeypatch):
+    """Prompts that start alike (a system prompt) are scored from one cached forward of the shared
+    tokens: the same outputs as running every row whole, attention to the prompt's first tokens
+    included, whether those tokens lie in the shared part or after it."""
+    import toggle.trace.score as score_mod
+
+    opening = "You are a careful assistant. Answer briefly. "
+    questions = ["What is two plus two?", "Name a colour.", "Once upon a time a small robot learned to read.",
+                 "def add(a, b):"]
+    records = [{"id": f"q{i}", "prompt": opening + q, "answer": "four" if i == 0 else None} for i, q in enumerate(questions)]
+    encoded = encode_suite(suite_from_records(records), tiny.tokenizer)
+    tokens = generate_paths(tiny.model, tiny.tokenizer, encoded, GenerationSettings(steps=5))
+    paths = [TokenPath(e.prompt.id, e.ids, e.content, t, e.answer_ids) for e, t in zip(encoded, tokens)]
+    options = SignalOptions(hidden_layer=0, attn_layers=(1,), attn_span=64).resolved(2)
+    runs = []
+    real = score_mod._prefix_cache
+    monkeypatch.setattr(score_mod, "_prefix_cache", lambda model, ids, device: runs.append(len(ids)) or real(model, ids, device))
+    shared = score_paths(tiny.model, paths, ALL, options, batch_tokens=4096)  # one batch: rows padded
+    first = encoded[0].content[0]
+    assert len(runs) == 2 and runs[0] > first + 1  # the step pass and the gold pass, each once
+    assert runs[0] < first + 64  # attention spans the shared tokens and the ones after them
+    monkeypatch.setattr(score_mod, "PREFIX_MIN", 10**6)
+    whole = score_paths(tiny.model, paths, ALL, options, batch_tokens=4096)
+    assert len(runs) == 2
+    for name, t in whole.tensors().items():
+        torch.testing.assert_close(shared.tensors()[name], t, atol=1e-4, rtol=1e-4)

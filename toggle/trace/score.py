@@ -3,6 +3,8 @@ signals need at every step (log-probabilities, attention to the prompt's first t
 states, gold-answer log-probabilities); and the checks that make such outputs comparable."""
 from __future__ import annotations
 
+import copy
+import inspect
 from dataclasses import dataclass, replace
 
 import torch
@@ -17,6 +19,9 @@ from .padding import _left_pad
 # the default suite (7.0 s vs 8.3 s one sequence at a time and 12.8 s at 2048: large batches
 # make the (batch, steps, vocabulary) logits tensors memory-bound).
 DEFAULT_BATCH_TOKENS = 512
+# When every sequence of a pass starts with at least this many equal tokens (a chat template's
+# system prompt), they are run once and every row continues from their cached keys and values.
+PREFIX_MIN = 8
 
 
 @dataclass(frozen=True)
@@ -135,9 +140,11 @@ def score_paths(model, paths: list[TokenPath], needs, options: SignalOptions, *,
     """One teacher-forced pass of `model` over every path; see StepOutputs for what it returns.
 
     Sequences are sorted by length and left-padded into batches of at most `batch_tokens`
-    padded tokens, so every sequence's steps are the last positions of its row. The LM head
-    runs only on those positions; attention weights are computed (eagerly) only in the
-    layers attn_cos pools, hidden states are read by a hook on one block.
+    padded tokens, so every sequence's steps are the last positions of its row. Leading tokens
+    all sequences share (PREFIX_MIN or more) are run once, and each batch continues from their
+    keys and values. The LM head runs only on the step positions; attention weights are
+    computed (eagerly) only in the layers attn_cos pools, hidden states are read by a hook on
+    one block.
     """
     needs = frozenset(needs)
     steps = tuple(len(p.tokens) for p in paths)
@@ -165,6 +172,8 @@ def _run(model, seqs: list[_Sequence], needs, options: SignalOptions, batch_toke
     capture = _AttentionCapture(options) if ATTENTION in needs else None
     _, blocks = find_blocks(model)
     hidden_rows: list[torch.Tensor] = []
+    shared = _shared_prefix(seqs)
+    prefix = _prefix_cache(model, seqs[0].ids[:shared], device) if shared else None
 
     def grab_hidden(_module, _inputs, output):
         hidden_rows.append((output[0] if isinstance(output, tuple) else output).detach())
@@ -172,15 +181,21 @@ def _run(model, seqs: list[_Sequence], needs, options: SignalOptions, batch_toke
     hook = blocks[options.hidden_layer].register_forward_hook(grab_hidden) if HIDDEN in needs else None
     try:
         with torch.no_grad(), _capturing(model, capture):
-            for batch in _batches(seqs, batch_tokens):
+            for batch in _batches(seqs, batch_tokens, shared):
                 n_max = max(s.n for s in batch)
-                ids, mask, pads = _left_pad([s.ids for s in batch], 0, device)
-                position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+                ids, mask, pads = _left_pad([s.ids[shared:] for s in batch], 0, device)
+                position_ids = (mask.cumsum(-1) - 1).clamp(min=0) + shared
+                cache = None
+                if prefix is not None:  # every row continues the cached prefix; its pads sit after it
+                    cache = copy.deepcopy(prefix)
+                    cache.batch_repeat_interleave(len(batch))
+                    mask = torch.cat([mask.new_ones(len(batch), shared), mask], dim=1)
                 if capture:
                     capture.start(n_max)
                 hidden_rows.clear()
-                logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids,
-                               logits_to_keep=n_max, use_cache=False).logits.float()
+                cached = {} if cache is None else {_cache_argument(model): cache, "use_cache": True}
+                logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, logits_to_keep=n_max,
+                               **({"use_cache": False} | cached)).logits.float()
                 logprobs = torch.log_softmax(logits, dim=-1)
                 for row, s in enumerate(batch):
                     lp = logprobs[row, n_max - s.n:]
@@ -193,10 +208,11 @@ def _run(model, seqs: list[_Sequence], needs, options: SignalOptions, batch_toke
                         h = hidden_rows[-1][row, -s.n:]
                         parts.setdefault("hidden", {})[s.index] = h.float().cpu()
                     if capture:
-                        start = pads[row] + s.content[0]
-                        stop = min(pads[row] + s.content[1], start + options.attn_span)
+                        # key index of prompt token j: j inside the shared prefix, else shifted by the row's pads
+                        keys = [j if j < shared else j + pads[row]
+                                for j in range(s.content[0], min(s.content[1], s.content[0] + options.attn_span))]
                         a = torch.zeros(s.n, options.attn_span)
-                        a[:, : stop - start] = capture.pooled[row, n_max - s.n:, start:stop].float().cpu()
+                        a[:, :len(keys)] = capture.pooled[row, n_max - s.n:, keys].float().cpu()
                         parts.setdefault("attn", {})[s.index] = a
     finally:
         if hook is not None:
@@ -204,12 +220,40 @@ def _run(model, seqs: list[_Sequence], needs, options: SignalOptions, batch_toke
     return parts
 
 
-def _batches(seqs: list[_Sequence], batch_tokens: int):
-    """Length-sorted batches whose padded size stays within batch_tokens (at least one each)."""
+def _shared_prefix(seqs: list[_Sequence]) -> int:
+    """How many leading tokens every sequence shares, ending before any sequence's steps (a chat
+    template's system prompt: a fifth of the default suite's tokens on SmolLM2), or 0 when fewer
+    than PREFIX_MIN: then every row is run whole."""
+    if not seqs:
+        return 0
+    first, limit = seqs[0].ids, min(len(s.ids) - s.n for s in seqs)
+    shared = 0
+    while shared < limit and all(s.ids[shared] == first[shared] for s in seqs):
+        shared += 1
+    return shared if shared >= PREFIX_MIN else 0
+
+
+def _prefix_cache(model, ids: list[int], device):
+    """The keys and values of the shared prefix, computed once per pass (plain attention: before
+    the capture is installed and the hidden-state hook registered)."""
+    with torch.no_grad():
+        out = model(input_ids=torch.tensor([ids], device=device), use_cache=True)
+    return out.cache if hasattr(out, "cache") else out.past_key_values
+
+
+def _cache_argument(model) -> str:
+    """What the model's forward calls its key-value cache: `cache` from transformers 5.x on
+    (`past_key_values` there is deprecated), `past_key_values` before."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _batches(seqs: list[_Sequence], batch_tokens: int, shared: int = 0):
+    """Length-sorted batches whose padded size (less the `shared` prefix) stays within
+    batch_tokens (at least one each)."""
     order = sorted(seqs, key=lambda s: len(s.ids))
     batch: list[_Sequence] = []
     for s in order:
-        if batch and (len(batch) + 1) * len(s.ids) > batch_tokens:
+        if batch and (len(batch) + 1) * (len(s.ids) - shared) > batch_tokens:
             yield batch
             batch = []
         batch.append(s)
