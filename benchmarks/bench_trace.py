@@ -7,13 +7,13 @@ On one split of the default suite with the shipped specs (log-probabilities, hid
 attention, gold answers):
 
   * base trace, two passes (before): greedy generation (trace.generate_paths), then one
-    teacher-forced pass over the paths (score_paths, every need);
+    teacher-forced pass over the paths (score_paths, every need), every row run whole;
   * base trace, one pass (build_trace now): generation that records the outputs as it goes
-    (trace.generate_recorded), then the gold-answer pass; the largest differences from the
-    two-pass outputs are printed (float rounding is expected, nothing more);
+    (trace.generate_recorded) from the cached keys and values of the prompts' shared prefix
+    (a chat template's system prompt), then the gold-answer pass; the largest differences
+    from the two-pass outputs are printed (float rounding is expected, nothing more);
   * a candidate's teacher-forced pass (what every evaluation and the winner's held-out audit
-    run) from the cached keys and values of the prompts' shared prefix (a chat template's
-    system prompt), against the same pass with every row run whole (PREFIX_MIN out of reach).
+    run) from the shared prefix, against the same pass with every row run whole.
 
 Timings are of the base model (a plan's weights cost the same to run). Results:
 benchmarks/results/bench_trace.json / .csv, with load averages at start and end.
@@ -30,7 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import Run, table  # noqa: E402
 
-import toggle.trace.score as score_mod  # noqa: E402
+import toggle.trace.prefix as prefix_mod  # noqa: E402
 from toggle.files import default_specs  # noqa: E402
 from toggle.load import load_model  # noqa: E402
 from toggle.prompts import load_prompts  # noqa: E402
@@ -63,9 +63,18 @@ def main() -> None:
     def paths_of(tokens):
         return [TokenPath(e.prompt.id, e.ids, e.content, t, e.answer_ids) for e, t in zip(encoded, tokens)]
 
-    tokens, generate_s = timed(lambda: generate_paths(loaded.model, loaded.tokenizer, encoded, settings))
+    def whole(fn):  # every row run whole: the shared prefix below PREFIX_MIN's reach
+        def run_whole():
+            limit, prefix_mod.PREFIX_MIN = prefix_mod.PREFIX_MIN, 10**9
+            try:
+                return fn()
+            finally:
+                prefix_mod.PREFIX_MIN = limit
+        return run_whole
+
+    tokens, generate_s = timed(whole(lambda: generate_paths(loaded.model, loaded.tokenizer, encoded, settings)))
     paths = paths_of(tokens)
-    two_pass, score_s = timed(lambda: score_paths(loaded.model, paths, needs, options))
+    two_pass, score_s = timed(whole(lambda: score_paths(loaded.model, paths, needs, options)))
     rows.append({"what": "base trace, generate then score (before)", "seconds": generate_s + score_s,
                  "detail": f"generate {generate_s:.1f} s + teacher-forced pass {score_s:.1f} s"})
     run.finish(rows, final=False)
@@ -82,21 +91,14 @@ def main() -> None:
              "argmax_differs": int((lp_a.argmax(-1) != lp_b.argmax(-1)).sum()), "steps": int(lp_a.shape[0]),
              "min_hidden_cos": float(cos(recorded.hidden, two_pass.hidden, dim=-1).min()),
              "min_attn_cos": float(cos(recorded.attn, two_pass.attn, dim=-1).min())}
-    rows.append({"what": "base trace, recorded while generating (now)", "seconds": record_s + gold_s,
+    rows.append({"what": "base trace, recorded while generating from the shared prefix (now)", "seconds": record_s + gold_s,
                  "detail": f"recorded generation {record_s:.1f} s + gold pass {gold_s:.1f} s", **diffs})
     run.finish(rows, final=False)
 
-    shared_prefix = score_mod._shared_prefix(
-        [score_mod._Sequence(i, list(p.prompt_ids) + list(p.tokens[:-1]), len(p.tokens), list(p.tokens), p.content)
-         for i, p in enumerate(paths)])
+    shared_prefix = prefix_mod.shared_prefix([list(e.ids) for e in encoded], min(len(e.ids) for e in encoded) - 1)
     from_prefix, prefix_s = timed(lambda: score_paths(loaded.model, paths, needs, options))
-    limit = score_mod.PREFIX_MIN
-    score_mod.PREFIX_MIN = 10**9
-    try:
-        whole, whole_s = timed(lambda: score_paths(loaded.model, paths, needs, options))
-    finally:
-        score_mod.PREFIX_MIN = limit
-    worst = max(float((from_prefix.tensors()[k] - t).abs().max()) for k, t in whole.tensors().items())
+    every_row, whole_s = timed(whole(lambda: score_paths(loaded.model, paths, needs, options)))
+    worst = max(float((from_prefix.tensors()[k] - t).abs().max()) for k, t in every_row.tensors().items())
     prompt_tokens = sum(len(e.ids) for e in encoded)
     rows.append({"what": "candidate pass, every row whole (before)", "seconds": whole_s,
                  "detail": f"{prompt_tokens} prompt tokens + {sum(map(len, tokens))} path tokens"})

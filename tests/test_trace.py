@@ -7,6 +7,9 @@ import torch
 
 import toggle.trace as trace_mod
 import toggle.trace.build as build_mod
+import toggle.trace.generate as generate_mod
+import toggle.trace.prefix as prefix_mod
+import toggle.trace.score as score_mod
 from toggle.errors import ToggleError
 from toggle.load import load_model
 from toggle.modules import find_blocks
@@ -24,6 +27,11 @@ RECORDS = [
     {"id": "held", "prompt": "def add(a, b):", "split": "heldout", "chat": False},
 ]
 OPTIONS = SignalOptions(hidden_layer=0, attn_layers=(1,), attn_span=6)
+# prompts that start alike, as a system prompt makes them: their opening is run once per pass
+OPENING = "You are a careful assistant. Answer briefly. "
+ONE_OPENING = [{"id": f"q{i}", "prompt": OPENING + q, "answer": "four" if i == 0 else None}
+               for i, q in enumerate(["What is two plus two?", "Name a colour.",
+                                      "Once upon a time a small robot learned to read.", "def add(a, b):"])]
 
 
 @pytest.fixture(params=["llama", "gpt2"])
@@ -204,21 +212,30 @@ def test_generation_batches_cap_rows_and_padded_tokens():
     assert generation_batches(lengths, 32, 20) == [[0, 4, 2, 1], [5], [3]]
 
 
-def test_recorded_generation_matches_the_teacher_forced_pass(tiny, monkeypatch):
+@pytest.mark.parametrize("prompts", ["varied", "one opening"])
+def test_recorded_generation_matches_the_teacher_forced_pass(tiny, monkeypatch, prompts):
     """The base trace's outputs are recorded while generating; step t must be the output a
     teacher-forced pass gives at step t of the same path (to float rounding), also for rows
-    that stop early beside longer ones, in batches with padding."""
-    encoded = encode_suite(suite_from_records(RECORDS[:3]), tiny.tokenizer)
+    that stop early beside longer ones, in batches with padding, and when the prompts' shared
+    opening is run once: against generation and scoring with every row run whole."""
+    records = RECORDS[:3] if prompts == "varied" else ONE_OPENING
+    encoded = encode_suite(suite_from_records(records), tiny.tokenizer)
     settings = GenerationSettings(steps=6)
     free = generate_paths(tiny.model, tiny.tokenizer, encoded, GenerationSettings(steps=6, stop_at_eos=False))
     # make a token of the first prompt's continuation end it (the tiny model rarely picks EOS)
     stop = next(k for k in range(1, 6) if free[0][k] not in free[0][:k])
     monkeypatch.setattr(tiny.model.generation_config, "eos_token_id", free[0][stop])
-    needs, options = {"logprobs", "attention", "hidden"}, OPTIONS.resolved(2)
-    tokens, out = generate_recorded(tiny.model, tiny.tokenizer, encoded, settings, needs, options, batch_size=2)
-    assert tokens == generate_paths(tiny.model, tiny.tokenizer, encoded, settings)
+    needs, options = {"logprobs", "attention", "hidden"}, SignalOptions(hidden_layer=0, attn_layers=(1,),
+                                                                         attn_span=64).resolved(2)
+    runs = []
+    real = generate_mod.prefix_cache
+    monkeypatch.setattr(generate_mod, "prefix_cache", lambda model, ids, device: runs.append(len(ids)) or real(model, ids, device))
+    tokens, out = generate_recorded(tiny.model, tiny.tokenizer, encoded, settings, needs, options, batch_size=4)
+    assert len(runs) == (prompts == "one opening")
     assert len(tokens[0]) == stop + 1 and max(len(t) for t in tokens) > stop + 1
     assert out.steps == tuple(len(t) for t in tokens)
+    monkeypatch.setattr(prefix_mod, "PREFIX_MIN", 10**6)  # the reference: every row run whole
+    assert tokens == generate_paths(tiny.model, tiny.tokenizer, encoded, settings)
     paths = [TokenPath(e.prompt.id, e.ids, e.content, t, e.answer_ids) for e, t in zip(encoded, tokens)]
     teacher = score_paths(tiny.model, paths, needs, options)
     torch.testing.assert_close(out.logprobs, teacher.logprobs, atol=1e-4, rtol=1e-4)
@@ -239,24 +256,18 @@ def test_a_shared_prefix_is_run_once_and_changes_nothing(tiny, monkeypatch):
     """Prompts that start alike (a system prompt) are scored from one cached forward of the shared
     tokens: the same outputs as running every row whole, attention to the prompt's first tokens
     included, whether those tokens lie in the shared part or after it."""
-    import toggle.trace.score as score_mod
-
-    opening = "You are a careful assistant. Answer briefly. "
-    questions = ["What is two plus two?", "Name a colour.", "Once upon a time a small robot learned to read.",
-                 "def add(a, b):"]
-    records = [{"id": f"q{i}", "prompt": opening + q, "answer": "four" if i == 0 else None} for i, q in enumerate(questions)]
-    encoded = encode_suite(suite_from_records(records), tiny.tokenizer)
+    encoded = encode_suite(suite_from_records(ONE_OPENING), tiny.tokenizer)
     tokens = generate_paths(tiny.model, tiny.tokenizer, encoded, GenerationSettings(steps=5))
     paths = [TokenPath(e.prompt.id, e.ids, e.content, t, e.answer_ids) for e, t in zip(encoded, tokens)]
     options = SignalOptions(hidden_layer=0, attn_layers=(1,), attn_span=64).resolved(2)
     runs = []
-    real = score_mod._prefix_cache
-    monkeypatch.setattr(score_mod, "_prefix_cache", lambda model, ids, device: runs.append(len(ids)) or real(model, ids, device))
+    real = score_mod.prefix_cache
+    monkeypatch.setattr(score_mod, "prefix_cache", lambda model, ids, device: runs.append(len(ids)) or real(model, ids, device))
     shared = score_paths(tiny.model, paths, ALL, options, batch_tokens=4096)  # one batch: rows padded
     first = encoded[0].content[0]
     assert len(runs) == 2 and runs[0] > first + 1  # the step pass and the gold pass, each once
     assert runs[0] < first + 64  # attention spans the shared tokens and the ones after them
-    monkeypatch.setattr(score_mod, "PREFIX_MIN", 10**6)
+    monkeypatch.setattr(prefix_mod, "PREFIX_MIN", 10**6)
     whole = score_paths(tiny.model, paths, ALL, options, batch_tokens=4096)
     assert len(runs) == 2
     for name, t in whole.tensors().items():

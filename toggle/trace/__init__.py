@@ -23,7 +23,8 @@ settings; base outputs additionally by the specs' needs, signal options, device 
 `build_trace` uses the process-wide `DEFAULT_CACHE` unless given a `TraceCache` of its own.
 
 The package: generate.py (greedy paths), record.py (generation that records the outputs),
-score.py (the teacher-forced pass), capture.py (attention weights during either pass), cache.py (TraceCache), build.py (Trace, build_trace,
+score.py (the teacher-forced pass), capture.py (attention weights during either pass),
+prefix.py (a prefix every prompt shares, run once per pass: a chat template's system prompt), cache.py (TraceCache), build.py (Trace, build_trace,
 trace_along), padding.py (left padding shared by generation and scoring). Everything callers
 use is importable from `toggle.trace`.
 """

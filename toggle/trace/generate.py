@@ -2,6 +2,7 @@
 along (the base model's for the search, the compressed model's in a free-running audit)."""
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -9,6 +10,7 @@ from transformers import GenerationConfig
 
 from ..prompts import EncodedPrompt
 from .padding import _left_pad
+from .prefix import batch_cache, prefix_cache, shared_prefix
 
 DEFAULT_STEPS = 32  # when no property bounds the steps it reads (e.g. an unbounded `always`)
 
@@ -57,7 +59,8 @@ def generate_paths(model, tokenizer, encoded: list[EncodedPrompt], settings: Gen
 
 
 def _generate(model, tokenizer, encoded, settings, batch_size, batch_tokens, recorder=None):
-    """generate_paths; a `recorder` (record.py) is told of each batch and keeps each row's outputs."""
+    """generate_paths; a `recorder` (record.py) records while generating (not the prefix's own
+    forward), is told of each batch and keeps each row's outputs."""
     eos_ids = end_tokens(model, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (min(eos_ids) if eos_ids else 0)
     config = GenerationConfig(
@@ -69,12 +72,20 @@ def _generate(model, tokenizer, encoded, settings, batch_size, batch_tokens, rec
     )
     device = next(model.parameters()).device
     out: dict[int, tuple[int, ...]] = {}
-    with torch.no_grad():
-        for idx in generation_batches([len(e.ids) for e in encoded], batch_size, batch_tokens):
-            ids, mask, pads = _left_pad([encoded[i].ids for i in idx], pad, device)
+    # a prefix every prompt shares is run once (prefix.py); each prompt keeps a token after it
+    shared = shared_prefix([e.ids for e in encoded], min((len(e.ids) for e in encoded), default=1) - 1)
+    prefix = prefix_cache(model, encoded[0].ids[:shared], device) if shared else None
+    with torch.no_grad(), (recorder.recording(model) if recorder is not None else nullcontext()):
+        for idx in generation_batches([len(e.ids) - shared for e in encoded], batch_size, batch_tokens):
+            ids, mask, pads = _left_pad([encoded[i].ids[shared:] for i in idx], pad, device)
+            cached = {}
+            if prefix is not None:
+                ids = torch.cat([torch.tensor([encoded[0].ids[:shared]] * len(idx), device=device), ids], dim=1)
+                mask = torch.cat([mask.new_ones(len(idx), shared), mask], dim=1)
+                cached = batch_cache(model, prefix, len(idx))
             if recorder is not None:
-                recorder.begin([encoded[i] for i in idx], pads)
-            result = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
+                recorder.begin([encoded[i] for i in idx], pads, shared)
+            result = model.generate(input_ids=ids, attention_mask=mask, generation_config=config, **cached)
             for row, i in enumerate(idx):
                 new = result.sequences[row, ids.shape[1]:].tolist()
                 stop = next((k for k, t in enumerate(new) if t in eos_ids), None) if settings.stop_at_eos else None

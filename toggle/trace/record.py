@@ -11,6 +11,8 @@ still come from score_paths.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 
 from ..modules import find_blocks
@@ -18,6 +20,7 @@ from ..prompts import EncodedPrompt
 from ..signals import ATTENTION, HIDDEN, LOGPROBS, SignalOptions
 from .capture import _AttentionCapture, _capturing
 from .generate import GENERATE_BATCH, GENERATE_TOKENS, GenerationSettings, _generate
+from .prefix import prompt_key
 from .score import StepOutputs
 
 RECORDED = frozenset({LOGPROBS, ATTENTION, HIDDEN})  # what generation can record; GOLD cannot
@@ -33,11 +36,26 @@ class _Recorder:
         self.parts: dict[str, dict[int, torch.Tensor]] = {name: {} for name in ("logprobs", "attn", "hidden")}
         self.prompts: list[EncodedPrompt] = []
         self.pads: list[int] = []
+        self.shared = 0
         self.attn_rows: list[torch.Tensor] = []
         self.hidden_rows: list[torch.Tensor] = []
 
-    def begin(self, prompts: list[EncodedPrompt], pads: list[int]) -> None:
-        self.prompts, self.pads = prompts, pads
+    @contextmanager
+    def recording(self, model):
+        """The hooks and the attention capture, installed for the generation calls."""
+        _, blocks = find_blocks(model)
+        hooks = [model.register_forward_hook(self.after_call)]
+        if HIDDEN in self.needs:
+            hooks.append(blocks[self.options.hidden_layer].register_forward_hook(self.after_block))
+        try:
+            with _capturing(model, self.capture):
+                yield
+        finally:
+            for hook in hooks:
+                hook.remove()
+
+    def begin(self, prompts: list[EncodedPrompt], pads: list[int], shared: int) -> None:
+        self.prompts, self.pads, self.shared = prompts, pads, shared
         self.attn_rows.clear()
         self.hidden_rows.clear()
         if self.capture is not None:
@@ -60,13 +78,12 @@ class _Recorder:
         if HIDDEN in self.needs:
             self.parts["hidden"][index] = torch.stack([self.hidden_rows[t][row] for t in range(n)])
         if self.capture is not None:
-            span = self.options.attn_span
             content = self.prompts[row].content
-            start = self.pads[row] + content[0]
-            stop = min(self.pads[row] + content[1], start + span)
-            a = torch.zeros(n, span)
+            keys = [prompt_key(j, self.shared, self.pads[row])
+                    for j in range(content[0], min(content[1], content[0] + self.options.attn_span))]
+            a = torch.zeros(n, self.options.attn_span)
             for t in range(n):
-                a[t, : stop - start] = self.attn_rows[t][row, start:stop]
+                a[t, :len(keys)] = self.attn_rows[t][row, keys]
             self.parts["attn"][index] = a
 
 
@@ -75,18 +92,8 @@ def generate_recorded(model, tokenizer, encoded: list[EncodedPrompt], settings: 
                       batch_tokens: int = GENERATE_TOKENS) -> tuple[list[tuple[int, ...]], StepOutputs]:
     """Greedy continuations, and the outputs of `needs` (within RECORDED; `options` resolved)
     at every step of them, recorded during the generation."""
-    needs = frozenset(needs) & RECORDED
-    recorder = _Recorder(needs, options)
-    _, blocks = find_blocks(model)
-    hooks = [model.register_forward_hook(recorder.after_call)]
-    if HIDDEN in needs:
-        hooks.append(blocks[options.hidden_layer].register_forward_hook(recorder.after_block))
-    try:
-        with _capturing(model, recorder.capture):
-            tokens = _generate(model, tokenizer, encoded, settings, batch_size, batch_tokens, recorder)
-    finally:
-        for hook in hooks:
-            hook.remove()
+    recorder = _Recorder(frozenset(needs) & RECORDED, options)
+    tokens = _generate(model, tokenizer, encoded, settings, batch_size, batch_tokens, recorder)
     out = StepOutputs(tuple(len(t) for t in tokens), tuple(0 for _ in tokens))
     for name, rows in recorder.parts.items():
         if rows:

@@ -3,8 +3,6 @@ signals need at every step (log-probabilities, attention to the prompt's first t
 states, gold-answer log-probabilities); and the checks that make such outputs comparable."""
 from __future__ import annotations
 
-import copy
-import inspect
 from dataclasses import dataclass, replace
 
 import torch
@@ -14,14 +12,12 @@ from ..modules import find_blocks
 from ..signals import ATTENTION, GOLD, HIDDEN, LOGPROBS, SignalOptions
 from .capture import _AttentionCapture, _capturing
 from .padding import _left_pad
+from .prefix import batch_cache, prefix_cache, prompt_key, shared_prefix
 
 # Padded tokens per forward batch. On a 2-core CPU 512 measured fastest for SmolLM2-135M over
 # the default suite (7.0 s vs 8.3 s one sequence at a time and 12.8 s at 2048: large batches
 # make the (batch, steps, vocabulary) logits tensors memory-bound).
 DEFAULT_BATCH_TOKENS = 512
-# When every sequence of a pass starts with at least this many equal tokens (a chat template's
-# system prompt), they are run once and every row continues from their cached keys and values.
-PREFIX_MIN = 8
 
 
 @dataclass(frozen=True)
@@ -172,8 +168,9 @@ def _run(model, seqs: list[_Sequence], needs, options: SignalOptions, batch_toke
     capture = _AttentionCapture(options) if ATTENTION in needs else None
     _, blocks = find_blocks(model)
     hidden_rows: list[torch.Tensor] = []
-    shared = _shared_prefix(seqs)
-    prefix = _prefix_cache(model, seqs[0].ids[:shared], device) if shared else None
+    # the shared prefix ends before any sequence's steps
+    shared = shared_prefix([s.ids for s in seqs], min((len(s.ids) - s.n for s in seqs), default=0))
+    prefix = prefix_cache(model, seqs[0].ids[:shared], device) if shared else None
 
     def grab_hidden(_module, _inputs, output):
         hidden_rows.append((output[0] if isinstance(output, tuple) else output).detach())
@@ -185,17 +182,15 @@ def _run(model, seqs: list[_Sequence], needs, options: SignalOptions, batch_toke
                 n_max = max(s.n for s in batch)
                 ids, mask, pads = _left_pad([s.ids[shared:] for s in batch], 0, device)
                 position_ids = (mask.cumsum(-1) - 1).clamp(min=0) + shared
-                cache = None
+                cached = {"use_cache": False}
                 if prefix is not None:  # every row continues the cached prefix; its pads sit after it
-                    cache = copy.deepcopy(prefix)
-                    cache.batch_repeat_interleave(len(batch))
+                    cached = {"use_cache": True, **batch_cache(model, prefix, len(batch))}
                     mask = torch.cat([mask.new_ones(len(batch), shared), mask], dim=1)
                 if capture:
                     capture.start(n_max)
                 hidden_rows.clear()
-                cached = {} if cache is None else {_cache_argument(model): cache, "use_cache": True}
                 logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, logits_to_keep=n_max,
-                               **({"use_cache": False} | cached)).logits.float()
+                               **cached).logits.float()
                 logprobs = torch.log_softmax(logits, dim=-1)
                 for row, s in enumerate(batch):
                     lp = logprobs[row, n_max - s.n:]
@@ -208,8 +203,7 @@ def _run(model, seqs: list[_Sequence], needs, options: SignalOptions, batch_toke
                         h = hidden_rows[-1][row, -s.n:]
                         parts.setdefault("hidden", {})[s.index] = h.float().cpu()
                     if capture:
-                        # key index of prompt token j: j inside the shared prefix, else shifted by the row's pads
-                        keys = [j if j < shared else j + pads[row]
+                        keys = [prompt_key(j, shared, pads[row])
                                 for j in range(s.content[0], min(s.content[1], s.content[0] + options.attn_span))]
                         a = torch.zeros(s.n, options.attn_span)
                         a[:, :len(keys)] = capture.pooled[row, n_max - s.n:, keys].float().cpu()
@@ -218,33 +212,6 @@ def _run(model, seqs: list[_Sequence], needs, options: SignalOptions, batch_toke
         if hook is not None:
             hook.remove()
     return parts
-
-
-def _shared_prefix(seqs: list[_Sequence]) -> int:
-    """How many leading tokens every sequence shares, ending before any sequence's steps (a chat
-    template's system prompt: a fifth of the default suite's tokens on SmolLM2), or 0 when fewer
-    than PREFIX_MIN: then every row is run whole."""
-    if not seqs:
-        return 0
-    first, limit = seqs[0].ids, min(len(s.ids) - s.n for s in seqs)
-    shared = 0
-    while shared < limit and all(s.ids[shared] == first[shared] for s in seqs):
-        shared += 1
-    return shared if shared >= PREFIX_MIN else 0
-
-
-def _prefix_cache(model, ids: list[int], device):
-    """The keys and values of the shared prefix, computed once per pass (plain attention: before
-    the capture is installed and the hidden-state hook registered)."""
-    with torch.no_grad():
-        out = model(input_ids=torch.tensor([ids], device=device), use_cache=True)
-    return out.cache if hasattr(out, "cache") else out.past_key_values
-
-
-def _cache_argument(model) -> str:
-    """What the model's forward calls its key-value cache: `cache` from transformers 5.x on
-    (`past_key_values` there is deprecated), `past_key_values` before."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def _batches(seqs: list[_Sequence], batch_tokens: int, shared: int = 0):
