@@ -34,9 +34,17 @@ ONE_OPENING = [{"id": f"q{i}", "prompt": OPENING + q, "answer": "four" if i == 0
                                       "Once upon a time a small robot learned to read.", "def add(a, b):"])]
 
 
-@pytest.fixture(params=["llama", "gpt2"])
-def tiny(request, tiny_llama_dir, tiny_gpt2_dir):
-    return load_model(str(tiny_llama_dir if request.param == "llama" else tiny_gpt2_dir))
+@pytest.fixture(scope="module")
+def tiny_gemma2_dir(tmp_path_factory):
+    from tiny_models import make_tiny_model  # tests/ is on sys.path (conftest)
+
+    return make_tiny_model("gemma2", tmp_path_factory.mktemp("tiny-gemma2"))
+
+
+# gemma2: soft-capped attention logits, which SDPA cannot compute (the capture runs eager there)
+@pytest.fixture(params=["llama", "gpt2", "gemma2"])
+def tiny(request, tiny_llama_dir, tiny_gpt2_dir, tiny_gemma2_dir):
+    return load_model(str({"llama": tiny_llama_dir, "gpt2": tiny_gpt2_dir, "gemma2": tiny_gemma2_dir}[request.param]))
 
 
 @pytest.fixture(autouse=True)
@@ -64,7 +72,9 @@ def test_batched_pass_matches_plain_forward_and_transformers_outputs(tiny):
     encoded = encode_suite(suite_from_records(RECORDS[:3]), tiny.tokenizer)
     tokens = generate_paths(tiny.model, tiny.tokenizer, encoded, GenerationSettings(steps=5))
     paths = [TokenPath(e.prompt.id, e.ids, e.content, t, e.answer_ids) for e, t in zip(encoded, tokens)]
+    implementation = tiny.model.config._attn_implementation  # sdpa; eager for Gemma 2
     out = score_paths(tiny.model, paths, ALL, OPTIONS.resolved(2), batch_tokens=4096)
+    assert tiny.model.config._attn_implementation == implementation  # the capture implementation is removed again
     rows = 0
     tiny.model.set_attn_implementation("eager")
     try:
@@ -81,8 +91,7 @@ def test_batched_pass_matches_plain_forward_and_transformers_outputs(tiny):
             torch.testing.assert_close(out.hidden[rows:rows + n], ref.hidden_states[1][0, -n:], atol=1e-4, rtol=1e-4)
             rows += n
     finally:
-        tiny.model.set_attn_implementation("sdpa")
-    assert tiny.model.config._attn_implementation == "sdpa"  # the capture implementation is removed again
+        tiny.model.set_attn_implementation(implementation)
 
 
 def test_batch_size_does_not_change_results_beyond_float_noise(tiny):
@@ -222,9 +231,11 @@ def test_recorded_generation_matches_the_teacher_forced_pass(tiny, monkeypatch, 
     encoded = encode_suite(suite_from_records(records), tiny.tokenizer)
     settings = GenerationSettings(steps=6)
     free = generate_paths(tiny.model, tiny.tokenizer, encoded, GenerationSettings(steps=6, stop_at_eos=False))
-    # make a token of the first prompt's continuation end it (the tiny model rarely picks EOS)
-    stop = next(k for k in range(1, 6) if free[0][k] not in free[0][:k])
-    monkeypatch.setattr(tiny.model.generation_config, "eos_token_id", free[0][stop])
+    # make a token of the first prompt's continuation end it (the tiny model rarely picks EOS);
+    # a continuation that repeats one token (tiny Gemma 2's) has none to offer
+    stop = next((k for k in range(1, 6) if free[0][k] not in free[0][:k]), None)
+    if stop is not None:
+        monkeypatch.setattr(tiny.model.generation_config, "eos_token_id", free[0][stop])
     needs, options = {"logprobs", "attention", "hidden"}, SignalOptions(hidden_layer=0, attn_layers=(1,),
                                                                          attn_span=64).resolved(2)
     runs = []
@@ -232,7 +243,8 @@ def test_recorded_generation_matches_the_teacher_forced_pass(tiny, monkeypatch, 
     monkeypatch.setattr(generate_mod, "prefix_cache", lambda model, ids, device: runs.append(len(ids)) or real(model, ids, device))
     tokens, out = generate_recorded(tiny.model, tiny.tokenizer, encoded, settings, needs, options, batch_size=4)
     assert len(runs) == (prompts == "one opening")
-    assert len(tokens[0]) == stop + 1 and max(len(t) for t in tokens) > stop + 1
+    if stop is not None:
+        assert len(tokens[0]) == stop + 1 and max(len(t) for t in tokens) > stop + 1
     assert out.steps == tuple(len(t) for t in tokens)
     monkeypatch.setattr(prefix_mod, "PREFIX_MIN", 10**6)  # the reference: every row run whole
     assert tokens == generate_paths(tiny.model, tiny.tokenizer, encoded, settings)

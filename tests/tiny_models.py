@@ -40,7 +40,8 @@ def make_tokenizer(vocab_size: int = 384):
 
 
 def make_tiny_model(arch: str, path: str | Path, *, seed: int = 0, tie: bool | None = None) -> Path:
-    """Build and save a tiny random model of `arch` ('llama', 'llama3', 'gpt2', 'qwen2', 'qwen3', 'mistral' or 'mixtral') at `path`."""
+    """Build and save a tiny random model of `arch` ('llama', 'llama3', 'gpt2', 'qwen2', 'qwen3', 'mistral',
+    'mixtral' or 'gemma2') at `path`."""
     from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, MixtralConfig
 
     path = Path(path)
@@ -82,6 +83,14 @@ def make_tiny_model(arch: str, path: str | Path, *, seed: int = 0, tie: bool | N
             vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2, max_position_embeddings=512,
             tie_word_embeddings=True if tie is None else tie, bos_token_id=1, eos_token_id=2, pad_token_id=2,
+        )
+    elif arch == "gemma2":  # soft-capped attention logits, which SDPA cannot compute
+        from transformers import Gemma2Config
+
+        config = Gemma2Config(
+            vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, head_dim=16, max_position_embeddings=512, bos_token_id=1, eos_token_id=2,
+            pad_token_id=2, tie_word_embeddings=True if tie is None else tie,
         )
     else:
         raise ValueError(arch)

@@ -47,11 +47,19 @@ _ACTIVE: _AttentionCapture | None = None
 
 def _capture_attention(module, query, key, value, attention_mask, **kwargs):
     capture = _ACTIVE
+    captured = capture is not None and getattr(module, "layer_idx", None) in capture.layers
+    eager = getattr(sys.modules[type(module).__module__], "eager_attention_forward")
+    if kwargs.get("softcap") is not None:
+        # SDPA cannot soft-cap attention logits (Gemma 2): the model's own eager attention for
+        # every query, its weights kept where they are captured
+        output, weights = eager(module, query, key, value, attention_mask, **kwargs)
+        if captured:
+            capture.add(weights)
+        return output, None
     output = sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
-    if capture is not None and getattr(module, "layer_idx", None) in capture.layers:
+    if captured:
         # The weights of the last n_max queries only, through the model's own eager attention
         # (its scaling and masking): n_max x length instead of length x length.
-        eager = getattr(sys.modules[type(module).__module__], "eager_attention_forward")
         n = capture.n_max
         mask = None if attention_mask is None else attention_mask[:, :, -n:, :]
         _, weights = eager(module, query[:, :, -n:, :], key, value, mask, **kwargs)
