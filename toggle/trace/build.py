@@ -104,32 +104,33 @@ def build_trace(loaded, suite: PromptSuite, specs=None, *, split: str = "calibra
                 return hit
 
     timings = {"generate": 0.0, "score": 0.0}
-    base, score_key = None, keys["generation"]
     tokens = cache.read_paths(path_key, encoded) if use_cache else None
-    if tokens is not None:
-        for score_key in keys.values():
-            base = cache.read_scores(score_key, _paths(encoded, tokens))
-            if base is not None:
-                break
-    fresh = base is None
-    if fresh and tokens is None:  # paths and outputs in one pass
+    if tokens is None:  # paths and outputs in one pass
         score_key = keys["generation"]
         start = time.perf_counter()
         tokens, base = generate_recorded(model, tokenizer, encoded, settings, needs, resolved)
         timings["generate"] = time.perf_counter() - start
+        paths = _paths(encoded, tokens)
         if use_cache:
             cache.write_paths(path_key, encoded, tokens, settings)
         if GOLD in needs:  # the answers are not on the path: their own pass
             start = time.perf_counter()
-            gold = score_paths(model, _paths(encoded, tokens), {GOLD}, resolved, batch_tokens=batch_tokens)
+            gold = score_paths(model, paths, {GOLD}, resolved, batch_tokens=batch_tokens)
             base.answer_steps, base.gold_logprob = gold.answer_steps, gold.gold_logprob
             timings["score"] = time.perf_counter() - start
-    elif fresh:
-        score_key = keys["teacher"]
-        start = time.perf_counter()
-        base = score_paths(model, _paths(encoded, tokens), needs, resolved, batch_tokens=batch_tokens)
-        timings["score"] = time.perf_counter() - start
-    paths = _paths(encoded, tokens)
+        fresh = True
+    else:
+        paths = _paths(encoded, tokens)
+        for score_key in keys.values():
+            base = cache.read_scores(score_key, paths)
+            if base is not None:
+                break
+        fresh = base is None
+        if fresh:
+            score_key = keys["teacher"]
+            start = time.perf_counter()
+            base = score_paths(model, paths, needs, resolved, batch_tokens=batch_tokens)
+            timings["score"] = time.perf_counter() - start
     if fresh:
         problem = check_outputs(base, resolved)
         if problem:

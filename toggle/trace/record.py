@@ -21,7 +21,7 @@ from ..signals import ATTENTION, HIDDEN, LOGPROBS, SignalOptions
 from .capture import _AttentionCapture, _capturing
 from .generate import GENERATE_BATCH, GENERATE_TOKENS, GenerationSettings, _generate
 from .prefix import prompt_key
-from .score import StepOutputs
+from .score import StepOutputs, block_output
 
 RECORDED = frozenset({LOGPROBS, ATTENTION, HIDDEN})  # what generation can record; GOLD cannot
 
@@ -62,8 +62,7 @@ class _Recorder:
             self.capture.start(1)
 
     def after_block(self, _module, _inputs, output) -> None:
-        hidden = output[0] if isinstance(output, tuple) else output
-        self.hidden_rows.append(hidden[:, -1].detach().float().cpu())
+        self.hidden_rows.append(block_output(output)[:, -1].detach().float().cpu())
 
     def after_call(self, _module, _inputs, _output) -> None:
         if self.capture is not None:

@@ -173,7 +173,7 @@ def _run(model, seqs: list[_Sequence], needs, options: SignalOptions, batch_toke
     prefix = prefix_cache(model, seqs[0].ids[:shared], device) if shared else None
 
     def grab_hidden(_module, _inputs, output):
-        hidden_rows.append((output[0] if isinstance(output, tuple) else output).detach())
+        hidden_rows.append(block_output(output).detach())
 
     hook = blocks[options.hidden_layer].register_forward_hook(grab_hidden) if HIDDEN in needs else None
     try:
@@ -212,6 +212,11 @@ def _run(model, seqs: list[_Sequence], needs, options: SignalOptions, batch_toke
         if hook is not None:
             hook.remove()
     return parts
+
+
+def block_output(output) -> torch.Tensor:
+    """A block's hidden states from what its forward returned (a tensor, or a tuple led by one)."""
+    return output[0] if isinstance(output, tuple) else output
 
 
 def _batches(seqs: list[_Sequence], batch_tokens: int, shared: int = 0):
