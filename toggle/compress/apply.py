@@ -146,7 +146,7 @@ class PlanApplier:
         self._order: dict[tuple, torch.Tensor] = {}  # pruning order per (module, pruner, pattern)
         self._svd: dict[tuple, SVDFactors] = {}  # full-rank factors per (module, method)
         self._prepared: dict[tuple, object] = {}  # a quantiser's per-matrix state (AWQ's input scales)
-        self._energy: dict[tuple, float] = {}  # output_error's denominator per (module, rows)
+        self._samples: OrderedDict[tuple, tuple] = OrderedDict()  # output_error's per-module inputs
         self._lru: OrderedDict[tuple, torch.Tensor] = OrderedDict()  # effective weights
         self._lru_bytes = 0
         self.counters = {"applied": 0, "skipped": 0, "lru_hits": 0, "composed": 0}
@@ -223,35 +223,59 @@ class PlanApplier:
             return StoredModule(ref, setting, [self._full_matrix(ref, setting, methods, gram)])
 
     def output_error(self, ref: ModuleRef | str, setting: ModuleSetting, methods: Methods, *,
-                     max_rows: int = 512) -> float:
+                     max_rows: int = 512, full: bool = False) -> float:
         """Relative output error of one module under `setting`: E||(W' - W) x||^2 / E||W x||^2 over
         the calibration inputs (tr(dW G dW^T) / tr(W G W^T) with the input Gram matrix G), or the
         relative Frobenius error for a module without statistics. Up to `max_rows` evenly spaced
-        rows are used: an estimate of the same ratio at a fraction of the cost."""
+        rows are used: an estimate of the same ratio at a fraction of the cost. For round-to-nearest
+        quantisation alone, whose errors are independent across a row's inputs, the cross terms
+        of tr(dW G dW^T) average out and its diagonal part is used: sum_i G_ii ||dW[:, i]||^2, the
+        statistic llama.cpp's importance matrix weights its quantisers by (0.96-1.03 times the full
+        product for 90% of the default profile's options on SmolLM2-135M, with no matmul;
+        benchmarks/bench_output_error.py). `full`: the full product whatever the method."""
         ref = self._by_name[ref] if isinstance(ref, str) else ref
-        w = self._base[ref.name].float()
+        rows, w, gram, energy = self._error_sample(ref, max_rows)
+        diff = self._rows_weight(ref, setting, methods, rows) - w
+        if gram is None:
+            return float(diff.pow(2).sum()) / energy
+        if not full and self._plain_rounding(setting, methods):
+            return float((diff.pow(2).sum(0) * torch.diagonal(gram)).sum()) / energy
+        return float(((diff @ gram) * diff).sum()) / energy
+
+    def _error_sample(self, ref: ModuleRef, max_rows: int) -> tuple:
+        """output_error's per-module inputs, the same for every option: the sampled rows, their
+        float weights, the summed Gram matrix (the ratio does not depend on G's scale) and the
+        denominator. The last few modules are kept: profiling prices a group's options module by
+        module, so a group's modules come round once per option."""
+        key = (ref.name, max_rows)
+        if key in self._samples:
+            self._samples.move_to_end(key)
+            return self._samples[key]
+        w = self._base[ref.name]
         rows = torch.linspace(0, w.shape[0] - 1, min(max_rows, w.shape[0])).round().long().unique()
-        w_hat = self._rows_weight(ref, setting, methods, rows)
-        w, diff = w[rows], w_hat - w[rows]
-        # The ratio does not depend on G's scale: the summed Gram matrix saves a division per call,
-        # and the denominator, the same for every option of a module, is computed once.
+        w = w[rows].float()
         gram = self._gram(ref, summed=True)
         gram = None if gram is None else gram.float()
-        key = (ref.name, max_rows)
-        if key not in self._energy:
-            energy = w.pow(2).sum() if gram is None else ((w @ gram) * w).sum()
-            self._energy[key] = float(energy.clamp(min=1e-30))
-        if gram is None:
-            return float(diff.pow(2).sum()) / self._energy[key]
-        return float(((diff @ gram) * diff).sum()) / self._energy[key]
+        energy = w.pow(2).sum() if gram is None else ((w @ gram) * w).sum()
+        self._samples[key] = (rows, w, gram, float(energy.clamp(min=1e-30)))
+        if len(self._samples) > 16:
+            self._samples.popitem(last=False)
+        return self._samples[key]
+
+    def _plain_rounding(self, setting: ModuleSetting, methods: Methods) -> bool:
+        """Whether `setting` only rounds each weight on its own (round-to-nearest quantisation, no
+        statistics, no pruning or factors): its errors are then independent of the inputs."""
+        quantizer = registry.chosen("quantizer", methods.for_setting(setting))
+        return (setting.sparsity == 0 and setting.rank_ratio == 1 and setting.bits < 16
+                and quantizer.prepare is None and not quantizer.needs_stats)
 
     def _rows_weight(self, ref: ModuleRef, setting: ModuleSetting, methods: Methods, rows: torch.Tensor) -> torch.Tensor:
         """Rows `rows` of the effective weight under `setting`. Plain quantisation is row by row,
         so only those rows are quantised, and nothing is cached: profiling prices every option
         of every module once, and caching them all would hold a model's worth of codes per option."""
         m = methods.for_setting(setting)
-        gram = self._gram(ref)
-        quantizer = registry.chosen("quantizer", m, has_stats=gram is not None)
+        has_stats = self.stats is not None and ref.name in self.stats
+        quantizer = registry.chosen("quantizer", m, has_stats=has_stats)
         if setting.sparsity > 0 or setting.rank_ratio < 1 or setting.bits == 16 or quantizer.prepare is not None:
             return self.stored(ref, setting, methods).weight().float()[rows]
         problem = setting_problem(ref, setting, m)
@@ -259,8 +283,8 @@ class PlanApplier:
             raise InvalidInput(f"{ref.name}: {problem}")
         with single_threaded():
             part = self._base[ref.name][rows]
-            return self._matrix(part, setting, m, gram if registry.needs_stats(setting, m) else None,
-                                key=None).dequantize().float()
+            gram = self._gram(ref) if has_stats and registry.needs_stats(setting, m) else None
+            return self._matrix(part, setting, m, gram, key=None).dequantize().float()
 
     @property
     def cache_bytes(self) -> dict[str, int]:
@@ -273,6 +297,7 @@ class PlanApplier:
             "prune_order": sum(t.nbytes for t in self._order.values()),
             "svd": sum(f.nbytes for f in self._svd.values()),
             "effective_lru": self._lru_bytes,
+            "error_samples": sum(t.nbytes for sample in self._samples.values() for t in sample[1:3] if t is not None),
         }
 
     # --- composition ----------------------------------------------------------------------

@@ -114,7 +114,8 @@ class AdditiveModel:
 
 def measure_key(space: SearchSpace, objective: Objective) -> str:
     base = getattr(objective, "cache_key", objective.model_id)
-    return (f"measured|v2|{base}|{space.profile.granularity}|{space.methods}|prompts={space.profile.sensitivity.prompts}"
+    # v3: round-to-nearest options are priced by the Gram matrix's diagonal (PlanApplier.output_error)
+    return (f"measured|v3|{base}|{space.profile.granularity}|{space.methods}|prompts={space.profile.sensitivity.prompts}"
             f"|groups={len(space.groups)}|knobs={[g.choices for g in space.groups[:2]]}")
 
 
