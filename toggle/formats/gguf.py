@@ -23,6 +23,7 @@ is the source GGUF file's, else the one its tokenizer.json describes (pre_tokeni
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import os
 import shutil
@@ -30,6 +31,7 @@ import sys
 import tempfile
 import time
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import gguf
@@ -316,7 +318,7 @@ def source_metadata(loaded) -> dict:
     path = getattr(loaded, "source_path", None)
     if path is None or Path(path).suffix.lower() != ".gguf" or not Path(path).is_file():
         return {}
-    fields = gguf.GGUFReader(str(path)).fields
+    fields = read_header(path).fields
     return {key: fields[key].contents() for key in SOURCE_KEYS if key in fields}
 
 
@@ -559,14 +561,43 @@ def _add_tokenizer(writer, tokenizer, config, source: dict) -> None:
 
 
 def _data_offset(path: Path) -> int:
-    return gguf.GGUFReader(str(path)).data_offset
+    return read_header(path).data_offset
 
 
 # --- read: de-quantise once, cache as safetensors -------------------------------------------------
 
+@contextmanager
+def quick_gguf_parsing():
+    """Two slow paths of reading a GGUF file, sped up while the block runs (13 of the 26 s of
+    SmolLM2-135M's first load): gguf's reader slices its numpy.memmap once per metadata value,
+    hundreds of thousands of times for a 49k-token vocabulary, and every memmap slice runs
+    Python code, where a plain-array view of the same map slices in C; and transformers builds
+    gguf's tensor-name map once per module, where one per architecture and depth does. What is
+    read is unchanged."""
+    original_get, original_map = gguf.GGUFReader._get, gguf.get_tensor_name_map
+
+    def plain_get(self, *args, **kwargs):
+        if type(self.data) is np.memmap:
+            self.data = self.data.view(np.ndarray)  # the same mapped bytes, kept alive by the view
+        return original_get(self, *args, **kwargs)
+
+    gguf.GGUFReader._get = plain_get
+    gguf.get_tensor_name_map = functools.lru_cache(maxsize=8)(original_map)
+    try:
+        yield
+    finally:
+        gguf.GGUFReader._get, gguf.get_tensor_name_map = original_get, original_map
+
+
+def read_header(path: Path) -> gguf.GGUFReader:
+    """gguf's reader of `path` (metadata parsed, tensor data mapped, not read)."""
+    with quick_gguf_parsing():
+        return gguf.GGUFReader(str(path))
+
+
 def _gguf_file_type(path: Path) -> str | None:
     try:
-        reader = gguf.GGUFReader(str(path))
+        reader = read_header(path)
         field_ = reader.fields.get("general.file_type")
         if field_ is None:
             return "gguf"
@@ -623,10 +654,10 @@ def dequantised_cache(gguf_path: Path, model_id: str) -> Path:
     if (target / "config.json").is_file() and (target / "toggle-cache.json").is_file():
         return target
     reader = _check_gguf(gguf_path)
-    print(f"toggle: de-quantising {gguf_path.name} once (about half a minute); cached in {target}",
+    print(f"toggle: de-quantising {gguf_path.name} once (about ten seconds); cached in {target}",
           file=sys.stderr, flush=True)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), quick_gguf_parsing():
             warnings.simplefilter("ignore")
             tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
             config = AutoConfig.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
@@ -684,7 +715,7 @@ def _check_gguf(path: Path) -> gguf.GGUFReader:
         raise ModelLoadError(f"{path}: not a GGUF file (it does not start with the GGUF magic bytes); "
                              f"expected a .gguf model file, a model directory or a built-in model")
     try:
-        reader = gguf.GGUFReader(str(path))
+        reader = read_header(path)
         field_ = reader.fields.get("general.architecture")
         arch = bytes(field_.parts[field_.data[0]]).decode("utf-8", "replace") if field_ else None
     except Exception as e:  # noqa: BLE001 - a truncated or damaged file raises many types

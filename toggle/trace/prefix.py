@@ -26,7 +26,8 @@ def shared_prefix(rows: list[list[int]], limit: int) -> int:
 def prefix_cache(model, ids: list[int], device):
     """The keys and values of `ids` (run before any capture or hook is installed: plain attention)."""
     with torch.no_grad():
-        out = model(input_ids=torch.tensor([ids], device=device), use_cache=True)
+        # only the keys and values are wanted: the LM head runs on the last position alone
+        out = model(input_ids=torch.tensor([ids], device=device), use_cache=True, logits_to_keep=1)
     return out.cache if hasattr(out, "cache") else out.past_key_values
 
 
