@@ -189,3 +189,31 @@ def test_builtin_model_answers_capital(builtin_model, user_cache):
     out = lm.model.generate(**ids, max_new_tokens=12, do_sample=False)
     answer = lm.tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
     assert "Paris" in answer
+
+
+def test_quick_gguf_parsing_reads_what_gguf_reads_and_restores_it(tmp_path):
+    import gguf
+    import numpy as np
+
+    from toggle.formats.gguf import quick_gguf_parsing, read_header
+
+    path = tmp_path / "t.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_token_list([f"tok{i}" for i in range(300)])
+    writer.add_uint32("llama.block_count", 2)
+    writer.add_tensor("w", np.arange(64, dtype=np.float32).reshape(8, 8))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    plain_get, plain_map = gguf.GGUFReader._get, gguf.get_tensor_name_map
+    want = gguf.GGUFReader(str(path))
+    got = read_header(path)
+    assert type(got.data) is np.ndarray and type(want.data) is np.memmap  # the quick path was taken
+    assert list(got.fields) == list(want.fields)
+    assert all(got.fields[k].contents() == want.fields[k].contents() for k in want.fields)
+    assert np.array_equal(got.tensors[0].data, want.tensors[0].data) and got.data_offset == want.data_offset
+    with quick_gguf_parsing():
+        arch = gguf.MODEL_ARCH.LLAMA
+        assert gguf.get_tensor_name_map(arch, 2) is gguf.get_tensor_name_map(arch, 2)  # built once
+    assert (gguf.GGUFReader._get, gguf.get_tensor_name_map) == (plain_get, plain_map)
