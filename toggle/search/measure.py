@@ -6,7 +6,8 @@ Two measurements, kept in the run directory (sensitivity.json) and the study:
   (no forward pass): for a module y = W x with input Gram matrix G = E[x x^T], quantising,
   pruning or factorising W to W' perturbs its output by E||(W' - W) x||^2 = tr(dW G dW^T);
   relative to the output's energy tr(W G W^T) and summed over the group's modules, this is
-  `error[g][o]`. It ranks a group's options, and it adds across groups the way small
+  `error[g][o]` (for round-to-nearest options, whose errors are independent across inputs, the
+  diagonal part sum_i G_ii ||dW[:, i]||^2: PlanApplier.output_error). It ranks a group's options, and it adds across groups the way small
   perturbations of a network roughly do;
 * one *probe* per group: a full evaluation (on the profiling prompts) with only that group
   compressed at one well-chosen option, which turns output error into each property's
