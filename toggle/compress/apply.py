@@ -266,17 +266,15 @@ class PlanApplier:
         """Whether `setting` only rounds each weight on its own (round-to-nearest quantisation, no
         statistics, no pruning or factors): its errors are then independent of the inputs."""
         quantizer = registry.chosen("quantizer", methods.for_setting(setting))
-        return (setting.sparsity == 0 and setting.rank_ratio == 1 and setting.bits < 16
-                and quantizer.prepare is None and not quantizer.needs_stats)
+        return _row_by_row(setting, quantizer) and not quantizer.needs_stats
 
     def _rows_weight(self, ref: ModuleRef, setting: ModuleSetting, methods: Methods, rows: torch.Tensor) -> torch.Tensor:
         """Rows `rows` of the effective weight under `setting`. Plain quantisation is row by row,
         so only those rows are quantised, and nothing is cached: profiling prices every option
         of every module once, and caching them all would hold a model's worth of codes per option."""
         m = methods.for_setting(setting)
-        has_stats = self.stats is not None and ref.name in self.stats
-        quantizer = registry.chosen("quantizer", m, has_stats=has_stats)
-        if setting.sparsity > 0 or setting.rank_ratio < 1 or setting.bits == 16 or quantizer.prepare is not None:
+        has_stats = self._has_stats(ref)
+        if not _row_by_row(setting, registry.chosen("quantizer", m, has_stats=has_stats)):
             return self.stored(ref, setting, methods).weight().float()[rows]
         problem = setting_problem(ref, setting, m)
         if problem:
@@ -301,9 +299,12 @@ class PlanApplier:
         }
 
     # --- composition ----------------------------------------------------------------------
+    def _has_stats(self, ref: ModuleRef) -> bool:
+        return self.stats is not None and ref.name in self.stats
+
     def _gram(self, ref: ModuleRef, *, summed: bool = False) -> torch.Tensor | None:
         """The module's input Gram matrix E[x x^T] (or its sum over tokens), on the weights' device."""
-        if self.stats is None or ref.name not in self.stats:
+        if not self._has_stats(ref):
             return None
         gram = self.stats.gram_sum(ref.name) if summed else self.stats.gram(ref.name)
         return gram.to(self._base[ref.name].device)
@@ -420,3 +421,9 @@ def _prune_order(pruner: registry.Method, w: torch.Tensor, pattern: str, gram: t
 def _norm(gram: torch.Tensor | None) -> torch.Tensor | None:
     # Wanda ranks within a row, so the norm's overall scale (mean vs sum over tokens) is irrelevant.
     return None if gram is None else torch.diagonal(gram).clamp(min=0).sqrt()
+
+
+def _row_by_row(setting: ModuleSetting, quantizer) -> bool:
+    """Whether `setting` is quantisation alone by a method that quantises each row on its own
+    (nothing prepared from the whole matrix): then a few rows can be quantised by themselves."""
+    return setting.sparsity == 0 and setting.rank_ratio == 1 and setting.bits < 16 and quantizer.prepare is None

@@ -595,9 +595,8 @@ def read_header(path: Path) -> gguf.GGUFReader:
         return gguf.GGUFReader(str(path))
 
 
-def _gguf_file_type(path: Path) -> str | None:
+def _gguf_file_type(reader: gguf.GGUFReader) -> str | None:
     try:
-        reader = read_header(path)
         field_ = reader.fields.get("general.file_type")
         if field_ is None:
             return "gguf"
@@ -690,7 +689,7 @@ def dequantised_cache(gguf_path: Path, model_id: str) -> Path:
         tokenizer.save_pretrained(tmp)
         (tmp / "toggle-cache.json").write_text(
             json.dumps({"source": str(gguf_path), "model_id": model_id, "version": _CACHE_VERSION,
-                        "file_type": _gguf_file_type(gguf_path)})
+                        "file_type": _gguf_file_type(reader)})
         )
         if target.exists():  # a concurrent loader finished first; keep theirs
             shutil.rmtree(tmp, ignore_errors=True)
