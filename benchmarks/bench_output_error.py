@@ -35,24 +35,22 @@ from toggle.modules import compressible_modules  # noqa: E402
 from toggle.prompts import load_prompts  # noqa: E402
 from toggle.rundir import RunDir  # noqa: E402
 from toggle.search.costs import CostTable  # noqa: E402
-from toggle.search.measure import probe_option  # noqa: E402
-from toggle.search.profile import KNOBS, load_profile  # noqa: E402
-from toggle.search.space import SearchSpace, setting_of  # noqa: E402
+from toggle.search.measure import group_errors, probe_option  # noqa: E402
+from toggle.search.profile import load_profile  # noqa: E402
+from toggle.search.space import SearchSpace  # noqa: E402
 from toggle.specs import load_specs  # noqa: E402
 from toggle.trace import build_trace  # noqa: E402
 
 
 def errors(applier: PlanApplier, space: SearchSpace, costs: CostTable, full: bool) -> tuple[list[list[float]], float]:
     """measure.group_errors for every group, with the full product or not; and the seconds taken."""
+
+    class Priced:  # the one part of an Objective group_errors calls
+        def output_error(self, modules, setting, methods):
+            return sum(applier.output_error(m, setting, methods, full=full) for m in modules)
+
     start = time.perf_counter()
-    out = []
-    for gi, g in enumerate(space.groups):
-        row = []
-        for combo, usable in zip(costs.combos(gi), costs.usable(gi)):
-            setting = setting_of(dict(zip(KNOBS, combo)))
-            row.append(0.0 if setting.untouched or not usable else
-                       sum(applier.output_error(m, setting, space.methods, full=full) for m in g.modules))
-        out.append(row)
+    out = [group_errors(space, costs, Priced(), gi) for gi in range(len(space.groups))]
     return out, time.perf_counter() - start
 
 
