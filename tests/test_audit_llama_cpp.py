@@ -164,6 +164,35 @@ def test_internal_signals_come_from_torch_with_a_note(files, tmp_path, capsys):
     assert data["properties"]["context"]["min"] == pytest.approx(data["cross_check"]["properties"]["context"]["min"])
 
 
+@needs_llama_cpp
+def test_an_audit_in_pieces_gives_what_one_in_a_single_piece_gives(files, tmp_path, monkeypatch):
+    # A large suite is scored a piece at a time (bounded memory): both engines cut the trace into
+    # the same pieces, llama.cpp's piece takes torch's hidden states of the same prompts, and the
+    # JSD between the engines covers every step.
+    import toggle.evaluate
+
+    d, base = files
+    args = ["audit", str(d / "q8.gguf"), "--base", str(base), "--specs", str(d / "logits.stl"), str(d / "hidden.stl"),
+            "--prompts", str(d / "p.yaml"), "--engine", "llama.cpp", "--threads", "1", "--json"]
+    main(args + [str(tmp_path / "whole.json")])
+    monkeypatch.setattr(toggle.evaluate, "PIECE_BYTES", 1)  # every prompt a piece of its own
+    calls = []
+    real = LlamaCppScorer.__call__
+    monkeypatch.setattr(LlamaCppScorer, "__call__", lambda self, paths, *a, **k: calls.append(len(paths)) or
+                        real(self, paths, *a, **k))
+    main(args + [str(tmp_path / "pieces.json")])
+    whole, cut = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("whole", "pieces"))
+    assert calls == [1, 1, 1]  # the 3 held-out prompts, one at a time
+    for name in ("coherence", "factual", "context"):
+        for result in (lambda r: r["properties"], lambda r: r["cross_check"]["properties"]):
+            a, b = result(whole)[name], result(cut)[name]
+            assert (a["prompts"], a["holds"]) == (b["prompts"], b["holds"]), name
+            assert a["min"] == pytest.approx(b["min"], abs=1e-5), name
+    assert cut["cross_check"]["jsd_between_engines"]["steps"] == whole["cross_check"]["jsd_between_engines"]["steps"]
+    assert cut["cross_check"]["jsd_between_engines"]["max"] == pytest.approx(
+        whole["cross_check"]["jsd_between_engines"]["max"], abs=1e-6)
+
+
 def test_llama_cpp_engine_refuses_what_it_cannot_do(files, tmp_path, capsys, monkeypatch):
     d, base = files
     common = ["--base", str(base), "--specs", str(d / "logits.stl"), "--prompts", str(d / "p.yaml"), "--engine", "llama.cpp"]

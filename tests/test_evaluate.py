@@ -256,3 +256,37 @@ def test_the_specs_topk_reaches_the_signals_and_the_trace_is_shared(setup, tmp_p
     # (with the default k = 5 it is fractional, e.g. -0.4 where the top tokens all agree)
     assert result.per_prompt["overlap"] == result.per_prompt["agree"]
     assert sorted(set(result.per_prompt["agree"].values())) == [-1.0, 0.0]  # some prompts agree, some do not
+
+
+def test_a_large_trace_is_scored_in_pieces_of_bounded_outputs(setup):
+    # The candidate's outputs of a piece are dropped once its signals are computed: with a limit
+    # below the whole trace's outputs, the scorer sees pieces within it, and the result is the same.
+    from toggle.evaluate import pieces
+
+    loaded, specs, trace = setup
+    per_step = sum(t[0].numel() * t.element_size() for t in (trace.base.logprobs, trace.base.attn, trace.base.hidden))
+    steps = {p.prompt_id: len(p.tokens) for p in trace.paths}
+    limit = per_step * 2 * max(steps.values())  # two prompts' outputs
+    assert sum(steps.values()) * per_step > limit
+    cut = pieces(trace, limit)
+    assert sorted(pid for piece in cut for pid in piece.prompt_ids) == sorted(steps)  # each prompt once
+    assert len(cut) == 2 and all(sum(steps[p] for p in piece.prompt_ids) * per_step <= limit for piece in cut)
+    assert "long" in cut[-1].prompt_ids  # similar lengths together: the longest prompt in the last piece
+    assert pieces(trace, sum(steps.values()) * per_step) == [trace]  # a trace that fits is not copied
+
+    seen = []
+
+    def scorer(paths, needs, options, **kw):
+        seen.append(sum(len(p.tokens) for p in paths) * per_step)
+        return trace_mod.score_paths(loaded.model, paths, needs, options, **kw)
+
+    applier = NoiseApplier(loaded.model)
+    whole = Evaluator(loaded, specs, trace, applier).evaluate(0.3)
+    cut_up = Evaluator(loaded, specs, trace, applier, scorer=scorer, piece_bytes=limit).evaluate(0.3)
+    assert len(seen) == 2 and max(seen) <= limit
+    assert cut_up.feasible and cut_up.prompts_evaluated == 4
+    for name, values in whole.per_prompt.items():
+        assert cut_up.per_prompt[name] == pytest.approx(values, abs=1e-5), name
+    assert cut_up.signals["jsd"]["max"] == pytest.approx(whole.signals["jsd"]["max"], abs=1e-6)
+    assert cut_up.signals["jsd"]["mean"] == pytest.approx(whole.signals["jsd"]["mean"], abs=1e-6)
+

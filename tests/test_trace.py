@@ -284,3 +284,16 @@ def test_a_shared_prefix_is_run_once_and_changes_nothing(tiny, monkeypatch):
     assert len(runs) == 2
     for name, t in whole.tensors().items():
         torch.testing.assert_close(shared.tensors()[name], t, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("counts", [(4, 1, 3), (4, 4, 4), (1, 4, 2, 3), (2, 2, 4, 4, 1)])
+def test_recorded_log_probabilities_are_packed_in_place(counts):
+    # generation writes each prompt's rows into one (prompts, steps, vocabulary) tensor; packing
+    # moves them together without a second copy of them all (the result shares its memory)
+    from toggle.trace.record import packed
+
+    rows = torch.randn(len(counts), 4, 5)
+    want = torch.cat([rows[i, :n] for i, n in enumerate(counts)])
+    got = packed(rows, counts)
+    assert torch.equal(got, want)
+    assert got.untyped_storage().data_ptr() == rows.untyped_storage().data_ptr()

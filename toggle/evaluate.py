@@ -26,6 +26,12 @@ from .specs.semantics import decided_below, over_suite
 from .trace import Trace, check_outputs, end_tokens, resolve_options, score_paths
 
 EARLY_CHUNK = 4  # prompts per chunk when a candidate may stop early (fewer on a small suite)
+# A candidate's outputs are held whole only for a piece of the trace at a time: its signals are
+# computed and its outputs dropped before the next piece is scored. A piece's per-step outputs
+# (full-vocabulary log-probabilities, mostly) stay within this many bytes, so the 30 calibration
+# prompts are one piece (0.12 GB on SmolLM2-135M) and the 283 held-out ones several, instead of
+# 1.5 GB of log-probabilities and their copies at once (more with a larger vocabulary).
+PIECE_BYTES = 256 * 2**20
 
 
 def early_chunks(prompts: int) -> list[int]:
@@ -73,10 +79,12 @@ class Evaluation:
 class Evaluator:
     """Scores candidates of one model against one trace with one set of specs."""
 
-    def __init__(self, loaded, specs, trace: Trace, applier=None, scorer=None):
+    def __init__(self, loaded, specs, trace: Trace, applier=None, scorer=None, piece_bytes: int | None = None):
         """`scorer`: what computes the candidate's outputs along the trace's paths, with
         score_paths' signature minus the model (e.g. trace.llama_cpp.LlamaCppScorer, llama.cpp
-        running a .gguf file); None: torch, `loaded.model` with the applier's weights."""
+        running a .gguf file); None: torch, `loaded.model` with the applier's weights. It is
+        called once per piece of the trace (`piece_bytes`: the largest per-step outputs of one
+        piece, PIECE_BYTES when None; a prompt longer than that is a piece of its own)."""
         missing = specs.needs - trace.needs
         if missing:
             raise InvalidInput(f"the trace was built without {', '.join(sorted(missing))}, which the specs need; "
@@ -89,6 +97,7 @@ class Evaluator:
             raise InvalidInput(f"propert{'ies' if len(gold) > 1 else 'y'} {', '.join(gold)} need gold answers, "
                                f"but no prompt of the trace has one")
         self.loaded, self.specs, self.trace, self.applier, self.scorer = loaded, specs, trace, applier, scorer
+        self.piece_bytes = piece_bytes or PIECE_BYTES
         self.eos = end_tokens(loaded.model, loaded.tokenizer)
         self._subsets: dict[tuple[str, ...], Trace] = {}
         self._hardness: dict[str, float] = {}  # prompt id -> its lowest relative margin seen (early exit's order)
@@ -126,14 +135,15 @@ class Evaluator:
         per_prompt: dict[str, dict[str, float]] = {p: {} for p in self.specs.names}
         summaries, partial = [], False
         for i, chunk in enumerate(chunks):
-            interrupts.check()
-            scored = self._score(chunk, timings)
-            if isinstance(scored, str):
-                return self._infeasible(scored, timings, clock() - start)
-            values, summary = scored
-            summaries.append(summary)
-            for name, by_prompt in values.items():
-                per_prompt[name].update(by_prompt)
+            for piece in pieces(chunk, self.piece_bytes):
+                interrupts.check()
+                scored = self._score(piece, timings)
+                if isinstance(scored, str):
+                    return self._infeasible(scored, timings, clock() - start)
+                values, summary = scored
+                summaries.append(summary)
+                for name, by_prompt in values.items():
+                    per_prompt[name].update(by_prompt)
             if stop_below is not None and i < len(chunks) - 1 and self._decided(per_prompt, len(trace.paths), stop_below):
                 partial = True
                 break
@@ -215,6 +225,26 @@ class Evaluator:
     def _infeasible(self, reason: str, timings: dict, total: float) -> Evaluation:
         timings = {**timings, "total": total}
         return Evaluation({p: -math.inf for p in self.specs.names}, {}, False, reason, {}, timings)
+
+
+def pieces(trace: Trace, limit: int) -> list[Trace]:
+    """`trace` cut into pieces whose base outputs along the steps take at most `limit` bytes (the
+    candidate's take as many), prompts of similar length together (score_paths pads each batch
+    to its longest sequence); `[trace]` itself when it fits."""
+    tensors = [t for t in (trace.base.logprobs, trace.base.attn, trace.base.hidden) if t is not None]
+    per_step = sum(t[0].numel() * t.element_size() for t in tensors if len(t))
+    steps = [len(p.tokens) for p in trace.paths]
+    if per_step * sum(steps) <= limit:
+        return [trace]
+    order = sorted(range(len(trace.paths)), key=lambda i: (len(trace.paths[i].prompt_ids) + steps[i], i))
+    groups, size = [[]], 0
+    for i in order:
+        if groups[-1] and size + steps[i] * per_step > limit:
+            groups.append([])
+            size = 0
+        groups[-1].append(trace.paths[i].prompt_id)
+        size += steps[i] * per_step
+    return [trace.subset(ids) for ids in groups]
 
 
 def _merge(summaries: list[dict]) -> dict[str, dict[str, float]]:

@@ -40,6 +40,8 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from ..confidence import DEFAULT_LEVEL, Confidence, check_level
 from ..errors import InvalidInput
 from ..evaluate import Evaluator
@@ -263,18 +265,23 @@ def audit_models(candidate, base, spec_set, suite, *, split: str = "heldout", mo
             trace = trace_along(base, paths, spec_set.needs, spec_set.options, split=split)
         timings["trace"] = clock() - t1
     t1 = clock()
-    cross, engine_run, torch_out, engine_out = None, None, {}, {}
+    cross, engine_run, torch_out, gaps = None, None, {}, []
     if scorer is not None:
         # torch first: its outputs are the cross-check, and they give the engine's run the
-        # hidden states and attention llama.cpp does not expose (the same paths, in the same
-        # order: both evaluations score the whole trace in one pass)
+        # hidden states and attention llama.cpp does not expose (both evaluations cut the trace
+        # into the same pieces, so each of the engine's pieces finds torch's by its prompts)
         def torch_scorer(paths, needs, options, **kw):
-            torch_out["out"] = score_paths(candidate.model, paths, needs, options, **kw)
-            return torch_out["out"]
+            out = torch_out[_prompt_ids(paths)] = score_paths(candidate.model, paths, needs, options, **kw)
+            return out
 
         def engine_scorer(paths, needs, options, **kw):
-            out = engine_out["out"] = scorer(paths, frozenset(needs) - {HIDDEN, ATTENTION}, options, **kw)
-            out.hidden, out.attn = torch_out["out"].hidden, torch_out["out"].attn
+            out = scorer(paths, frozenset(needs) - {HIDDEN, ATTENTION}, options, **kw)
+            key = _prompt_ids(paths)
+            # torch's cross-check stops at a piece it cannot score (NaN logits): score the rest here
+            theirs = torch_out.pop(key) if key in torch_out else score_paths(candidate.model, paths, needs, options, **kw)
+            out.hidden, out.attn = theirs.hidden, theirs.attn
+            if out.logprobs is not None and theirs.logprobs is not None:
+                gaps.append(compute_signals(["jsd"], out, theirs)["jsd"])
             return out
 
         with _weights(applier, None):
@@ -286,7 +293,7 @@ def audit_models(candidate, base, spec_set, suite, *, split: str = "heldout", mo
         evaluation = Evaluator(candidate, spec_set, trace, applier, scorer=engine_run).evaluate(plan)
     timings["evaluate"] = clock() - t1
     if cross is not None:
-        cross["jsd_between_engines"] = _engine_gap(engine_out.get("out"), torch_out.get("out"))
+        cross["jsd_between_engines"] = _engine_gap(gaps)
 
     by_id = {p.id: p for p in chosen}
     rows = []
@@ -403,11 +410,16 @@ def _cross_check(evaluation, spec_set, trace) -> dict:
     return out
 
 
-def _engine_gap(ours, theirs) -> dict | None:
-    """How far two engines' next-token distributions of the same file are apart (JSD, bits)."""
-    if ours is None or theirs is None or ours.logprobs is None or theirs.logprobs is None:
+def _prompt_ids(paths) -> tuple[str, ...]:
+    return tuple(p.prompt_id for p in paths)
+
+
+def _engine_gap(gaps: list) -> dict | None:
+    """How far two engines' next-token distributions of the same file are apart (JSD, bits), from
+    the per-step JSD of every piece both scored."""
+    if not gaps:
         return None
-    jsd = compute_signals(["jsd"], ours, theirs)["jsd"]
+    jsd = np.concatenate(gaps)
     return {"max": float(jsd.max()) if jsd.size else 0.0, "mean": float(jsd.mean()) if jsd.size else 0.0,
             "steps": int(jsd.size)}
 

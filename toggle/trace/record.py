@@ -30,10 +30,16 @@ class _Recorder:
     """Collects one batch's per-call attention rows and hidden states (by hooks), then each
     row's first n steps of them and of the logits."""
 
-    def __init__(self, needs, options: SignalOptions):
+    def __init__(self, needs, options: SignalOptions, prompts: int, steps: int):
         self.needs, self.options = needs, options
         self.capture = _AttentionCapture(options) if ATTENTION in needs else None
-        self.parts: dict[str, dict[int, torch.Tensor]] = {name: {} for name in ("logprobs", "attn", "hidden")}
+        self.parts: dict[str, dict[int, torch.Tensor]] = {name: {} for name in ("attn", "hidden")}
+        # Log-probabilities, by far the largest output (steps x vocabulary per prompt), go straight
+        # into one (prompts, steps, vocabulary) tensor, packed in place at the end (`packed`):
+        # rows kept apart and concatenated would hold them twice at once.
+        self.count, self.steps = prompts, steps
+        self.logprobs: torch.Tensor | None = None
+        self.kept: dict[int, int] = {}  # prompt index -> steps kept
         self.prompts: list[EncodedPrompt] = []
         self.pads: list[int] = []
         self.shared = 0
@@ -72,8 +78,11 @@ class _Recorder:
 
     def keep(self, index: int, row: int, n: int, logits: tuple[torch.Tensor, ...]) -> None:
         if LOGPROBS in self.needs:
+            if self.logprobs is None:
+                self.logprobs = torch.empty(self.count, self.steps, logits[0].shape[-1])
             steps = torch.stack([logits[t][row] for t in range(n)])
-            self.parts["logprobs"][index] = torch.log_softmax(steps.float(), dim=-1).cpu()
+            self.logprobs[index, :n] = torch.log_softmax(steps.float(), dim=-1)
+            self.kept[index] = n
         if HIDDEN in self.needs:
             self.parts["hidden"][index] = torch.stack([self.hidden_rows[t][row] for t in range(n)])
         if self.capture is not None:
@@ -91,10 +100,30 @@ def generate_recorded(model, tokenizer, encoded: list[EncodedPrompt], settings: 
                       batch_tokens: int = GENERATE_TOKENS) -> tuple[list[tuple[int, ...]], StepOutputs]:
     """Greedy continuations, and the outputs of `needs` (within RECORDED; `options` resolved)
     at every step of them, recorded during the generation."""
-    recorder = _Recorder(frozenset(needs) & RECORDED, options)
+    recorder = _Recorder(frozenset(needs) & RECORDED, options, len(encoded), settings.steps)
     tokens = _generate(model, tokenizer, encoded, settings, batch_size, batch_tokens, recorder)
     out = StepOutputs(tuple(len(t) for t in tokens), tuple(0 for _ in tokens))
+    if recorder.logprobs is not None:
+        out.logprobs = packed(recorder.logprobs, out.steps)
     for name, rows in recorder.parts.items():
         if rows:
             setattr(out, name, torch.cat([rows[i] for i in range(len(tokens))]))
     return tokens, out
+
+
+def packed(rows: torch.Tensor, counts) -> torch.Tensor:
+    """The first counts[i] rows of rows[i] (a (prompts, steps, ...) tensor), one after another:
+    moved forward in place, so the result is a view of `rows`' memory (the unused tail of it, the
+    steps after an end of sequence, stays allocated with it)."""
+    flat = rows.view(rows.shape[0] * rows.shape[1], *rows.shape[2:])
+    at = 0
+    for i, n in enumerate(counts):
+        src = i * rows.shape[1]
+        if src != at:
+            if at + n <= src:  # the rows do not overlap: one copy
+                flat[at:at + n] = flat[src:src + n]
+            else:  # each row copied before its own source is overwritten
+                for k in range(n):
+                    flat[at + k] = flat[src + k]
+        at += n
+    return flat[:at]
