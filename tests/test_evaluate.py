@@ -290,3 +290,66 @@ def test_a_large_trace_is_scored_in_pieces_of_bounded_outputs(setup):
     assert cut_up.signals["jsd"]["max"] == pytest.approx(whole.signals["jsd"]["max"], abs=1e-6)
     assert cut_up.signals["jsd"]["mean"] == pytest.approx(whole.signals["jsd"]["mean"], abs=1e-6)
 
+
+NO_ATTENTION_SPEC = """\
+option hidden_layer = 0
+const eps = 0.05
+coherence = always[0:7] (jsd <= eps)
+context = always[0:7] (hidden_cos >= 0.9)
+factual = always (gold_p_ratio >= 0.5)
+"""
+
+
+def test_block_replay_reuses_outputs_computed_under_the_same_weights_only(base_setup, tmp_path):
+    # Profiling's plans change one group of the untouched model at a time: the blocks before it
+    # are replayed from an earlier pass over the same batch, and give exactly what running them
+    # gives; a block whose weights (or an earlier block's) differ runs again.
+    from toggle.compress.apply import PlanApplier
+    from toggle.modules import compressible_modules
+
+    loaded = base_setup[0]
+    spec_file = tmp_path / "no-attention.stl"
+    spec_file.write_text(NO_ATTENTION_SPEC)  # hidden state at block 0: its hook sees a replayed output
+    specs = load_specs([spec_file])
+    trace = build_trace(loaded, suite_from_records(RECORDS), specs)
+    refs = compressible_modules(loaded.model)
+    applier = PlanApplier(loaded.model, refs)
+    evaluator = Evaluator(loaded, specs, trace, applier)
+    last_block = Plan.uniform(loaded.model_id, [r.name for r in refs if r.block == 1], ModuleSetting(bits=3),
+                              Methods(group_size=32))
+    every_block = Plan.uniform(loaded.model_id, [r.name for r in refs if r.block is not None], ModuleSetting(bits=3),
+                               Methods(group_size=32))
+    try:
+        expected_last, expected_every = (evaluator.evaluate(p).per_prompt for p in (last_block, every_block))
+        counters = evaluator._replay.counters
+        evaluator.evaluate(Plan(loaded.model_id), replay=True)  # the untouched model: every block kept
+        assert counters["replayed"] == 0 and counters["run"] > 0
+        replayed = evaluator.evaluate(last_block, replay=True)
+        assert counters["replayed"] > 0  # block 0: the same weights as in the untouched pass
+        assert replayed.per_prompt == expected_last
+        before = dict(counters)
+        changed = evaluator.evaluate(every_block, replay=True)
+        assert counters["replayed"] == before["replayed"]  # block 0 changed: nothing replayed
+        assert changed.per_prompt == expected_every
+        assert changed.per_prompt != replayed.per_prompt
+    finally:
+        applier.restore()
+
+
+def test_block_replay_stops_before_the_blocks_whose_attention_is_pooled(setup):
+    from toggle.compress.apply import PlanApplier
+    from toggle.modules import compressible_modules
+
+    loaded, specs, trace = setup  # attn_cos pools every block: no block may be replayed
+    refs = compressible_modules(loaded.model)
+    applier = PlanApplier(loaded.model, refs)
+    evaluator = Evaluator(loaded, specs, trace, applier)
+    last_block = Plan.uniform(loaded.model_id, [r.name for r in refs if r.block == 1], ModuleSetting(bits=3),
+                              Methods(group_size=32))
+    try:
+        expected = evaluator.evaluate(last_block)
+        evaluator.evaluate(Plan(loaded.model_id), replay=True)
+        assert evaluator.evaluate(last_block, replay=True).per_prompt == expected.per_prompt
+        assert evaluator._replay.counters["replayed"] == 0 and not evaluator._replay.kept
+    finally:
+        applier.restore()

@@ -108,7 +108,8 @@ def search(model: str, budget: str | Budget, *, specs=None, prompts=None, profil
     ids = trace.prompt_ids
     subset = spread(ids, search_profile.sensitivity.prompts)
     profiling = full if len(subset) == len(ids) else ModelObjective(
-        loaded.model_id, refs, names, evaluator, cost_model, cache_key=f"{key}|{','.join(subset)}", prompts=subset)
+        loaded.model_id, refs, names, evaluator, cost_model, cache_key=f"{key}|{','.join(subset)}", prompts=subset,
+        replay=True)
     confirm, confirmation = None, suite.split("confirmation")
     if len(confirmation):
         # the search fits the calibration prompts; a new best must also hold on these (never the held-out ones)

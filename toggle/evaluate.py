@@ -21,9 +21,11 @@ import numpy as np
 
 from . import interrupts
 from .errors import InvalidInput, ToggleError
-from .signals import ANSWER, SIGNALS, TOKEN_SIGNALS, StepTokens, compute_signals
+from .modules import find_blocks
+from .signals import ANSWER, ATTENTION, SIGNALS, TOKEN_SIGNALS, StepTokens, compute_signals
 from .specs.semantics import decided_below, over_suite
 from .trace import Trace, check_outputs, end_tokens, resolve_options, score_paths
+from .trace.replay import BlockReplay
 
 EARLY_CHUNK = 4  # prompts per chunk when a candidate may stop early (fewer on a small suite)
 # A candidate's outputs are held whole only for a piece of the trace at a time: its signals are
@@ -98,12 +100,13 @@ class Evaluator:
                                f"but no prompt of the trace has one")
         self.loaded, self.specs, self.trace, self.applier, self.scorer = loaded, specs, trace, applier, scorer
         self.piece_bytes = piece_bytes or PIECE_BYTES
+        self._replay = BlockReplay()
         self.eos = end_tokens(loaded.model, loaded.tokenizer)
         self._subsets: dict[tuple[str, ...], Trace] = {}
         self._hardness: dict[str, float] = {}  # prompt id -> its lowest relative margin seen (early exit's order)
         self._scale: dict[str, float] = {}  # property -> the largest |robustness| seen on a prompt
 
-    def evaluate(self, plan=None, prompts=None, *, stop_below: float | None = None) -> Evaluation:
+    def evaluate(self, plan=None, prompts=None, *, stop_below: float | None = None, replay: bool = False) -> Evaluation:
         """Robustness of every property for `plan` (None: the base model).
 
         `prompts`: optional prompt ids to evaluate on (e.g. a quick subset for profiling);
@@ -114,6 +117,10 @@ class Evaluator:
         plan violates a property) whatever the other prompts give. Such an Evaluation is `partial`:
         its robustness is an upper bound (the minimum, or a share's order statistic, over fewer
         prompts can only be larger).
+
+        `replay`: keep the blocks' outputs, and reuse those computed under the same weights for the
+        same batch (trace/replay.py): for a series of plans that differ from each other late in the
+        model on the same prompts (sensitivity profiling). The same robustness either way.
         """
         trace = self._trace_for(prompts)
         clock = time.perf_counter
@@ -137,7 +144,7 @@ class Evaluator:
         for i, chunk in enumerate(chunks):
             for piece in pieces(chunk, self.piece_bytes):
                 interrupts.check()
-                scored = self._score(piece, timings)
+                scored = self._score(piece, timings, replay)
                 if isinstance(scored, str):
                     return self._infeasible(scored, timings, clock() - start)
                 values, summary = scored
@@ -156,14 +163,14 @@ class Evaluator:
         return Evaluation(robustness, per_prompt, True, None, _merge(summaries), timings, partial=partial,
                           prompts_evaluated=scored, prompts_total=len(trace.paths))
 
-    def _score(self, trace: Trace, timings: dict):
+    def _score(self, trace: Trace, timings: dict, replay: bool = False):
         """One teacher-forced pass over `trace`'s paths: (property -> prompt -> robustness, signal
         summaries), or the reason the outputs cannot be compared."""
         clock = time.perf_counter
         t0 = clock()
         if self.scorer is None:
             cand = score_paths(self.loaded.model, trace.paths, self.specs.needs, trace.options,
-                               batch_tokens=trace.batch_tokens)
+                               batch_tokens=trace.batch_tokens, replay=self._armed_replay(trace) if replay else None)
         else:
             cand = self.scorer(trace.paths, self.specs.needs, trace.options, batch_tokens=trace.batch_tokens)
             ours, theirs = cand.logprobs, trace.base.logprobs
@@ -188,6 +195,18 @@ class Evaluator:
         summary = {name: (float(v.min()), float(v.sum()), int(v.size), float(v.max()))
                    for name, v in values.items() if v.size}
         return per_prompt, summary
+
+    def _armed_replay(self, trace: Trace) -> BlockReplay | None:
+        """The evaluator's block replay, told the weights the model holds now (None when the
+        applier cannot say which: replay nothing)."""
+        signatures = getattr(self.applier, "block_signatures", None)
+        if signatures is None:
+            return None
+        blocks = len(find_blocks(self.loaded.model)[1])
+        # the attention capture runs inside the blocks it pools: those and the ones after them run
+        stop = min(trace.options.attn_layers, default=blocks) if ATTENTION in self.specs.needs else blocks
+        self._replay.arm(signatures(blocks), stop)
+        return self._replay
 
     def _applies(self, prop, trace: Trace) -> int:
         """How many prompts of `trace` a property is evaluated on (answer properties: those with one)."""

@@ -190,6 +190,24 @@ class PlanApplier:
         finally:
             self.restore()
 
+    def block_signatures(self, blocks: int) -> list[tuple]:
+        """Per transformer block, what the model now holds in the embedding and in every block up
+        to and including it (each module's applied setting, or None for its loaded weights): two
+        moments with equal signatures for a block give it the same output on the same inputs
+        (trace/replay.py). An LM head outside the blocks changes no block's output."""
+        embed, per_block = [], [[] for _ in range(blocks)]
+        for ref in self.refs:
+            state = (ref.name, self._applied.get(ref.name))
+            if ref.block is not None and ref.block < blocks:
+                per_block[ref.block].append(state)
+            elif ref.part == "embed":
+                embed.append(state)
+        out, signature = [], tuple(embed)
+        for states in per_block:
+            signature = (signature, tuple(states))
+            out.append(signature)
+        return out
+
     def base_weight(self, name: str) -> torch.Tensor:
         return self._base[name]
 

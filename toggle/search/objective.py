@@ -79,6 +79,9 @@ class ModelObjective:
     prompts: list[str] | None = None  # evaluate on these prompt ids only (the profiling subset)
     loaded_bytes: int | None = None  # the weights file the model was loaded from (a GGUF file may be 4-bit already)
     loaded_format: str | None = None  # e.g. 'Q4_1' for the built-in model's GGUF file
+    # reuse block outputs of earlier evaluations under the same weights (Evaluator.evaluate): for
+    # profiling, whose plans each change one group of the untouched model
+    replay: bool = False
 
     @property
     def base16_bytes(self) -> int:
@@ -94,7 +97,8 @@ class ModelObjective:
 
     def evaluate(self, plan: Plan, stop_below: float | None = None) -> Outcome:
         try:
-            ev = self.evaluator.evaluate(plan, prompts=self.prompts, stop_below=stop_below)
+            replay = {"replay": True} if self.replay else {}  # an evaluator without replay is asked nothing of it
+            ev = self.evaluator.evaluate(plan, prompts=self.prompts, stop_below=stop_below, **replay)
         except (torch.linalg.LinAlgError, FloatingPointError) as e:
             # A numerical fault of this candidate (an SVD that does not converge on its weights):
             # the plan is infeasible with the reason recorded; the search goes on.

@@ -24,8 +24,10 @@ settings; base outputs additionally by the specs' needs, signal options, device 
 
 The package: generate.py (greedy paths), record.py (generation that records the outputs),
 score.py (the teacher-forced pass), capture.py (attention weights during either pass),
-prefix.py (a prefix every prompt shares, run once per pass: a chat template's system prompt), cache.py (TraceCache), build.py (Trace, build_trace,
-trace_along), padding.py (left padding shared by generation and scoring). Everything callers
+prefix.py (a prefix every prompt shares, run once per pass: a chat template's system prompt),
+replay.py (block outputs kept and reused under the same weights: profiling's one-group plans),
+cache.py (TraceCache), build.py (Trace, build_trace, trace_along), padding.py (left padding
+shared by generation and scoring). Everything callers
 use is importable from `toggle.trace`.
 """
 from __future__ import annotations

@@ -3,6 +3,7 @@ signals need at every step (log-probabilities, attention to the prompt's first t
 states, gold-answer log-probabilities); and the checks that make such outputs comparable."""
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 
 import torch
@@ -134,7 +135,7 @@ class _Sequence:
 
 
 def score_paths(model, paths: list[TokenPath], needs, options: SignalOptions, *,
-                batch_tokens: int = DEFAULT_BATCH_TOKENS) -> StepOutputs:
+                batch_tokens: int = DEFAULT_BATCH_TOKENS, replay=None) -> StepOutputs:
     """One teacher-forced pass of `model` over every path; see StepOutputs for what it returns.
 
     Sequences are sorted by length and left-padded into batches of at most `batch_tokens`
@@ -142,7 +143,8 @@ def score_paths(model, paths: list[TokenPath], needs, options: SignalOptions, *,
     all sequences share (PREFIX_MIN or more) are run once, and each batch continues from their
     keys and values. The LM head runs only on the step positions; attention weights are
     computed (eagerly) only in the layers attn_cos pools, hidden states are read by a hook on
-    one block.
+    one block. `replay` (a replay.BlockReplay, armed with the model's weights): blocks it kept an
+    output of for a batch, under the same weights, return that output instead of running.
     """
     needs = frozenset(needs)
     steps = tuple(len(p.tokens) for p in paths)
@@ -152,19 +154,19 @@ def score_paths(model, paths: list[TokenPath], needs, options: SignalOptions, *,
     if step_needs:
         seqs = [_Sequence(i, list(p.prompt_ids) + list(p.tokens[:-1]), len(p.tokens), list(p.tokens), p.content)
                 for i, p in enumerate(paths)]
-        parts = _run(model, seqs, step_needs, options, batch_tokens)
+        parts = _run(model, seqs, step_needs, options, batch_tokens, replay)
         for name in ("logprobs", "attn", "hidden"):
             if name in parts:
                 setattr(out, name, torch.cat([parts[name][i] for i in range(len(paths))]))
     if GOLD in needs:
         seqs = [_Sequence(i, list(p.prompt_ids) + list(p.answer[:-1]), len(p.answer), list(p.answer), p.content)
                 for i, p in enumerate(paths) if p.answer and GOLD in needs]
-        parts = _run(model, seqs, {GOLD}, options, batch_tokens)
+        parts = _run(model, seqs, {GOLD}, options, batch_tokens, replay)
         out.gold_logprob = torch.cat([parts["gold"][s.index] for s in seqs]) if seqs else torch.zeros(0)
     return out
 
 
-def _run(model, seqs: list[_Sequence], needs, options: SignalOptions, batch_tokens: int) -> dict[str, dict]:
+def _run(model, seqs: list[_Sequence], needs, options: SignalOptions, batch_tokens: int, replay=None) -> dict[str, dict]:
     device = next(model.parameters()).device
     parts: dict[str, dict[int, torch.Tensor]] = {}
     capture = _AttentionCapture(options) if ATTENTION in needs else None
@@ -173,6 +175,7 @@ def _run(model, seqs: list[_Sequence], needs, options: SignalOptions, batch_toke
     # the shared prefix ends before any sequence's steps
     shared = shared_prefix([s.ids for s in seqs], min((len(s.ids) - s.n for s in seqs), default=0))
     prefix = prefix_cache(model, seqs[0].ids[:shared], device) if shared else None
+    prefix_ids = torch.tensor(seqs[0].ids[:shared] if shared else [], dtype=torch.long)
 
     def grab_hidden(_module, _inputs, output):
         hidden_rows.append(block_output(output).detach())
@@ -191,8 +194,9 @@ def _run(model, seqs: list[_Sequence], needs, options: SignalOptions, batch_toke
                 if capture:
                     capture.start(n_max)
                 hidden_rows.clear()
-                logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, logits_to_keep=n_max,
-                               **cached).logits.float()
+                with replay.around(blocks, prefix_ids, ids, mask) if replay is not None else nullcontext():
+                    logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, logits_to_keep=n_max,
+                                   **cached).logits.float()
                 logprobs = torch.log_softmax(logits, dim=-1)
                 for row, s in enumerate(batch):
                     lp = logprobs[row, n_max - s.n:]
