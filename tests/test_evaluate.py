@@ -353,3 +353,34 @@ def test_block_replay_stops_before_the_blocks_whose_attention_is_pooled(setup):
         assert evaluator._replay.counters["replayed"] == 0 and not evaluator._replay.kept
     finally:
         applier.restore()
+
+
+def test_a_plan_scored_on_every_prompt_is_given_back_when_reuse_is_asked(setup):
+    from toggle.compress.apply import PlanApplier
+    from toggle.modules import compressible_modules
+
+    loaded, specs, trace = setup
+    refs = compressible_modules(loaded.model)
+    applier = PlanApplier(loaded.model, refs)
+    evaluator = Evaluator(loaded, specs, trace, applier)
+    names = [r.name for r in refs if r.block is not None]
+    plan = Plan.uniform(loaded.model_id, names, ModuleSetting(bits=3), Methods(group_size=32))
+    other = Plan.uniform(loaded.model_id, names, ModuleSetting(bits=4), Methods(group_size=32))
+    try:
+        first = evaluator.evaluate(plan)
+        assert "forward" in first.timings
+        # the same weights (meta and untouched modules named or not do not change them): given back
+        same = Plan.uniform(loaded.model_id, names, ModuleSetting(bits=3), Methods(group_size=32), meta={"trial": 7})
+        outside = next(r.name for r in refs if r.block is None)  # the embedding, named untouched
+        same.modules[outside] = ModuleSetting()
+        again = evaluator.evaluate(same, reuse=True)
+        assert again.timings == {"reused": 1.0}
+        assert again.per_prompt == first.per_prompt and again.robustness == first.robustness
+        assert "forward" in evaluator.evaluate(plan).timings  # without reuse: scored again
+        assert "forward" in evaluator.evaluate(other, reuse=True).timings  # never scored: scored
+        # a partial evaluation (stopped early) or one on a subset is not kept
+        subset = Evaluator(loaded, specs, trace, applier)
+        subset.evaluate(plan, prompts=["chat", "long"])
+        assert "forward" in subset.evaluate(plan, reuse=True).timings
+    finally:
+        applier.restore()

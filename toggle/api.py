@@ -131,7 +131,7 @@ def search(model: str, budget: str | Budget, *, specs=None, prompts=None, profil
             summary["heldout"] = {"skipped": "no plan satisfies every property within the budget"}
             return
         say(f"held-out audit of trial {plan.meta.get('trial')}")
-        calibration = evaluator.evaluate(plan)
+        calibration = evaluator.evaluate(plan, reuse=True)  # scored as a trial in this process: no pass again
         applier.restore()
         run.write_json(CALIBRATION, {
             "trial": plan.meta.get("trial"), "split": "calibration", "robustness": calibration.robustness,

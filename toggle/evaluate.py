@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from collections import OrderedDict
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from . import interrupts
 from .errors import InvalidInput, ToggleError
 from .modules import find_blocks
+from .plan import UNTOUCHED, Plan
 from .signals import ANSWER, ATTENTION, SIGNALS, TOKEN_SIGNALS, StepTokens, compute_signals
 from .specs.semantics import decided_below, over_suite
 from .trace import Trace, check_outputs, end_tokens, resolve_options, score_paths
@@ -34,6 +36,7 @@ EARLY_CHUNK = 4  # prompts per chunk when a candidate may stop early (fewer on a
 # prompts are one piece (0.12 GB on SmolLM2-135M) and the 283 held-out ones several, instead of
 # 1.5 GB of log-probabilities and their copies at once (more with a larger vocabulary).
 PIECE_BYTES = 256 * 2**20
+SCORED_KEPT = 256  # evaluations kept for `evaluate(plan, reuse=True)` (a few kB each)
 
 
 def early_chunks(prompts: int) -> list[int]:
@@ -101,12 +104,14 @@ class Evaluator:
         self.loaded, self.specs, self.trace, self.applier, self.scorer = loaded, specs, trace, applier, scorer
         self.piece_bytes = piece_bytes or PIECE_BYTES
         self._replay = BlockReplay()
+        self._scored: OrderedDict[tuple, Evaluation] = OrderedDict()  # plan -> its evaluation on every prompt
         self.eos = end_tokens(loaded.model, loaded.tokenizer)
         self._subsets: dict[tuple[str, ...], Trace] = {}
         self._hardness: dict[str, float] = {}  # prompt id -> its lowest relative margin seen (early exit's order)
         self._scale: dict[str, float] = {}  # property -> the largest |robustness| seen on a prompt
 
-    def evaluate(self, plan=None, prompts=None, *, stop_below: float | None = None, replay: bool = False) -> Evaluation:
+    def evaluate(self, plan=None, prompts=None, *, stop_below: float | None = None, replay: bool = False,
+                 reuse: bool = False) -> Evaluation:
         """Robustness of every property for `plan` (None: the base model).
 
         `prompts`: optional prompt ids to evaluate on (e.g. a quick subset for profiling);
@@ -121,7 +126,15 @@ class Evaluator:
         `replay`: keep the blocks' outputs, and reuse those computed under the same weights for the
         same batch (trace/replay.py): for a series of plans that differ from each other late in the
         model on the same prompts (sensitivity profiling). The same robustness either way.
+
+        `reuse`: a plan this evaluator already scored on every prompt (a search's winner, scored
+        as a trial) gives that evaluation back, without a pass and without changing the model's
+        weights (timings {"reused": 1.0}).
         """
+        key = _plan_key(plan) if isinstance(plan, Plan) and prompts is None else None
+        if reuse and key in self._scored:
+            self._scored.move_to_end(key)
+            return replace(self._scored[key], timings={"reused": 1.0})
         trace = self._trace_for(prompts)
         clock = time.perf_counter
         start = clock()
@@ -160,8 +173,13 @@ class Evaluator:
                       for p in self.specs.properties}
         timings["total"] = clock() - start
         scored = sum(len(c.paths) for c in chunks[:i + 1])
-        return Evaluation(robustness, per_prompt, True, None, _merge(summaries), timings, partial=partial,
-                          prompts_evaluated=scored, prompts_total=len(trace.paths))
+        result = Evaluation(robustness, per_prompt, True, None, _merge(summaries), timings, partial=partial,
+                            prompts_evaluated=scored, prompts_total=len(trace.paths))
+        if key is not None and not partial:
+            self._scored[key] = result
+            while len(self._scored) > SCORED_KEPT:
+                self._scored.popitem(last=False)
+        return result
 
     def _score(self, trace: Trace, timings: dict, replay: bool = False):
         """One teacher-forced pass over `trace`'s paths: (property -> prompt -> robustness, signal
@@ -244,6 +262,12 @@ class Evaluator:
     def _infeasible(self, reason: str, timings: dict, total: float) -> Evaluation:
         timings = {**timings, "total": total}
         return Evaluation({p: -math.inf for p in self.specs.names}, {}, False, reason, {}, timings)
+
+
+def _plan_key(plan) -> tuple:
+    """What a plan's weights depend on: every setting other than the untouched one (a module
+    the plan does not name gets that one), and the methods."""
+    return (tuple(sorted((n, s) for n, s in plan.modules.items() if s != UNTOUCHED)), plan.methods)
 
 
 def pieces(trace: Trace, limit: int) -> list[Trace]:
