@@ -76,9 +76,10 @@ def main() -> None:
         results[replay] = [obj.evaluate(plan).robustness for plan in plans]
         seconds[replay] = time.perf_counter() - t
         obj.evaluator.applier.restore()
-        counters[replay] = dict(obj.evaluator._replay.counters)
+        counters[replay] = {**obj.evaluator._replay.counters, "kept_mb": round(obj.evaluator._replay.bytes / 2**20, 1)}
         print(f"# replay {'on ' if replay else 'off'}: {len(plans)} evaluations on {len(subset)} prompts, "
-              f"{seconds[replay]:.1f} s; blocks replayed {counters[replay]['replayed']}, run {counters[replay]['run']}",
+              f"{seconds[replay]:.1f} s; blocks replayed {counters[replay]['replayed']}, run {counters[replay]['run']}, "
+              f"outputs kept {counters[replay]['kept_mb']} MiB",
               flush=True)
     diff = max((abs(a[n] - b[n]) for a, b in zip(results[False], results[True]) for n in names
                 if math.isfinite(a[n]) or math.isfinite(b[n])), default=0.0)

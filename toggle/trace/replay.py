@@ -5,9 +5,12 @@ output is kept and returned instead of being computed again.
 Sensitivity profiling scores one plan per group on the same few prompts, each plan the
 untouched model but for one group: the blocks before that group compute what the untouched
 model's blocks computed, and only the blocks from the group on need running. A block's output is
-kept under the batch's tokens and a signature of the weights up to that block (the embedding's
-and every block's up to it, as the applier reports them), so a replayed output is exactly the
-one the block would compute: the same inputs through the same weights in the same batch shape.
+kept under the batch's tokens with a signature of the weights up to that block (the embedding's
+and every block's up to it, as the applier reports them), and returned only to a pass whose
+signature for that block is the same: the same inputs through the same weights in the same batch
+shape give exactly that output. One output is kept per block and batch, the first one computed
+(profiling's untouched pass: the one every later probe can reuse), so the memory is that of one
+pass over the profiling prompts.
 
 Only blocks before the first one whose attention the signals pool are replayed (the attention
 capture runs inside the attention of the blocks it reads); a hook on a replayed block (the
@@ -20,8 +23,8 @@ from contextlib import contextmanager
 
 import torch
 
-# Outputs kept at most, in bytes: the profiling subset's blocks (3 prompts, 30 blocks of
-# SmolLM2-135M: about 40 MB) fit many times over; past it nothing more is kept.
+# Outputs kept at most, in bytes: one pass over the profiling subset (3 prompts, the 21 blocks
+# of SmolLM2-135M before the pooled attention) fits several times over; past it nothing is kept.
 REPLAY_BYTES = 256 * 2**20
 
 
@@ -30,7 +33,7 @@ class BlockReplay:
 
     def __init__(self, limit_bytes: int = REPLAY_BYTES):
         self.limit_bytes = int(limit_bytes)
-        self.kept: dict[tuple, object] = {}  # (batch key, block, signature) -> what the block returned
+        self.kept: dict[tuple, tuple] = {}  # (batch key, block) -> (signature, what the block returned)
         self.bytes = 0
         self.signatures: list | None = None  # per block: the weights up to and including it
         self.stop = 0  # blocks at and after this one are always run (attention capture)
@@ -51,15 +54,16 @@ class BlockReplay:
         key = _batch_key(batch)
         upto = min(self.stop, len(blocks), len(self.signatures))
         replayed = 0
-        while replayed < upto and (key, replayed, self.signatures[replayed]) in self.kept:
+        while replayed < upto and self.kept.get((key, replayed), (None,))[0] == self.signatures[replayed]:
             replayed += 1
         saved, hooks = {}, []
         try:
             for j in range(replayed):
                 saved[j] = blocks[j].__dict__.get("forward")
-                blocks[j].forward = _returning(self.kept[(key, j, self.signatures[j])])
+                blocks[j].forward = _returning(self.kept[(key, j)][1])
             for j in range(replayed, upto):
-                hooks.append(blocks[j].register_forward_hook(self._keeper((key, j, self.signatures[j]))))
+                if (key, j) not in self.kept:
+                    hooks.append(blocks[j].register_forward_hook(self._keeper((key, j), self.signatures[j])))
             self.counters["replayed"] += replayed
             self.counters["run"] += len(blocks) - replayed
             yield
@@ -72,11 +76,11 @@ class BlockReplay:
             for hook in hooks:
                 hook.remove()
 
-    def _keeper(self, where: tuple):
+    def _keeper(self, where: tuple, signature):
         def keep(_module, _inputs, output):
             size = sum(t.numel() * t.element_size() for t in _tensors(output))
             if self.bytes + size <= self.limit_bytes:
-                self.kept[where] = _cloned(output)
+                self.kept[where] = (signature, _cloned(output))
                 self.bytes += size
         return keep
 
