@@ -142,6 +142,34 @@ def test_lru_is_bounded_in_bytes(tiny_llama_dir):
     assert applier.cache_bytes["quantised"] > 0
 
 
+
+def test_release_caches_keeps_only_the_plan_it_is_told_to(tiny_llama_dir):
+    # A finished search drops every other plan's effective weights before its held-out audit;
+    # the kept plan is applied again from the cache, to the same weights, without composing.
+    lm = load_model(str(tiny_llama_dir))
+    names = _names(lm)
+    applier = PlanApplier(lm.model)
+    keep = Plan.uniform(lm.model_id, names, ModuleSetting(bits=4), Methods(group_size=32))
+    other = Plan.uniform(lm.model_id, names, ModuleSetting(bits=3), Methods(group_size=32))
+    applier.apply(keep)
+    kept_weights = {n: lm.model.get_submodule(n).weight.detach().clone() for n in names}
+    applier.apply(other)
+    before = applier.cache_bytes
+    assert before["effective_lru"] > 0
+    dropped = applier.release_caches(keep=keep)
+    after = applier.cache_bytes
+    assert dropped > 0 and after["effective_lru"] == before["effective_lru"] - dropped
+    assert after["effective_lru"] == sum(w.nbytes for w in kept_weights.values())  # exactly the kept plan's
+    assert after["quantised"] == before["quantised"]  # codes stay: writing the artifact reads them
+    applier.restore()
+    composed, hits = applier.counters["composed"], applier.counters["lru_hits"]
+    applier.apply(keep)
+    assert applier.counters["composed"] == composed and applier.counters["lru_hits"] == hits + len(names)
+    for n in names:
+        assert torch.equal(lm.model.get_submodule(n).weight, kept_weights[n])
+    applier.restore()
+    assert applier.release_caches() == after["effective_lru"] and applier.cache_bytes["effective_lru"] == 0
+
 def test_calibration_statistics(tiny_llama_dir, monkeypatch, tmp_path):
     monkeypatch.setenv("TOGGLE_CACHE_DIR", str(tmp_path))
     lm = load_model(str(tiny_llama_dir))

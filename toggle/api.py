@@ -133,6 +133,7 @@ def search(model: str, budget: str | Budget, *, specs=None, prompts=None, profil
         say(f"held-out audit of trial {plan.meta.get('trial')}")
         calibration = evaluator.evaluate(plan, reuse=True)  # scored as a trial in this process: no pass again
         applier.restore()
+        applier.release_caches(keep=plan)  # other plans' weights: up to 2 GiB the audit needs for itself
         run.write_json(CALIBRATION, {
             "trial": plan.meta.get("trial"), "split": "calibration", "robustness": calibration.robustness,
             "per_prompt": calibration.per_prompt})

@@ -22,6 +22,7 @@ Which method does what, needs what and stores what is read from the registry (re
 """
 from __future__ import annotations
 
+import ctypes
 from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -207,6 +208,24 @@ class PlanApplier:
             signature = (signature, tuple(states))
             out.append(signature)
         return out
+
+    def release_caches(self, keep: Plan | None = None) -> int:
+        """Drop the effective weights of every plan but `keep` (which `apply(keep)` then finds
+        without composing them) and output_error's samples: what a finished search no longer
+        needs before its held-out audit. The quantised codes, pruning orders, factors and
+        prepared states stay (writing the winner's artifact reads them). Returns the bytes
+        dropped; freed memory goes back to the system where the C library allows it."""
+        wanted = set()
+        if keep is not None:
+            wanted = {(r.name, s, methods_key(s, keep.methods)) for r in self.refs for s in [keep.setting(r.name)]}
+        dropped = 0
+        for key in [k for k in self._lru if k not in wanted]:
+            dropped += self._lru.pop(key).nbytes
+        self._lru_bytes -= dropped
+        dropped += sum(t.nbytes for sample in self._samples.values() for t in sample[1:3] if t is not None)
+        self._samples.clear()
+        trim_heap()
+        return dropped
 
     def base_weight(self, name: str) -> torch.Tensor:
         return self._base[name]
@@ -445,3 +464,14 @@ def _row_by_row(setting: ModuleSetting, quantizer) -> bool:
     """Whether `setting` is quantisation alone by a method that quantises each row on its own
     (nothing prepared from the whole matrix): then a few rows can be quantised by themselves."""
     return setting.sparsity == 0 and setting.rank_ratio == 1 and setting.bits < 16 and quantizer.prepare is None
+
+
+def trim_heap() -> None:
+    """Return the C heap's free memory to the system (glibc's malloc_trim): torch frees many
+    tensors of a few MB each into the heap, which glibc otherwise keeps (the process's resident
+    size stays at its high-water mark). A no-op where the C library has no malloc_trim."""
+    try:
+        libc = ctypes.CDLL(None)
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
