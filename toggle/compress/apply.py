@@ -218,14 +218,14 @@ class PlanApplier:
         wanted = set()
         if keep is not None:
             wanted = {(r.name, s, methods_key(s, keep.methods)) for r in self.refs for s in [keep.setting(r.name)]}
-        dropped = 0
+        samples = self.cache_bytes["error_samples"]
+        lru = 0
         for key in [k for k in self._lru if k not in wanted]:
-            dropped += self._lru.pop(key).nbytes
-        self._lru_bytes -= dropped
-        dropped += sum(t.nbytes for sample in self._samples.values() for t in sample[1:3] if t is not None)
+            lru += self._lru.pop(key).nbytes
+        self._lru_bytes -= lru
         self._samples.clear()
         trim_heap()
-        return dropped
+        return lru + samples
 
     def base_weight(self, name: str) -> torch.Tensor:
         return self._base[name]

@@ -39,7 +39,6 @@ class _Recorder:
         # rows kept apart and concatenated would hold them twice at once.
         self.count, self.steps = prompts, steps
         self.logprobs: torch.Tensor | None = None
-        self.kept: dict[int, int] = {}  # prompt index -> steps kept
         self.prompts: list[EncodedPrompt] = []
         self.pads: list[int] = []
         self.shared = 0
@@ -82,7 +81,6 @@ class _Recorder:
                 self.logprobs = torch.empty(self.count, self.steps, logits[0].shape[-1])
             steps = torch.stack([logits[t][row] for t in range(n)])
             self.logprobs[index, :n] = torch.log_softmax(steps.float(), dim=-1)
-            self.kept[index] = n
         if HIDDEN in self.needs:
             self.parts["hidden"][index] = torch.stack([self.hidden_rows[t][row] for t in range(n)])
         if self.capture is not None:
