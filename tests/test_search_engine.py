@@ -13,6 +13,7 @@ from toggle.search.costs import CostTable
 from toggle.search.baselines import LadderSampler
 from toggle.search.space import SearchSpace
 from toggle.search.synthetic import SyntheticObjective
+from toggle.units import format_bytes
 
 SMALL = parse_profile({
     "granularity": "block_part", "trials": 8, "seed": 0,
@@ -196,6 +197,26 @@ def test_sensitivity_profile_is_cached_and_shrinks_the_space(tmp_path):
         idx = space.dims[col].choices.index(e["value"])
         if min(v for v in e["robustness"].values()) < 0:
             assert limit[col] < idx  # a level that violates alone is never proposed by BO
+
+
+def test_no_trials_when_profiling_leaves_nothing_within_the_budget(tmp_path):
+    """A budget the space could meet, but only with knob values profiling dropped: every proposal
+    would be the same over-budget plan, so no trial runs and the summary says why."""
+    from toggle.search.sensitivity import allowed_max
+    obj = SyntheticObjective(blocks=2)
+    first = run_study(obj, int(obj.base16_bytes * 0.5), profile=SMALL, run_dir=tmp_path / "a", trials=1, sampler="bo")
+    space = SearchSpace(obj.model_id, obj.refs, SMALL)
+    costs = CostTable(space, obj.cost)
+    left = costs.min_bytes(allowed_max(space, first.sensitivity))
+    assert costs.min_bytes() < left  # profiling dropped values that save bytes
+    assert costs.min_bytes(space.sizes - 1) == costs.min_bytes()
+    before = obj.evaluations
+    result = run_study(obj, int(left) - 1, profile=SMALL, run_dir=tmp_path / "b", trials=6, sampler="bo")
+    profiled = len(result.sensitivity.entries) + 1
+    assert obj.evaluations - before == profiled  # profiling only, no trial
+    assert result.summary["trials"] == 0 and not result.satisfied
+    assert "the smallest plan left is" in result.summary["stopped"]
+    assert format_bytes(left) in result.summary["stopped"]
 
 
 def test_keyboard_interrupt_saves_outputs_and_resumes(tmp_path):

@@ -251,7 +251,8 @@ def final_lines(result: SearchResult) -> list[str]:
                      f"{s['feasible_trials']} of {s['trials']} trials satisfied the specs within {format_bytes(s['budget_bytes'])}")
     else:
         closest = (f"closest plan: trial {s['best_trial']}, minimum margin {s['min_margin']:+.4f}"
-                   if s.get("best_trial") is not None and s.get("min_margin") is not None else "no plan within the budget was evaluated")
+                   if s.get("best_trial") is not None and s.get("min_margin") is not None
+                   else f"no plan within the budget was evaluated{': ' + s['stopped'] if s.get('stopped') else ''}")
         lines.append(f"no plan satisfies every property within {format_bytes(s['budget_bytes'])} after {s['trials']} trials; {closest}")
     start = {"allocator path": "a point of the measured-error allocator's path, which BO bisects first",
              "uniform": "a uniform setting, which BO bisects after the measured-error allocator's path"}

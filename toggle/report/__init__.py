@@ -153,6 +153,8 @@ def _verdict(s: dict) -> str:
     if s.get("best_trial") is not None:
         return (f"**VIOLATED**: no plan satisfies every property within {_bytes(s['budget_bytes'])}; the closest, "
                 f"trial {s['best_trial']}, misses by {_margin(s.get('min_margin'))}.")
+    if s.get("stopped"):
+        return f"**VIOLATED**: no plan within the budget was evaluated: {s['stopped']}."
     return "**VIOLATED**: no plan within the budget was evaluated."
 
 

@@ -112,12 +112,18 @@ class CostTable:
             index = self.with_combo(index, gi, int(ci))
         return index
 
-    def min_bytes(self) -> float:
-        """The smallest artifact the space allows (every group at its cheapest setting)."""
-        return self.base_bytes + sum(float(d[:, 0].min()) for d in self._delta)
+    def min_bytes(self, limit: np.ndarray | None = None) -> float:
+        """The smallest artifact the space allows (every group at its cheapest setting), within
+        `limit` (a maximum index per dimension, e.g. what sensitivity profiling allows) if given."""
+        return self.base_bytes + sum(float(self._group_deltas(gi, limit).min()) for gi in range(len(self._delta)))
 
-    def min_bytes_index(self) -> np.ndarray:
-        return self.index_of([int(np.argmin(d[:, 0])) for d in self._delta])
+    def min_bytes_index(self, limit: np.ndarray | None = None) -> np.ndarray:
+        return self.index_of([int(np.argmin(self._group_deltas(gi, limit))) for gi in range(len(self._delta))])
+
+    def _group_deltas(self, gi: int, limit: np.ndarray | None) -> np.ndarray:
+        """Group gi's byte change per option; options outside `limit` count as +inf."""
+        d = self._delta[gi][:, 0]
+        return d if limit is None else np.where(self.options_within(gi, limit), d, np.inf)
 
 
 def _check_every_value_usable(space: SearchSpace, g, combos: list[tuple], deltas: np.ndarray, why: dict) -> None:

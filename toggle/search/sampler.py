@@ -137,7 +137,7 @@ class SpaceSampler(BaseSampler):
         # take the cheapest plan the allowed space has.
         over = self.costs.of(x)[0] > self.budget
         if over.any():
-            x[over] = np.minimum(self.costs.min_bytes_index(), self.limit)
+            x[over] = self.costs.min_bytes_index(self.limit)
         return x
 
 
