@@ -384,3 +384,36 @@ def test_a_plan_scored_on_every_prompt_is_given_back_when_reuse_is_asked(setup):
         assert "forward" in subset.evaluate(plan, reuse=True).timings
     finally:
         applier.restore()
+
+
+def test_a_plans_shared_prefix_is_run_once_for_all_its_passes_and_only_under_its_weights(setup):
+    # Prompts that open alike: every pass that scores one plan (pieces, the gold-answer pass)
+    # continues one cached forward of the opening; another plan's weights get their own, and a
+    # cache is never handed to a pass under other weights.
+    from toggle.compress.apply import PlanApplier
+    from toggle.modules import compressible_modules
+
+    loaded, specs, _ = setup
+    opening = "You are a careful assistant who answers briefly and exactly. "
+    records = [{"id": f"q{i}", "prompt": opening + q, "answer": "four" if i == 0 else None}
+               for i, q in enumerate(["What is two plus two?", "Name a colour.", "def add(a, b):"])]
+    trace = build_trace(loaded, suite_from_records(records), specs, use_cache=False)
+    refs = compressible_modules(loaded.model)
+    blocks = [r.name for r in refs if r.block is not None]
+    a = Plan.uniform(loaded.model_id, blocks, ModuleSetting(bits=3), Methods(group_size=32))
+    b = Plan.uniform(loaded.model_id, blocks, ModuleSetting(bits=2), Methods(group_size=32))
+    applier = PlanApplier(loaded.model, refs)
+    try:
+        fresh_b = Evaluator(loaded, specs, trace, applier).evaluate(b)
+        evaluator = Evaluator(loaded, specs, trace, applier, piece_bytes=1)  # one prompt per piece
+        counters = evaluator._prefixes.counters
+        first_a = evaluator.evaluate(a)
+        assert counters == {"computed": 1, "reused": 2}  # 3 pieces (the gold pass shares the first's)
+        got_b = evaluator.evaluate(b).per_prompt
+        for name, values in fresh_b.per_prompt.items():
+            assert got_b[name] == pytest.approx(values, abs=1e-5), name
+        assert counters["computed"] == 2
+        assert evaluator.evaluate(a).per_prompt == first_a.per_prompt
+        assert counters == {"computed": 2, "reused": 7}
+    finally:
+        applier.restore()

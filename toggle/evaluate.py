@@ -27,6 +27,8 @@ from .plan import UNTOUCHED, Plan
 from .signals import ANSWER, ATTENTION, SIGNALS, TOKEN_SIGNALS, StepTokens, compute_signals
 from .specs.semantics import decided_below, over_suite
 from .trace import Trace, check_outputs, end_tokens, resolve_options, score_paths
+from .trace.score import opening_tokens
+from .trace.prefix import PrefixKeeper
 from .trace.replay import BlockReplay
 
 EARLY_CHUNK = 4  # prompts per chunk when a candidate may stop early (fewer on a small suite)
@@ -104,6 +106,8 @@ class Evaluator:
         self.loaded, self.specs, self.trace, self.applier, self.scorer = loaded, specs, trace, applier, scorer
         self.piece_bytes = piece_bytes or PIECE_BYTES
         self._replay = BlockReplay()
+        self._prefixes = PrefixKeeper()
+        self._opening = opening_tokens(trace.paths)  # every piece and subset continues this prefix
         self._scored: OrderedDict[tuple, Evaluation] = OrderedDict()  # plan -> its evaluation on every prompt
         self.eos = end_tokens(loaded.model, loaded.tokenizer)
         self._subsets: dict[tuple[str, ...], Trace] = {}
@@ -188,7 +192,8 @@ class Evaluator:
         t0 = clock()
         if self.scorer is None:
             cand = score_paths(self.loaded.model, trace.paths, self.specs.needs, trace.options,
-                               batch_tokens=trace.batch_tokens, replay=self._armed_replay(trace) if replay else None)
+                               batch_tokens=trace.batch_tokens, replay=self._armed_replay(trace) if replay else None,
+                               prefixes=self._armed_prefixes(), prefix_limit=self._opening)
         else:
             cand = self.scorer(trace.paths, self.specs.needs, trace.options, batch_tokens=trace.batch_tokens)
             ours, theirs = cand.logprobs, trace.base.logprobs
@@ -213,6 +218,15 @@ class Evaluator:
         summary = {name: (float(v.min()), float(v.sum()), int(v.size), float(v.max()))
                    for name, v in values.items() if v.size}
         return per_prompt, summary
+
+    def _armed_prefixes(self) -> PrefixKeeper:
+        """The evaluator's prefix caches, told the weights the model holds now (the signature of
+        its last block covers the embedding and every block; None when the applier cannot say:
+        the prefix is computed each time)."""
+        signatures = getattr(self.applier, "block_signatures", None)
+        blocks = len(find_blocks(self.loaded.model)[1]) if signatures is not None else 0
+        self._prefixes.arm(signatures(blocks)[-1] if blocks else None)
+        return self._prefixes
 
     def _armed_replay(self, trace: Trace) -> BlockReplay | None:
         """The evaluator's block replay, told the weights the model holds now (None when the

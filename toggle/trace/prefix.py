@@ -31,6 +31,44 @@ def prefix_cache(model, ids: list[int], device):
     return out.cache if hasattr(out, "cache") else out.past_key_values
 
 
+# Prefix caches a PrefixKeeper holds (about 1 MB each for SmolLM2-135M's 24-token system prompt; a
+# long opening on a large model is far more): the plan being scored and the one before it.
+PREFIXES_KEPT = 2
+
+
+class PrefixKeeper:
+    """Prefix caches kept under the weights that computed them, so the passes that score one
+    plan (early exit's chunks, the held-out audit's pieces, the gold-answer pass) run its prefix
+    once. `arm` says what the model holds now (an applier's signature of every block; None: not
+    known, nothing is kept or reused); a cache is handed out only for the same ids under the same
+    signature. Callers copy it before appending to it (batch_cache)."""
+
+    def __init__(self, kept: int = PREFIXES_KEPT):
+        self.kept = kept
+        self.entries: list[tuple] = []  # (signature, ids, cache), most recently used last
+        self.signature = None
+        self.counters = {"computed": 0, "reused": 0}
+
+    def arm(self, signature) -> None:
+        self.signature = signature
+
+    def get(self, model, ids: list[int], device):
+        if self.signature is None:
+            self.counters["computed"] += 1
+            return prefix_cache(model, ids, device)
+        key = tuple(ids)
+        for i, (signature, kept_ids, cache) in enumerate(self.entries):
+            if kept_ids == key and signature == self.signature:
+                self.entries.append(self.entries.pop(i))
+                self.counters["reused"] += 1
+                return cache
+        cache = prefix_cache(model, ids, device)
+        self.counters["computed"] += 1
+        self.entries.append((self.signature, key, cache))
+        del self.entries[:-self.kept]
+        return cache
+
+
 def batch_cache(model, prefix, rows: int) -> dict:
     """Keyword arguments that give a forward or generate() call its own copy of the prefix's cache,
     one row per sequence of the batch (the call appends to it)."""

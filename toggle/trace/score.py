@@ -13,7 +13,7 @@ from ..modules import find_blocks
 from ..signals import ATTENTION, GOLD, HIDDEN, LOGPROBS, SignalOptions
 from .capture import _AttentionCapture, _capturing
 from .padding import _left_pad
-from .prefix import batch_cache, prefix_cache, prompt_key, shared_prefix
+from .prefix import PREFIX_MIN, batch_cache, prefix_cache, prompt_key, shared_prefix
 
 # Padded tokens per forward batch. On a 2-core CPU 512 measured fastest for SmolLM2-135M over
 # the default suite (7.0 s vs 8.3 s one sequence at a time and 12.8 s at 2048: large batches
@@ -135,7 +135,8 @@ class _Sequence:
 
 
 def score_paths(model, paths: list[TokenPath], needs, options: SignalOptions, *,
-                batch_tokens: int = DEFAULT_BATCH_TOKENS, replay=None) -> StepOutputs:
+                batch_tokens: int = DEFAULT_BATCH_TOKENS, replay=None, prefixes=None,
+                prefix_limit: int | None = None) -> StepOutputs:
     """One teacher-forced pass of `model` over every path; see StepOutputs for what it returns.
 
     Sequences are sorted by length and left-padded into batches of at most `batch_tokens`
@@ -144,37 +145,55 @@ def score_paths(model, paths: list[TokenPath], needs, options: SignalOptions, *,
     keys and values. The LM head runs only on the step positions; attention weights are
     computed (eagerly) only in the layers attn_cos pools, hidden states are read by a hook on
     one block. `replay` (a replay.BlockReplay, armed with the model's weights): blocks it kept an
-    output of for a batch, under the same weights, return that output instead of running.
+    output of for a batch, under the same weights, return that output instead of running. `prefixes` (a
+    prefix.PrefixKeeper, armed with the model's weights): where the shared prefix's cache comes
+    from (else it is computed); `prefix_limit`: at most this many shared tokens (a trace's own,
+    `opening_tokens`, so that every piece of it continues the same cached prefix).
     """
     needs = frozenset(needs)
     steps = tuple(len(p.tokens) for p in paths)
     answer_steps = tuple(len(p.answer) if (p.answer and GOLD in needs) else 0 for p in paths)
     step_needs = needs & {LOGPROBS, ATTENTION, HIDDEN}
     out = StepOutputs(steps, answer_steps)
-    if step_needs:
-        seqs = [_Sequence(i, list(p.prompt_ids) + list(p.tokens[:-1]), len(p.tokens), list(p.tokens), p.content)
-                for i, p in enumerate(paths)]
-        parts = _run(model, seqs, step_needs, options, batch_tokens, replay)
+    step_seqs = [_Sequence(i, list(p.prompt_ids) + list(p.tokens[:-1]), len(p.tokens), list(p.tokens), p.content)
+                 for i, p in enumerate(paths)] if step_needs else []
+    gold_seqs = [_Sequence(i, list(p.prompt_ids) + list(p.answer[:-1]), len(p.answer), list(p.answer), p.content)
+                 for i, p in enumerate(paths) if p.answer] if GOLD in needs else []
+    # the shared prefix (it ends before any sequence's steps) is run once for both passes
+    every = step_seqs + gold_seqs
+    shared = shared_prefix([s.ids for s in every], min((len(s.ids) - s.n for s in every), default=0))
+    if prefix_limit is not None:
+        shared = min(shared, prefix_limit) if prefix_limit >= PREFIX_MIN else 0
+    prefix = None
+    if shared:
+        device, ids = next(model.parameters()).device, every[0].ids[:shared]
+        prefix = prefixes.get(model, ids, device) if prefixes is not None else prefix_cache(model, ids, device)
+    if step_seqs:
+        parts = _run(model, step_seqs, step_needs, options, batch_tokens, replay, shared, prefix)
         for name in ("logprobs", "attn", "hidden"):
             if name in parts:
                 setattr(out, name, torch.cat([parts[name][i] for i in range(len(paths))]))
     if GOLD in needs:
-        seqs = [_Sequence(i, list(p.prompt_ids) + list(p.answer[:-1]), len(p.answer), list(p.answer), p.content)
-                for i, p in enumerate(paths) if p.answer and GOLD in needs]
-        parts = _run(model, seqs, {GOLD}, options, batch_tokens, replay)
-        out.gold_logprob = torch.cat([parts["gold"][s.index] for s in seqs]) if seqs else torch.zeros(0)
+        parts = _run(model, gold_seqs, {GOLD}, options, batch_tokens, replay, shared, prefix) if gold_seqs else {}
+        out.gold_logprob = torch.cat([parts["gold"][s.index] for s in gold_seqs]) if gold_seqs else torch.zeros(0)
     return out
 
 
-def _run(model, seqs: list[_Sequence], needs, options: SignalOptions, batch_tokens: int, replay=None) -> dict[str, dict]:
+def opening_tokens(paths: list[TokenPath]) -> int:
+    """How many leading tokens every path's prompt shares (before any step): the prefix a pass
+    over any subset of `paths` may continue (0 when shorter than PREFIX_MIN)."""
+    return shared_prefix([list(p.prompt_ids) for p in paths], min((len(p.prompt_ids) for p in paths), default=1) - 1)
+
+
+def _run(model, seqs: list[_Sequence], needs, options: SignalOptions, batch_tokens: int, replay=None, shared: int = 0,
+         prefix=None) -> dict[str, dict]:
+    """One teacher-forced pass over `seqs`, each continuing the `shared` leading tokens whose
+    keys and values `prefix` holds."""
     device = next(model.parameters()).device
     parts: dict[str, dict[int, torch.Tensor]] = {}
     capture = _AttentionCapture(options) if ATTENTION in needs else None
     _, blocks = find_blocks(model)
     hidden_rows: list[torch.Tensor] = []
-    # the shared prefix ends before any sequence's steps
-    shared = shared_prefix([s.ids for s in seqs], min((len(s.ids) - s.n for s in seqs), default=0))
-    prefix = prefix_cache(model, seqs[0].ids[:shared], device) if shared else None
     prefix_ids = torch.tensor(seqs[0].ids[:shared] if shared else [], dtype=torch.long)
 
     def grab_hidden(_module, _inputs, output):
