@@ -31,8 +31,11 @@ def end_tokens(model, tokenizer) -> frozenset[int]:
 
 # Sequences per generate() call. Greedy decoding of a small model on a CPU is bound by the weights
 # read per step, so wider batches amortise them: 96 held-out prompts x 32 steps on SmolLM2-135M,
-# 2 cores, took 39 s at 8, 27 s at 16, 21 s at 32 and 20 s at 48-96, with identical tokens.
-GENERATE_BATCH = 32
+# 2 cores, took 39 s at 8, 27 s at 16, 21 s at 32 and 20 s at 48-96, with identical tokens (Intel
+# Xeon); all 283 on an AMD EPYC 78.8 s at 32, 75.2 at 64, 72.8 at 96, recording the default specs'
+# outputs 84.1 s at 32 and 79.6 at 64 (benchmarks/bench_generate.py). A batch's raw logits are held
+# until it ends (64 x 32 steps x 49,152 x 4 bytes = 0.4 GB on SmolLM2), so wider costs memory.
+GENERATE_BATCH = 64
 # Padded prompt tokens per generate() call. Rows are left-padded to the batch's longest prompt,
 # so one 600-token prompt among 31 short ones made the default held-out suite's prefill 38%
 # padding; a cap puts long prompts in narrower batches of their own (benchmarks/bench_generate.py).
