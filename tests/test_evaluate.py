@@ -417,3 +417,30 @@ def test_a_plans_shared_prefix_is_run_once_for_all_its_passes_and_only_under_its
         assert counters == {"computed": 2, "reused": 7}
     finally:
         applier.restore()
+
+
+def test_the_base_model_against_itself_scores_each_property_without_a_pass(setup, tmp_path, monkeypatch):
+    # Its own outputs as the candidate's: jsd 0, cosines 1, gold ratio 1, exactly; a property the
+    # original fails (a signal of the base alone, or a threshold it misses) is named with its line.
+    from toggle.api import base_failures
+    import toggle.evaluate as evaluate_mod
+
+    loaded, tiny_specs, trace = setup
+    spec_file = tmp_path / "mixed.stl"
+    spec_file.write_text("option hidden_layer = -1\noption attn_span = 8\n"
+                         "coherence = always[0:7] (jsd <= 0.05)\n"
+                         "context = always[0:7] (hidden_cos >= 0.9)\n"
+                         "sure = always[0:3] (base_p >= 1.5)\n")
+    specs = load_specs([spec_file])
+    evaluator = Evaluator(loaded, specs, trace, NoiseApplier(loaded.model))
+    monkeypatch.setattr(evaluate_mod, "score_paths", lambda *a, **k: pytest.fail("no pass is needed"))
+    robustness, per_prompt = evaluator.base_against_itself()
+    assert robustness["coherence"] == pytest.approx(0.05, abs=1e-9)
+    assert robustness["context"] == pytest.approx(0.1, abs=1e-6)
+    assert -1.5 < robustness["sure"] < -0.5 and set(per_prompt["sure"]) == {p.prompt_id for p in trace.paths}
+    failing = base_failures(specs, evaluator)
+    assert set(failing["properties"]) == {"sure"}
+    assert failing["properties"]["sure"]["prompts_failing"] == len(trace.paths)
+    assert f"the base model itself fails sure (mixed.stl:5) on {len(trace.paths)} of {len(trace.paths)} prompts" \
+        in failing["note"].replace(str(spec_file), "mixed.stl")
+    assert base_failures(tiny_specs, Evaluator(loaded, tiny_specs, trace, NoiseApplier(loaded.model))) is None

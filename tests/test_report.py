@@ -230,3 +230,18 @@ def test_read_trials_rejects_a_foreign_csv(tmp_path):
     (tmp_path / "trials.csv").write_text("a,b,c\n1,2,3\n")
     with pytest.raises(InvalidInput, match="line 1: expected the columns number, state"):
         RunDir(tmp_path).read_trials()
+
+
+def test_the_report_says_what_the_base_model_fails_and_why_no_trial_ran(runs, tmp_path):
+    d, _, _ = runs
+    copy = tmp_path / "noted"
+    shutil.copytree(d / "A", copy)
+    summary = json.loads((copy / "summary.json").read_text())
+    summary.update(satisfied=False, best_trial=None, stopped="the smallest plan left is 1.2 MB, over the budget",
+                   base_failures={"note": "the base model itself fails sure (s.stl:2) on 3 of 3 prompts"})
+    (copy / "summary.json").write_text(json.dumps(summary))
+    assert main(["report", str(copy)]) == 0
+    text = (copy / "report.md").read_text()
+    assert ("**VIOLATED**: no plan within the budget was evaluated: the smallest plan left is 1.2 MB, over the "
+            "budget.") in text
+    assert "Note: the base model itself fails sure (s.stl:2) on 3 of 3 prompts." in text

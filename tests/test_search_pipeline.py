@@ -80,6 +80,12 @@ def test_final_lines_report_size_and_flop_reduction():
     summary.update(satisfied=False, min_margin=-0.2)
     assert "no plan satisfies every property within 100.0 MB after 12 trials; closest plan: trial 7, minimum margin -0.2000" \
         in final_lines(SearchResult(Path("runs/x"), summary, None, "s", "sqlite://"))[0]
+    # properties the base model fails against itself, and a search that stopped before its trials, are said so
+    summary.update(base_failures={"note": "the base model itself fails sure (s.stl:2) on 3 of 3 prompts"},
+                   best_trial=None, stopped="the smallest plan left is 1.2 MB, over the budget")
+    lines = final_lines(SearchResult(Path("runs/x"), summary, None, "s", "sqlite://"))
+    assert "note: the base model itself fails sure (s.stl:2) on 3 of 3 prompts" in lines
+    assert lines[0].endswith("; no plan within the budget was evaluated: the smallest plan left is 1.2 MB, over the budget")
 
 
 def test_a_winner_failing_the_heldout_audit_exits_1_naming_the_property():

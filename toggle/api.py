@@ -98,6 +98,9 @@ def search(model: str, budget: str | Budget, *, specs=None, prompts=None, profil
     stats, meta = calibration_stats(loaded, refs, trace, search_profile.needs_stats, run)
     applier = PlanApplier(loaded.model, refs, stats)
     evaluator = Evaluator(loaded, spec_set, trace, applier)
+    base_failing = base_failures(spec_set, evaluator)
+    if base_failing:
+        say("note: " + base_failing["note"])
     names = [p.name for p in spec_set.properties]
     identity = study_identity(loaded, trace, spec_set, suite, search_profile)
     # the profiling caches (sensitivity.json, measured.json) are keyed by this: other specs or
@@ -126,6 +129,8 @@ def search(model: str, budget: str | Budget, *, specs=None, prompts=None, profil
         run.write_json(SPACE, space.to_dict())
         if uncompressed:
             summary["uncompressed"] = uncompressed
+        if base_failing:
+            summary["base_failures"] = base_failing
         run.clear(HELDOUT, CALIBRATION, ARTIFACT)  # a previous run's winner is not this one's
         if plan is None:
             summary["heldout"] = {"skipped": "no plan satisfies every property within the budget"}
@@ -194,6 +199,30 @@ def uncompressed_note(model) -> dict | None:
     """The parameters of `model` no plan compresses, when they are a share a user must hear of
     (toggle.modules.uncompressed_note), else None."""
     return _uncompressed_note(model, compressible_modules(model))
+
+
+def base_failures(specs, evaluator: Evaluator) -> dict | None:
+    """The properties the base model fails against itself on the calibration prompts (its own
+    outputs as the candidate's: jsd 0, cosines 1, ... exactly), with a note saying so; None when
+    every one holds. A plan is compared with that model, so no plan that behaves like it can
+    satisfy them: usually a threshold the original misses, or a signal of the base model alone."""
+    robustness, per_prompt = evaluator.base_against_itself()
+    failing = {}
+    for prop in specs.properties:
+        if robustness[prop.name] >= 0:
+            continue
+        values = per_prompt[prop.name]
+        worst = min(values, key=values.get)
+        failing[prop.name] = {"where": prop.where, "robustness": robustness[prop.name], "worst_prompt": worst,
+                              "prompts_failing": sum(v < 0 for v in values.values()), "prompts": len(values)}
+    if not failing:
+        return None
+    parts = [f"{name} ({f['where']}) on {f['prompts_failing']} of {f['prompts']} prompts (robustness "
+             f"{f['robustness']:+.4g}; worst: prompt {f['worst_prompt']})" for name, f in failing.items()]
+    return {"properties": failing, "note": (
+        f"the base model itself fails {'; '.join(parts)}: a plan is checked against that model, so no plan that "
+        f"behaves like it can satisfy {'this' if len(failing) == 1 else 'these'}; loosen the threshold "
+        f"(--set NAME=VALUE, --relax) or check the property")}
 
 
 def _stage_printer(enabled: bool):
@@ -280,6 +309,8 @@ def final_lines(result: SearchResult) -> list[str]:
                      f"{format_reduction(change)} than that")
     if s.get("uncompressed"):
         lines.append("note: " + s["uncompressed"]["note"])
+    if s.get("base_failures"):
+        lines.append("note: " + s["base_failures"]["note"])
     heldout = s.get("heldout") or {}
     if "pass_rate" in heldout:
         verdict = "every property holds" if heldout["satisfied"] else "VIOLATED"

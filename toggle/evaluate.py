@@ -240,6 +240,18 @@ class Evaluator:
         self._replay.arm(signatures(blocks), stop)
         return self._replay
 
+    def base_against_itself(self) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+        """Every property's robustness (over the suite, and per prompt) with the base model's own
+        recorded outputs as the candidate's, from the trace alone (no pass): what a plan that
+        reproduces the base model scores. Below 0, the property fails for the original model."""
+        trace = self.trace
+        tokens = StepTokens.of(trace.paths, self.eos) if TOKEN_SIGNALS.intersection(self.specs.signals) else None
+        values = compute_signals(self.specs.signals, trace.base, trace.base, options=self.specs.options, tokens=tokens)
+        per_prompt = self.specs.evaluate(*_per_prompt(values, trace))
+        robustness = {p.name: over_suite(p, per_prompt[p.name].values(), prompts=self._applies(p, trace))
+                      for p in self.specs.properties}
+        return robustness, per_prompt
+
     def _applies(self, prop, trace: Trace) -> int:
         """How many prompts of `trace` a property is evaluated on (answer properties: those with one)."""
         return len(trace.paths) if prop.axis != ANSWER else sum(1 for p in trace.paths if p.answer)

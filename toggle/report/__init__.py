@@ -79,6 +79,8 @@ def _blocks(run: RunData, others: list[RunData], made: dict, points: list[Operat
     held = s.get("heldout") or {}
     b: list = [Heading(f"toggle report: {s.get('model')} within {format_bytes(s['budget_bytes'])}", 1)]
     b.append(Paragraph(_verdict(s)))
+    if s.get("base_failures"):
+        b.append(Paragraph(f"Note: {s['base_failures']['note']}."))
     if "pass_rate" in held:
         word = "PASS" if held["satisfied"] else "VIOLATED"
         b.append(Paragraph(f"Held-out audit ({held.get('mode', 'teacher')} mode, {held['prompts']} prompts the search "
