@@ -293,3 +293,40 @@ def test_output_error_of_sampled_rows_is_that_of_the_stored_matrix_and_caches_no
             want = full
         assert got == pytest.approx(want, rel=1e-5) and got > 0
     assert applier.cache_bytes["quantised"] == 0  # the plain quantisations were not kept
+
+
+def test_output_errors_of_every_group_in_threads_equal_those_one_group_at_a_time(tiny_llama_dir, monkeypatch):
+    # Profiling prices groups two at a time: the applier's caches (error samples, the low-rank
+    # and pruned matrices composed through stored()) must give what a single thread gets.
+    from types import SimpleNamespace
+
+    from toggle.compress.linalg import single_threaded
+    from toggle.search import load_profile
+    from toggle.search.costs import CostTable
+    from toggle.search.measure import all_group_errors, group_errors
+    from toggle.search.space import SearchSpace
+
+    lm = load_model(str(tiny_llama_dir))
+    stats = collect_stats(lm.model, [_ids(lm)[0]])
+    space = SearchSpace(lm.model_id, compressible_modules(lm.model), load_profile("prune-lowrank"))
+
+    def objective(applier):
+        return SimpleNamespace(output_error=lambda modules, setting, methods: sum(
+            applier.output_error(name, setting, methods) for name in modules))
+
+    costs = CostTable(space, lambda plan: SimpleNamespace(bytes=1.0, flops_per_token=1.0))
+    with single_threaded():
+        serial = [group_errors(space, costs, objective(PlanApplier(lm.model, stats=stats)), gi)
+                  for gi in range(len(space.groups))]
+    threads = []
+    real = group_errors.__globals__["group_errors"]
+    monkeypatch.setitem(group_errors.__globals__, "group_errors",
+                        lambda *a: threads.append(__import__("threading").current_thread().name) or real(*a))
+    before = torch.get_num_threads()
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # two workers, whatever this machine has
+    try:
+        assert all_group_errors(space, costs, objective(PlanApplier(lm.model, stats=stats))) == serial
+    finally:
+        torch.set_num_threads(before)
+    assert len(threads) == len(space.groups) and all(t.startswith("toggle-errors") for t in threads)
+    assert any(e > 0 for errors in serial for e in errors)

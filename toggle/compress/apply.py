@@ -23,6 +23,7 @@ Which method does what, needs what and stores what is read from the registry (re
 from __future__ import annotations
 
 import ctypes
+import threading
 from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -148,6 +149,9 @@ class PlanApplier:
         self._svd: dict[tuple, SVDFactors] = {}  # full-rank factors per (module, method)
         self._prepared: dict[tuple, object] = {}  # a quantiser's per-matrix state (AWQ's input scales)
         self._samples: OrderedDict[tuple, tuple] = OrderedDict()  # output_error's per-module inputs
+        # output_error may be called from several threads (measure.all_group_errors): what it
+        # reads from or writes to the caches is done under this lock
+        self._lock = threading.RLock()
         self._lru: OrderedDict[tuple, torch.Tensor] = OrderedDict()  # effective weights
         self._lru_bytes = 0
         self.counters = {"applied": 0, "skipped": 0, "lru_hits": 0, "composed": 0}
@@ -285,19 +289,20 @@ class PlanApplier:
         denominator. The last few modules are kept: profiling prices a group's options module by
         module, so a group's modules come round once per option."""
         key = (ref.name, max_rows)
-        if key in self._samples:
-            self._samples.move_to_end(key)
-            return self._samples[key]
-        w = self._base[ref.name]
-        rows = torch.linspace(0, w.shape[0] - 1, min(max_rows, w.shape[0])).round().long().unique()
-        w = w[rows].float()
-        gram = self._gram(ref, summed=True)
-        gram = None if gram is None else gram.float()
-        energy = w.pow(2).sum() if gram is None else ((w @ gram) * w).sum()
-        self._samples[key] = (rows, w, gram, float(energy.clamp(min=1e-30)))
-        if len(self._samples) > 16:
-            self._samples.popitem(last=False)
-        return self._samples[key]
+        with self._lock:
+            if key in self._samples:
+                self._samples.move_to_end(key)
+                return self._samples[key]
+            w = self._base[ref.name]
+            rows = torch.linspace(0, w.shape[0] - 1, min(max_rows, w.shape[0])).round().long().unique()
+            w = w[rows].float()
+            gram = self._gram(ref, summed=True)
+            gram = None if gram is None else gram.float()
+            energy = w.pow(2).sum() if gram is None else ((w @ gram) * w).sum()
+            sample = self._samples[key] = (rows, w, gram, float(energy.clamp(min=1e-30)))
+            if len(self._samples) > 16:
+                self._samples.popitem(last=False)
+            return sample
 
     def _plain_rounding(self, setting: ModuleSetting, methods: Methods) -> bool:
         """Whether `setting` only rounds each weight on its own (round-to-nearest quantisation, no
@@ -312,7 +317,8 @@ class PlanApplier:
         m = methods.for_setting(setting)
         has_stats = self._has_stats(ref)
         if not _row_by_row(setting, registry.chosen("quantizer", m, has_stats=has_stats)):
-            return self.stored(ref, setting, methods).weight().float()[rows]
+            with self._lock:  # composed through the applier's caches
+                return self.stored(ref, setting, methods).weight().float()[rows]
         problem = setting_problem(ref, setting, m)
         if problem:
             raise InvalidInput(f"{ref.name}: {problem}")
