@@ -173,8 +173,7 @@ class Evaluator:
                 break
         if stop_below is not None or prompts is None:
             self._remember_hardness(per_prompt)
-        robustness = {p.name: over_suite(p, per_prompt[p.name].values(), prompts=self._applies(p, trace))
-                      for p in self.specs.properties}
+        robustness = self._over_suite(per_prompt, trace)
         timings["total"] = clock() - start
         scored = sum(len(c.paths) for c in chunks[:i + 1])
         result = Evaluation(robustness, per_prompt, True, None, _merge(summaries), timings, partial=partial,
@@ -191,9 +190,11 @@ class Evaluator:
         clock = time.perf_counter
         t0 = clock()
         if self.scorer is None:
+            signatures = self._block_signatures()
             cand = score_paths(self.loaded.model, trace.paths, self.specs.needs, trace.options,
-                               batch_tokens=trace.batch_tokens, replay=self._armed_replay(trace) if replay else None,
-                               prefixes=self._armed_prefixes(), prefix_limit=self._opening)
+                               batch_tokens=trace.batch_tokens,
+                               replay=self._armed_replay(trace, signatures) if replay else None,
+                               prefixes=self._armed_prefixes(signatures), prefix_limit=self._opening)
         else:
             cand = self.scorer(trace.paths, self.specs.needs, trace.options, batch_tokens=trace.batch_tokens)
             ours, theirs = cand.logprobs, trace.base.logprobs
@@ -205,8 +206,7 @@ class Evaluator:
         problem = check_outputs(cand, trace.options)
         if problem:
             return problem
-        tokens = StepTokens.of(trace.paths, self.eos) if TOKEN_SIGNALS.intersection(self.specs.signals) else None
-        values = compute_signals(self.specs.signals, cand, trace.base, options=self.specs.options, tokens=tokens)
+        values = self._signals(cand, trace)
         t2 = clock()
         timings["signals"] = timings.get("signals", 0.0) + t2 - t1
         for name, v in values.items():
@@ -219,38 +219,45 @@ class Evaluator:
                    for name, v in values.items() if v.size}
         return per_prompt, summary
 
-    def _armed_prefixes(self) -> PrefixKeeper:
-        """The evaluator's prefix caches, told the weights the model holds now (the signature of
-        its last block covers the embedding and every block; None when the applier cannot say:
-        the prefix is computed each time)."""
+    def _block_signatures(self) -> list | None:
+        """What the model holds now, per block (PlanApplier.block_signatures), or None when the
+        applier cannot say."""
         signatures = getattr(self.applier, "block_signatures", None)
-        blocks = len(find_blocks(self.loaded.model)[1]) if signatures is not None else 0
-        self._prefixes.arm(signatures(blocks)[-1] if blocks else None)
+        return None if signatures is None else signatures(len(find_blocks(self.loaded.model)[1]))
+
+    def _armed_prefixes(self, signatures: list | None) -> PrefixKeeper:
+        """The evaluator's prefix caches, told the weights the model holds now (the signature of
+        its last block covers the embedding and every block; None: the prefix is computed each time)."""
+        self._prefixes.arm(signatures[-1] if signatures else None)
         return self._prefixes
 
-    def _armed_replay(self, trace: Trace) -> BlockReplay | None:
+    def _armed_replay(self, trace: Trace, signatures: list | None) -> BlockReplay | None:
         """The evaluator's block replay, told the weights the model holds now (None when the
         applier cannot say which: replay nothing)."""
-        signatures = getattr(self.applier, "block_signatures", None)
         if signatures is None:
             return None
-        blocks = len(find_blocks(self.loaded.model)[1])
+        blocks = len(signatures)
         # the attention capture runs inside the blocks it pools: those and the ones after them run
         stop = min(trace.options.attn_layers, default=blocks) if ATTENTION in self.specs.needs else blocks
-        self._replay.arm(signatures(blocks), stop)
+        self._replay.arm(signatures, stop)
         return self._replay
 
     def base_against_itself(self) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
         """Every property's robustness (over the suite, and per prompt) with the base model's own
         recorded outputs as the candidate's, from the trace alone (no pass): what a plan that
         reproduces the base model scores. Below 0, the property fails for the original model."""
-        trace = self.trace
+        per_prompt = self.specs.evaluate(*_per_prompt(self._signals(self.trace.base, self.trace), self.trace))
+        return self._over_suite(per_prompt, self.trace), per_prompt
+
+    def _signals(self, cand, trace: Trace) -> dict[str, np.ndarray]:
+        """Every signal the specs read, `cand`'s outputs against the base's along `trace`'s paths."""
         tokens = StepTokens.of(trace.paths, self.eos) if TOKEN_SIGNALS.intersection(self.specs.signals) else None
-        values = compute_signals(self.specs.signals, trace.base, trace.base, options=self.specs.options, tokens=tokens)
-        per_prompt = self.specs.evaluate(*_per_prompt(values, trace))
-        robustness = {p.name: over_suite(p, per_prompt[p.name].values(), prompts=self._applies(p, trace))
-                      for p in self.specs.properties}
-        return robustness, per_prompt
+        return compute_signals(self.specs.signals, cand, trace.base, options=self.specs.options, tokens=tokens)
+
+    def _over_suite(self, per_prompt: dict, trace: Trace) -> dict[str, float]:
+        """Each property's robustness over `trace`'s prompts, from its per-prompt values."""
+        return {p.name: over_suite(p, per_prompt[p.name].values(), prompts=self._applies(p, trace))
+                for p in self.specs.properties}
 
     def _applies(self, prop, trace: Trace) -> int:
         """How many prompts of `trace` a property is evaluated on (answer properties: those with one)."""

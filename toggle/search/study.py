@@ -224,11 +224,12 @@ def run_study(objective: Objective, budget_bytes: int, *, profile: SearchProfile
             context.path, context.estimate = allocation_path(context.measured, costs, objective=objective_kind)
             timings["profiling_seconds"] = round(measured.seconds, 2)
             timings["profiling_evaluations"] = measured.evaluations
-        if context.limit is not None and costs.min_bytes(context.limit) > budget_bytes:
+        smallest_left = costs.min_bytes(context.limit) if context.limit is not None else 0.0
+        if smallest_left > budget_bytes:
             # every plan left after profiling's cuts is over the budget: trials would only repeat one
             timings["stopped"] = (
                 f"sensitivity profiling dropped the knob values that break a property with one group compressed; "
-                f"the smallest plan left is {format_bytes(costs.min_bytes(context.limit))}, over the budget (raise "
+                f"the smallest plan left is {format_bytes(smallest_left)}, over the budget (raise "
                 f"--budget to at least that, or loosen the specs)")
             bar.print(f"toggle: no trials: {timings['stopped']}")
             n_trials = 0

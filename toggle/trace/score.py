@@ -13,7 +13,7 @@ from ..modules import find_blocks
 from ..signals import ATTENTION, GOLD, HIDDEN, LOGPROBS, SignalOptions
 from .capture import _AttentionCapture, _capturing
 from .padding import _left_pad
-from .prefix import PREFIX_MIN, batch_cache, prefix_cache, prompt_key, shared_prefix
+from .prefix import batch_cache, prefix_cache, prompt_key, shared_prefix
 
 # Padded tokens per forward batch. On a 2-core CPU 512 measured fastest for SmolLM2-135M over
 # the default suite (7.0 s vs 8.3 s one sequence at a time and 12.8 s at 2048: large batches
@@ -161,9 +161,8 @@ def score_paths(model, paths: list[TokenPath], needs, options: SignalOptions, *,
                  for i, p in enumerate(paths) if p.answer] if GOLD in needs else []
     # the shared prefix (it ends before any sequence's steps) is run once for both passes
     every = step_seqs + gold_seqs
-    shared = shared_prefix([s.ids for s in every], min((len(s.ids) - s.n for s in every), default=0))
-    if prefix_limit is not None:
-        shared = min(shared, prefix_limit) if prefix_limit >= PREFIX_MIN else 0
+    limit = min((len(s.ids) - s.n for s in every), default=0)
+    shared = shared_prefix([s.ids for s in every], limit if prefix_limit is None else min(limit, prefix_limit))
     prefix = None
     if shared:
         device, ids = next(model.parameters()).device, every[0].ids[:shared]
