@@ -174,13 +174,21 @@ def test_calibration_statistics(tiny_llama_dir, monkeypatch, tmp_path):
     monkeypatch.setenv("TOGGLE_CACHE_DIR", str(tmp_path))
     lm = load_model(str(tiny_llama_dir))
     seqs = [_ids(lm)[0], _ids(lm, "def add(a, b): return a + b")[0]]
-    # Reference: the real inputs of one module, captured with a hook.
+    assert len(seqs[0]) != len(seqs[1])  # so the batch is padded
+    # Reference: the real inputs of one module, captured with a hook, one sequence at a time.
     captured = []
     up = lm.model.get_submodule("model.layers.1.mlp.up_proj")
     handle = up.register_forward_pre_hook(lambda m, args: captured.append(args[0].reshape(-1, 64)))
-    stats = collect_stats(lm.model, seqs, fingerprint=lm.fingerprint)
+    for seq in seqs:
+        _logits(lm, seq[None])
     handle.remove()
     x = torch.cat(captured)
+    # collect_stats runs both sequences in one right-padded forward and counts only their tokens
+    forwards = []
+    handle = lm.model.get_submodule("model.embed_tokens").register_forward_hook(lambda m, a, out: forwards.append(out.shape))
+    stats = collect_stats(lm.model, seqs, fingerprint=lm.fingerprint)
+    handle.remove()
+    assert forwards == [(2, max(len(s) for s in seqs), 64)]
     assert stats.n_tokens == sum(len(s) for s in seqs) == x.shape[0]
     torch.testing.assert_close(stats.channel_norm("model.layers.1.mlp.up_proj"), x.norm(dim=0), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(stats.gram("model.layers.1.mlp.up_proj"), x.T @ x / x.shape[0], rtol=1e-4, atol=1e-5)
@@ -197,6 +205,31 @@ def test_calibration_statistics(tiny_llama_dir, monkeypatch, tmp_path):
     assert other.data_hash != stats.data_hash and other.n_tokens < stats.n_tokens
     with pytest.raises(InvalidInput, match="no token sequences"):
         collect_stats(lm.model, [])
+
+
+def test_calibration_statistics_of_routed_inputs_one_sequence_at_a_time(tiny_llama_dir):
+    """A module fed tokens instead of the batch's (batch, tokens, features) layout (mixture-of-experts
+    routing: pads of a batch would be routed too) makes the statistics come from one sequence per
+    forward, equal to the unbatched collection's."""
+    lm = load_model(str(tiny_llama_dir))
+    seqs = [_ids(lm)[0], _ids(lm, "def add(a, b): return a + b")[0], _ids(lm, "x = 1")[0]]
+    alone = collect_stats(lm.model, seqs, cache=False, batch_tokens=0)
+    mlp = lm.model.get_submodule("model.layers.1.mlp")
+    own = mlp.forward
+    # as a router hands its experts a (tokens, features) matrix
+    mlp.forward = lambda x: own(x.reshape(-1, x.shape[-1])).reshape(x.shape)
+    forwards = []
+    handle = lm.model.get_submodule("model.embed_tokens").register_forward_hook(lambda m, a, out: forwards.append(out.shape[0]))
+    try:
+        stats = collect_stats(lm.model, seqs, cache=False)
+    finally:
+        handle.remove()
+        del mlp.forward
+    assert forwards == [3, 1, 1, 1]  # the batched try stopped at the routed input
+    assert stats.n_tokens == alone.n_tokens == sum(len(s) for s in seqs)
+    assert stats.aliases == alone.aliases
+    for name in stats.grams:
+        torch.testing.assert_close(stats.grams[name], alone.grams[name], rtol=1e-5, atol=1e-5)
 
 
 def test_activation_aware_plan_applies_and_is_deterministic(tiny_llama_dir):

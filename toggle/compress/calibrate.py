@@ -87,6 +87,11 @@ class ActivationStats:
                    data_hash=meta.get("data_hash", ""), meta=json.loads(meta.get("meta") or "{}"))
 
 
+# Padded tokens per forward while gathering statistics: SmolLM2-135M's 30 calibration sequences
+# (3,544 tokens) took 12.8 s one at a time on 2 cores (benchmarks/bench_stats.py).
+STATS_BATCH_TOKENS = 4096
+
+
 def data_hash(sequences: list[torch.Tensor]) -> str:
     """Identity of the calibration data: the token ids of every sequence, in order."""
     h = hashlib.sha256()
@@ -102,9 +107,15 @@ def stats_cache_path(fingerprint: str, digest: str) -> Path:
 
 
 def collect_stats(model: torch.nn.Module, sequences: list[torch.Tensor], *, refs=None,
-                  fingerprint: str | None = None, cache: bool = True) -> ActivationStats:
+                  fingerprint: str | None = None, cache: bool = True,
+                  batch_tokens: int = STATS_BATCH_TOKENS) -> ActivationStats:
     """Run `model` over `sequences` (1-D or (1, T) tensors of input ids) and gather the input
     Gram matrix of every module in `refs` (default: all compressible modules).
+
+    Sequences of similar length run together, right-padded to at most `batch_tokens` padded
+    tokens per forward (0: one at a time), and only their own tokens are counted; a model that
+    feeds a module routed tokens instead of the batch (mixture-of-experts experts, where pads
+    would be routed too) is run one sequence at a time.
 
     With a `fingerprint` (LoadedModel.fingerprint) and `cache`, the result is read from and
     written to the cache directory, keyed by fingerprint and data hash.
@@ -119,21 +130,52 @@ def collect_stats(model: torch.nn.Module, sequences: list[torch.Tensor], *, refs
         if all(r.name in stats for r in refs if r.is_linear):
             return stats
 
-    collector = _Collector(model, refs)
     try:
-        with torch.no_grad():
-            for seq in sequences:
-                ids = seq.reshape(1, -1).to(next(model.parameters()).device)
-                collector.start()
-                hidden = model.base_model(input_ids=ids).last_hidden_state
-                collector.add_head(hidden)
-    finally:
-        collector.remove()
+        collector = _collect(model, refs, sequences, batch_tokens)
+    except _RoutedInput:  # a module is fed routed tokens (mixture of experts): one sequence at a time
+        collector = _collect(model, refs, sequences, 0)
     stats = ActivationStats(grams={k: v.float() for k, v in collector.grams.items()}, aliases=collector.aliases,
                             n_tokens=collector.n_tokens, fingerprint=fingerprint or "", data_hash=digest)
     if path is not None:
         stats.save(path)
     return stats
+
+
+def _collect(model, refs, sequences: list[torch.Tensor], batch_tokens: int) -> "_Collector":
+    collector = _Collector(model, refs)
+    device = next(model.parameters()).device
+    try:
+        with torch.no_grad():
+            for batch in _stats_batches([len(s.reshape(-1)) for s in sequences], batch_tokens):
+                rows = [sequences[i].reshape(-1) for i in batch]
+                width = max(len(r) for r in rows)
+                ids = torch.zeros(len(rows), width, dtype=torch.long)
+                mask = torch.zeros(len(rows), width, dtype=torch.long)
+                for k, r in enumerate(rows):  # right padding: causal attention keeps pads out of real tokens
+                    ids[k, :len(r)], mask[k, :len(r)] = r, 1
+                ids, mask = ids.to(device), mask.to(device)
+                collector.start(mask.bool() if len(rows) > 1 else None)
+                hidden = model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
+                collector.add_head(hidden)
+    finally:
+        collector.remove()
+    return collector
+
+
+def _stats_batches(lengths: list[int], batch_tokens: int) -> list[list[int]]:
+    """Indices of `lengths` in length order, batched to at most `batch_tokens` padded tokens
+    (a longer sequence alone); one per batch when `batch_tokens` is 0."""
+    batches: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):
+        if batches and batch_tokens and (len(batches[-1]) + 1) * lengths[i] <= batch_tokens:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
+class _RoutedInput(Exception):
+    """A hooked module's input is not laid out as the batch's (batch, tokens, features)."""
 
 
 class _Collector:
@@ -145,6 +187,7 @@ class _Collector:
         self.n_tokens = 0
         self._seen: dict[int, tuple[torch.Tensor, str]] = {}  # id(input) -> (input, owner), one forward
         self._handles = []
+        self._keep: torch.Tensor | None = None
         self._head_names = [r.name for r in refs if r.block is None and r.is_linear]
         for ref in refs:
             if ref.block is None:
@@ -152,8 +195,10 @@ class _Collector:
             module = model.get_submodule(ref.name)
             self._handles.append(module.register_forward_pre_hook(self._hook(ref.name)))
 
-    def start(self) -> None:
+    def start(self, keep: torch.Tensor | None = None) -> None:
+        """A new forward; `keep` (batch, tokens) marks the real tokens of a padded batch."""
         self._seen.clear()
+        self._keep = keep
 
     def _hook(self, name: str):
         def hook(module, args):
@@ -167,8 +212,16 @@ class _Collector:
             self._accumulate(self.aliases[name], x)
         return hook
 
+    def _tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """x's rows of real tokens, (n, features)."""
+        if self._keep is None:
+            return x.reshape(-1, x.shape[-1])
+        if x.dim() != 3 or x.shape[:2] != self._keep.shape:
+            raise _RoutedInput(tuple(x.shape))
+        return x[self._keep]
+
     def _accumulate(self, owner: str, x: torch.Tensor) -> None:
-        flat = x.reshape(-1, x.shape[-1]).float()
+        flat = self._tokens(x).float()
         g = flat.T @ flat
         if owner in self.grams:
             self.grams[owner] += g.double()
@@ -176,7 +229,7 @@ class _Collector:
             self.grams[owner] = g.double()
 
     def add_head(self, hidden: torch.Tensor) -> None:
-        self.n_tokens += hidden.shape[0] * hidden.shape[1]
+        self.n_tokens += hidden.shape[0] * hidden.shape[1] if self._keep is None else int(self._keep.sum())
         for name in self._head_names:
             owner = self._head_names[0]
             self.aliases.setdefault(name, owner)
