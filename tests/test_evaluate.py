@@ -258,7 +258,7 @@ def test_the_specs_topk_reaches_the_signals_and_the_trace_is_shared(setup, tmp_p
     assert sorted(set(result.per_prompt["agree"].values())) == [-1.0, 0.0]  # some prompts agree, some do not
 
 
-def test_a_large_trace_is_scored_in_pieces_of_bounded_outputs(setup):
+def test_a_large_trace_is_scored_in_pieces_of_bounded_outputs(setup, monkeypatch):
     # The candidate's outputs of a piece are dropped once its signals are computed: with a limit
     # below the whole trace's outputs, the scorer sees pieces within it, and the result is the same.
     from toggle.evaluate import pieces
@@ -268,11 +268,18 @@ def test_a_large_trace_is_scored_in_pieces_of_bounded_outputs(setup):
     steps = {p.prompt_id: len(p.tokens) for p in trace.paths}
     limit = per_step * 2 * max(steps.values())  # two prompts' outputs
     assert sum(steps.values()) * per_step > limit
-    cut = pieces(trace, limit)
+    copies = []
+    subset = type(trace).subset
+    monkeypatch.setattr(type(trace), "subset", lambda self, ids: copies.append(ids) or subset(self, ids))
+    lazy = pieces(trace, limit)
+    first = next(lazy)
+    assert len(copies) == 1  # a piece's copy of the base outputs is made when it is reached
+    cut = [first, *lazy]
     assert sorted(pid for piece in cut for pid in piece.prompt_ids) == sorted(steps)  # each prompt once
     assert len(cut) == 2 and all(sum(steps[p] for p in piece.prompt_ids) * per_step <= limit for piece in cut)
     assert "long" in cut[-1].prompt_ids  # similar lengths together: the longest prompt in the last piece
-    assert pieces(trace, sum(steps.values()) * per_step) == [trace]  # a trace that fits is not copied
+    assert list(pieces(trace, sum(steps.values()) * per_step)) == [trace]  # a trace that fits is not copied
+    monkeypatch.undo()
 
     seen = []
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -303,15 +304,17 @@ def _plan_key(plan) -> tuple:
     return (tuple(sorted((n, s) for n, s in plan.modules.items() if s != UNTOUCHED)), plan.methods)
 
 
-def pieces(trace: Trace, limit: int) -> list[Trace]:
+def pieces(trace: Trace, limit: int) -> Iterator[Trace]:
     """`trace` cut into pieces whose base outputs along the steps take at most `limit` bytes (the
     candidate's take as many), prompts of similar length together (score_paths pads each batch
-    to its longest sequence); `[trace]` itself when it fits."""
+    to its longest sequence); `trace` itself when it fits. Each piece's copy of the base outputs
+    is made as it is reached, so one piece's is held at a time, not the whole trace's again."""
     tensors = [t for t in (trace.base.logprobs, trace.base.attn, trace.base.hidden) if t is not None]
     per_step = sum(t[0].numel() * t.element_size() for t in tensors if len(t))
     steps = [len(p.tokens) for p in trace.paths]
     if per_step * sum(steps) <= limit:
-        return [trace]
+        yield trace
+        return
     order = sorted(range(len(trace.paths)), key=lambda i: (len(trace.paths[i].prompt_ids) + steps[i], i))
     groups, size = [[]], 0
     for i in order:
@@ -320,7 +323,8 @@ def pieces(trace: Trace, limit: int) -> list[Trace]:
             size = 0
         groups[-1].append(trace.paths[i].prompt_id)
         size += steps[i] * per_step
-    return [trace.subset(ids) for ids in groups]
+    for ids in groups:
+        yield trace.subset(ids)
 
 
 def _merge(summaries: list[dict]) -> dict[str, dict[str, float]]:
