@@ -19,6 +19,9 @@ from .prefix import batch_cache, prefix_cache, prompt_key, shared_prefix
 # the default suite (7.0 s vs 8.3 s one sequence at a time and 12.8 s at 2048: large batches
 # make the (batch, steps, vocabulary) logits tensors memory-bound).
 DEFAULT_BATCH_TOKENS = 512
+# A forward's logits (rows x steps x vocabulary, float32; their log-softmax as much again) at most
+# this many bytes: wide batches of short sequences with a large vocabulary stay bounded.
+LOGITS_BYTES = 256 * 2**20
 
 
 @dataclass(frozen=True)
@@ -201,7 +204,7 @@ def _run(model, seqs: list[_Sequence], needs, options: SignalOptions, batch_toke
     hook = blocks[options.hidden_layer].register_forward_hook(grab_hidden) if HIDDEN in needs else None
     try:
         with torch.no_grad(), _capturing(model, capture):
-            for batch in _batches(seqs, batch_tokens, shared):
+            for batch in _batches(seqs, batch_tokens, shared, _vocabulary(model)):
                 n_max = max(s.n for s in batch)
                 ids, mask, pads = _left_pad([s.ids[shared:] for s in batch], 0, device)
                 position_ids = (mask.cumsum(-1) - 1).clamp(min=0) + shared
@@ -238,20 +241,30 @@ def _run(model, seqs: list[_Sequence], needs, options: SignalOptions, batch_toke
     return parts
 
 
+def _vocabulary(model) -> int:
+    head = model.get_output_embeddings()
+    return head.weight.shape[0] if head is not None else getattr(model.config, "vocab_size", 0)
+
+
 def block_output(output) -> torch.Tensor:
     """A block's hidden states from what its forward returned (a tensor, or a tuple led by one)."""
     return output[0] if isinstance(output, tuple) else output
 
 
-def _batches(seqs: list[_Sequence], batch_tokens: int, shared: int = 0):
+def _batches(seqs: list[_Sequence], batch_tokens: int, shared: int = 0, vocab: int = 0):
     """Length-sorted batches whose padded size (less the `shared` prefix) stays within
-    batch_tokens (at least one each)."""
+    batch_tokens, and whose logits (rows x the most steps of a row x `vocab`, float32) within
+    LOGITS_BYTES (at least one sequence each)."""
     order = sorted(seqs, key=lambda s: len(s.ids))
     batch: list[_Sequence] = []
+    steps = 0
     for s in order:
-        if batch and (len(batch) + 1) * (len(s.ids) - shared) > batch_tokens:
+        wider = max(steps, s.n)
+        if batch and ((len(batch) + 1) * (len(s.ids) - shared) > batch_tokens
+                      or (len(batch) + 1) * wider * vocab * 4 > LOGITS_BYTES):
             yield batch
-            batch = []
+            batch, wider = [], s.n
         batch.append(s)
+        steps = wider
     if batch:
         yield batch
