@@ -73,6 +73,16 @@ def test_unbounded_operators_cover_the_whole_trace(tmp_path):
     assert p.robustness({"hidden_cos": [1.0, 0.95, 0.99, 0.85]}) == pytest.approx(-0.05)
 
 
+def test_steps_needed_reach_the_furthest_window_beside_unbounded_properties(tmp_path):
+    # an unbounded property beside a window past the default 32 steps: the trace must reach the window
+    late = write(tmp_path, "u = always (kl <= 100)\nlate = always[40:60] (jsd >= 1)\n", "late.stl")
+    assert load_specs([late]).steps_needed == 61
+    near = write(tmp_path, "u = always (kl <= 100)\nnear = always[0:7] (jsd <= 1)\n", "near.stl")
+    assert load_specs([near]).steps_needed == 32  # the unbounded one still reads the default steps
+    alone = write(tmp_path, "u = always (kl <= 100)\n", "alone.stl")
+    assert load_specs([alone]).steps_needed is None
+
+
 def test_consts_take_their_values(tmp_path):
     p = prop(tmp_path, "always[0:1] (jsd <= eps)", consts="const eps = 0.25")
     assert p.consts == {"eps": 0.25}

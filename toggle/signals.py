@@ -26,6 +26,9 @@ import torch
 # What a signal needs from a teacher-forced pass (the trace caches the base side of it).
 LOGPROBS, ATTENTION, HIDDEN, GOLD = "logprobs", "attention", "hidden", "gold"
 STEP, ANSWER = "step", "answer"
+# Generated steps a trace reads when no property bounds them (e.g. only unbounded `always`), and
+# at least what an unbounded property reads beside bounded ones.
+DEFAULT_STEPS = 32
 
 
 Layer = int | float  # a block index (negative: from the end) or a fraction of the depth (0.0 .. 1.0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..errors import ToggleError
-from ..signals import SIGNALS, STEP, SignalOptions
+from ..signals import DEFAULT_STEPS, SIGNALS, STEP, SignalOptions
 from . import semantics
 
 
@@ -75,11 +75,16 @@ class SpecSet:
 
     @property
     def steps_needed(self) -> int | None:
-        """Steps of generation the step-axis properties look at (None: no bound, use the default)."""
+        """Steps of generation the step-axis properties look at: the furthest bound, and at least
+        DEFAULT_STEPS when a property reads every step (an unbounded `always`) beside them; None
+        when no property is bounded (DEFAULT_STEPS applies)."""
         step_props = [p for p in self.properties if p.axis == STEP]
-        if not step_props or any(p.steps_needed is None for p in step_props):
+        bounded = [p.steps_needed for p in step_props if p.steps_needed is not None]
+        if not bounded:
             return None
-        return max(p.steps_needed for p in step_props)
+        if len(bounded) < len(step_props):  # the unbounded ones read DEFAULT_STEPS, the others their windows
+            return max(bounded + [DEFAULT_STEPS])
+        return max(bounded)
 
     def evaluate(self, traces: dict[str, dict], answers: dict[str, dict] | None = None) -> dict[str, dict[str, float]]:
         """Robustness per property per prompt.

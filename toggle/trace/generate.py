@@ -9,10 +9,10 @@ import torch
 from transformers import GenerationConfig
 
 from ..prompts import EncodedPrompt
+from ..signals import DEFAULT_STEPS
 from .padding import _left_pad
 from .prefix import batch_cache, prefix_cache, shared_prefix
 
-DEFAULT_STEPS = 32  # when no property bounds the steps it reads (e.g. an unbounded `always`)
 
 
 @dataclass(frozen=True)
