@@ -245,3 +245,17 @@ def test_the_report_says_what_the_base_model_fails_and_why_no_trial_ran(runs, tm
     assert ("**VIOLATED**: no plan within the budget was evaluated: the smallest plan left is 1.2 MB, over the "
             "budget.") in text
     assert "Note: the base model itself fails sure (s.stl:2) on 3 of 3 prompts." in text
+
+
+def test_a_vacuous_property_reads_n_a_in_the_report(runs, tmp_path):
+    # summary.json stores +inf robustness (a property nothing on the prompts checked) as "inf"
+    d, _, _ = runs
+    copy = tmp_path / "vacuous"
+    shutil.copytree(d / "A", copy)
+    summary = json.loads((copy / "summary.json").read_text())
+    name = next(iter(summary["robustness"]))
+    summary["robustness"][name] = "inf"
+    (copy / "summary.json").write_text(json.dumps(summary))
+    assert main(["report", str(copy)]) == 0
+    rows = [line for line in (copy / "report.md").read_text().splitlines() if line.startswith(f"| {name} |")]
+    assert rows and rows[0].split("|")[3].strip() == "n/a"

@@ -19,6 +19,7 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..files import robustness_from_json
 from ..confidence import describe as describe_confidence
 from ..rundir import REPORT_HTML, REPORT_MD, RunDir
 from ..units import format_bytes, format_reduction
@@ -237,6 +238,8 @@ def _g(v) -> str:
 def _margin(v) -> str:
     if v is None:
         return "-"
+    if isinstance(v, str):  # summary.json stores a vacuous +inf as VACUOUS ("inf")
+        v = robustness_from_json(v)
     if isinstance(v, float) and not math.isfinite(v):
         return "-inf" if v < 0 else "n/a"
     return f"{v:+.4f}"
