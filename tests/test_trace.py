@@ -297,3 +297,32 @@ def test_recorded_log_probabilities_are_packed_in_place(counts):
     got = packed(rows, counts)
     assert torch.equal(got, want)
     assert got.untyped_storage().data_ptr() == rows.untyped_storage().data_ptr()
+
+
+def test_a_prompt_past_learned_positions_is_named_before_any_tracing(tiny_gpt2_dir, tiny_llama_dir):
+    lm = load_model(str(tiny_gpt2_dir))  # learned position embeddings: n_positions 1024
+    long = suite_from_records([{"id": "essay", "prompt": "the robot reads the stars " * 250, "chat": False}])
+    assert len(encode_suite(long, lm.tokenizer)[0].ids) + 8 > 1024
+    with pytest.raises(ToggleError, match="prompt 'essay' is .* needs .* positions; this model's learned position "
+                                          "embeddings hold 1024"):
+        build_trace(lm, long, needs={"logprobs"}, steps=8)
+    rotary = load_model(str(tiny_llama_dir))  # rotary positions have no table to run out of: no check
+    assert rotary.model.config.max_position_embeddings < len(encode_suite(long, rotary.tokenizer)[0].ids)
+    assert build_trace(rotary, long, needs={"logprobs"}, steps=2).paths
+
+
+def test_attention_pooled_past_a_sliding_window_is_named(tmp_path):
+    from tiny_models import make_tiny_model
+
+    lm = load_model(str(make_tiny_model("mistral", tmp_path / "mistral")))
+    lm.model.config.sliding_window = 8  # every layer attends within the last 8 tokens
+    suite = suite_from_records(RECORDS[:1])
+    with pytest.raises(ToggleError, match=r"option attn_layers: layer 1 of this model attends within a sliding "
+                                          r"window of 8 tokens, and prompt 'fact' .* with its 4 steps"):
+        build_trace(lm, suite, needs={"logprobs", "attention"}, options=OPTIONS, steps=4)
+    assert build_trace(lm, suite, needs={"logprobs", "hidden"}, options=OPTIONS, steps=4).paths  # no attention read
+    lm.model.config.layer_types = ["sliding_attention", "full_attention"]  # Gemma 3 style: layer 1 is full
+    assert build_trace(lm, suite, needs={"logprobs", "attention"}, options=OPTIONS, steps=4).paths
+    with pytest.raises(ToggleError, match=r"layer 0 .* pool only full-attention layers \(option attn_layers = 1\)"):
+        build_trace(lm, suite, needs={"logprobs", "attention"}, options=SignalOptions(hidden_layer=0, attn_layers=(0, 1),
+                                                                                       attn_span=6), steps=4)

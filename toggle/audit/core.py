@@ -51,6 +51,8 @@ from ..prompts import EncodedPrompt, Prompt
 from ..signals import ANSWER, ATTENTION, HIDDEN, SIGNALS, compute_signals
 from ..trace import (DEFAULT_STEPS, GenerationSettings, TokenPath, base_continuations, build_trace, encode_suite,
                      generate_paths, score_paths, trace_along)
+from ..trace.limits import check_lengths
+from ..trace.score import resolve_options
 
 MODES = ("teacher", "free")
 ENGINES = ("torch", "llama.cpp")
@@ -251,6 +253,8 @@ def audit_models(candidate, base, spec_set, suite, *, split: str = "heldout", mo
         timings["trace"] = clock() - t0
     else:
         encoded = encode_suite(chosen, base.tokenizer)
+        check_lengths(candidate.model, encoded, steps, spec_set.needs, resolve_options(candidate.model, spec_set.options),
+                      suite.source)
         with _weights(applier, plan):
             own = generate_paths(candidate.model, candidate.tokenizer, encoded, GenerationSettings(steps=steps))
         timings["generate"] = clock() - t0

@@ -15,6 +15,7 @@ from ..files import json_digest
 from ..prompts import EncodedPrompt, PromptSuite, encode
 from ..signals import GOLD, LOGPROBS, SignalOptions
 from .cache import DEFAULT_CACHE, TraceCache
+from .limits import check_lengths
 from .generate import DEFAULT_STEPS, GENERATE_BATCH, GENERATE_TOKENS, GenerationSettings, generate_paths
 from .record import generate_recorded
 from .score import DEFAULT_BATCH_TOKENS, StepOutputs, TokenPath, check_outputs, resolve_options, score_paths
@@ -83,6 +84,7 @@ def build_trace(loaded, suite: PromptSuite, specs=None, *, split: str = "calibra
     model, tokenizer = loaded.model, loaded.tokenizer
     resolved = resolve_options(model, options)
     encoded = [encode(p, tokenizer) for p in chosen]
+    check_lengths(model, encoded, steps, needs, resolved, suite.source)
     if GOLD in needs and not any(e.answer_ids for e in encoded):
         raise InvalidInput(f"{suite.source}: the specs use gold-answer signals but no {split} prompt has an answer")
 
