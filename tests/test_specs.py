@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from toggle.errors import ToggleError
+from toggle.errors import InvalidInput, ToggleError
 from toggle.files import default_specs, resource_dir
 from toggle.signals import SIGNALS
 from toggle.specs import SpecError, check_files, load_specs, parse_overrides
@@ -456,3 +456,16 @@ def test_one_step_traces(tmp_path):
     assert p.robustness({"gold_p_ratio": [0.7]}) == pytest.approx(0.2)
     q = prop(tmp_path, "eventually (gold_logprob >= -1) and always (gold_logprob <= 0)")
     assert q.robustness({"gold_logprob": [-0.25]}) == pytest.approx(0.25)
+
+
+def test_bounds_past_the_longest_trace_and_division_by_zero_are_named(tmp_path):
+    far = write(tmp_path, "a = always[0:99999999999999999999999] (jsd <= 0.1)\n", "far.stl")
+    with pytest.raises(ToggleError, match=r"far.stl:1:\d+: interval \[0:99999999999999999999999\]: bound .* is beyond "
+                                           r"16384 generation steps"):
+        load_specs([far])
+    assert load_specs([write(tmp_path, "a = always[0:16384] (jsd <= 0.1)\n", "edge.stl")]).steps_needed == 16385
+    zero = load_specs([write(tmp_path, "const e = 0\nz = always (jsd <= 1 / e)\n", "zero.stl")])
+    with pytest.raises(InvalidInput, match=r"zero.stl:2: property 'z' divides by zero"):
+        zero.evaluate({"p": {"jsd": [0.1, 0.2]}})
+    with pytest.raises(InvalidInput, match="divides by zero"):  # one sample takes rtamt's other path
+        zero.evaluate({"p": {"jsd": [0.1]}})

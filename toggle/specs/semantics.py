@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+from ..errors import InvalidInput
 from ..signals import STEP
 
 
@@ -18,9 +19,13 @@ def robustness(prop, signals: dict, length: int | None = None) -> float:
         data[s] = [float(v) for v in signals[s]]
     for c, v in prop.consts.items():
         data[c] = [v] * n
-    if n > 1:
-        return float(prop._rtamt.evaluate(data)[0][1])
-    return _evaluate_one_sample(prop._rtamt, data)
+    try:
+        if n > 1:
+            return float(prop._rtamt.evaluate(data)[0][1])
+        return _evaluate_one_sample(prop._rtamt, data)
+    except ZeroDivisionError:
+        raise InvalidInput(f"{prop.where}: property {prop.name!r} divides by zero (a constant or a signal that is 0 "
+                           f"on this trace); divide only by what cannot be 0, e.g. (x + 1e-9)") from None
 
 
 def evaluate(specs, traces: dict[str, dict], answers: dict[str, dict] | None = None) -> dict[str, dict[str, float]]:

@@ -19,6 +19,9 @@ from ..signals import ANSWER, SIGNALS, STEP, SignalOptions
 from .analysis import _const_signs, _horizon, _type_check
 from .model import Const, Property, SpecError, SpecSet
 
+# The furthest step an interval may name: a trace is generated that far for every prompt, and
+# 100,000 steps took minutes on a 2-layer model.
+MAX_BOUND = 16384
 OUT = "toggle_out"  # rtamt's output variable; not a valid signal, const or property name
 _PREFIX = f"{OUT} = "
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -510,6 +513,10 @@ def _check_interval(tokens, i, names, at, errors) -> None:
                           f"of generation steps, e.g. [0:31]")
             return
         values.append(int(part[0].text))
+        if values[-1] > MAX_BOUND:
+            errors.append(f"{where}: interval {shown}: bound {values[-1]} is beyond {MAX_BOUND} generation steps; "
+                          f"a property reads at most that many, e.g. [0:31]")
+            return
     if values[1] < values[0]:
         errors.append(f"{where}: reversed interval {shown}: the start must not exceed the end (e.g. [{values[1]}:{values[0]}])")
 
