@@ -260,6 +260,8 @@ CASES = [
      ["profile-bits.yaml", "knobs.bits", "9", "2..8, or 16"]),
     ("profile-sparsity-out-of-range", search("--profile", "{d}/profile-sparsity.yaml"),
      ["profile-sparsity.yaml", "knobs.sparsity", "[0, 1)"]),
+    ("objective-flops-quant-only", search("--objective", "flops"),
+     ["--objective flops", "ok-profile.yaml", "no pruning or low rank", "same FLOPs", "--objective size"]),
     ("profile-granularity", search("--profile", "{d}/profile-granularity.yaml"),
      ["profile-granularity.yaml", "granularity", "block, block_part, block_part_width, module"]),
     ("profile-not-a-mapping", search("--profile", "{d}/profile-not-mapping.yaml"), ["profile-not-mapping.yaml", "mapping"]),

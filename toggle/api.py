@@ -92,6 +92,10 @@ def search(model: str, budget: str | Budget, *, specs=None, prompts=None, profil
     cost_model = CostModel.for_model(loaded, get_format(search_profile.format), refs)
     space = SearchSpace(loaded.model_id, refs, search_profile)
     costs = CostTable(space, cost_model.of)  # a knob value the format cannot store for these shapes: said now
+    if objective == "flops" and not costs.flops_vary:
+        raise InvalidInput(f"--objective flops: profile {profile!r} offers no pruning or low rank, so every plan has the "
+                           f"same FLOPs per token; use --objective size, or a profile that prunes or factorises "
+                           f"(--profile prune-lowrank)")
     say(f"tracing the base model on {len(suite.split('calibration'))} calibration prompts")
     trace = build_trace(loaded, suite, spec_set, split="calibration")
     run = RunDir(out or default_run_dir(model, budget))

@@ -60,6 +60,11 @@ class CostTable:
                                         for combo in combos], dtype=np.int64).reshape(len(combos), len(driven))
                               for cols, combos, driven in zip(self._columns, self._combos, self._driven)]
 
+    @property
+    def flops_vary(self) -> bool:
+        """Whether any option changes the FLOPs per token (pruning, low rank): quantisation alone does not."""
+        return any(np.any(d[np.isfinite(d[:, 1]), 1] != 0) for d in self._delta)
+
     def of(self, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(bytes, flops) for each row of an (N, dims) index matrix (or one vector)."""
         index = np.atleast_2d(index)
