@@ -80,6 +80,10 @@ def test_final_lines_report_size_and_flop_reduction():
     summary.update(satisfied=False, min_margin=-0.2)
     assert "no plan satisfies every property within 100.0 MB after 12 trials; closest plan: trial 7, minimum margin -0.2000" \
         in final_lines(SearchResult(Path("runs/x"), summary, None, "s", "sqlite://"))[0]
+    # a closest plan whose margin could not be scored (summary.json's None: -inf) is still named
+    summary.update(min_margin=None)
+    assert final_lines(SearchResult(Path("runs/x"), summary, None, "s", "sqlite://"))[0].endswith(
+        "; closest plan: trial 7, minimum margin -inf")
     # properties the base model fails against itself, and a search that stopped before its trials, are said so
     summary.update(base_failures={"note": "the base model itself fails sure (s.stl:2) on 3 of 3 prompts"},
                    best_trial=None, stopped="the smallest plan left is 1.2 MB, over the budget")

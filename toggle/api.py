@@ -283,8 +283,9 @@ def final_lines(result: SearchResult) -> list[str]:
         lines.append(f"best plan: trial {s['best_trial']}, every property holds (minimum margin {s['min_margin']:+.4f}); "
                      f"{s['feasible_trials']} of {s['trials']} trials satisfied the specs within {format_bytes(s['budget_bytes'])}")
     else:
-        closest = (f"closest plan: trial {s['best_trial']}, minimum margin {s['min_margin']:+.4f}"
-                   if s.get("best_trial") is not None and s.get("min_margin") is not None
+        # a missing margin is -inf: some property could not be scored (no step in its window) on a prompt
+        margin = f"{s['min_margin']:+.4f}" if s.get("min_margin") is not None else "-inf"
+        closest = (f"closest plan: trial {s['best_trial']}, minimum margin {margin}" if s.get("best_trial") is not None
                    else f"no plan within the budget was evaluated{': ' + s['stopped'] if s.get('stopped') else ''}")
         lines.append(f"no plan satisfies every property within {format_bytes(s['budget_bytes'])} after {s['trials']} trials; {closest}")
     start = {"allocator path": "a point of the measured-error allocator's path, which BO bisects first",
