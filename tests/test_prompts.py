@@ -34,6 +34,11 @@ def test_yaml_and_jsonl_give_the_same_suite(tmp_path):
     assert (cap.id, cap.answer, cap.split, cap.tags, cap.chat) == ("cap", "Paris", "calibration", ("fact",), None)
     assert (second.id, second.split, second.answer) == ("p2", "heldout", None)
     assert (code.chat, code.tags) == (False, ("code",))
+    # a byte-order mark, as some Windows editors write, changes nothing in either form
+    for path in (y, j):
+        bom = path.with_name("bom-" + path.name)
+        bom.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+        assert load_prompts(bom).prompts == a.prompts
 
 
 def test_splits_subsets_and_fingerprints(tmp_path):

@@ -168,7 +168,7 @@ def read_text(path: str | Path, *, what: str, expected: str | None = None) -> st
     path = Path(path)
     expected = expected or what
     try:
-        return path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8-sig")  # a leading byte-order mark (Windows editors) is not text
     except FileNotFoundError:
         raise InvalidInput(f"{path}: no such {what}") from None
     except IsADirectoryError:

@@ -30,7 +30,7 @@ class Budget:
 
     def resolve(self, compressible_params: int, other_bytes: int) -> int:
         """Bytes allowed: a bpw budget covers the compressible weights at `bpw` bits plus
-        every other tensor at its 16-bit size (`other_bytes`)."""
+        every other tensor as the output format stores it (`other_bytes`)."""
         if self.bytes is not None:
             return self.bytes
         return int(math.floor(self.bpw * compressible_params / 8)) + other_bytes
