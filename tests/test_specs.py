@@ -304,6 +304,13 @@ def test_relax_refuses_a_const_without_direction(tmp_path):
     with pytest.raises(SpecError, match="used both as an upper and as a lower bound"):
         load_specs([both], relax=0.1)
     assert consts_of(load_specs([path], overrides={"c": 0.7}), path)["c"] == 0.7
+    denominator = write(tmp_path, "const e = 10\nphi = always (jsd <= 1 / e)\n", "denominator.stl")
+    with pytest.raises(SpecError, match=r":1:7: --relax cannot loosen const e: it is multiplied or divided by a signal, "
+                                        r"or is a denominator"):
+        load_specs([denominator], relax=0.1)
+    equal = write(tmp_path, "const e = 1\nphi = always (top1_agree == e)\n", "equal.stl")
+    with pytest.raises(SpecError, match=r"cannot loosen const e: it is compared with == or !=; use --set"):
+        load_specs([equal], relax=0.1)
 
 
 def test_relax_out_of_range(tmp_path):

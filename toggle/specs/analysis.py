@@ -66,14 +66,13 @@ def _const_signs(node, consts: set[str], sign: int | None = 1, why: str = ""):
     if name == "Predicate":
         op = str(node.operator)
         if op in ("==", "!="):
-            signs = (None, None)
+            signs, why = (None, None), why or "it is compared with == or !="
         elif op.startswith("<"):  # a <= b: robustness b - a
             signs = (-1, 1)
         else:  # a >= b: robustness a - b
             signs = (1, -1)
         for child, s in zip(kids, signs):
-            yield from _const_signs(child, consts, None if sign is None or s is None else sign * s,
-                                    why or "it is compared with == or !==")
+            yield from _const_signs(child, consts, None if sign is None or s is None else sign * s, why)
         return
     if name in _FLIP_LOGIC:
         yield from _const_signs(kids[0], consts, None if sign is None else -sign, why)
