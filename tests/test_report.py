@@ -259,3 +259,14 @@ def test_a_vacuous_property_reads_n_a_in_the_report(runs, tmp_path):
     assert main(["report", str(copy)]) == 0
     rows = [line for line in (copy / "report.md").read_text().splitlines() if line.startswith(f"| {name} |")]
     assert rows and rows[0].split("|")[3].strip() == "n/a"
+
+
+def test_the_report_lists_only_the_files_the_run_has(runs, tmp_path):
+    d, _, _ = runs
+    copy = tmp_path / "partial"
+    shutil.copytree(d / "A", copy)
+    (copy / "heldout.json").unlink()
+    assert main(["report", str(copy)]) == 0
+    files = (copy / "report.md").read_text().split("## Files", 1)[1]
+    assert "plan.yaml (best plan)" in files and "summary.json" in files
+    assert "heldout.json" not in files and "sensitivity.json" not in files

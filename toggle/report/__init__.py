@@ -143,10 +143,17 @@ def _blocks(run: RunData, others: list[RunData], made: dict, points: list[Operat
                          str(p.path.relative_to(run.run_dir)) if p.path and p.path.is_relative_to(run.run_dir)
                          else (str(p.path) if p.path else p.note)] for p in points]))
     b.append(Heading("Files"))
-    b.append(Paragraph("plan.yaml (best plan), summary.json, trials.csv, pareto.csv, heldout.json (held-out audit), "
-                       "calibration.json, space.json, sensitivity.json, study.db; rebuild this report with "
+    present = [f"{name}{f' ({what})' if what else ''}" for name, what in RUN_FILES if (run.run_dir / name).exists()]
+    b.append(Paragraph(f"{', '.join(present) or 'none of the run files yet'}; rebuild this report with "
                        f"`toggle report {run.run_dir}`."))
     return b
+
+
+# What a run directory can hold, in the order the report lists those it has.
+RUN_FILES = (("plan.yaml", "best plan"), ("summary.json", ""), ("trials.csv", ""), ("pareto.csv", ""),
+             ("heldout.json", "held-out audit"), ("calibration.json", ""), ("space.json", ""),
+             ("measured.json", "measured-error profiling"), ("sensitivity.json", "sensitivity profiling"),
+             ("study.db", ""), ("model", "the compressed model"))
 
 
 def _verdict(s: dict) -> str:
