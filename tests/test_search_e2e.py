@@ -63,6 +63,7 @@ def test_impossible_budget_exits_2_with_the_minimum(tiny_llama_dir, tmp_path, ca
                  "--prompts", str(tmp_path / "p.yaml"), "--out", str(tmp_path / "run")])
     err = capsys.readouterr().err
     assert code == 2 and "smaller than the most compressed plan profile 'default' allows" in err
+    assert "tracing" not in err  # said before any model work beyond loading
 
 
 def test_a_search_confirms_each_new_best_on_the_confirmation_prompts(tiny_llama_dir, tmp_path, capsys):

@@ -48,7 +48,7 @@ from .search.profile import load_profile
 from .search.sensitivity import spread
 from .search.space import SearchSpace
 from .search.storage import check_storage_url
-from .search.study import SearchResult, run_study
+from .search.study import SearchResult, check_budget, run_study
 from .signals import describe as describe_signals
 from .specs import SpecError, load_specs, parse_overrides
 from .specs import check_files as check_spec_files
@@ -92,6 +92,8 @@ def search(model: str, budget: str | Budget, *, specs=None, prompts=None, profil
     cost_model = CostModel.for_model(loaded, get_format(search_profile.format), refs)
     space = SearchSpace(loaded.model_id, refs, search_profile)
     costs = CostTable(space, cost_model.of)  # a knob value the format cannot store for these shapes: said now
+    budget_bytes = budget.resolve(cost_model.compressible_params, cost_model.other_bytes)
+    check_budget(budget_bytes, costs, cost_model.of, search_profile)  # before any tracing
     if objective == "flops" and not costs.flops_vary:
         raise InvalidInput(f"--objective flops: profile {profile!r} offers no pruning or low rank, so every plan has the "
                            f"same FLOPs per token; use --objective size, or a profile that prunes or factorises "
@@ -159,7 +161,6 @@ def search(model: str, budget: str | Budget, *, specs=None, prompts=None, profil
                 say("measuring the file's speed in llama.cpp (llama-bench)")
                 summary["artifact"]["speed"] = gguf_speed(info.path, loaded.source_path)
 
-    budget_bytes = budget.resolve(cost_model.compressible_params, cost_model.other_bytes)
     result = run_study(full, budget_bytes, profile=search_profile, run_dir=run.path, trials=trials, sampler=sampler,
                        objective_kind=objective, seed=seed, storage=storage, study_name=study,
                        profiling_objective=profiling, progress=progress, plan_meta=meta, finish=finish,

@@ -194,7 +194,7 @@ def run_study(objective: Objective, budget_bytes: int, *, profile: SearchProfile
         raise InvalidInput(f"--seed: {seed} is not valid; expected an integer >= 0")
     space = costs.space if costs is not None else SearchSpace(objective.model_id, objective.refs, profile)
     costs = costs if costs is not None else CostTable(space, objective.cost)
-    _check_budget(budget_bytes, costs, objective, profile)
+    check_budget(budget_bytes, costs, objective.cost, profile)
 
     store, url = open_storage(storage, run.path)
     name, note = _study_name(store, study_name, f"{sampler}-{objective_kind}-{int(budget_bytes)}", identity, url)
@@ -305,8 +305,10 @@ def _changed(old: dict, new: dict) -> str:
     return ", ".join(IDENTITY_LABELS.get(k, k) for k in keys) or "inputs"
 
 
-def _check_budget(budget_bytes, costs: CostTable, objective, profile) -> None:
-    smallest = objective.cost(costs.space.plan(costs.space.to_params(costs.min_bytes_index()))).bytes
+def check_budget(budget_bytes, costs: CostTable, cost_fn, profile) -> None:
+    """The budget admits the profile's most compressed plan (`cost_fn`: plan -> its Cost), else one
+    line saying what would."""
+    smallest = cost_fn(costs.space.plan(costs.space.to_params(costs.min_bytes_index()))).bytes
     if budget_bytes < smallest:
         raise InvalidInput(
             f"--budget: {format_bytes(budget_bytes)} ({int(budget_bytes)} bytes) is smaller than the most compressed "
