@@ -27,6 +27,9 @@ def test_the_sentence_and_the_dict():
     d = Confidence.of(3, 30, 0.9).to_dict()
     assert d["violations"] == 3 and d["prompts"] == 30 and d["violation_rate"] == 0.1 and d["level"] == 0.9
     assert d["upper_bound"] == pytest.approx(upper_bound(3, 30, 0.9)) and d["method"] == "one-sided Clopper-Pearson"
+    # a level just below 1 is not rounded up to 100%
+    assert "at 99.9999% confidence" in Confidence.of(0, 30, 0.999999).sentence()
+    assert "at 99% confidence" in Confidence.of(0, 30, 0.99).sentence()
 
 
 @pytest.mark.parametrize("level", [0, 1, 1.5, -0.1, "abc", "nan", True])

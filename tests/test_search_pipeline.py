@@ -80,6 +80,11 @@ def test_final_lines_report_size_and_flop_reduction():
     summary.update(satisfied=False, min_margin=-0.2)
     assert "no plan satisfies every property within 100.0 MB after 12 trials; closest plan: trial 7, minimum margin -0.2000" \
         in final_lines(SearchResult(Path("runs/x"), summary, None, "s", "sqlite://"))[0]
+    # a confirmation split no plan reached: no line about it
+    assert not any(line.startswith("confirmation:") for line in final_lines(SearchResult(
+        Path("runs/x"), dict(summary, confirmation_prompts=31, confirmations=0), None, "s", "sqlite://")))
+    assert any(line.startswith("confirmation: 2 would-be best plans") for line in final_lines(SearchResult(
+        Path("runs/x"), dict(summary, confirmation_prompts=31, confirmations=2), None, "s", "sqlite://")))
     # a closest plan whose margin could not be scored (summary.json's None: -inf) is still named
     summary.update(min_margin=None)
     assert final_lines(SearchResult(Path("runs/x"), summary, None, "s", "sqlite://"))[0].endswith(

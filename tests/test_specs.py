@@ -293,6 +293,8 @@ def test_set_unknown_const_lists_consts(tmp_path):
     for bad in ("eps", "eps=abc", "=3", "1x=2"):
         with pytest.raises(ToggleError, match="--set"):
             parse_overrides([bad])
+    with pytest.raises(ToggleError, match=r"--set 'eps=1e400': '1e400' is too large"):  # not reported as inf
+        parse_overrides(["eps=1e400"])
 
 
 def test_relax_refuses_a_const_without_direction(tmp_path):

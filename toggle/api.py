@@ -297,7 +297,7 @@ def final_lines(result: SearchResult) -> list[str]:
                  else f"the bisections took all {s['trials']} trials, none was left for a model-guided proposal "
                       f"(more --trials leave some)")
         lines.append(f"the winner is {start[s['winner_strategy']]}; {after}")
-    if s.get("confirmation_prompts"):
+    if s.get("confirmation_prompts") and s.get("confirmations"):
         rejected = s.get("confirmation_rejections", 0)
         lost = "lost their lead there" if s.get("objective") == "margin" else "held on the calibration prompts only"
         verdict = f"{rejected} {lost} and were not kept" if rejected else "every one held there"

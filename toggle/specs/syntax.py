@@ -116,6 +116,8 @@ def parse_overrides(items) -> dict[str, float]:
             raise InvalidInput(f"--set {item!r}: expected NAME=NUMBER, e.g. --set eps=0.2")
         if not _NUMBER.match(value):
             raise InvalidInput(f"--set {item!r}: {value!r} is not a number; expected NAME=NUMBER, e.g. --set eps=0.2")
+        if not math.isfinite(float(value)):
+            raise InvalidInput(f"--set {item!r}: {value!r} is too large to be a number here; expected a finite number")
         out[name] = float(value)
     return out
 
