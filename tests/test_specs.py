@@ -212,6 +212,12 @@ def test_unknown_signal_lists_the_known_signals(tmp_path):
         assert name in error
 
 
+def test_a_name_as_an_interval_bound_is_one_error(tmp_path):
+    # the bound's error says what is wrong; the names are not also reported as unknown signals
+    assert errors_of(tmp_path, "phi = always[a:b] (jsd <= 0.1)\n") == [
+        "F:1:13: interval [a:b]: bound 'a' is a constant; bounds are whole numbers of generation steps, e.g. [0:31]"]
+
+
 def test_all_errors_of_a_file_are_collected_in_line_order(tmp_path):
     errors = errors_of(tmp_path, "const a = x\nphi = always[3:1] (jsd <= 1)\npsi = foo <= 1\nchi = (kl <= \n")
     assert [e.split(": ")[0] for e in errors] == ["F:1:11", "F:2:13", "F:3:7", "F:4:13"]

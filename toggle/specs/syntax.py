@@ -414,9 +414,12 @@ def _parse_property(s: _Statement, file: str, consts: dict[str, Const], properti
     used_signals, used_consts = [], []
     uses_rejected = False
     known = _known_names_hint()
+    bracket = False  # inside an interval: a name there is reported once, as a bound (_check_interval)
     for i, tok in enumerate(tokens[2:], 2):  # skip `toggle_out =`
         kind = names[tok.type] if 0 <= tok.type < len(names) else ""
-        if kind == "Identifier":
+        if kind in ("LBRACK", "RBRACK"):
+            bracket = kind == "LBRACK"
+        if kind == "Identifier" and not bracket:
             name = tok.text
             if not _NAME.match(name):
                 errors.append(f"{at(tok.line, tok.column)}: syntax error: unexpected {name!r}; names are "
