@@ -17,6 +17,7 @@ from toggle.prompts import suite_from_records
 from toggle.signals import SignalOptions
 from toggle.trace import (GenerationSettings, TokenPath, TraceCache, build_trace, encode_suite, generate_paths,
                           score_paths, trace_along)
+from toggle.trace.limits import context_note
 from toggle.trace.record import generate_recorded
 
 ALL = {"logprobs", "attention", "hidden", "gold"}
@@ -306,9 +307,16 @@ def test_a_prompt_past_learned_positions_is_named_before_any_tracing(tiny_gpt2_d
     with pytest.raises(ToggleError, match="prompt 'essay' is .* needs .* positions; this model's learned position "
                                           "embeddings hold 1024"):
         build_trace(lm, long, needs={"logprobs"}, steps=8)
-    rotary = load_model(str(tiny_llama_dir))  # rotary positions have no table to run out of: no check
-    assert rotary.model.config.max_position_embeddings < len(encode_suite(long, rotary.tokenizer)[0].ids)
+    rotary = load_model(str(tiny_llama_dir))  # rotary positions have no table to run out of: it runs, with a note
+    encoded = encode_suite(long, rotary.tokenizer)
+    assert rotary.model.config.max_position_embeddings == 512 < len(encoded[0].ids)
     assert build_trace(rotary, long, needs={"logprobs"}, steps=2).paths
+    assert context_note(rotary.model, encoded, 2, "p.yaml") == (
+        f"p.yaml: 1 prompt with 2 steps run past this model's declared context of 512 positions (prompt 'essay': "
+        f"{len(encoded[0].ids) + 2}); the model runs there, on positions it was not trained on")
+    short = encode_suite(suite_from_records(RECORDS[:1]), rotary.tokenizer)
+    assert context_note(rotary.model, short, 2, "p.yaml") is None
+    assert context_note(lm.model, encode_suite(long, lm.tokenizer), 8, "p.yaml") is None  # learned: an error instead
 
 
 def test_attention_pooled_past_a_sliding_window_is_named(tmp_path):

@@ -49,10 +49,11 @@ from .search.sensitivity import spread
 from .search.space import SearchSpace
 from .search.storage import check_storage_url
 from .search.study import SearchResult, check_budget, run_study
-from .signals import describe as describe_signals
+from .signals import DEFAULT_STEPS, describe as describe_signals
 from .specs import SpecError, load_specs, parse_overrides
 from .specs import check_files as check_spec_files
-from .trace import build_trace
+from .trace import build_trace, encode_suite
+from .trace.limits import context_note
 from .trace.llama_cpp import LlamaCppScorer
 from .units import Budget, format_bytes, format_reduction, parse_budget
 
@@ -98,6 +99,10 @@ def search(model: str, budget: str | Budget, *, specs=None, prompts=None, profil
         raise InvalidInput(f"--objective flops: profile {profile!r} offers no pruning or low rank, so every plan has the "
                            f"same FLOPs per token; use --objective size, or a profile that prunes or factorises "
                            f"(--profile prune-lowrank)")
+    past_context = context_note(loaded.model, encode_suite(suite, loaded.tokenizer),
+                                spec_set.steps_needed or DEFAULT_STEPS, suite.source)
+    if past_context:
+        say("note: " + past_context)
     say(f"tracing the base model on {len(suite.split('calibration'))} calibration prompts")
     trace = build_trace(loaded, suite, spec_set, split="calibration")
     run = RunDir(out or default_run_dir(model, budget))

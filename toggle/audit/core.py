@@ -51,7 +51,7 @@ from ..prompts import EncodedPrompt, Prompt
 from ..signals import ANSWER, ATTENTION, HIDDEN, SIGNALS, compute_signals
 from ..trace import (DEFAULT_STEPS, GenerationSettings, TokenPath, base_continuations, build_trace, encode_suite,
                      generate_paths, score_paths, trace_along)
-from ..trace.limits import check_lengths
+from ..trace.limits import check_lengths, context_note
 from ..trace.score import resolve_options
 
 MODES = ("teacher", "free")
@@ -321,6 +321,9 @@ def audit_models(candidate, base, spec_set, suite, *, split: str = "heldout", mo
         names = [p.name for p in spec_set.properties if any(SIGNALS[x].needs in (HIDDEN, ATTENTION) for x in p.signals)]
         result.notes.append(f"{engine} does not expose {' or '.join(internal)}: the signals of {', '.join(names)} "
                             f"come from torch running the same file; every logit signal comes from {engine}")
+    past_context = context_note(base.model, encode_suite(chosen, base.tokenizer), steps, suite.source)
+    if past_context:
+        result.notes.append(past_context)
     t1 = clock()
     _fill_texts(result.worst(worst), candidate, base, trace, steps, mode, applier, plan)
     timings["texts"] = clock() - t1

@@ -48,6 +48,24 @@ def check_lengths(model, encoded: list[EncodedPrompt], steps: int, needs, option
             f"first tokens there; {hint}drop the attention property, or {shorter}")
 
 
+def context_note(model, encoded: list[EncodedPrompt], steps: int, source: str) -> str | None:
+    """A note when a prompt and its steps run past the context the model declares but has no
+    table to run out of (rotary and other relative positions): it runs, on positions it was
+    not trained on, so what the properties measure there says little about real use."""
+    if not encoded or learned_positions(model):
+        return None
+    config = model.config.get_text_config()
+    declared = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    longest = max(encoded, key=lambda e: len(e.ids))
+    total = len(longest.ids) + steps
+    if not declared or total <= declared:
+        return None
+    beyond = sum(1 for e in encoded if len(e.ids) + steps > declared)
+    return (f"{source}: {beyond} prompt{'s' if beyond > 1 else ''} with {steps} steps run past this model's declared "
+            f"context of {declared} positions (prompt {longest.prompt.id!r}: {total}); the model runs there, "
+            f"on positions it was not trained on")
+
+
 def learned_positions(model) -> int | None:
     """How many positions a model with learned absolute position embeddings (GPT-2, OPT) can
     read; None for rotary and other relative schemes, which have no table to run out of."""
