@@ -242,3 +242,23 @@ def test_an_interrupt_while_optuna_records_a_trial_is_an_interrupt(monkeypatch):
     assert [t.state for t in study.get_trials(deepcopy=False)] == [optuna.trial.TrialState.RUNNING]
     with pytest.raises(ValueError, match="not a float"):  # any other error is left as it is
         _optimize_one(study, lambda trial: float("not a float"))
+
+
+def test_optuna_lines_about_an_interrupted_trial_are_dropped():
+    # optuna logs an interrupted trial twice: with the KeyboardInterrupt, then "failed with value None"
+    import logging
+
+    from toggle.search.study import _NoInterruptTraceback
+
+    keep = _NoInterruptTraceback()
+
+    def record(message, exc=None):
+        return logging.LogRecord("optuna", logging.WARNING, __file__, 1, message, None,
+                                 (type(exc), exc, None) if exc else None)
+
+    assert not keep.filter(record("Trial 18 failed with parameters: {} because of the following error: "
+                                  "KeyboardInterrupt('signal 2').", KeyboardInterrupt("signal 2")))
+    assert not keep.filter(record("Trial 18 failed with value None."))
+    assert keep.filter(record("Trial 19 failed with value None."))  # a trial that failed for another reason
+    assert keep.filter(record("Trial 19 failed with parameters: {} because of the following error: ValueError('x').",
+                              ValueError("x")))

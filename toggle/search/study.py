@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -66,8 +67,16 @@ class _NoInterruptTraceback(logging.Filter):
     """Ctrl-C or SIGTERM during a trial: optuna logs the trial as failed with a traceback.
     toggle says "interrupted", saves, and the next run recovers the trial: the traceback is noise."""
 
+    interrupted: set[str] = set()  # "Trial N" of each trial an interrupt stopped
+
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt))
+        trial = re.match(r"Trial \d+", record.getMessage())
+        if record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt):
+            if trial:
+                self.interrupted.add(trial.group())
+            return False
+        # optuna's second line for that trial, without the exception: "Trial N failed with value None."
+        return not (trial and trial.group() in self.interrupted and "failed with value" in record.getMessage())
 
 
 logging.getLogger("optuna.study._optimize").addFilter(_NoInterruptTraceback())
