@@ -59,3 +59,28 @@ def test_cli_refuses_a_bad_level_before_loading_anything(tmp_path, capsys):
         err = capsys.readouterr().err
         assert code == 2 and err.strip() == ("toggle: error: --confidence: 1.2 is not valid; expected a level "
                                              "strictly between 0 and 1, e.g. 0.95"), err
+
+
+def test_a_chance_constraint_is_audited_on_its_share(tmp_path):
+    # `on 90% of prompts` over 12 prompts allows one failure, as the search counts it
+    from toggle.audit.core import _property_audit
+    from toggle.audit.view import verdict
+    from toggle.specs import load_specs
+
+    (tmp_path / "c.stl").write_text("coh = always (jsd <= 0.1) on 90% of prompts\nall = always (kl <= 1)\n")
+    share, every = load_specs([tmp_path / "c.stl"]).properties
+    one_fails = [PromptAudit(f"p{i}", "x", {"coh": -0.01 if i == 0 else 0.02 + i / 100, "all": 0.5}) for i in range(12)]
+    props = {p.name: _property_audit(p, one_fails, True) for p in (share, every)}
+    r = AuditResult("art", "base", "teacher", "heldout", props, one_fails)
+    assert props["coh"].required_share == 0.9 and props["coh"].holds == 11
+    assert r.satisfied and r.exit_code == 0
+    assert r.robustness["coh"] == pytest.approx(0.03)  # the second smallest: one failure allowed
+    assert r.to_dict()["properties"]["coh"]["required_share"] == 0.9
+    assert verdict(r).startswith("PASS: every property holds on 12 heldout prompts (teacher mode), coh on the share")
+    two_fail = [PromptAudit(p.id, p.prompt, {"coh": -0.01 if i < 2 else 0.5, "all": 0.5}) for i, p in enumerate(one_fails)]
+    props = {p.name: _property_audit(p, two_fail, True) for p in (share, every)}
+    r = AuditResult("art", "base", "teacher", "heldout", props, two_fail)
+    assert not r.satisfied and r.exit_code == 1 and r.robustness["coh"] == pytest.approx(-0.01)
+    # a property without a share still needs every prompt
+    props = {p.name: _property_audit(p, [PromptAudit("p", "x", {"coh": 0.5, "all": -0.1})], True) for p in (share, every)}
+    assert not props["all"].satisfied and props["coh"].satisfied

@@ -51,6 +51,7 @@ from ..prompts import EncodedPrompt, Prompt
 from ..signals import ANSWER, ATTENTION, HIDDEN, SIGNALS, compute_signals
 from ..trace import (DEFAULT_STEPS, GenerationSettings, TokenPath, base_continuations, build_trace, encode_suite,
                      generate_paths, score_paths, trace_along)
+from ..specs.semantics import over_suite
 from ..trace.limits import check_lengths, context_note
 from ..trace.score import resolve_options
 
@@ -71,10 +72,20 @@ class PropertyAudit:
     min: float  # -inf when the compressed model could not be scored
     median: float
     confidence: float = DEFAULT_LEVEL  # the level of the violation rate's upper bound
+    required_share: float | None = None  # a chance constraint (`on 90% of prompts`): the share it must hold on
+    value: float | None = None  # its robustness over the prompts: the order statistic a share asks for (None: min)
+
+    @property
+    def robustness(self) -> float:
+        """The property's robustness over the audited prompts, as the search computes it: the
+        minimum, or with a required share the value that is >= 0 exactly when the share holds."""
+        return self.min if self.value is None else self.value
 
     @property
     def satisfied(self) -> bool:
-        return self.prompts > 0 and self.holds == self.prompts and self.min >= 0
+        if self.required_share is None:
+            return self.prompts > 0 and self.holds == self.prompts and self.min >= 0
+        return self.prompts > 0 and self.robustness >= 0
 
     @property
     def violations(self) -> int:
@@ -92,6 +103,7 @@ class PropertyAudit:
 
     def to_dict(self) -> dict:
         return {"formula": self.formula, "prompts": self.prompts, "holds": self.holds, "share": self.share,
+                "required_share": self.required_share, "robustness": finite_or_none(self.robustness),
                 "min": finite_or_none(self.min), "median": finite_or_none(self.median), "satisfied": self.satisfied,
                 "confidence": self.bound.to_dict()}
 
@@ -148,7 +160,7 @@ class AuditResult:
 
     @property
     def satisfied(self) -> bool:
-        """Every property holds on every audited prompt."""
+        """Every property holds: on every audited prompt, or on the share its chance constraint asks for."""
         return self.feasible and bool(self.prompts) and all(p.satisfied for p in self.properties.values())
 
     @property
@@ -172,7 +184,7 @@ class AuditResult:
 
     @property
     def robustness(self) -> dict[str, float]:
-        return {name: p.min for name, p in self.properties.items()}
+        return {name: p.robustness for name, p in self.properties.items()}
 
     def worst(self, n: int = WORST) -> list[PromptAudit]:
         """The n prompts with the smallest margin (violations first)."""
@@ -389,13 +401,14 @@ def _fill_texts(rows: list[PromptAudit], candidate, base, trace, steps: int, mod
 
 def _property_audit(prop, rows: list[PromptAudit], feasible: bool, confidence: float = DEFAULT_LEVEL) -> PropertyAudit:
     values = [r.robustness[prop.name] for r in rows if prop.name in r.robustness]
+    share = prop.share
     if not feasible:
-        return PropertyAudit(prop.name, prop.formula, len(values), 0, -math.inf, -math.inf, confidence)
+        return PropertyAudit(prop.name, prop.formula, len(values), 0, -math.inf, -math.inf, confidence, share, -math.inf)
     if not values:
-        return PropertyAudit(prop.name, prop.formula, 0, 0, math.inf, math.inf, confidence)
+        return PropertyAudit(prop.name, prop.formula, 0, 0, math.inf, math.inf, confidence, share, math.inf)
     # +inf (vacuously true on a prompt) is >= 0: it holds
     return PropertyAudit(prop.name, prop.formula, len(values), sum(v >= 0 for v in values), min(values),
-                         statistics.median(values), confidence)
+                         statistics.median(values), confidence, share, over_suite(prop, values))
 
 
 def _cross_check(evaluation, spec_set, trace) -> dict:

@@ -18,6 +18,10 @@ def verdict(result) -> str:
     if not result.feasible:
         return f"VIOLATED: the compressed model cannot be scored on {where}: {result.reason}"
     if result.satisfied:
+        shares = [name for name, p in result.properties.items() if p.required_share is not None and p.holds < p.prompts]
+        if shares:
+            return (f"PASS: every property holds on {where}, {', '.join(shares)} on the share of prompts "
+                    f"{'its chance constraint asks' if len(shares) == 1 else 'their chance constraints ask'} for")
         return f"PASS: every property holds on all {where}"
     broken = [f"{name} on {p.prompts - p.holds}" for name, p in result.properties.items() if not p.satisfied]
     return (f"VIOLATED: {passed} of {where} satisfy every property (pass rate {100 * result.pass_rate:.1f}%); "
@@ -39,7 +43,9 @@ def print_audit(result, console: Console | None = None, *, text_width: int = 160
     for name, p in result.properties.items():
         colour = "green" if p.satisfied else "red"
         table.add_row(f"[{colour}]{escape(name)}[/{colour}]", escape(p.formula), str(p.prompts), _num(p.min),
-                      _num(p.median), f"{p.holds}/{p.prompts} ({100 * p.share:.0f}%)", _rate(p.bound))
+                      _num(p.median), f"{p.holds}/{p.prompts} ({100 * p.share:.0f}%"
+                      + (f", needs {percent(p.required_share)})" if p.required_share is not None else ")"),
+                      _rate(p.bound))
     overall = result.overall
     table.add_row("[bold]all properties[/bold]", "", str(overall.prompts), "", "", f"{overall.prompts - overall.violations}/"
                   f"{overall.prompts}", _rate(overall))
