@@ -42,3 +42,12 @@ def test_each_input_that_changes_a_result_starts_a_new_study(tiny_llama_dir, tmp
                                            r"pass another --study name"):
         search(str(tiny_llama_dir), "100KB", trials=2, sampler="random", out=run, study=result.study_name,
                **{**inputs, "profile": str(tmp_path / "profile2.yaml"), "overrides": {"eps": 0.3}})
+    # nor for another budget or objective: its trials were judged feasible against its own
+    named = dict(trials=2, sampler="random", out=tmp_path / "named", study="mine", **inputs)
+    search(str(tiny_llama_dir), "100KB", **named)
+    with pytest.raises(InvalidInput, match=r"--study: 'mine' in .+ was run with --budget 100.0 KB \(100000 bytes\), "
+                                           r"not --budget 90.0 KB \(90000 bytes\): its trials were judged against that"):
+        search(str(tiny_llama_dir), "90KB", **named)
+    with pytest.raises(InvalidInput, match=r"--study: 'mine' .* was run with --objective size, not --objective margin"):
+        search(str(tiny_llama_dir), "100KB", objective="margin", **named)
+    assert search(str(tiny_llama_dir), "100KB", **{**named, "trials": 3}).summary["trials"] == 3  # the same: resumed

@@ -206,7 +206,8 @@ def run_study(objective: Objective, budget_bytes: int, *, profile: SearchProfile
     check_budget(budget_bytes, costs, objective.cost, profile)
 
     store, url = open_storage(storage, run.path)
-    name, note = _study_name(store, study_name, f"{sampler}-{objective_kind}-{int(budget_bytes)}", identity, url)
+    name, note = _study_name(store, study_name, f"{sampler}-{objective_kind}-{int(budget_bytes)}", identity, url,
+                             {"budget_bytes": int(budget_bytes), "objective": objective_kind, "sampler": sampler})
     if note and progress:
         print(f"toggle: {note}", file=sys.stderr, flush=True)
     study = optuna.create_study(storage=store, study_name=name, direction="minimize", load_if_exists=True)
@@ -285,12 +286,25 @@ def identity_digest(identity: dict) -> str:
     return json_digest(identity, 10)
 
 
-def _study_name(store, chosen: str | None, base: str, identity: dict | None, url: str) -> tuple[str, str | None]:
-    """(the study's name, a one-line note when a new study starts because inputs changed)."""
+def _study_name(store, chosen: str | None, base: str, identity: dict | None, url: str,
+                setting: dict | None = None) -> tuple[str, str | None]:
+    """(the study's name, a one-line note when a new study starts because inputs changed).
+    `setting`: the budget, objective and sampler, which a study chosen by name must share too (an
+    automatic name carries them)."""
+    attrs = {s.study_name: s.user_attrs.get("toggle") or {}
+             for s in optuna.get_all_study_summaries(store, include_best_trial=False)}
+    if chosen is not None:
+        for key, value in (setting or {}).items():
+            was = attrs.get(chosen, {}).get(key)
+            if was is not None and was != value:
+                shown = {"budget_bytes": lambda v: f"--budget {format_bytes(v)} ({v} bytes)"}.get(
+                    key, lambda v: f"--{key} {v}")
+                raise InvalidInput(f"--study: {chosen!r} in {redact(url)} was run with {shown(was)}, not {shown(value)}: "
+                                   f"its trials were judged against that; pass another --study name (or --out "
+                                   f"directory), or the same settings to resume it")
     if not identity:
         return chosen or base, None
-    stored = {s.study_name: (s.user_attrs.get("toggle") or {}).get("identity")
-              for s in optuna.get_all_study_summaries(store, include_best_trial=False)}
+    stored = {name: a.get("identity") for name, a in attrs.items()}
     if chosen is not None:
         old = stored.get(chosen)
         if old and old != identity:
