@@ -394,6 +394,11 @@ def test_writes_are_atomic(tiny_llama_dir, tmp_path, monkeypatch):
     plan = Plan(lm.model_id, {"model.layers.0.mlp.up_proj": ModuleSetting(bits=4)})
     first = write_artifact(lm, plan, tmp_path / "art")
     before = (first.path / "model.safetensors").read_bytes()
+    mask = os.umask(0)
+    os.umask(mask)
+    # every file as readable as the user's others (safetensors writes its own 0600)
+    assert {f.name: f.stat().st_mode & 0o777 for f in first.path.iterdir()} == {
+        f.name: 0o666 & ~mask for f in first.path.iterdir()}
 
     def crash(*args, **kwargs):
         raise RuntimeError("disk full")

@@ -175,6 +175,11 @@ def _artifacts(d: Path, tiny: Path) -> None:
     (d / "artifact-symlink" / "linked.safetensors").symlink_to("/etc/passwd")
     shutil.copytree(d / "artifact", d / "artifact-bad-json")
     (d / "artifact-bad-json" / "toggle.json").write_text("{not json")
+    shutil.copytree(d / "artifact", d / "artifact-truncated")  # a copy cut short
+    weights = d / "artifact-truncated" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1000])
+    shutil.copytree(d / "artifact", d / "artifact-bad-tokenizer")
+    (d / "artifact-bad-tokenizer" / "tokenizer.json").write_text("{bad")
 
 
 S = ("--specs", "{d}/ok.stl", "--prompts", "{d}/ok.yaml", "--profile", "{d}/ok-profile.yaml", "--out", "{d}/run")
@@ -305,6 +310,10 @@ CASES = [
                                 "--prompts", "{d}/calibration-only.yaml"),
      ["calibration-only.yaml", "no prompts in split 'heldout'", "split: heldout", "--split calibration"]),
     ("audit-missing-artifact", ("audit", "{d}/nope", "--specs", "{d}/ok.stl"), ["nope", "no such artifact"]),
+    ("audit-artifact-truncated", ("audit", "{d}/artifact-truncated", "--specs", "{d}/ok.stl", "--prompts", "{d}/ok.yaml"),
+     ["artifact-truncated/model.safetensors", "truncated safetensors file", "the file holds"]),
+    ("audit-artifact-bad-tokenizer", ("audit", "{d}/artifact-bad-tokenizer", "--specs", "{d}/ok.stl", "--prompts",
+                                      "{d}/ok.yaml"), ["artifact-bad-tokenizer", "cannot load the tokenizer"]),
     ("audit-manifest-escape", ("audit", "{d}/artifact-escape", "--specs", "{d}/ok.stl", "--prompts", "{d}/ok.yaml"),
      ["artifact-escape/toggle.json", "'../../etc/passwd'", "inside the artifact directory"]),
     ("artifact-manifest-not-json", ("modules", "{d}/artifact-bad-json"), ["artifact-bad-json/toggle.json", "not valid JSON"]),

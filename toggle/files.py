@@ -66,6 +66,7 @@ def atomic_path(path: str | Path):
     _remove(tmp)
     try:
         yield tmp
+        _default_modes(tmp)
         if path.is_dir() and not path.is_symlink():
             old = path.parent / f".{path.name}.old-{os.getpid()}"
             os.replace(path, old)
@@ -76,6 +77,15 @@ def atomic_path(path: str | Path):
     except BaseException:
         _remove(tmp)
         raise
+
+
+def _default_modes(tmp: Path) -> None:
+    """Files as readable as any the user creates (safetensors writes its files 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for f in ([tmp] if tmp.is_file() else [p for p in tmp.rglob("*") if p.is_file()] if tmp.is_dir() else []):
+        if not f.is_symlink():
+            os.chmod(f, 0o666 & ~mask)
 
 
 def json_digest(obj, length: int = 16) -> str:

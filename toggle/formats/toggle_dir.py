@@ -45,7 +45,7 @@ from ..compress.prune import kept_per_row
 from ..compress.quant import ParamCodes, QuantizedMatrix
 from ..compress.rules import stored_shapes
 from ..errors import InvalidInput
-from ..hf import ready
+from ..hf import check_safetensors, ready
 from ..loaded import LoadedModel, dir_fingerprint
 from ..modules import ModuleRef, compressible_modules, set_weight_matrix, stored_other_tensors
 from ..plan import ALLOWED_BITS, SCALE_BITS, Plan
@@ -200,6 +200,9 @@ def read_artifact(path: str | Path, *, device: str | torch.device = "cpu", dtype
     path = Path(path).resolve()
     manifest = read_manifest(path)
     weights = path / manifest["weights"]
+    if not weights.is_file():
+        raise InvalidInput(f"{weights}: no such file, which {MANIFEST} names as the weights; write the artifact again")
+    check_safetensors(weights)  # a copy cut short is said so, not a safetensors traceback
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -208,9 +211,15 @@ def read_artifact(path: str | Path, *, device: str | torch.device = "cpu", dtype
             if attn_implementation:
                 kwargs["attn_implementation"] = attn_implementation
             model = AutoModelForCausalLM.from_config(config, **kwargs)
-            tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
     except Exception as e:  # transformers raises many types for bad configs
         raise InvalidInput(f"{path}: cannot build the model from config.json: {str(e).splitlines()[0][:300]}") from None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
+    except Exception as e:
+        raise InvalidInput(f"{path}: cannot load the tokenizer (tokenizer.json, tokenizer_config.json): "
+                           f"{str(e).splitlines()[0][:300]}") from None
 
     refs = {r.name: r for r in compressible_modules(model)}
     with safe_open(str(weights), framework="pt") as f:
