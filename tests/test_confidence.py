@@ -30,6 +30,7 @@ def test_the_sentence_and_the_dict():
     # a level just below 1 is not rounded up to 100%
     assert "at 99.9999% confidence" in Confidence.of(0, 30, 0.999999).sentence()
     assert "at 99% confidence" in Confidence.of(0, 30, 0.99).sentence()
+    assert "at 0.0000001% confidence" in Confidence.of(0, 30, 1e-9).sentence()  # nor a tiny one down to 0%
 
 
 @pytest.mark.parametrize("level", [0, 1, 1.5, -0.1, "abc", "nan", True])

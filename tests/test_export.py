@@ -429,6 +429,9 @@ def test_cli_apply(tiny_llama_dir, tmp_path, capsys):
     assert main(["apply", str(plan_path), str(tiny_llama_dir), "--out", str(tmp_path / "g"), "--format", "gguf"]) == 0
     assert (tmp_path / "g" / "model.gguf").is_file() and "(gguf format)" in capsys.readouterr().out
     assert load_model(str(tmp_path / "g")).source == "gguf"
+    # an --out ending in .gguf means GGUF without --format (it wrote a toggle directory of that name)
+    assert main(["apply", str(plan_path), str(tiny_llama_dir), "--out", str(tmp_path / "m.gguf")]) == 0
+    assert (tmp_path / "m.gguf").is_file() and "(gguf format)" in capsys.readouterr().out
 
     other = Plan(model="someone/else", modules={}).save(tmp_path / "other.yaml")
     assert main(["apply", str(other), str(tiny_llama_dir), "--out", str(tmp_path / "x")]) == 2

@@ -113,3 +113,11 @@ def test_a_winner_failing_the_heldout_audit_exits_1_naming_the_property():
     assert "the winner fails the held-out audit: coherence on 2 of 30 prompts" in lines
     summary["heldout"] = {"skipped": "no prompts in split 'heldout'"}  # no held-out prompts: no failure
     assert SearchResult(Path("runs/x"), summary, Plan(model="m"), "s", "sqlite://").exit_code == 0
+
+
+def test_the_trial_line_says_n_a_for_a_property_nothing_checked_yet():
+    from toggle.search.progress import Progress
+
+    line = Progress(False, 12, 0, 1000.0).trial_status(None, {"coherence": -0.25, "factual": float("inf"),
+                                                               "context": None}, None)
+    assert line == "no feasible plan yet | last: coherence=-0.250 factual=n/a context=-inf"

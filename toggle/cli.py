@@ -115,8 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("plan", metavar="PLAN", help="plan.yaml written by toggle search")
     p.add_argument("model", metavar="MODEL", help="the model the plan was made for")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory (toggle) or .gguf path")
-    p.add_argument("--format", default="toggle", metavar="NAME",
-                   help="toggle: packed safetensors + manifest (default); gguf: llama.cpp-loadable file")
+    p.add_argument("--format", default=None, metavar="NAME",
+                   help="toggle: packed safetensors + manifest (the default); gguf: llama.cpp-loadable file (the "
+                        "default when --out ends in .gguf)")
     _add_model_options(p)
     p.set_defaults(func=_cmd_apply)
 
@@ -199,7 +200,8 @@ def _cmd_search(args) -> int:
 
 
 def _cmd_apply(args) -> int:
-    info = api.apply(args.plan, args.model, args.out, format=args.format, device=args.device,
+    fmt = args.format or ("gguf" if str(args.out).lower().endswith(".gguf") else "toggle")
+    info = api.apply(args.plan, args.model, args.out, format=fmt, device=args.device,
                      trust_remote_code=args.trust_remote_code)
     cost = info.cost
     rows = [

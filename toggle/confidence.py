@@ -76,9 +76,9 @@ def describe(d: dict) -> str:
 
 def percent(v: float) -> str:
     """0.095 -> '9.5%', 0.95 -> '95%' (one decimal, a trailing .0 dropped; more where one decimal
-    would round a level such as 0.999999 up to 100%)."""
+    would round a level such as 0.999999 up to 100%, or 1e-9 down to 0%)."""
     digits = 1
-    while digits < 8 and 0 < v < 1 and round(100 * v, digits) >= 100:
+    while digits < 12 and 0 < v < 1 and (round(100 * v, digits) >= 100 or round(100 * v, digits) == 0):
         digits += 1
     text = f"{100 * v:.{digits}f}"
     return (text[:-2] if text.endswith(".0") else text) + "%"

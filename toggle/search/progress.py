@@ -51,7 +51,9 @@ class Progress:
         if reason:
             last = f"last: {reason}"
         else:
-            last = "last: " + " ".join(f"{k}={'-inf' if v is None else f'{v:+.3f}'}" for k, v in robustness.items())
+            # +inf: nothing to check yet (a gold property on an early-stopped trial's prompts without answers)
+            last = "last: " + " ".join(f"{k}={'-inf' if v is None else 'n/a' if v == float('inf') else f'{v:+.3f}'}"
+                                       for k, v in robustness.items())
         return f"{best} | {last}"
 
     def print(self, text: str) -> None:
