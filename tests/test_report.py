@@ -131,6 +131,9 @@ def test_operating_points_are_plans_from_the_front(runs, tiny_llama_dir, capsys)
     assert points["most_compressed"].bytes == a.summary["compressed_size_bytes"]
     relaxed = Plan.load(points["relaxed"].path)
     assert relaxed.modules == Plan.load(d / "B" / "plan.yaml").modules
+    # written beside the report of A, not into the compared run B's directory
+    assert points["relaxed"].path.parent == d / "A" / "operating_points"
+    assert not (d / "B" / "operating_points" / "relaxed.yaml").exists()
     assert points["relaxed"].bytes == b.summary["compressed_size_bytes"]
     safe = points["safety_margin"]
     if safe.trial is not None:  # the smallest plan keeping half the untouched model's margin (eps - 0)

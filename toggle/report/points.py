@@ -95,7 +95,8 @@ def _point(run: RunData, trial: dict, name: str, meaning: str, out_dir: Path) ->
         plan.meta.update(operating_point=name, trial=trial["number"], bytes=trial["bytes"],
                          flops_per_token=trial["flops_per_token"], robustness=trial["robustness"],
                          run=str(run.run_dir))
-        path = RunDir(run.run_dir).write_point(name, plan, stats_from=run.run_dir / STATS)
+        # into the reported run's folder (out_dir), never into a compared run's
+        path = RunDir(out_dir.parent).write_point(name, plan, stats_from=run.run_dir / STATS)
     return OperatingPoint(name, meaning, trial["number"], trial["bytes"], trial["flops_per_token"],
                           trial["min_margin"], path, str(run.run_dir), note)
 
