@@ -24,12 +24,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import Run, table  # noqa: E402
 
-from toggle.compress.calibrate import _stats_batches, collect_stats  # noqa: E402
+from toggle.compress.calibrate import collect_stats  # noqa: E402
 from toggle.load import load_model  # noqa: E402
 from toggle.modules import compressible_modules  # noqa: E402
 from toggle.prompts import load_prompts  # noqa: E402
 from toggle.specs import load_specs  # noqa: E402
 from toggle.trace import build_trace  # noqa: E402
+from toggle.trace.generate import generation_batches  # noqa: E402
 
 
 def main() -> None:
@@ -60,7 +61,7 @@ def main() -> None:
     first = caps[0]
     rows = []
     for cap in caps:
-        batches = _stats_batches(lengths, cap)
+        batches = generation_batches(lengths, len(lengths), cap)
         gap = max(float((stats[cap].grams[k] - g).abs().max() / g.abs().max()) for k, g in stats[first].grams.items())
         rows.append({"cap": cap, "forwards": len(batches),
                      "padded_tokens": sum(len(b) * max(lengths[i] for i in b) for b in batches),

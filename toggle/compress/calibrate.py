@@ -24,6 +24,7 @@ from safetensors.torch import save_file
 from ..errors import InvalidInput
 from ..files import atomic_path, cache_dir
 from ..modules import compressible_modules
+from ..trace.generate import generation_batches
 
 
 @dataclass
@@ -88,7 +89,8 @@ class ActivationStats:
 
 
 # Padded tokens per forward while gathering statistics: SmolLM2-135M's 30 calibration sequences
-# (3,544 tokens) took 12.8 s one at a time on 2 cores (benchmarks/bench_stats.py).
+# (3,544 tokens) took 10.7 s in 2 forwards against 11.2 s one at a time on 2 cores; the Gram
+# products cost as much as the forward (benchmarks/bench_stats.py).
 STATS_BATCH_TOKENS = 4096
 
 
@@ -146,7 +148,8 @@ def _collect(model, refs, sequences: list[torch.Tensor], batch_tokens: int) -> "
     device = next(model.parameters()).device
     try:
         with torch.no_grad():
-            for batch in _stats_batches([len(s.reshape(-1)) for s in sequences], batch_tokens):
+            # length-sorted batches of at most batch_tokens padded tokens, as generation cuts them (0: one each)
+            for batch in generation_batches([len(s.reshape(-1)) for s in sequences], len(sequences), batch_tokens):
                 rows = [sequences[i].reshape(-1) for i in batch]
                 width = max(len(r) for r in rows)
                 ids = torch.zeros(len(rows), width, dtype=torch.long)
@@ -160,18 +163,6 @@ def _collect(model, refs, sequences: list[torch.Tensor], batch_tokens: int) -> "
     finally:
         collector.remove()
     return collector
-
-
-def _stats_batches(lengths: list[int], batch_tokens: int) -> list[list[int]]:
-    """Indices of `lengths` in length order, batched to at most `batch_tokens` padded tokens
-    (a longer sequence alone); one per batch when `batch_tokens` is 0."""
-    batches: list[list[int]] = []
-    for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):
-        if batches and batch_tokens and (len(batches[-1]) + 1) * lengths[i] <= batch_tokens:
-            batches[-1].append(i)
-        else:
-            batches.append([i])
-    return batches
 
 
 class _RoutedInput(Exception):
