@@ -83,8 +83,7 @@ class PropertyAudit:
 
     @property
     def satisfied(self) -> bool:
-        if self.required_share is None:
-            return self.prompts > 0 and self.holds == self.prompts and self.min >= 0
+        """Its robustness is >= 0: on every prompt (the minimum), or on the share it requires."""
         return self.prompts > 0 and self.robustness >= 0
 
     @property
@@ -259,12 +258,12 @@ def audit_models(candidate, base, spec_set, suite, *, split: str = "heldout", mo
     timings: dict[str, float] = {}
     t0 = clock()
     steps = spec_set.steps_needed or DEFAULT_STEPS
+    encoded = encode_suite(chosen, base.tokenizer)
     if mode == "teacher":
         with _weights(applier, None):  # base outputs come from the base weights (the trace cache is keyed by them)
             trace = build_trace(base, suite, spec_set, split=split, steps=steps)
         timings["trace"] = clock() - t0
     else:
-        encoded = encode_suite(chosen, base.tokenizer)
         check_lengths(candidate.model, encoded, steps, spec_set.needs, resolve_options(candidate.model, spec_set.options),
                       suite.source)
         with _weights(applier, plan):
@@ -333,7 +332,7 @@ def audit_models(candidate, base, spec_set, suite, *, split: str = "heldout", mo
         names = [p.name for p in spec_set.properties if any(SIGNALS[x].needs in (HIDDEN, ATTENTION) for x in p.signals)]
         result.notes.append(f"{engine} does not expose {' or '.join(internal)}: the signals of {', '.join(names)} "
                             f"come from torch running the same file; every logit signal comes from {engine}")
-    past_context = context_note(base.model, encode_suite(chosen, base.tokenizer), steps, suite.source)
+    past_context = context_note(base.model, encoded, steps, suite.source)
     if past_context:
         result.notes.append(past_context)
     t1 = clock()

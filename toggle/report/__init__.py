@@ -19,8 +19,8 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..files import robustness_from_json
 from ..confidence import describe as describe_confidence
+from ..files import robustness_from_json
 from ..rundir import REPORT_HTML, REPORT_MD, RunDir
 from ..units import format_bytes, format_reduction
 from . import plots

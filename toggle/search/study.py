@@ -67,7 +67,9 @@ class _NoInterruptTraceback(logging.Filter):
     """Ctrl-C or SIGTERM during a trial: optuna logs the trial as failed with a traceback.
     toggle says "interrupted", saves, and the next run recovers the trial: the traceback is noise."""
 
-    interrupted: set[str] = set()  # "Trial N" of each trial an interrupt stopped
+    def __init__(self):
+        super().__init__()
+        self.interrupted: set[str] = set()  # "Trial N" of each trial an interrupt stopped
 
     def filter(self, record: logging.LogRecord) -> bool:
         trial = re.match(r"Trial \d+", record.getMessage())

@@ -15,8 +15,8 @@ from ..files import json_digest
 from ..prompts import EncodedPrompt, PromptSuite, encode
 from ..signals import GOLD, LOGPROBS, SignalOptions
 from .cache import DEFAULT_CACHE, TraceCache
-from .limits import check_lengths
 from .generate import DEFAULT_STEPS, GENERATE_BATCH, GENERATE_TOKENS, GenerationSettings, generate_paths
+from .limits import check_lengths
 from .record import generate_recorded
 from .score import DEFAULT_BATCH_TOKENS, StepOutputs, TokenPath, check_outputs, resolve_options, score_paths
 
