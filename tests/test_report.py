@@ -146,6 +146,37 @@ def test_operating_points_are_plans_from_the_front(runs, tiny_llama_dir, capsys)
     assert code == 0, capsys.readouterr().err
 
 
+def test_compare_refuses_another_model_and_takes_no_relaxed_point_from_other_specs(runs, tmp_path, capsys):
+    d, a, b = runs
+    assert set(a.summary["identity"]) == {"model", "trace", "spec_files", "consts", "prompts", "profile", "methods"}
+    assert b.summary["identity"]["model"] == a.summary["identity"]["model"]
+    assert b.summary["identity"]["consts"] != a.summary["identity"]["consts"]  # --relax 0.5
+
+    def variant(name, **changes):
+        other = tmp_path / name
+        shutil.copytree(d / "B", other)
+        summary = json.loads((other / "summary.json").read_text())
+        summary["identity"].update(changes)
+        (other / "summary.json").write_text(json.dumps(summary))
+        return other
+
+    other_model = variant("other-model", model="0123456789")
+    with pytest.raises(InvalidInput, match=r"--compare: .*other-model is a search of other model weights"):
+        write_report(d / "A", compare=[other_model])
+    assert main(["report", str(d / "A"), "--compare", str(other_model)]) == 2
+    assert "compare runs of the same model" in capsys.readouterr().err
+
+    other_specs = variant("other-specs", spec_files="0123456789")
+    points = {p.name: p for p in write_report(d / "A", compare=[other_specs]).operating_points}
+    relaxed = points["relaxed"]
+    assert relaxed.path is None and relaxed.trial is None
+    assert relaxed.note == "not taken: that run has other spec files (only its thresholds may differ)"
+    assert "not taken: that run has other spec files" in (d / "A" / "report.md").read_text()
+    # a run with the same inputs after it still gives the point, once
+    points = [p for p in write_report(d / "A", compare=[other_specs, d / "B"]).operating_points if p.name == "relaxed"]
+    assert len(points) == 1 and points[0].bytes == b.summary["compressed_size_bytes"]
+
+
 def test_compare_and_sibling_studies_reach_the_convergence_plot(runs, tiny_llama_dir, tmp_path):
     d, a, _ = runs
     report = write_report(d / "A", compare=[d / "B"])

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..confidence import describe as describe_confidence
+from ..errors import InvalidInput
 from ..files import robustness_from_json
 from ..rundir import REPORT_HTML, REPORT_MD, RunDir
 from ..units import format_bytes, format_reduction
@@ -44,6 +45,8 @@ class Report:
 def write_report(run_dir: str | Path, compare=()) -> Report:
     run = load_run(run_dir)
     others = [load_run(c) for c in compare]
+    for other in others:
+        _check_same_model(run, other)
     d = run.run_dir
     series = [run.series()] + run.siblings + [s for o in others for s in [o.series()] + o.siblings]
     made = {
@@ -71,6 +74,17 @@ def headline(run: RunData) -> dict:
             "flops_reduction": s.get("flops_reduction"), "compressed_size_bytes": s.get("compressed_size_bytes"),
             "base_size_bytes": s.get("base_size_bytes"), "calibration_min_margin": s.get("min_margin"),
             "heldout_pass_rate": held.get("pass_rate"), "heldout_satisfied": held.get("satisfied")}
+
+
+def _check_same_model(run: RunData, other: RunData) -> None:
+    """A compared run must be a search of the same model: its plans name that model's modules, and
+    its sizes and margins are on the same scale. (Runs written before summary.json kept the
+    identity are told apart by the model's name.)"""
+    mine, theirs = (run.summary.get("identity") or {}).get("model"), (other.summary.get("identity") or {}).get("model")
+    same = mine == theirs if mine and theirs else run.summary.get("model") == other.summary.get("model")
+    if not same:
+        raise InvalidInput(f"--compare: {other.run_dir} is a search of other model weights ({other.summary.get('model')}) "
+                           f"than {run.run_dir} ({run.summary.get('model')}); compare runs of the same model")
 
 
 # --- content ---------------------------------------------------------------------------------

@@ -58,16 +58,34 @@ def operating_points(run: RunData, compare: list[RunData]) -> list[OperatingPoin
         else:
             points.append(OperatingPoint("safety_margin", meaning, None, None, None, None, None, str(run.run_dir),
                                          "no trial reached this margin; run more trials"))
+    refused = None  # a --relax run searched with other inputs: said so when no other run gives the point
     for other in compare:
         relax = (other.summary.get("specs") or {}).get("relax") or 0
         if not relax:
+            continue
+        changed = _other_inputs(run, other)
+        if changed:
+            refused = refused or OperatingPoint(
+                "relaxed", f"--relax {relax:g} run {other.run_dir}", None, None, None, None, None, str(other.run_dir),
+                f"not taken: that run has other {changed} (only its thresholds may differ)")
             continue
         ok = sorted((t for t in other.trials if t["feasible"]), key=lambda t: (t[key], t["number"]))
         if ok:
             points.append(_point(other, ok[0], "relaxed", f"smallest plan satisfying every property with every "
                                  f"threshold relaxed by {relax:.0%} (--relax {relax:g})", out_dir))
-            break
-    return points
+            return points
+    return points + ([refused] if refused else [])
+
+
+def _other_inputs(run: RunData, other: RunData) -> str:
+    """What, besides the spec constants (--relax), `other` was searched with that `run` was not
+    (its identity entries, toggle.api.study_identity; runs without one are taken as they are)."""
+    mine, theirs = run.summary.get("identity") or {}, other.summary.get("identity") or {}
+    if not mine or not theirs:
+        return ""
+    from ..search.study import IDENTITY_LABELS
+    return ", ".join(IDENTITY_LABELS.get(k, k) for k in sorted(set(mine) | set(theirs))
+                     if k != "consts" and mine.get(k) != theirs.get(k))
 
 
 def _reference(run: RunData) -> dict[str, float]:

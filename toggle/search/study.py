@@ -555,7 +555,10 @@ def _finish(study, space, objective, budget_bytes, objective_kind, sampler, seed
     summary, plan = summarise(rows, objective_fn=objective, space=space, budget_bytes=budget_bytes,
                               objective=objective_kind, sampler=sampler, seed=seed,
                               wall_seconds=time.perf_counter() - started,
-                              extra={**timings, "study": name, "storage": redact(url)})
+                              extra={**timings, "study": name, "storage": redact(url),
+                                     # what the trials depend on, so a report can tell runs of other inputs apart
+                                     **({"identity": identity} if (identity := (study.user_attrs.get("toggle") or {})
+                                                                   .get("identity")) else {})})
     if plan is not None and plan_meta:
         plan.meta.update(plan_meta)
     run.write_results(rows, plan, list(objective.properties), space.params)
