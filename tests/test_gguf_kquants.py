@@ -112,9 +112,11 @@ def test_gguf_refuses_what_the_ggml_quantizers_cannot_hold(kq, tmp_path):
         plan = Plan(lm.model_id, {up: setting}, Methods(quantizer="ggml"))
         with pytest.raises(InvalidInput, match=f"modules.{up}: .*{reason}"):
             write_gguf(lm, plan, tmp_path / "x.gguf", stats=stats)
-    with pytest.raises(InvalidInput, match="quantizer ggml makes llama.cpp's GGML blocks, which only the GGUF format"):
-        write_artifact(lm, Plan(lm.model_id, {up: ModuleSetting(bits=4)}, Methods(quantizer="ggml")),
-                       tmp_path / "art", stats=stats)
+    for given in (stats, None):  # without statistics too: the format is the problem, not the statistics
+        with pytest.raises(InvalidInput, match="quantizer ggml makes llama.cpp's GGML blocks, which only the GGUF "
+                                               "format"):
+            write_artifact(lm, Plan(lm.model_id, {up: ModuleSetting(bits=4)}, Methods(quantizer="ggml")),
+                           tmp_path / "art", stats=given)
     assert not list(tmp_path.iterdir())
 
 

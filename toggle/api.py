@@ -387,8 +387,11 @@ def write_artifact(loaded, plan: Plan, out: str | Path, fmt: str = "toggle", *, 
     is reused when given, else one is built with `stats`."""
     fmt = get_format(fmt)
     applier = applier or PlanApplier(loaded.model, stats=stats)
+    plan.validate_for(r.name for r in applier.refs)
+    # the format first: a plan it cannot store needs no statistics; before pricing, as the cost
+    # model would refuse it less helpfully
+    fmt.check_plan(plan, applier.refs)
     validate_plan(plan, applier.refs, applier.stats)
-    fmt.check_plan(plan, applier.refs)  # before pricing: the cost model would refuse it less helpfully
     cost = CostModel.for_model(loaded, fmt, applier.refs).of(plan)
     return fmt.write(loaded, plan, fmt.output_path(out), applier, cost)
 
