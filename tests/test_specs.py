@@ -67,6 +67,13 @@ def test_nested_and_logic_and_next(tmp_path):
     assert q.steps_needed == 2
 
 
+def test_negative_numbers_and_subtraction_still_parse(tmp_path):
+    # a sign in front of a number is rtamt's literal; after a value a minus subtracts
+    p = prop(tmp_path, "always (kl * -2 >= -1 - -0.5)")
+    # -2 kl >= -0.5 at every step: min(-2 kl + 0.5) = -2 * 0.4 + 0.5
+    assert p.robustness({"kl": [0.1, 0.4]}) == pytest.approx(-0.3)
+
+
 def test_unbounded_operators_cover_the_whole_trace(tmp_path):
     p = prop(tmp_path, "always (hidden_cos >= 0.9)")
     assert p.steps_needed is None
@@ -167,6 +174,9 @@ def test_conflicting_options_across_files(tmp_path):
     ("phi = always[0:3] (jsd <= \n", "F:1:26: syntax error: unexpected end of formula"),
     ("phi = always[0:3] (jsd <= 1))\n", "F:1:29: syntax error: unexpected ')'"),
     ("phi = jsd <= 1 $ 2\n", "F:1:16: syntax error: unexpected '$'"),
+    ("phi = always (-jsd >= -0.1)\n", "F:1:15: syntax error: a minus sign negates numbers only (rtamt's grammar); "
+                                      "write (0 - jsd) to negate a signal or a formula"),
+    ("phi = always (kl * -(jsd + 1) <= 1)\n", "F:1:20: syntax error: a minus sign negates numbers only"),
     ("\n\nphi = always[0:3] (jsdd <= 0.1)\n", "F:3:20: unknown signal or const 'jsdd' (did you mean jsd?)"),
     ("phi = always[5:2] (jsd <= 0.1)\n", "F:1:13: reversed interval [5:2]"),
     ("phi = always[] (jsd <= 0.1)\n", "F:1:13: empty interval []"),

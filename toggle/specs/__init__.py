@@ -12,7 +12,9 @@ File format (DESIGN.md, extended compatibly):
 
 Formulas are rtamt discrete-time STL over the signals of toggle.signals (no declarations
 needed); time is the generation step, 0 = first generated token. Interval bounds are whole
-steps. A property's robustness on one prompt is rtamt's robustness at time 0; over a suite
+steps. Arithmetic is +, -, *, / and abs(...); a minus sign in front of a number is part of the
+number (`-0.5`), in front of a signal or a bracket it is an error (rtamt's grammar): write
+`(0 - jsd)`. A property's robustness on one prompt is rtamt's robustness at time 0; over a suite
 it is the minimum over prompts (per-prompt values are kept), or with `on P% of prompts` the
 order statistic that is >= 0 exactly when at least P% of the prompts satisfy it. A trace
 that ends (EOS) before a bounded operator's window does is evaluated on the steps it has.

@@ -438,6 +438,11 @@ def _parse_property(s: _Statement, file: str, consts: dict[str, Const], properti
                               f"the signals {known}" + (f" and the consts {', '.join(consts)}" if consts else ""))
         elif kind == "LBRACK":
             _check_interval(tokens, i, names, at, errors)
+        elif kind == "MINUS" and _unary_minus_of_term(tokens, i, names):
+            nxt = tokens[i + 1]
+            operand = nxt.text if names[nxt.type] == "Identifier" else "(...)"
+            errors.append(f"{at(tok.line, tok.column)}: syntax error: a minus sign negates numbers only (rtamt's "
+                          f"grammar); write (0 - {operand}) to negate a signal or a formula")
     if len(errors) > n_before or uses_rejected:
         return None
 
@@ -485,6 +490,17 @@ def _parse_property(s: _Statement, file: str, consts: dict[str, Const], properti
         axis=axes.pop() if axes else STEP, steps_needed=None if horizon is None else horizon + 1, _rtamt=spec,
         share=share,
     )
+
+
+# Tokens that end a value: a minus after one subtracts, anywhere else it is a sign.
+_VALUE_END = {"Identifier", "IntegerLiteral", "RealLiteral", "RPAREN", "RBRACK"}
+
+
+def _unary_minus_of_term(tokens, i, names) -> bool:
+    """tokens[i] is a sign (not a subtraction) in front of something other than a number."""
+    prev = names[tokens[i - 1].type] if tokens[i - 1].type < len(names) else ""
+    nxt = names[tokens[i + 1].type] if i + 1 < len(tokens) and tokens[i + 1].type < len(names) else ""
+    return prev not in _VALUE_END and nxt not in ("IntegerLiteral", "RealLiteral", "")
 
 
 def _check_interval(tokens, i, names, at, errors) -> None:
