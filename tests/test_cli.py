@@ -58,3 +58,38 @@ def test_the_program_never_leaves_silently(monkeypatch, capsys, raised, code, me
     assert left.value.args == (code,)
     assert message in err
     assert ("Traceback" in err and "RuntimeError: boom" in err) == (code == 70)
+
+
+def test_search_refuses_an_out_directory_that_is_not_a_run_and_claims_a_run(tiny_llama_dir, tmp_path, capsys):
+    from toggle.cli import main
+    from toggle.rundir import MARKER, RunDir
+
+    # someone's project folder, with a model/ and a summary.json of its own: refused before any model work
+    project = tmp_path / "project"
+    (project / "model").mkdir(parents=True)
+    (project / "model" / "config.json").write_text("{}")
+    (project / "summary.json").write_text('{"mine": 1}')
+    assert main(["search", str(tiny_llama_dir), "--budget", "60KB", "--trials", "1", "--out", str(project)]) == 2
+    err = capsys.readouterr().err
+    assert f"--out {project}: the directory exists and is not a toggle run directory" in err
+    assert (project / "model" / "config.json").read_text() == "{}" and sorted(p.name for p in project.iterdir()) == [
+        "model", "summary.json"]
+    afile = tmp_path / "afile"
+    afile.write_text("hi")
+    assert main(["search", str(tiny_llama_dir), "--budget", "60KB", "--trials", "1", "--out", str(afile)]) == 2
+    assert f"--out {afile}: exists and is a file; a run directory is a folder" in capsys.readouterr().err
+
+    # a run directory: the previous run's results go, its caches stay
+    run = tmp_path / "run"
+    (run / "model").mkdir(parents=True)
+    (run / "operating_points").mkdir()
+    for name in (MARKER, "plan.yaml", "summary.json", "heldout.json", "calibration.json", "trials.csv",
+                 "report.md", "pareto.png", "study.db", "measured.json", "calibration_stats.safetensors"):
+        (run / name).write_text("x")
+    RunDir(run).claim()
+    assert sorted(p.name for p in run.iterdir()) == sorted(
+        [MARKER, "study.db", "measured.json", "calibration_stats.safetensors"])
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    RunDir(empty).claim()
+    assert (empty / MARKER).is_file()

@@ -146,6 +146,19 @@ def test_operating_points_are_plans_from_the_front(runs, tiny_llama_dir, capsys)
     assert code == 0, capsys.readouterr().err
 
 
+def test_report_of_an_interrupted_search_says_so(runs, tmp_path):
+    d, a, _ = runs
+    copy = tmp_path / "interrupted"
+    shutil.copytree(d / "A", copy)
+    summary = json.loads((copy / "summary.json").read_text())
+    del summary["heldout"]
+    (copy / "summary.json").write_text(json.dumps({**summary, "interrupted": True}))
+    md = write_report(copy).markdown.read_text()
+    assert (f"Note: the search was interrupted (Ctrl-C) after {summary['trials']} trials, before the held-out audit: "
+            f"this is what those trials hold; rerun the same command to resume it") in md
+    assert "interrupted" not in (d / "A" / "report.md").read_text()
+
+
 def test_compare_refuses_another_model_and_takes_no_relaxed_point_from_other_specs(runs, tmp_path, capsys):
     d, a, b = runs
     assert set(a.summary["identity"]) == {"model", "trace", "spec_files", "consts", "prompts", "profile", "methods"}

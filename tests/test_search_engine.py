@@ -1,4 +1,5 @@
 """The search engine on synthetic problems (toggle.search.synthetic): no model needed."""
+import dataclasses
 import json
 import math
 import csv
@@ -236,6 +237,35 @@ def test_keyboard_interrupt_saves_outputs_and_resumes(tmp_path):
     obj.evaluate = real
     result = run_study(obj, budget, profile=SMALL, run_dir=tmp_path, trials=6, sampler="random")
     assert result.summary["trials"] == 6
+
+
+def test_interrupt_after_the_trials_still_writes_the_summary_of_this_study(tmp_path):
+    """Ctrl-C in the held-out audit (the finish step): summary.json says what this study holds and
+    that it was interrupted, never the previous run's figures beside this run's trials."""
+    obj = SyntheticObjective(blocks=2)
+    budget = int(obj.base16_bytes * 0.5)
+    (tmp_path / "summary.json").write_text(json.dumps({"trials": 99, "budget_bytes": 1}))
+
+    def interrupted(summary, plan):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_study(obj, budget, profile=SMALL, run_dir=tmp_path, trials=4, sampler="random", finish=interrupted)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["interrupted"] is True and summary["trials"] == 4 and summary["budget_bytes"] == budget
+
+
+def test_no_plan_removes_an_earlier_best_plan(tmp_path):
+    obj = SyntheticObjective(blocks=2)
+    result = run_study(obj, int(obj.base16_bytes * 0.5), profile=SMALL, run_dir=tmp_path, trials=8, sampler="bo")
+    assert result.satisfied and (tmp_path / "plan.yaml").is_file()
+    # a rerun whose study holds no satisfying plan does not leave the earlier winner beside its trials
+    real = obj.evaluate
+    obj.evaluate = lambda plan, stop_below=None: dataclasses.replace(
+        real(plan), robustness={p: -1.0 for p in obj.properties})
+    result = run_study(obj, int(obj.base16_bytes * 0.5), profile=SMALL, run_dir=tmp_path, trials=4, sampler="random",
+                       study_name="other")
+    assert not result.satisfied and not (tmp_path / "plan.yaml").exists()
 
 
 def test_bo_beats_uniform_and_random_at_equal_trials(tmp_path):

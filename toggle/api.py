@@ -81,6 +81,8 @@ def search(model: str, budget: str | Budget, *, specs=None, prompts=None, profil
     check_storage_url(storage)
     spec_set = load_specs(list(specs) if specs else None, overrides or {}, relax)
     suite = load_prompts(prompts)
+    run = RunDir(out or default_run_dir(model, budget))
+    run.check_claimable()  # claimed (and a previous run's results removed) once the inputs are known good
 
     # 2. The model, its trace, calibration statistics, the evaluator and the cost model.
     say = _stage_printer(progress)
@@ -105,7 +107,7 @@ def search(model: str, budget: str | Budget, *, specs=None, prompts=None, profil
         say("note: " + past_context)
     say(f"tracing the base model on {len(suite.split('calibration'))} calibration prompts")
     trace = build_trace(loaded, suite, spec_set, split="calibration")
-    run = RunDir(out or default_run_dir(model, budget))
+    run.claim()
     stats, meta = calibration_stats(loaded, refs, trace, search_profile.needs_stats, run)
     applier = PlanApplier(loaded.model, refs, stats)
     evaluator = Evaluator(loaded, spec_set, trace, applier)
@@ -142,7 +144,6 @@ def search(model: str, budget: str | Budget, *, specs=None, prompts=None, profil
             summary["uncompressed"] = uncompressed
         if base_failing:
             summary["base_failures"] = base_failing
-        run.clear(HELDOUT, CALIBRATION, ARTIFACT)  # a previous run's winner is not this one's
         if plan is None:
             summary["heldout"] = {"skipped": "no plan satisfies every property within the budget"}
             return

@@ -13,6 +13,10 @@
     model/             the winner's compressed model in the profile's format (not with --no-apply)
     calibration_stats.safetensors   activation statistics of aware methods (Wanda, AWQ, GPTQ, ASVD)
     report.md, report.html, *.png, operating_points/   the report (`toggle report RUN_DIR`)
+    .toggle-run        marks the folder as a run directory: a search refuses any other non-empty one
+
+A search into a run directory first removes the previous run's results (RESULTS), keeping the
+caches keyed by their inputs, so a run stopped half way never mixes two runs' files.
 
 Trial rows are one dict shape whether they come from the study (`trial_rows`) or from
 trials.csv (`RunDir.read_trials`), and the Pareto front is computed in one place.
@@ -48,6 +52,12 @@ STATS = "calibration_stats.safetensors"
 REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
 POINTS = "operating_points"
+MARKER = ".toggle-run"  # written when a search first uses the directory: a run directory, not someone's folder
+# What one search's end result is made of: a rerun into the same directory removes them before it
+# starts, so a run stopped half way never shows another run's winner, audit or model beside its own
+# study's trials (caches keyed by their inputs -- study.db, measured.json, sensitivity.json,
+# calibration statistics -- stay).
+RESULTS = (PLAN, SUMMARY, TRIALS, PARETO, CALIBRATION, HELDOUT, ARTIFACT, POINTS, REPORT_MD, REPORT_HTML)
 
 FIXED_COLUMNS = ("number", "state", "source", "value", "bytes", "flops_per_token", "feasible", "min_margin")
 TIMING_COLUMNS = ("reason", "eval_seconds", "sampler_seconds")
@@ -159,6 +169,38 @@ class RunDir:
         self.path.mkdir(parents=True, exist_ok=True)
         return self
 
+    def check_claimable(self) -> None:
+        """Raise InvalidInput unless a search may write here: a new or empty directory, or a run
+        directory (its marker, or a study.db / summary.json a search wrote before the marker existed)."""
+        if self.path.exists() and not self.path.is_dir():
+            raise InvalidInput(f"--out {self.path}: exists and is a file; a run directory is a folder")
+        if not self.path.is_dir() or not any(self.path.iterdir()) or self._is_run():
+            return
+        raise InvalidInput(f"--out {self.path}: the directory exists and is not a toggle run directory (no {MARKER}); "
+                           f"a search writes plan.yaml, summary.json and model/ there, replacing what they name: "
+                           f"choose a new or empty directory")
+
+    def claim(self) -> "RunDir":
+        """Make the directory a run directory for a new search (check_claimable first) and remove a
+        previous run's end results (RESULTS): they are rewritten from the study at the end."""
+        self.check_claimable()
+        self.mkdir()
+        if not (self.path / MARKER).is_file():
+            atomic_write_text(self.path / MARKER, "a toggle search run directory (toggle search --out)\n")
+        self.clear(*RESULTS)
+        for png in self.path.glob("*.png"):
+            png.unlink()
+        return self
+
+    def _is_run(self) -> bool:
+        if (self.path / MARKER).is_file() or (self.path / STUDY).is_file():
+            return True
+        try:
+            summary = read_json(self.path / SUMMARY)
+        except InvalidInput:
+            return False
+        return isinstance(summary, dict) and {"budget_bytes", "trials", "sampler"} <= set(summary)
+
     @property
     def study_url(self) -> str:
         return f"sqlite:///{(self.path / STUDY).resolve()}"
@@ -169,6 +211,8 @@ class RunDir:
         self.mkdir()
         if plan is not None:
             plan.save(self.path / PLAN)
+        else:  # never an earlier best plan beside these trials
+            self.clear(PLAN)
         self._write_trials(rows, properties, params)
         self._write_pareto(rows, properties)
 

@@ -94,6 +94,10 @@ def _blocks(run: RunData, others: list[RunData], made: dict, points: list[Operat
     held = s.get("heldout") or {}
     b: list = [Heading(f"toggle report: {s.get('model')} within {format_bytes(s['budget_bytes'])}", 1)]
     b.append(Paragraph(_verdict(s)))
+    if s.get("interrupted"):
+        b.append(Paragraph(f"Note: the search was interrupted (Ctrl-C) after {s.get('trials')} trials"
+                           f"{'' if held else ', before the held-out audit'}: this is what those trials hold; "
+                           f"rerun the same command to resume it (finished trials are kept)."))
     if s.get("base_failures"):
         b.append(Paragraph(f"Note: {s['base_failures']['note']}."))
     if "pass_rate" in held:

@@ -563,7 +563,12 @@ def _finish(study, space, objective, budget_bytes, objective_kind, sampler, seed
         plan.meta.update(plan_meta)
     run.write_results(rows, plan, list(objective.properties), space.params)
     if finish is not None:
-        finish(summary, plan)
+        try:
+            finish(summary, plan)
+        except KeyboardInterrupt:  # during the held-out audit or the model: the summary still says what the study holds
+            summary["interrupted"] = True
+            run.write_summary(summary)
+            raise
     elif interrupted:
         summary["interrupted"] = True
     run.write_summary(summary)
