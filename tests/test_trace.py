@@ -334,3 +334,21 @@ def test_attention_pooled_past_a_sliding_window_is_named(tmp_path):
     with pytest.raises(ToggleError, match=r"layer 0 .* pool only full-attention layers \(option attn_layers = 1\)"):
         build_trace(lm, suite, needs={"logprobs", "attention"}, options=SignalOptions(hidden_layer=0, attn_layers=(0, 1),
                                                                                        attn_span=6), steps=4)
+
+
+def test_paths_ignore_the_model_s_own_sampling_settings(tiny_llama_dir):
+    """A checkpoint's generation_config.json (repetition_penalty, no_repeat_ngram_size, ...) must not
+    bend the base paths: they are the model's argmax at every step."""
+    lm = load_model(str(tiny_llama_dir))
+    encoded = encode_suite(suite_from_records(RECORDS[:1] + RECORDS[2:3]), lm.tokenizer)
+    plain = generate_paths(lm.model, lm.tokenizer, encoded, GenerationSettings(steps=8, stop_at_eos=False))
+    for path, e in zip(plain, encoded):  # the argmax path, step by step
+        ids = list(e.ids)
+        for token in path:
+            with torch.no_grad():
+                assert int(lm.model(torch.tensor([ids])).logits[0, -1].argmax()) == token
+            ids.append(token)
+    assert any(len(set(p)) < len(p) for p in plain)  # a repeat, which the settings below would forbid
+    lm.model.generation_config.update(repetition_penalty=1.5, no_repeat_ngram_size=1, min_new_tokens=8)
+    assert generate_paths(lm.model, lm.tokenizer, encoded, GenerationSettings(steps=8, stop_at_eos=False)) == plain
+    assert lm.model.generation_config.no_repeat_ngram_size == 1  # the model's own settings are left as they were

@@ -2,7 +2,7 @@
 along (the base model's for the search, the compressed model's in a free-running audit)."""
 from __future__ import annotations
 
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -78,7 +78,8 @@ def _generate(model, tokenizer, encoded, settings, batch_size, batch_tokens, rec
     # a prefix every prompt shares is run once (prefix.py); each prompt keeps a token after it
     shared = shared_prefix([e.ids for e in encoded], min((len(e.ids) for e in encoded), default=1) - 1)
     prefix = prefix_cache(model, encoded[0].ids[:shared], device) if shared else None
-    with torch.no_grad(), (recorder.recording(model) if recorder is not None else nullcontext()):
+    with (torch.no_grad(), _plain_generation_defaults(model),
+          (recorder.recording(model) if recorder is not None else nullcontext())):
         for idx in generation_batches([len(e.ids) - shared for e in encoded], batch_size, batch_tokens):
             ids, mask, pads = _left_pad([encoded[i].ids[shared:] for i in idx], pad, device)
             cached = {}
@@ -96,3 +97,16 @@ def _generate(model, tokenizer, encoded, settings, batch_size, batch_tokens, rec
                 if recorder is not None:
                     recorder.keep(i, row, len(out[i]), result.logits)
     return [out[i] for i in range(len(encoded))]
+
+
+@contextmanager
+def _plain_generation_defaults(model):
+    """transformers fills every field a GenerationConfig leaves unset from the model's own
+    generation_config.json (repetition_penalty, no_repeat_ngram_size, min_new_tokens, ...), which
+    would bend the greedy paths: while generating, the model's defaults are transformers' plain ones."""
+    own = getattr(model, "generation_config", None)
+    model.generation_config = GenerationConfig()
+    try:
+        yield
+    finally:
+        model.generation_config = own
