@@ -174,12 +174,26 @@ def test_conflicting_options_across_files(tmp_path):
     ("phi = always[0:3] (jsd <= \n", "F:1:26: syntax error: unexpected end of formula"),
     ("phi = always[0:3] (jsd <= 1))\n", "F:1:29: syntax error: unexpected ')'"),
     ("phi = jsd <= 1 $ 2\n", "F:1:16: syntax error: unexpected '$'"),
+    ("phi = always[0:5] (0.9 <= p_ratio <= 1.1)\n", "F:1:7: property phi: `(0.9)<=(p_ratio)` is a condition where a "
+                                                  "number is expected (a <= b <= c reads as (a <= b) <= c; write "
+                                                  "(a <= b) and (b <= c))"),
+    ("phi = always (abs(jsd <= 0.1) >= 0)\n", "F:1:7: property phi: `(jsd)<=(0.1)` is a condition where a number"),
+    ("phi = always ((jsd <= 0.1) + (kl <= 1) >= 1)\n", "F:1:7: property phi: `(jsd)<=(0.1)` is a condition"),
+    ("phi = always ((jsd >= 0) iff (base_p >= 0))\n", "F:1:7: property phi: `iff` is not supported: rtamt scores it "
+                                                     "as -|a - b|"),
+    ("phi = always ((jsd >= 0) xor (base_p >= 0))\n", "F:1:7: property phi: `xor` is not supported"),
+    ("a = always[0:16384] (eventually[0:16384] (jsd <= 0.1))\n", "F:1:5: property a reads 32769 generation steps "
+                                                               "(its nested windows add up), beyond 16384"),
+    ("phi = always (jsd <= 1e400)\n", "F:1:22: number 1e400 is too large for a float; a threshold must be finite"),
+    ("phi = " + "(" * 1500 + "jsd <= 1" + ")" * 1500 + "\n", "F:1:7: property phi: the formula is nested too deeply"),
     ("phi = always (-jsd >= -0.1)\n", "F:1:15: syntax error: a minus sign negates numbers only (rtamt's grammar); "
                                       "write (0 - jsd) to negate a signal or a formula"),
     ("phi = always (kl * -(jsd + 1) <= 1)\n", "F:1:20: syntax error: a minus sign negates numbers only"),
     ("\n\nphi = always[0:3] (jsdd <= 0.1)\n", "F:3:20: unknown signal or const 'jsdd' (did you mean jsd?)"),
     ("phi = always[5:2] (jsd <= 0.1)\n", "F:1:13: reversed interval [5:2]"),
     ("phi = always[] (jsd <= 0.1)\n", "F:1:13: empty interval []"),
+    ("# only a comment\nconst eps = 0.1\n", "F:1:1: no properties defined; expected lines like `NAME = FORMULA`"),
+    ("", "F:1:1: no properties defined"),
     ("phi = always[0:2.5] (jsd <= 0.1)\n", "F:1:13: interval [0:2.5]: bound '2.5' is not a whole number"),
     ("phi = always[0:3ms] (jsd <= 0.1)\n", "F:1:13: interval [0:3ms]: bound '3ms' is a unit"),
     ("const eps = 0.1\nphi = always[0:eps] (jsd <= 0.1)\n", "F:2:13: interval [0:eps]: bound 'eps' is a constant"),
@@ -494,3 +508,28 @@ def test_bounds_past_the_longest_trace_and_division_by_zero_are_named(tmp_path):
         zero.evaluate({"p": {"jsd": [0.1, 0.2]}})
     with pytest.raises(InvalidInput, match="divides by zero"):  # one sample takes rtamt's other path
         zero.evaluate({"p": {"jsd": [0.1]}})
+
+
+def test_files_read_as_editors_show_them_once_each(tmp_path):
+    # a byte-order mark, and a form feed / U+2028 that str.splitlines would take for line breaks
+    path = tmp_path / "bom.stl"
+    path.write_bytes("\ufeffconst eps = 0.1\n# see \u2028 eps above\n\f\nphi = always[0:3] (jsdd <= eps)\n".encode())
+    with pytest.raises(SpecError) as e:
+        load_specs([path])
+    assert len(e.value.errors) == 1 and e.value.errors[0].startswith(f"{path}:4:20: unknown signal or const 'jsdd'")
+    # one file named twice, by another path, or inside a directory also given: read once
+    (tmp_path / "d").mkdir()
+    one = write(tmp_path / "d", "a = always (jsd <= 0.1)\n", "a.stl")
+    specs = load_specs([one, tmp_path / "d" / ".." / "d" / "a.stl", tmp_path / "d"])
+    assert [p.name for p in specs.properties] == ["a"] and len(specs.files) == 1
+
+
+def test_relax_past_the_largest_float_and_math_errors_are_named(tmp_path):
+    path = write(tmp_path, "const e = 0.1\nphi = always (jsd <= e)\n", "r.stl")
+    with pytest.raises(SpecError, match=r"r.stl:1:7: --relax 0.5 takes const e past the largest float"):
+        load_specs([path], {"e": 1.7e308}, relax=0.5)
+    root = load_specs([write(tmp_path, "root = always (sqrt(entropy_delta) <= 10)\n", "sqrt.stl")])
+    with pytest.raises(InvalidInput, match=r"sqrt.stl:1: property 'root' cannot be computed on this trace \(math domain "
+                                           r"error: e.g. sqrt"):
+        root.evaluate({"p": {"entropy_delta": [0.5, -0.5]}})
+    assert root.evaluate({"p": {"entropy_delta": [0.25, 4.0]}})["root"]["p"] == pytest.approx(8.0)

@@ -27,7 +27,7 @@ properties that use it easier to satisfy: the direction is the sign of d(robustn
 read off the formula (e.g. `jsd <= eps`: robustness = eps - jsd grows with eps, so eps
 becomes eps + R|eps|; `p_ratio >= tau`: tau - ... shrinks, so tau becomes tau - R|tau|;
 `not`, the left side of `implies`, subtraction and negative factors flip the sign). A const
-whose direction cannot be told (inside abs, ==, iff, xor, rise/fall, a product of signals,
+whose direction cannot be told (inside abs, ==, rise/fall, a product of signals,
 a denominator, or used both ways) cannot be relaxed; `--relax` then fails naming it.
 
 The package: syntax.py reads and checks the files and parses each property with rtamt,

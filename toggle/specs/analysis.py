@@ -19,13 +19,39 @@ def _type_check(node) -> str | None:
     if name in _NUMERIC:
         return (f"the formula is a number ({node.name}), not a condition; compare it, e.g. "
                 f"`always[0:31] (jsd <= 0.1)`")
+    if name in _NOT_BOOLEAN:
+        return _NOT_BOOLEAN[name]
     if name == "Predicate":
-        return None
+        return _operand_problem(node)
     for child in node.children:
         if _cls(child) in _NUMERIC:
             return (f"`{child.name}` is a number where a condition is expected; compare it, "
                     f"e.g. ({child.name} <= 0.1)")
         problem = _type_check(child)
+        if problem:
+            return problem
+    return None
+
+
+# rtamt accepts these and scores them as -|a - b| and |a - b| of the two sides' robustness, which
+# is not their Boolean meaning (`iff` of two conditions that both hold comes out negative).
+_NOT_BOOLEAN = {
+    "Iff": "`iff` is not supported: rtamt scores it as -|a - b| of the two sides' margins, which fails when both "
+           "hold by different margins; write ((a -> b) and (b -> a))",
+    "Xor": "`xor` is not supported: rtamt scores it as |a - b| of the two sides' margins, which holds when both hold "
+           "by different margins; write ((a and not b) or (b and not a))",
+}
+
+
+def _operand_problem(node) -> str | None:
+    """Comparisons and arithmetic take numbers: a condition there (a <= b <= c reads as
+    (a <= b) <= c in rtamt, and compares a margin with c) is an error, not a silent number."""
+    for child in node.children:
+        if _cls(child) not in _NUMERIC:
+            chained = " (a <= b <= c reads as (a <= b) <= c; write (a <= b) and (b <= c))" \
+                if _cls(child) == "Predicate" and _cls(node) == "Predicate" else ""
+            return f"`{child.name}` is a condition where a number is expected{chained}"
+        problem = _operand_problem(child)
         if problem:
             return problem
     return None

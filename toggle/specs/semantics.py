@@ -26,6 +26,10 @@ def robustness(prop, signals: dict, length: int | None = None) -> float:
     except ZeroDivisionError:
         raise InvalidInput(f"{prop.where}: property {prop.name!r} divides by zero (a constant or a signal that is 0 "
                            f"on this trace); divide only by what cannot be 0, e.g. (x + 1e-9)") from None
+    except (ValueError, OverflowError) as e:  # math.sqrt of a negative, exp or pow past a float, ...
+        raise InvalidInput(f"{prop.where}: property {prop.name!r} cannot be computed on this trace ({e}: e.g. sqrt "
+                           f"or pow of a negative value, or exp past the largest float); keep such arguments in "
+                           f"range, e.g. sqrt(abs(x))") from None
 
 
 def evaluate(specs, traces: dict[str, dict], answers: dict[str, dict] | None = None) -> dict[str, dict[str, float]]:

@@ -57,7 +57,11 @@ def spec_files(paths=None) -> list[Path]:
             files.append(path)
         else:
             raise InvalidInput(f"{path}: no such spec file")
-    return files
+    # a file named twice (again, by another path, or inside a directory also given) is read once
+    unique: dict[Path, Path] = {}
+    for f in files:
+        unique.setdefault(f.resolve(), f)
+    return list(unique.values())
 
 
 def load_specs(paths=None, overrides: dict | None = None, relax: float = 0.0) -> SpecSet:
@@ -143,6 +147,9 @@ def _apply_overrides(parsed, overrides: dict, relax: float) -> dict[str, dict[st
                                   f"use --set {name}=VALUE instead")
                 else:
                     value += c.direction * relax * abs(value)
+                    if not math.isfinite(value):
+                        errors.append(f"{c.file}:{c.line}:{c.col}: --relax {relax:g} takes const {name} past the "
+                                      f"largest float; use --set {name}=VALUE instead")
             out[pf.file][name] = replace(c, value=value)
     if errors:
         raise SpecError(errors)
@@ -179,6 +186,9 @@ def _parse_file(path: Path, errors: list[str]) -> _ParsedFile:
     """Parse one file, appending its problems to `errors` in line order."""
     mine: list[str] = []
     parsed = _parse_file_unsorted(path, mine)
+    if not mine and not parsed.properties:  # consts are a file's own: without a property it checks nothing
+        mine.append(f"{path}:1:1: no properties defined; expected lines like `NAME = FORMULA`, "
+                    f"e.g. coherence = always[0:31] (jsd <= 0.1)")
     errors.extend(sorted(mine, key=_position))
     return parsed
 
@@ -191,7 +201,7 @@ def _position(message: str) -> tuple[int, int]:
 def _parse_file_unsorted(path: Path, errors: list[str]) -> _ParsedFile:
     file = str(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a leading byte-order mark (Windows editors) is not text
     except UnicodeDecodeError:
         errors.append(f"{file}:1:1: not UTF-8 text")
         return _ParsedFile(file, [], {}, {})
@@ -204,7 +214,9 @@ def _parse_file_unsorted(path: Path, errors: list[str]) -> _ParsedFile:
     statements: list[_Statement] = []
     declared: set[str] = set()  # const names declared, well or not (a bad one is reported once, at its line)
     last_was_property = False
-    for lineno, raw in enumerate(text.splitlines(), 1):
+    # lines end at \n, \r\n or \r only, as editors and grep -n count them (str.splitlines also
+    # splits at form feeds, U+2028, ...)
+    for lineno, raw in enumerate(re.split(r"\r\n|\r|\n", text), 1):
         line = raw.split("#", 1)[0].rstrip()
         if not line.strip():
             continue
@@ -438,6 +450,9 @@ def _parse_property(s: _Statement, file: str, consts: dict[str, Const], properti
                               f"the signals {known}" + (f" and the consts {', '.join(consts)}" if consts else ""))
         elif kind == "LBRACK":
             _check_interval(tokens, i, names, at, errors)
+        elif kind in ("IntegerLiteral", "RealLiteral") and not bracket and not math.isfinite(float(tok.text)):
+            errors.append(f"{at(tok.line, tok.column)}: number {tok.text} is too large for a float; a threshold "
+                          f"must be finite")
         elif kind == "MINUS" and _unary_minus_of_term(tokens, i, names):
             nxt = tokens[i + 1]
             operand = nxt.text if names[nxt.type] == "Identifier" else "(...)"
@@ -455,7 +470,14 @@ def _parse_property(s: _Statement, file: str, consts: dict[str, Const], properti
     parser = spec.ast.antrlParserType(CommonTokenStream(_quiet_lexer(spec.ast, text)))
     parser.removeErrorListeners()
     parser.addErrorListener(listener)
-    ctx = parser.specification_file()
+    try:
+        ctx = parser.specification_file()
+    except RecursionError:
+        first = s.text_lines[0][2]
+        errors.append(f"{at(1, len(_PREFIX) + len(first) - len(first.lstrip()))}: property {s.name}: the formula "
+                      f"is nested too deeply to parse; "
+                      f"split it into several properties")
+        return None
     if listener.errors:
         line, column, msg, token = listener.errors[0]
         errors.append(f"{at(line, column)}: syntax error: {_explain(msg, token)}")
@@ -484,6 +506,10 @@ def _parse_property(s: _Statement, file: str, consts: dict[str, Const], properti
     for name, sign, why in _const_signs(root, set(used_consts)):
         directions[name].add((sign, why))
     horizon = _horizon(root)
+    if horizon is not None and horizon > MAX_BOUND:
+        errors.append(f"{start}: property {s.name} reads {horizon + 1} generation steps (its nested windows add up), "
+                      f"beyond {MAX_BOUND}; shorten the windows")
+        return None
     return Property(
         name=s.name, formula=" ".join(formula.split()), file=file, line=s.line,
         signals=tuple(sorted(set(used_signals))), consts={c: consts[c].value for c in sorted(set(used_consts))},
