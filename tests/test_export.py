@@ -158,8 +158,15 @@ def test_gguf_metadata_copies_the_source_tokenizer_keys_and_names_the_file_type(
     write_raw(tmp_path / "src.gguf", back.model, back.tokenizer, tensors, name="src", source=source_keys)
     src = load_model(str(tmp_path / "src.gguf"))
     assert _fields(tmp_path / "src.gguf")["general.file_type"] == int(gguf.LlamaFileType.ALL_F32)
+    # transformers builds a tokenizer from a GGUF with one more token than the file has rows for
+    rows = src.model.get_input_embeddings().weight.shape[0]
+    assert len(src.tokenizer) == rows + 1
     again = write_gguf(src, plan, tmp_path / "b.gguf")
     fields = _fields(again.path)
+    # one token per embedding row, as in the file it came from (llama.cpp refuses any other count)
+    tokens = [gguf.GGUFReader(str(f)).fields["tokenizer.ggml.tokens"].contents() for f in (tmp_path / "src.gguf",
+                                                                                          again.path)]
+    assert tokens[1] == tokens[0] and len(tokens[1]) == rows
     for key, value in source_keys.items():
         assert fields[key] == value, key
     assert again.weights_file_bytes == again.cost.bytes  # the copied keys are in the accounted header

@@ -530,7 +530,10 @@ def _add_tokenizer(writer, tokenizer, config, source: dict) -> None:
     for tok in spec.get("added_tokens", []):
         vocab[tok["content"]] = tok["id"]
         special[tok["id"]] = tok.get("special", False)
-    size = max(config.vocab_size, max(vocab.values()) + 1)
+    # one token per embedding row (llama.cpp checks it): a token past the rows has no embedding, e.g.
+    # the <|endoftext|> transformers adds to a tokenizer it builds from a GGUF file without one
+    size = config.vocab_size
+    vocab = {text: idx for text, idx in vocab.items() if idx < size}
     tokens = [f"[PAD{i}]" for i in range(size)]
     types = [5] * size  # UNUSED
     for text, idx in vocab.items():
@@ -553,7 +556,7 @@ def _add_tokenizer(writer, tokenizer, config, source: dict) -> None:
         value = getattr(tokenizer, attr, None)
         if value is None:
             value = getattr(config, attr, None)
-        if isinstance(value, int):
+        if isinstance(value, int) and 0 <= value < size:
             add(value)
     template = getattr(tokenizer, "chat_template", None)
     if isinstance(template, str):
