@@ -533,3 +533,11 @@ def test_relax_past_the_largest_float_and_math_errors_are_named(tmp_path):
                                            r"error: e.g. sqrt"):
         root.evaluate({"p": {"entropy_delta": [0.5, -0.5]}})
     assert root.evaluate({"p": {"entropy_delta": [0.25, 4.0]}})["root"]["p"] == pytest.approx(8.0)
+
+
+def test_const_values_list_a_name_per_file_when_its_files_disagree(tmp_path):
+    one = write(tmp_path, "const eps = 0.1\nconst c = 2\na = always (jsd <= eps) and always (kl <= c)\n", "one.stl")
+    two = write(tmp_path, "const eps = 0.5\nconst c = 2\nb = always (jsd <= eps) and always (kl <= c)\n", "two.stl")
+    specs = load_specs([one, two], relax=0.1)
+    assert specs.const_values == pytest.approx({"one.stl:eps": 0.11, "c": 2.2, "two.stl:eps": 0.55})
+    assert load_specs([one]).const_values == {"eps": 0.1, "c": 2.0}

@@ -138,7 +138,7 @@ def search(model: str, budget: str | Budget, *, specs=None, prompts=None, profil
     # 3. The study; then the winner's held-out audit goes into summary.json; then the report.
     def finish(summary: dict, plan: Plan | None) -> None:
         summary["specs"] = {"files": list(spec_set.files), "relax": relax, "overrides": dict(overrides or {}),
-                            "consts": {n: c.value for consts in spec_set.consts.values() for n, c in consts.items()}}
+                            "consts": spec_set.const_values}
         run.write_json(SPACE, space.to_dict())
         if uncompressed:
             summary["uncompressed"] = uncompressed

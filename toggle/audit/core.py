@@ -445,7 +445,7 @@ def _engine_gap(gaps: list) -> dict | None:
 
 def _specs_info(spec_set) -> dict:
     return {"files": list(spec_set.files),
-            "consts": {name: c.value for consts in spec_set.consts.values() for name, c in consts.items()}}
+            "consts": spec_set.const_values}
 
 
 def _vocab_size(loaded) -> int:

@@ -3,6 +3,7 @@ files), Property, Const, and SpecError for the problems found instead."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ..errors import ToggleError
 from ..signals import DEFAULT_STEPS, SIGNALS, STEP, SignalOptions
@@ -67,6 +68,17 @@ class SpecSet:
     @property
     def signals(self) -> list[str]:
         return sorted({s for p in self.properties for s in p.signals})
+
+    @property
+    def const_values(self) -> dict[str, float]:
+        """Every const's value after --set / --relax, by name; a name whose files give it other
+        values (consts are each file's own) is listed per file, as FILE:NAME."""
+        values: dict[str, set] = {}
+        for consts in self.consts.values():
+            for name, c in consts.items():
+                values.setdefault(name, set()).add(c.value)
+        return {(name if len(values[name]) == 1 else f"{Path(file).name}:{name}"): c.value
+                for file, consts in self.consts.items() for name, c in consts.items()}
 
     @property
     def needs(self) -> frozenset[str]:
