@@ -186,6 +186,7 @@ def test_conflicting_options_across_files(tmp_path):
                                                                "(its nested windows add up), beyond 16384"),
     ("phi = always (jsd <= 1e400)\n", "F:1:22: number 1e400 is too large for a float; a threshold must be finite"),
     ("phi = " + "(" * 1500 + "jsd <= 1" + ")" * 1500 + "\n", "F:1:7: property phi: the formula is nested too deeply"),
+    ("phi = always (top1_agree != 0)\n", "F:1:26: syntax error: rtamt writes 'not equal' as !== (not !=)"),
     ("phi = always (-jsd >= -0.1)\n", "F:1:15: syntax error: a minus sign negates numbers only (rtamt's grammar); "
                                       "write (0 - jsd) to negate a signal or a formula"),
     ("phi = always (kl * -(jsd + 1) <= 1)\n", "F:1:20: syntax error: a minus sign negates numbers only"),
@@ -341,7 +342,7 @@ def test_relax_refuses_a_const_without_direction(tmp_path):
                                         r"or is a denominator"):
         load_specs([denominator], relax=0.1)
     equal = write(tmp_path, "const e = 1\nphi = always (top1_agree == e)\n", "equal.stl")
-    with pytest.raises(SpecError, match=r"cannot loosen const e: it is compared with == or !=; use --set"):
+    with pytest.raises(SpecError, match=r"cannot loosen const e: it is compared with == or !==; use --set"):
         load_specs([equal], relax=0.1)
 
 

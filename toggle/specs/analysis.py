@@ -92,7 +92,7 @@ def _const_signs(node, consts: set[str], sign: int | None = 1, why: str = ""):
     if name == "Predicate":
         op = str(node.operator)
         if op in ("==", "!="):
-            signs, why = (None, None), why or "it is compared with == or !="
+            signs, why = (None, None), why or "it is compared with == or !=="
         elif op.startswith("<"):  # a <= b: robustness b - a
             signs = (-1, 1)
         else:  # a >= b: robustness a - b

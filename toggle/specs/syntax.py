@@ -453,6 +453,9 @@ def _parse_property(s: _Statement, file: str, consts: dict[str, Const], properti
         elif kind in ("IntegerLiteral", "RealLiteral") and not bracket and not math.isfinite(float(tok.text)):
             errors.append(f"{at(tok.line, tok.column)}: number {tok.text} is too large for a float; a threshold "
                           f"must be finite")
+        elif kind == "NotOperator" and tok.text == "!" and i + 1 < len(tokens) and tokens[i + 1].text == "=" \
+                and tokens[i + 1].column == tok.column + 1:
+            errors.append(f"{at(tok.line, tok.column)}: syntax error: rtamt writes 'not equal' as !== (not !=)")
         elif kind == "MINUS" and _unary_minus_of_term(tokens, i, names):
             nxt = tokens[i + 1]
             operand = nxt.text if names[nxt.type] == "Identifier" else "(...)"
