@@ -195,6 +195,8 @@ def test_conflicting_options_across_files(tmp_path):
     ("phi = always[] (jsd <= 0.1)\n", "F:1:13: empty interval []"),
     ("# only a comment\nconst eps = 0.1\n", "F:1:1: no properties defined; expected lines like `NAME = FORMULA`"),
     ("", "F:1:1: no properties defined"),
+    ("phi = always[0:031] (jsd <= 0.1)\n", "F:1:13: interval [0:031]: bound '031' is written with a leading zero, "
+                                          "which rtamt does not read: write 31"),
     ("phi = always[0:2.5] (jsd <= 0.1)\n", "F:1:13: interval [0:2.5]: bound '2.5' is not a whole number"),
     ("phi = always[0:3ms] (jsd <= 0.1)\n", "F:1:13: interval [0:3ms]: bound '3ms' is a unit"),
     ("const eps = 0.1\nphi = always[0:eps] (jsd <= 0.1)\n", "F:2:13: interval [0:eps]: bound 'eps' is a constant"),

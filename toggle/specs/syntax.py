@@ -558,6 +558,7 @@ def _check_interval(tokens, i, names, at, errors) -> None:
             text = "".join(t.text for t in part)
             what = ("a constant" if any(names[t.type] == "Identifier" for t in part)
                     else "a unit" if any(names[t.type] in ("SEC", "MSEC", "USEC", "NSEC", "PSEC") for t in part)
+                    else f"written with a leading zero, which rtamt does not read: write {int(text)}" if text.isdigit()
                     else "not a whole number" if text else "missing")
             errors.append(f"{where}: interval {shown}: bound {text!r} is {what}; bounds are whole numbers "
                           f"of generation steps, e.g. [0:31]")
