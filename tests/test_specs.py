@@ -223,6 +223,8 @@ def test_conflicting_options_across_files(tmp_path):
     ("phi = kl <= 1\n    on 95% prompts\n", "F:2:5: property phi: malformed chance constraint; expected "
                                           "`FORMULA on P% of prompts`"),
     ("phi = kl <= 1 on 95% of the prompts\n", "F:1:15: property phi: malformed chance constraint"),
+    ("phi = kl <= 1 on 95% of prompts\n    and jsd <= 1\n", "F:1:15: property phi: the chance constraint `on P% of "
+                                                          "prompts` must end the property, on its last line"),
     ("phi = on 95% of prompts\n", "F:1:6: property phi has no formula"),
     ("option topk = -2\nphi = kl <= 1\n", "F:1:15: option topk: '-2' is not valid; expected a positive integer"),
     ("option hidden_layer = 1.5\nphi = kl <= 1\n", "F:1:23: option hidden_layer: '1.5' is not valid"),

@@ -362,8 +362,9 @@ def _layer_item(text: str):
 # --- one property: lex, check, parse with rtamt, analyse -----------------------------------
 
 # A chance constraint ends a property: `NAME = FORMULA on P% of prompts` (split off before rtamt sees it).
-_SHARE = re.compile(r"(?<!\S)on\s+(?P<share>\S+)\s+of\s+prompts\s*\Z")
-_SHARE_LIKE = re.compile(r"(?<!\S)on\s+\S*%|(?<!\S)of\s+prompts\s*\Z|(?<!\S)on\s+\S+\s+of\s+\S+\s*\Z")
+_SHARE = re.compile(r"(?<!\S)on\s+(?P<share>\S+)\s+of\s+prompts\s*\Z", re.IGNORECASE)
+_SHARE_LIKE = re.compile(r"(?<!\S)on\s+\S*%|(?<!\S)of\s+prompts\s*\Z|(?<!\S)on\s+\S+\s+of\s+\S+\s*\Z",
+                         re.IGNORECASE)
 _PERCENT = re.compile(r"(\d+(\.\d*)?|\.\d+)%\Z")
 
 
@@ -372,6 +373,12 @@ def _split_share(s: _Statement, file: str, errors: list[str]) -> float | None:
     ln, col0, last = s.text_lines[-1]
     m = _SHARE.search(last)
     if m is None:
+        for ln_before, col_before, text_before in s.text_lines[:-1]:
+            early = _SHARE.search(text_before) or _SHARE_LIKE.search(text_before)
+            if early:
+                errors.append(f"{file}:{ln_before}:{col_before + early.start() + 1}: property {s.name}: the chance "
+                              f"constraint `on P% of prompts` must end the property, on its last line")
+                return None
         bad = _SHARE_LIKE.search(last)
         if bad:
             errors.append(f"{file}:{ln}:{col0 + bad.start() + 1}: property {s.name}: "
