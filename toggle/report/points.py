@@ -21,6 +21,7 @@ from ..files import robustness_from_json
 from ..plan import Plan
 from ..rundir import POINTS, STATS, RunDir
 from ..search.space import plan_from_groups
+from ..search.study import IDENTITY_LABELS
 from .data import RunData
 
 SAFETY = 0.5
@@ -83,7 +84,6 @@ def _other_inputs(run: RunData, other: RunData) -> str:
     mine, theirs = run.summary.get("identity") or {}, other.summary.get("identity") or {}
     if not mine or not theirs:
         return ""
-    from ..search.study import IDENTITY_LABELS
     return ", ".join(IDENTITY_LABELS.get(k, k) for k in sorted(set(mine) | set(theirs))
                      if k != "consts" and mine.get(k) != theirs.get(k))
 
