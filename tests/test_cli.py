@@ -89,6 +89,11 @@ def test_search_refuses_an_out_directory_that_is_not_a_run_and_claims_a_run(tiny
     RunDir(run).claim()
     assert sorted(p.name for p in run.iterdir()) == sorted(
         [MARKER, "study.db", "measured.json", "calibration_stats.safetensors"])
+    seeded = tmp_path / "seeded"  # a profiling cache copied in, as benchmarks/bench_search.py seeds its runs
+    seeded.mkdir()
+    (seeded / "measured.json").write_text("{}")
+    RunDir(seeded).claim()
+    assert (seeded / "measured.json").is_file()
     empty = tmp_path / "empty"
     empty.mkdir()
     RunDir(empty).claim()

@@ -171,7 +171,7 @@ class RunDir:
 
     def check_claimable(self) -> None:
         """Raise InvalidInput unless a search may write here: a new or empty directory, or a run
-        directory (its marker, or a study.db / summary.json a search wrote before the marker existed)."""
+        directory (its marker, its study.db or profiling caches, or the summary.json of a search)."""
         if self.path.exists() and not self.path.is_dir():
             raise InvalidInput(f"--out {self.path}: exists and is a file; a run directory is a folder")
         if not self.path.is_dir() or not any(self.path.iterdir()) or self._is_run():
@@ -193,7 +193,8 @@ class RunDir:
         return self
 
     def _is_run(self) -> bool:
-        if (self.path / MARKER).is_file() or (self.path / STUDY).is_file():
+        # a profiling cache copied in to seed a run (benchmarks/bench_search.py does) also marks one
+        if any((self.path / name).is_file() for name in (MARKER, STUDY, MEASURED, SENSITIVITY)):
             return True
         try:
             summary = read_json(self.path / SUMMARY)
