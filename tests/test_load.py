@@ -217,3 +217,22 @@ def test_quick_gguf_parsing_reads_what_gguf_reads_and_restores_it(tmp_path):
         arch = gguf.MODEL_ARCH.LLAMA
         assert gguf.get_tensor_name_map(arch, 2) is gguf.get_tensor_name_map(arch, 2)  # built once
     assert (gguf.GGUFReader._get, gguf.get_tensor_name_map) == (plain_get, plain_map)
+
+
+def test_a_directory_s_fingerprint_is_its_files_contents(tmp_path):
+    import os
+    import shutil
+
+    from toggle.loaded import dir_fingerprint
+
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    for d, weights in ((a, b"\x00" * 4096), (b, b"\x00" * 4095 + b"\x01")):
+        d.mkdir()
+        (d / "config.json").write_text("{}")
+        (d / "model.safetensors").write_bytes(weights)
+        for f in d.iterdir():
+            os.utime(f, ns=(1_700_000_000_000_000_000, 1_700_000_000_000_000_000))
+    # other weights with the same names, sizes and times (tar, rsync -a, cp -p): another model
+    assert dir_fingerprint(a) != dir_fingerprint(b)
+    shutil.copytree(a, c, copy_function=shutil.copy)  # new times, the same contents: the same model
+    assert dir_fingerprint(c) == dir_fingerprint(a)
