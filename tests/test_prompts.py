@@ -74,6 +74,9 @@ def test_yaml_mapping_form_sets_chat_for_all(tmp_path):
     (['{"prompt": "a", "answer": ""}'], "F:1: field 'answer': expected non-empty text"),
     (['{"prompt": "a", "id": "x"}', '{"prompt": "b", "id": "x"}'], "F: item 2: field 'id': 'x' is used twice"),
     (['', '  '], "F: the suite is empty"),
+    (['{"prompt": "a", "answer": 1.10}'], "F:1: field 'answer': 1.1 was read as a number, which may not be the text "
+                                          "written; quote it"),
+    (['{"prompt": "bad \\ud800 text"}'], "F:1: field 'prompt': holds a lone surrogate"),
 ])
 def test_jsonl_errors(tmp_path, lines, expected):
     path = tmp_path / "s.jsonl"
@@ -93,6 +96,8 @@ def test_jsonl_errors(tmp_path, lines, expected):
     ("[]\n", "F: the suite is empty"),
     ("", "F: the suite is empty"),
     ("- 3\n", "F: item 1: expected a prompt object"),
+    ("- {prompt: 'Pi to two places is', answer: 3.10}\n", "F: item 1: field 'answer': 3.1 was read as a number"),
+    ("- {prompt: 'Time', answer: 12:30}\n", "F: item 1: field 'answer': 750 was read as a number"),
 ])
 def test_yaml_errors(tmp_path, text, expected):
     path = tmp_path / "s.yaml"
@@ -100,6 +105,15 @@ def test_yaml_errors(tmp_path, text, expected):
     with pytest.raises(ToggleError) as e:
         load_prompts(path)
     assert str(e.value).replace(str(path), "F").startswith(expected), str(e.value)
+
+
+def test_jsonl_strings_may_hold_line_separators(tmp_path):
+    # json.dumps(ensure_ascii=False) writes U+2028 raw inside a string; str.splitlines would cut it there
+    path = tmp_path / "s.jsonl"
+    path.write_text(json.dumps({"prompt": "Line one\u2028line two", "answer": "x\u2029y"}, ensure_ascii=False) + "\n",
+                    encoding="utf-8")
+    (prompt,) = load_prompts(path).prompts
+    assert prompt.text == "Line one\u2028line two" and prompt.answer == "x\u2029y"
 
 
 def test_file_errors(tmp_path):

@@ -171,7 +171,8 @@ def suite_from_records(records: list[dict], *, source: str = "<prompts>", chat: 
 
 def _parse_jsonl(text: str, source: str) -> list[Prompt]:
     prompts = []
-    for lineno, line in enumerate(text.splitlines(), 1):
+    # lines end at \n only: JSON strings may hold U+2028 and other characters str.splitlines splits at
+    for lineno, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
         where = f"{source}:{lineno}"
@@ -219,9 +220,16 @@ def _parse_prompt(obj, where: str, index: int, suite_chat: bool | None) -> Promp
     if isinstance(pid, bool) or not isinstance(pid, (str, int)) or not str(pid).strip():
         raise InvalidInput(f"{where}: field 'id': expected a short non-empty name, got {_show(pid)}")
     answer = obj.get("answer")
-    if answer is not None and (not isinstance(answer, (str, int, float)) or isinstance(answer, bool)
-                               or not str(answer).strip()):
+    if isinstance(answer, (int, float)) and not isinstance(answer, bool):
+        # YAML and JSON read 3.10 as 3.1, 010 as 8, 12:30 as 750: the text as written is gone
+        raise InvalidInput(f"{where}: field 'answer': {_show(answer)} was read as a number, which may not be the text "
+                           f"written; quote it, e.g. answer: \"3.10\"")
+    if answer is not None and (not isinstance(answer, str) or not answer.strip()):
         raise InvalidInput(f"{where}: field 'answer': expected non-empty text (the gold answer), got {_show(answer)}")
+    for field_name, value in (("prompt", text), ("answer", answer)):
+        if value is not None and not _encodable(value):
+            raise InvalidInput(f"{where}: field '{field_name}': holds a lone surrogate (an escape like \\ud800 that "
+                               f"is half of a character); it is not text a tokenizer can read")
     split = obj.get("split", "calibration")
     if split not in SPLITS:
         raise InvalidInput(f"{where}: field 'split': {_show(split)} is not valid; expected one of {', '.join(SPLITS)}")
@@ -248,6 +256,14 @@ def _check_suite(prompts: list[Prompt], source: str) -> list[Prompt]:
             raise InvalidInput(f"{source}: item {i}: field 'id': {p.id!r} is used twice; ids must be unique")
         seen.add(p.id)
     return prompts
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _show(value) -> str:
