@@ -1,5 +1,6 @@
 """Trace: greedy paths, one teacher-forced pass reproducing plain forwards, attention and
 hidden capture against transformers' own outputs, and the memory / disk cache."""
+import dataclasses
 from types import SimpleNamespace
 
 import pytest
@@ -313,9 +314,21 @@ def test_a_prompt_past_learned_positions_is_named_before_any_tracing(tiny_gpt2_d
     assert build_trace(rotary, long, needs={"logprobs"}, steps=2).paths
     assert context_note(rotary.model, encoded, 2, "p.yaml") == (
         f"p.yaml: 1 prompt with 2 steps run past this model's declared context of 512 positions (prompt 'essay': "
-        f"{len(encoded[0].ids) + 2}); the model runs there, on positions it was not trained on")
+        f"{len(encoded[0].ids) + 1}); the model runs there, on positions it was not trained on")
     short = encode_suite(suite_from_records(RECORDS[:1]), rotary.tokenizer)
     assert context_note(rotary.model, short, 2, "p.yaml") is None
+    # the edge: a prompt and its steps read len + steps - 1 positions (the last step is predicted,
+    # never fed); a gold answer longer than the steps reads len + answer - 1
+    from toggle.trace.limits import check_lengths
+
+    edge = [dataclasses.replace(encoded[0], ids=encoded[0].ids[:1021])]
+    check_lengths(lm.model, edge, 4, {"logprobs"}, SignalOptions(), "p.yaml")  # 1024 positions: fits
+    with pytest.raises(ToggleError, match="with the 5 steps the properties read it needs 1025 positions"):
+        check_lengths(lm.model, edge, 5, {"logprobs"}, SignalOptions(), "p.yaml")
+    answered = [dataclasses.replace(edge[0], answer_ids=(5,) * 6)]
+    check_lengths(lm.model, answered, 4, {"logprobs"}, SignalOptions(), "p.yaml")  # answers unread without gold
+    with pytest.raises(ToggleError, match="with its 6-token gold answer it needs 1026 positions"):
+        check_lengths(lm.model, answered, 4, {"logprobs", "gold"}, SignalOptions(), "p.yaml")
     assert context_note(lm.model, encode_suite(long, lm.tokenizer), 8, "p.yaml") is None  # learned: an error instead
 
 
@@ -326,14 +339,16 @@ def test_attention_pooled_past_a_sliding_window_is_named(tmp_path):
     lm.model.config.sliding_window = 8  # every layer attends within the last 8 tokens
     suite = suite_from_records(RECORDS[:1])
     with pytest.raises(ToggleError, match=r"option attn_layers: layer 1 of this model attends within a sliding "
-                                          r"window of 8 tokens, and prompt 'fact' .* with its 4 steps"):
-        build_trace(lm, suite, needs={"logprobs", "attention"}, options=OPTIONS, steps=4)
+                                          r"window of 8 tokens, and prompt 'fact' .* with its 5 steps is 9"):
+        build_trace(lm, suite, needs={"logprobs", "attention"}, options=OPTIONS, steps=5)
+    assert len(encode_suite(suite, lm.tokenizer)[0].ids) == 5  # 5 + 4 - 1 = 8 positions: within the window
+    assert build_trace(lm, suite, needs={"logprobs", "attention"}, options=OPTIONS, steps=4).paths
     assert build_trace(lm, suite, needs={"logprobs", "hidden"}, options=OPTIONS, steps=4).paths  # no attention read
     lm.model.config.layer_types = ["sliding_attention", "full_attention"]  # Gemma 3 style: layer 1 is full
     assert build_trace(lm, suite, needs={"logprobs", "attention"}, options=OPTIONS, steps=4).paths
     with pytest.raises(ToggleError, match=r"layer 0 .* pool only full-attention layers \(option attn_layers = 1\)"):
         build_trace(lm, suite, needs={"logprobs", "attention"}, options=SignalOptions(hidden_layer=0, attn_layers=(0, 1),
-                                                                                       attn_span=6), steps=4)
+                                                                                       attn_span=6), steps=5)
 
 
 def test_paths_ignore_the_model_s_own_sampling_settings(tiny_llama_dir):

@@ -20,14 +20,17 @@ def check_lengths(model, encoded: list[EncodedPrompt], steps: int, needs, option
     `options` resolved (absolute layer indices); `source` names the prompt suite."""
     if not encoded:
         return
-    longest = max(encoded, key=lambda e: len(e.ids))
-    total = len(longest.ids) + steps
+    gold = "gold" in needs  # the gold answer is scored after the prompt too
+    longest = max(encoded, key=lambda e: positions(e, steps, gold))
+    total = positions(longest, steps, gold)
     context = learned_positions(model)
     if context and total > context:
+        answer = len(longest.answer_ids or ()) if gold else 0
+        read = (f"its {answer}-token gold answer" if answer > steps else f"the {steps} steps the properties read")
         raise InvalidInput(
-            f"{source}: prompt {longest.prompt.id!r} is {len(longest.ids)} tokens, and with the {steps} steps the "
-            f"properties read it needs {total} positions; this model's learned position embeddings hold "
-            f"{context}: shorten the prompt or bound the properties' steps")
+            f"{source}: prompt {longest.prompt.id!r} is {len(longest.ids)} tokens, and with {read} it needs {total} "
+            f"positions; this model's learned position embeddings hold {context}: shorten the prompt or bound the "
+            f"properties' steps")
     if ATTENTION not in needs:
         return
     windows = sliding_windows(model)
@@ -48,6 +51,13 @@ def check_lengths(model, encoded: list[EncodedPrompt], steps: int, needs, option
             f"first tokens there; {hint}drop the attention property, or {shorter}")
 
 
+def positions(encoded: EncodedPrompt, steps: int, gold: bool = False) -> int:
+    """Positions the model reads for a prompt: its tokens and all but the last of the `steps`
+    generated after it (the last is predicted, never fed), or of its gold answer's tokens."""
+    after = max(steps, len(encoded.answer_ids or ()) if gold else 0)
+    return len(encoded.ids) + max(after - 1, 0)
+
+
 def context_note(model, encoded: list[EncodedPrompt], steps: int, source: str) -> str | None:
     """A note when a prompt and its steps run past the context the model declares but has no
     table to run out of (rotary and other relative positions): it runs, on positions it was
@@ -57,10 +67,10 @@ def context_note(model, encoded: list[EncodedPrompt], steps: int, source: str) -
     config = model.config.get_text_config()
     declared = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
     longest = max(encoded, key=lambda e: len(e.ids))
-    total = len(longest.ids) + steps
+    total = positions(longest, steps)
     if not declared or total <= declared:
         return None
-    beyond = sum(1 for e in encoded if len(e.ids) + steps > declared)
+    beyond = sum(1 for e in encoded if positions(e, steps) > declared)
     return (f"{source}: {beyond} prompt{'s' if beyond > 1 else ''} with {steps} steps run past this model's declared "
             f"context of {declared} positions (prompt {longest.prompt.id!r}: {total}); the model runs there, "
             f"on positions it was not trained on")
