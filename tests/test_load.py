@@ -236,3 +236,23 @@ def test_a_directory_s_fingerprint_is_its_files_contents(tmp_path):
     assert dir_fingerprint(a) != dir_fingerprint(b)
     shutil.copytree(a, c, copy_function=shutil.copy)  # new times, the same contents: the same model
     assert dir_fingerprint(c) == dir_fingerprint(a)
+
+
+@pytest.mark.parametrize("device, message", [
+    ("bogus", "--device 'bogus': not a torch device; expected cpu, cuda, cuda:N or mps"),
+    ("meta", "--device 'meta': toggle runs models on cpu, cuda or mps; expected cpu"),
+])
+def test_a_bad_device_is_one_line_before_loading(tiny_llama_dir, capsys, device, message):
+    from toggle.cli import main
+
+    assert main(["modules", str(tiny_llama_dir), "--device", device]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this torch can use CUDA")
+def test_cuda_without_cuda_is_one_line(tiny_llama_dir):
+    from toggle.errors import InvalidInput
+
+    with pytest.raises(InvalidInput, match="--device 'cuda': this torch build cannot use it; expected cpu"):
+        load_model(str(tiny_llama_dir), device="cuda")

@@ -41,7 +41,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    p.add_argument("--device", default=None, help="torch device: cpu (the default), cuda, cuda:N or mps")
     p.add_argument("--trust-remote-code", action="store_true",
                    help="allow a model directory or hub id to run its own Python code (off by default)")
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import ModelLoadError
+from .errors import InvalidInput, ModelLoadError
 from .formats import FORMATS
 from .hf import load_hf_dir, load_hub, ready
 from .loaded import LoadedModel, dir_fingerprint, hub_fingerprint
@@ -93,6 +93,22 @@ def resolve(spec: str) -> tuple[str, str, Path | None]:
     )
 
 
+def check_device(device: str | torch.device) -> torch.device:
+    """--device as a torch device this torch can run on, else a one-line error (before any loading)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise InvalidInput(f"--device {device!r}: not a torch device; expected cpu, cuda, cuda:N or mps") from None
+    usable = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    if not usable.get(dev.type, False):
+        why = "this torch build cannot use it" if dev.type in usable else "toggle runs models on cpu, cuda or mps"
+        raise InvalidInput(f"--device {device!r}: {why}; expected "
+                           f"{', '.join(t for t, ok in usable.items() if ok)}")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise InvalidInput(f"--device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return dev
+
+
 def load_model(
     spec: str = DEFAULT_MODEL,
     *,
@@ -107,6 +123,7 @@ def load_model(
     signals; None lets transformers choose). `trust_remote_code` stays off unless asked.
     """
     start = time.perf_counter()
+    device = check_device(device)
     source, model_id, path = resolve(spec)
     if source in ("toggle", "builtin", "gguf"):  # files whose format reads them
         fmt = FORMATS["toggle" if source == "toggle" else "gguf"]
