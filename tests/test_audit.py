@@ -90,6 +90,15 @@ def test_base_model_against_itself_has_zero_divergence(files, tiny_llama_dir, mo
         assert p.base_text == p.compressed_text and p.base_text
 
 
+def test_a_json_path_that_cannot_be_written_is_named_before_the_audit(files, capsys, monkeypatch):
+    import toggle.api
+
+    monkeypatch.setattr(toggle.api, "load_model", lambda *a, **k: pytest.fail("the model must not be loaded"))
+    code, out, err = _run(capsys, files / "q8", "--specs", files / "jsd.stl", "--prompts", files / "p.yaml",
+                          "--json", files)
+    assert code == 2 and f"--json {files}: is a directory; expected a file name" in err
+
+
 def test_cli_pass_writes_the_json_contract(files, tiny_llama_dir, capsys):
     code, out, err = _run(capsys, files / "q8", "--specs", files / "jsd.stl", "--prompts", files / "p.yaml",
                           "--json", files / "q8.json")

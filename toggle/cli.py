@@ -26,8 +26,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from . import __version__, interrupts
-from .errors import BAD_INPUT, INTERNAL_ERROR, INTERRUPTED, ToggleError
-from .files import atomic_write_json
+from .errors import BAD_INPUT, INTERNAL_ERROR, INTERRUPTED, InvalidInput, ToggleError
+from .files import atomic_write_json, check_output_file
 from .units import format_bytes, format_reduction
 
 EPILOG_EXIT = "exit codes: 0 success, 1 specs not satisfied, 2 bad input, 70 internal error, 130 interrupted"
@@ -229,13 +229,19 @@ def _cmd_apply(args) -> int:
 
 
 def _cmd_audit(args) -> int:
+    if args.json:
+        check_output_file(args.json, "--json")
     result = api.audit(args.artifact, base=args.base, specs=args.specs, prompts=args.prompts, split=args.split,
                        mode=args.mode, relax=args.relax, overrides=api.parse_overrides(args.overrides), device=args.device,
                        trust_remote_code=args.trust_remote_code, confidence=args.confidence, engine=args.engine,
                        threads=args.threads)
     api.print_audit(result)
     if args.json:
-        atomic_write_json(args.json, result.to_dict())
+        try:
+            atomic_write_json(args.json, result.to_dict())
+        except OSError as e:
+            raise InvalidInput(f"--json {args.json}: cannot be written ({e.strerror or e}); the audit above is "
+                               f"complete, rerun with another path to keep it as JSON") from None
     return result.exit_code
 
 

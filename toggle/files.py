@@ -50,6 +50,16 @@ def atomic_write_json(path: str | Path, obj) -> None:
     atomic_write_text(path, json.dumps(jsonable(obj), indent=2, sort_keys=False, allow_nan=False) + "\n")
 
 
+def check_output_file(path: str | Path, option: str) -> None:
+    """An output file a command writes at its end can be written: checked before its work starts."""
+    path = Path(path)
+    if path.is_dir():
+        raise InvalidInput(f"{option} {path}: is a directory; expected a file name, e.g. {path / 'audit.json'}")
+    folder = next((p for p in [path.parent, *path.parent.parents] if p.exists()), Path("."))
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise InvalidInput(f"{option} {path}: {folder} cannot be written to; choose another path")
+
+
 def atomic_write_yaml(path: str | Path, obj) -> None:
     atomic_write_text(path, yaml.safe_dump(obj, sort_keys=False, width=120))
 
