@@ -291,3 +291,10 @@ def test_token_signals_compare_the_two_models_own_continuations_in_free_mode(fil
     assert not broken.satisfied and broken.signals["token_match"]["min"] == 0.0
     assert broken.properties["match"].min == pytest.approx(-0.5)
     assert {broken.signals[s]["min"] for s in ("base_stop", "cand_stop")} <= {0.0, 1.0}
+
+
+def test_texts_shown_in_the_terminal_carry_no_control_characters():
+    from toggle.audit.view import _short
+
+    shown = _short("a\x1b[31mred\x00 line\nbreak \u202eevil \u00e9\U0001F600", 100)
+    assert shown == "a\\x1b[31mred\\x00 line break \\u202eevil \u00e9\U0001F600"

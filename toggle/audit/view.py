@@ -3,6 +3,7 @@ worst prompts with the compressed model's text beside the base model's."""
 from __future__ import annotations
 
 import math
+import re
 
 from rich.console import Console
 from rich.markup import escape
@@ -111,5 +112,14 @@ def _num(v: float) -> str:
 
 
 def _short(text: str, n: int) -> str:
-    text = " ".join(text.split())
+    text = _visible(" ".join(text.split()))
     return text if len(text) <= n else text[: n - 1] + "…"
+
+
+# Control characters and bidirectional overrides in prompts or generated text would act on the
+# terminal (ESC starts escape sequences): shown as escapes instead.
+_INVISIBLE = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def _visible(text: str) -> str:
+    return _INVISIBLE.sub(lambda m: m.group().encode("unicode_escape").decode(), text)
