@@ -33,11 +33,12 @@ def test_the_sentence_and_the_dict():
     assert "at 0.0000001% confidence" in Confidence.of(0, 30, 1e-9).sentence()  # nor a tiny one down to 0%
 
 
-@pytest.mark.parametrize("level", [0, 1, 1.5, -0.1, "abc", "nan", True])
-def test_a_level_outside_0_1_is_refused(level):
-    with pytest.raises(InvalidInput, match=r"--confidence: .* is not valid; expected a level strictly between 0 and 1"):
+@pytest.mark.parametrize("level", [0, 1, 1.5, -0.1, "abc", "nan", True, 0.3, 1e-300])
+def test_a_level_outside_half_to_1_is_refused(level):
+    with pytest.raises(InvalidInput, match=r"--confidence: .* is not valid; expected a level from 0.5 up to \(not "
+                                           r"including\) 1"):
         check_level(level)
-    assert check_level("0.9") == 0.9
+    assert check_level("0.9") == 0.9 and check_level(0.5) == 0.5
 
 
 def test_the_audit_states_rates_and_bounds_per_property_and_overall():
@@ -59,7 +60,7 @@ def test_cli_refuses_a_bad_level_before_loading_anything(tmp_path, capsys):
         code = main([*command, "--confidence", "1.2"])
         err = capsys.readouterr().err
         assert code == 2 and err.strip() == ("toggle: error: --confidence: 1.2 is not valid; expected a level "
-                                             "strictly between 0 and 1, e.g. 0.95"), err
+                                             "from 0.5 up to (not including) 1, e.g. 0.95"), err
 
 
 def test_a_chance_constraint_is_audited_on_its_share(tmp_path):

@@ -50,7 +50,7 @@ def _add_confidence_option(p: argparse.ArgumentParser) -> None:
     # a string here: toggle.confidence.check_level says what is wrong with a bad one
     p.add_argument("--confidence", default="0.95", metavar="LEVEL",
                    help="level of the one-sided upper bound (Clopper-Pearson) on each held-out violation rate, "
-                   "strictly between 0 and 1 (default: 0.95)")
+                   "from 0.5 up to (not including) 1 (default: 0.95)")
 
 
 def build_parser() -> argparse.ArgumentParser:

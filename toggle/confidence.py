@@ -21,13 +21,15 @@ METHOD = "one-sided Clopper-Pearson"
 
 
 def check_level(level, option: str = "--confidence") -> float:
-    """A confidence level strictly between 0 and 1, or a clear InvalidInput."""
+    """A confidence level from 0.5 up to (not including) 1, or a clear InvalidInput. Below 0.5 a
+    one-sided upper bound falls below the observed rate: no "at most" statement."""
     try:
         value = float(level)
     except (TypeError, ValueError):
         value = float("nan")
-    if isinstance(level, bool) or not 0.0 < value < 1.0:
-        raise InvalidInput(f"{option}: {level} is not valid; expected a level strictly between 0 and 1, e.g. 0.95")
+    if isinstance(level, bool) or not 0.5 <= value < 1.0:
+        raise InvalidInput(f"{option}: {level} is not valid; expected a level from 0.5 up to (not including) 1, "
+                           f"e.g. 0.95")
     return value
 
 
