@@ -317,3 +317,30 @@ def test_the_report_lists_only_the_files_the_run_has(runs, tmp_path):
     files = (copy / "report.md").read_text().split("## Files", 1)[1]
     assert "plan.yaml (best plan)" in files and "summary.json" in files
     assert "heldout.json" not in files and "sensitivity.json" not in files
+
+
+def test_heldout_check_keeps_the_properties_it_can_check_without_gold_answers(runs, tiny_llama_dir, tmp_path):
+    from toggle.api import heldout_check
+    from toggle.compress.apply import PlanApplier
+    from toggle.load import load_model
+    from toggle.prompts import load_prompts
+    from toggle.rundir import RunDir
+    from toggle.specs import load_specs
+
+    d, _, _ = runs
+    (tmp_path / "gold.stl").write_text("fact = always (gold_p_ratio >= 0.5)\n")
+    (tmp_path / "p.yaml").write_text("- {prompt: 'Paris is in', answer: France}\n"
+                                     "- {prompt: 'def add(a, b):', split: heldout}\n"
+                                     "- {prompt: 'Once upon a time', split: heldout}\n")
+    lm = load_model(str(tiny_llama_dir))
+    specs = load_specs([d / "s.stl", tmp_path / "gold.stl"])
+    block = heldout_check(Plan.load(d / "A" / "plan.yaml"), lm, specs, load_prompts(tmp_path / "p.yaml"),
+                          PlanApplier(lm.model), RunDir(tmp_path))
+    assert "skipped" not in block and block["prompts"] == 2
+    assert set(block["robustness"]) == {"coherence"}  # checked on both held-out prompts
+    assert block["unchecked"] == {"fact": "no held-out prompt has a gold answer"}
+    only_gold = load_specs([tmp_path / "gold.stl"])
+    block = heldout_check(Plan.load(d / "A" / "plan.yaml"), lm, only_gold, load_prompts(tmp_path / "p.yaml"),
+                          PlanApplier(lm.model), RunDir(tmp_path))
+    assert block["skipped"].endswith("property fact needs gold answers, but no heldout prompt has an `answer`; add "
+                                     f"answers or leave {tmp_path / 'gold.stl'} out of --specs")

@@ -49,7 +49,7 @@ from .search.sensitivity import spread
 from .search.space import SearchSpace
 from .search.storage import check_storage_url
 from .search.study import SearchResult, check_budget, run_study
-from .signals import DEFAULT_STEPS, describe as describe_signals
+from .signals import ANSWER, DEFAULT_STEPS, describe as describe_signals
 from .specs import SpecError, load_specs, parse_overrides
 from .specs import check_files as check_spec_files
 from .trace import build_trace, encode_suite
@@ -268,6 +268,11 @@ def heldout_check(plan: Plan, loaded, specs, suite, applier: PlanApplier, run: R
     """The held-out audit of `plan` (teacher mode, in process, the simulated weights the artifact
     decodes to): written as heldout.json; summary.json's `heldout` block is returned, with the
     violation rate of every property and of all together and its upper bound at `confidence`."""
+    unanswered = [p.name for p in specs.properties if p.axis == ANSWER] \
+        if not any(p.answer for p in suite.split("heldout")) else []
+    if unanswered and len(unanswered) < len(specs.properties):
+        # gold-answer properties without held-out answers: the others are still checked there
+        specs = dataclasses.replace(specs, properties=[p for p in specs.properties if p.name not in unanswered])
     try:
         check_split(suite, "heldout", specs)
     except InvalidInput as e:  # the search itself was fine: say why there is no held-out check
@@ -279,7 +284,9 @@ def heldout_check(plan: Plan, loaded, specs, suite, applier: PlanApplier, run: R
             "mode": result.mode, "robustness": {k: finite_or_none(v) for k, v in result.robustness.items()},
             "share": {k: p.share for k, p in result.properties.items()}, "reason": result.reason,
             "confidence": result.overall.to_dict(),
-            "properties": {k: p.bound.to_dict() for k, p in result.properties.items()}}
+            "properties": {k: p.bound.to_dict() for k, p in result.properties.items()},
+            **({"unchecked": {name: "no held-out prompt has a gold answer" for name in unanswered}}
+               if unanswered else {})}
 
 
 def final_lines(result: SearchResult) -> list[str]:

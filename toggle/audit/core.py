@@ -226,7 +226,8 @@ def check_split(suite, split: str, spec_set) -> None:
                            f"mark some with `split: {split}` or audit with --split {other}")
     gold = [p.name for p in spec_set.properties if p.axis == ANSWER]
     if gold and not any(p.answer for p in chosen):
-        raise InvalidInput(f"{suite.source}: propert{'ies' if len(gold) > 1 else 'y'} {', '.join(gold)} need gold "
+        raise InvalidInput(f"{suite.source}: propert{'ies' if len(gold) > 1 else 'y'} {', '.join(gold)} "
+                           f"need{'' if len(gold) > 1 else 's'} gold "
                            f"answers, but no {split} prompt has an `answer`; add answers or leave "
                            f"{', '.join(sorted({p.file for p in spec_set.properties if p.axis == ANSWER}))} out of --specs")
 

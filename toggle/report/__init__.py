@@ -107,6 +107,8 @@ def _blocks(run: RunData, others: list[RunData], made: dict, points: list[Operat
                            f"property."))
         if held.get("confidence"):
             b.append(Paragraph(f"All properties together: {describe_confidence(held['confidence'])}."))
+        for name, why in (held.get("unchecked") or {}).items():
+            b.append(Paragraph(f"Not checked on the held-out prompts: {name} ({why})."))
     elif held.get("skipped"):
         b.append(Paragraph(f"Held-out audit: skipped ({held['skipped']})."))
 
