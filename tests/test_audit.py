@@ -142,6 +142,18 @@ def test_cli_violation_exits_1_and_shows_the_worst_prompts(files, capsys):
     assert data["confidence"]["violations"] == failed == data["properties"]["coherence"]["confidence"]["violations"]
 
 
+def test_the_api_lists_as_many_worst_prompts_as_asked(files):
+    from toggle.api import audit
+    from toggle.errors import InvalidInput
+
+    r = audit(files / "q2", specs=files / "jsd.stl", prompts=files / "p.yaml", worst=2)
+    assert len(r.worst()) == 2 and len(r.to_dict()["worst"]) == 2
+    listed = [p for p in r.prompts if p.id in r.to_dict()["worst"]]
+    assert all(p.base_text and p.compressed_text for p in listed)  # each listed prompt has its texts
+    with pytest.raises(InvalidInput, match="worst: -1 is not valid"):
+        audit(files / "q2", specs=files / "jsd.stl", prompts=files / "p.yaml", worst=-1)
+
+
 def test_confidence_level_moves_the_bound(files, capsys):
     code, out, _ = _run(capsys, files / "q8", "--specs", files / "jsd.stl", "--prompts", files / "p.yaml",
                         "--confidence", "0.8", "--json", files / "q8-80.json")
@@ -298,3 +310,14 @@ def test_texts_shown_in_the_terminal_carry_no_control_characters():
 
     shown = _short("a\x1b[31mred\x00 line\nbreak \u202eevil \u00e9\U0001F600", 100)
     assert shown == "a\\x1b[31mred\\x00 line break \\u202eevil \u00e9\U0001F600"
+
+
+def test_the_verdict_names_the_split_in_plain_words():
+    from types import SimpleNamespace as N
+
+    from toggle.audit.view import verdict
+
+    r = N(prompts=[N(satisfied=True)] * 30, engine="torch", split="all", mode="teacher", feasible=True,
+          satisfied=True, properties={})
+    assert verdict(r) == "PASS: every property holds on all 30 prompts (teacher mode)"
+    assert verdict(N(**{**vars(r), "split": "heldout"})) == "PASS: every property holds on all 30 heldout prompts (teacher mode)"

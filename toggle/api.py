@@ -456,6 +456,8 @@ def audit(artifact, base: str | None = None, specs=None, prompts=None, split: st
         raise InvalidInput(f"--mode: {mode!r} is not valid; expected teacher or free")
     check_engine(engine, mode)
     confidence = check_level(confidence)
+    if isinstance(worst, bool) or not isinstance(worst, int) or worst < 0:
+        raise InvalidInput(f"worst: {worst!r} is not valid; expected how many of the worst prompts to list (>= 0)")
     spec_set = load_specs(list(specs) if isinstance(specs, (list, tuple)) else specs, overrides or {}, relax)
     suite = load_prompts(prompts)
     check_split(suite, split, spec_set)

@@ -7,10 +7,14 @@ or JSONL (one prompt object per line). A prompt object:
      split: calibration, tags: [fact], chat: true}
 
 `prompt` is required; `id` defaults to `p<N>` (N = position in the file, from 1), `answer`
-(a gold answer for factual properties) to none, `split` to `calibration` (`confirmation`
+(a gold answer for factual properties, as text: quote numbers) to none, `split` to `calibration` (`confirmation`
 prompts are scored only for a search's new best plans, to confirm them; `heldout` prompts only
 by audit), `tags` to none, `chat` to the suite's `chat` (default: apply the
 tokenizer's chat template when it has one).
+
+A gold answer is scored as the tokens that follow the prompt: through the chat template as the
+assistant's reply, or in plain text after the prompt, where an answer is given a leading space
+when neither the prompt ends with whitespace nor the answer starts with it ("... is" + " Paris").
 
 Errors name the file, the line (JSONL) or item index (YAML, from 1) and the field.
 """

@@ -156,6 +156,7 @@ class AuditResult:
     # {prompts, holds, min, median}, plus pass_rate and the largest per-step JSD between the two engines
     cross_check: dict | None = None
     speed: dict | None = None  # engine llama.cpp: llama-bench's tokens/s of the file on this machine
+    shown: int = WORST  # how many of the worst prompts are listed, with their texts
 
     @property
     def satisfied(self) -> bool:
@@ -185,9 +186,9 @@ class AuditResult:
     def robustness(self) -> dict[str, float]:
         return {name: p.robustness for name, p in self.properties.items()}
 
-    def worst(self, n: int = WORST) -> list[PromptAudit]:
-        """The n prompts with the smallest margin (violations first)."""
-        return sorted(self.prompts, key=lambda p: (p.satisfied, p.margin))[:n]
+    def worst(self, n: int | None = None) -> list[PromptAudit]:
+        """The n prompts (default: `shown`) with the smallest margin (violations first)."""
+        return sorted(self.prompts, key=lambda p: (p.satisfied, p.margin))[:self.shown if n is None else n]
 
     def to_dict(self) -> dict:
         return {
@@ -327,7 +328,7 @@ def audit_models(candidate, base, spec_set, suite, *, split: str = "heldout", mo
     result = AuditResult(artifact=artifact or candidate.model_id, base=base.model_id, mode=mode, split=split,
                          properties=properties, prompts=rows, feasible=evaluation.feasible, reason=evaluation.reason,
                          signals=evaluation.signals, specs=_specs_info(spec_set), confidence=confidence,
-                         engine=engine, cross_check=cross)
+                         engine=engine, cross_check=cross, shown=worst)
     internal = sorted(spec_set.needs & {HIDDEN, ATTENTION})
     if scorer is not None and internal:
         names = [p.name for p in spec_set.properties if any(SIGNALS[x].needs in (HIDDEN, ATTENTION) for x in p.signals)]
@@ -337,7 +338,7 @@ def audit_models(candidate, base, spec_set, suite, *, split: str = "heldout", mo
     if past_context:
         result.notes.append(past_context)
     t1 = clock()
-    _fill_texts(result.worst(worst), candidate, base, trace, steps, mode, applier, plan)
+    _fill_texts(result.worst(), candidate, base, trace, steps, mode, applier, plan)
     timings["texts"] = clock() - t1
     timings["total"] = clock() - t0
     result.timings = {k: round(v, 3) for k, v in timings.items()}

@@ -15,7 +15,8 @@ from ..confidence import percent
 def verdict(result) -> str:
     n, passed = len(result.prompts), sum(p.satisfied for p in result.prompts)
     engine = "" if result.engine == "torch" else f", run by {result.engine}"
-    where = f"{n} {result.split} prompt{'s' if n != 1 else ''} ({result.mode} mode{engine})"
+    split = "" if result.split == "all" else f"{result.split} "  # 'all 30 prompts', not '30 all prompts'
+    where = f"{n} {split}prompt{'s' if n != 1 else ''} ({result.mode} mode{engine})"
     if not result.feasible:
         return f"VIOLATED: the compressed model cannot be scored on {where}: {result.reason}"
     if result.satisfied:
