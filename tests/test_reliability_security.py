@@ -169,3 +169,18 @@ def test_artifact_manifest_cannot_name_a_file_outside_its_directory(weights, tin
         read_artifact(str(art))
     assert "toggle.json" in e.value.message and repr(weights) in e.value.message, e.value.message
     assert "inside the artifact directory" in e.value.message, e.value.message
+
+
+def test_yaml_aliases_and_repeated_keys_are_refused(tmp_path):
+    """A plan of a few hundred bytes with nested aliases expanded to a 2 GB manifest; a repeated
+    key silently took the last value."""
+    from toggle.errors import InvalidInput
+    from toggle.files import parse_yaml
+
+    laughs = "a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\nc: [*b, *b, *b]\n"
+    with pytest.raises(InvalidInput, match=r"plan.yaml:2:8: not valid YAML: alias \*a is not read here"):
+        parse_yaml(laughs, "plan.yaml")
+    with pytest.raises(InvalidInput, match=r"plan.yaml:3:3: not valid YAML: key 'up' appears twice"):
+        parse_yaml("modules:\n  up: {bits: 4}\n  up: {bits: 8}\n", "plan.yaml")
+    assert parse_yaml("modules:\n  up: {bits: 4}\n  down: {bits: 8}\n", "plan.yaml") == {
+        "modules": {"up": {"bits": 4}, "down": {"bits": 8}}}

@@ -199,16 +199,43 @@ def read_text(path: str | Path, *, what: str, expected: str | None = None) -> st
         raise InvalidInput(f"{path}: cannot read: {e.strerror or e}") from None
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """safe_load without aliases (a few hundred bytes of nested *refs expand to gigabytes once
+    written out: the 'billion laughs') and without repeated keys (the last one silently won)."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.constructor.ConstructorError(
+                None, None, f"alias *{event.anchor} is not read here (anchors and aliases are refused); write the "
+                f"value out", event.start_mark)
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice in this mapping; keep one", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def parse_yaml(text: str, source: str):
-    """YAML through safe_load (no Python tags); a syntax error is reported as FILE:LINE:COL."""
+    """YAML through a safe loader (no Python tags, no aliases, no repeated keys); a syntax error is
+    reported as FILE:LINE:COL."""
+    loader = _StrictLoader(text)
     try:
-        return yaml.safe_load(text)
+        return loader.get_single_data()
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
         raise InvalidInput(f"{where}: not valid YAML: {getattr(e, 'problem', None) or e}") from None
     except RecursionError:
         raise InvalidInput(f"{source}: not valid YAML: nested too deeply") from None
+    finally:
+        loader.dispose()
 
 
 def read_yaml(path: str | Path, *, what: str, expected: str | None = None):
