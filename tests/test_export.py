@@ -391,6 +391,21 @@ def test_manifest_is_validated_before_use(tiny_llama_dir, tmp_path):
         read_artifact(variant("missing", drop_tensor))
     with pytest.raises(InvalidInput, match="does not hold model.norm.weight"):
         read_artifact(variant("others", lambda m, d: m["others"].remove("model.norm.weight")))
+
+    def float_codes(m, d):
+        from safetensors.torch import load_file, save_file
+
+        tensors = load_file(str(d / "model.safetensors"))
+        tensors["model.layers.0.mlp.up_proj.codes"] = tensors["model.layers.0.mlp.up_proj.codes"].float()
+        save_file(tensors, str(d / "model.safetensors"))
+
+    with pytest.raises(InvalidInput, match="model.layers.0.mlp.up_proj.codes: packed bits are stored as uint8, this "
+                                           "tensor is float32"):
+        read_artifact(variant("float-codes", float_codes))
+    nested = variant("nested", lambda m, d: None)
+    (nested / "toggle.json").write_text("[" * 100000)
+    with pytest.raises(InvalidInput, match="toggle.json: not valid JSON"):
+        read_artifact(nested)
     assert read_artifact(good).model is not None
 
 
@@ -498,3 +513,13 @@ def test_builtin_model_artifacts(builtin_model, tmp_path):
         torch.testing.assert_close(back.model(ids).logits, expected, rtol=0, atol=1e-4)
     answer = lm.tokenizer.decode(generated[0, ids.shape[1]:], skip_special_tokens=True)
     assert "Paris" in answer
+
+
+def test_a_damaged_statistics_file_is_named(tmp_path):
+    from toggle.compress.calibrate import ActivationStats
+
+    (tmp_path / "cut.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":")
+    (tmp_path / "text.safetensors").write_text("meta: {}\n")
+    for name in ("cut.safetensors", "text.safetensors"):
+        with pytest.raises(InvalidInput, match=f"{name}: not a toggle calibration statistics file"):
+            ActivationStats.load(tmp_path / name)

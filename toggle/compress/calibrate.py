@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from ..errors import InvalidInput
@@ -79,7 +79,7 @@ class ActivationStats:
             n_tokens = int(meta["n_tokens"])
         except FileNotFoundError:
             raise InvalidInput(f"{path}: no such calibration statistics file") from None
-        except (OSError, KeyError, ValueError, json.JSONDecodeError) as e:
+        except (OSError, KeyError, ValueError, json.JSONDecodeError, SafetensorError) as e:
             raise InvalidInput(f"{path}: not a toggle calibration statistics file ({type(e).__name__}: {e})") from None
         missing = sorted(set(aliases.values()) - set(grams))
         if missing:

@@ -267,7 +267,7 @@ def _decode_matrix(entry: dict, get) -> torch.Tensor:
     encoding, keep = entry["encoding"], entry["keep"]
     mask = None
     if encoding == "bitmask":
-        mask = unpack_mask(get(f"{prefix}.mask"), (out_f, in_f))
+        mask = unpack_mask(_packed(get, f"{prefix}.mask"), (out_f, in_f))
     elif encoding == "indices":
         indices = get(f"{prefix}.indices")
         if tuple(indices.shape) != (out_f, keep) or int(indices.long().max()) >= in_f:
@@ -281,7 +281,7 @@ def _decode_matrix(entry: dict, get) -> torch.Tensor:
         _expect(values.numel() == count, prefix, "values", count)
         w = _scatter(values.float(), mask, out_f, in_f)
     else:
-        packed = get(f"{prefix}.codes")
+        packed = _packed(get, f"{prefix}.codes")
         _expect(packed.numel() == math.ceil(count * bits / 8), prefix, "codes", math.ceil(count * bits / 8))
         codes = _scatter(unpack_bits(packed, bits, count), mask, out_f, in_f)
         groups = 1 if entry["group_size"] == -1 else math.ceil(in_f / entry["group_size"])
@@ -303,7 +303,7 @@ def _decode_matrix(entry: dict, get) -> torch.Tensor:
 
 def _decode_params(prefix: str, name: str, bits: int, out_f: int, groups: int, get) -> torch.Tensor:
     """One quantised group parameter (scales or minimums) as float32 (out, groups)."""
-    packed = get(f"{prefix}.{name}_codes")
+    packed = _packed(get, f"{prefix}.{name}_codes")
     count = out_f * groups
     _expect(packed.numel() == math.ceil(count * bits / 8), prefix, f"{name}_codes", math.ceil(count * bits / 8))
     step, base = get(f"{prefix}.{name}_step"), get(f"{prefix}.{name}_base")
@@ -319,6 +319,14 @@ def _scatter(values: torch.Tensor, mask: torch.Tensor | None, out_f: int, in_f: 
     full = torch.zeros(out_f, in_f, dtype=values.dtype)
     full[mask] = values
     return full
+
+
+def _packed(get, name: str) -> torch.Tensor:
+    """A tensor of packed bits (codes, masks): bytes, or a clear error naming it."""
+    t = get(name)
+    if t.dtype != torch.uint8:
+        raise InvalidInput(f"{name}: packed bits are stored as uint8, this tensor is {str(t.dtype).removeprefix('torch.')}")
+    return t
 
 
 def _expect(ok: bool, prefix: str, what: str, expected) -> None:
@@ -377,7 +385,7 @@ def read_manifest(path: Path) -> dict:
         manifest = json.loads(where.read_text())
     except FileNotFoundError:
         raise InvalidInput(f"{path}: not a toggle artifact (no {MANIFEST})") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise InvalidInput(f"{where}: not valid JSON: {e}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != "toggle":
         raise InvalidInput(f"{where}: format: expected \"toggle\"")
