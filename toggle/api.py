@@ -95,7 +95,7 @@ def search(model: str, budget: str | Budget, *, specs=None, prompts=None, profil
     cost_model = CostModel.for_model(loaded, get_format(search_profile.format), refs)
     space = SearchSpace(loaded.model_id, refs, search_profile)
     costs = CostTable(space, cost_model.of)  # a knob value the format cannot store for these shapes: said now
-    budget_bytes = budget.resolve(cost_model.compressible_params, cost_model.other_bytes)
+    budget_bytes = cost_model.budget_bytes(budget)
     check_budget(budget_bytes, costs, cost_model.of, search_profile)  # before any tracing
     if objective == "flops" and not costs.flops_vary:
         raise InvalidInput(f"--objective flops: profile {profile!r} offers no pruning or low rank, so every plan has the "

@@ -89,6 +89,11 @@ class CostModel:
         fmt = get_format(fmt)
         return cls(loaded.model, refs, fmt=fmt, header_bytes=fmt.header_bytes(loaded), **kwargs)
 
+    def budget_bytes(self, budget) -> int:
+        """A toggle.units.Budget in bytes of this format: a bpw budget holds the compressible weights
+        at that rate and everything the file stores besides them (other tensors, GGUF's header)."""
+        return budget.resolve(self.compressible_params, self.other_bytes + self.header_bytes)
+
     def of(self, plan: Plan) -> Cost:
         """Totals for a plan (modules missing from it are stored as 16-bit floats)."""
         weight_bytes = flops = bitops = 0

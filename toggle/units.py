@@ -6,6 +6,7 @@ depends on the model, so it parses to a `Budget` that `resolve` turns into bytes
 from __future__ import annotations
 
 import math
+from decimal import Decimal
 import re
 from dataclasses import dataclass
 
@@ -30,7 +31,8 @@ class Budget:
 
     def resolve(self, compressible_params: int, other_bytes: int) -> int:
         """Bytes allowed: a bpw budget covers the compressible weights at `bpw` bits plus
-        every other tensor as the output format stores it (`other_bytes`)."""
+        every other tensor as the output format stores it and the file's fixed header
+        (`other_bytes`: both)."""
         if self.bytes is not None:
             return self.bytes
         return int(math.floor(self.bpw * compressible_params / 8)) + other_bytes
@@ -77,7 +79,9 @@ def parse_size(text: str, *, field: str = "size") -> int:
         raise InvalidInput(f"{field}: '{text}' is too large to be a size; expected {VALID_FORMS}")
     if value < 1:
         raise InvalidInput(f"{field}: '{text}': a size must be at least 1 byte")
-    return int(round(value))
+    # whole bytes, rounded down (a budget of 100.6 bytes allows 100), in exact decimal arithmetic:
+    # 0.3MB is 300000 bytes, not float's 299999.99999999994
+    return int(Decimal(number) * factor)
 
 
 def format_bytes(n: int | float | None) -> str:
