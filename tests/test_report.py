@@ -344,3 +344,12 @@ def test_heldout_check_keeps_the_properties_it_can_check_without_gold_answers(ru
                           PlanApplier(lm.model), RunDir(tmp_path))
     assert block["skipped"].endswith("property fact needs gold answers, but no heldout prompt has an `answer`; add "
                                      f"answers or leave {tmp_path / 'gold.stl'} out of --specs")
+
+
+def test_a_searched_plan_applies_to_the_same_weights_at_another_path(runs, tiny_llama_dir, tmp_path, capsys):
+    d, a, _ = runs
+    assert Plan.load(d / "A" / "plan.yaml").meta["fingerprint"].startswith("dir-")
+    copy = tmp_path / "moved-model"
+    shutil.copytree(tiny_llama_dir, copy)
+    assert main(["apply", str(d / "A" / "plan.yaml"), str(copy), "--out", str(tmp_path / "art")]) == 0, \
+        capsys.readouterr().err

@@ -109,6 +109,7 @@ def search(model: str, budget: str | Budget, *, specs=None, prompts=None, profil
     trace = build_trace(loaded, suite, spec_set, split="calibration")
     run.claim()
     stats, meta = calibration_stats(loaded, refs, trace, search_profile.needs_stats, run)
+    meta = {**meta, "fingerprint": loaded.fingerprint}  # the plan applies to these weights wherever they are
     applier = PlanApplier(loaded.model, refs, stats)
     evaluator = Evaluator(loaded, spec_set, trace, applier)
     base_failing = base_failures(spec_set, evaluator)
