@@ -219,7 +219,7 @@ def _plan_of(artifact):
 @pytest.mark.parametrize("case, message", [
     ("missing", "no such artifact"),
     ("no-heldout", "no prompts in split 'heldout'"),
-    ("no-gold", "need gold answers, but no heldout prompt has an `answer`"),
+    ("no-gold", "needs gold answers, but no heldout prompt has an `answer`"),
     ("not-a-model", "not a model"),
 ])
 def test_bad_input_exits_2_with_a_message(files, tmp_path, capsys, case, message):
