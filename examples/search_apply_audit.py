@@ -3,9 +3,9 @@
     python examples/search_apply_audit.py [MODEL] [BUDGET] [TRIALS] [--specs PATH ...] [--prompts FILE] [--out DIR]
 
 Defaults: the built-in SmolLM2-135M-Instruct, 100MB, 30 trials (minutes to tens of minutes on a
-laptop CPU), the shipped specs and prompt suite. The default search profile prunes with Wanda,
-which needs the calibration statistics the search kept beside its plan: `toggle.api.apply` reads
-them from the plan file, as `toggle apply` does.
+laptop CPU), the shipped specs and prompt suite. A plan whose methods read calibration statistics
+(Wanda, AWQ, GPTQ, llama.cpp's importance matrix) finds them beside its plan file, where the search
+kept them: `toggle.api.apply` reads them from there, as `toggle apply` does.
 """
 import argparse
 import sys

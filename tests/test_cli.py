@@ -98,3 +98,21 @@ def test_search_refuses_an_out_directory_that_is_not_a_run_and_claims_a_run(tiny
     empty.mkdir()
     RunDir(empty).claim()
     assert (empty / MARKER).is_file()
+
+
+def test_a_reader_that_leaves_does_not_stop_the_command():
+    from toggle.cli import _ReaderMayLeave
+
+    class Closed:
+        written = []
+
+        def write(self, text):
+            raise BrokenPipeError
+
+        def flush(self):
+            raise BrokenPipeError
+
+    out = _ReaderMayLeave(Closed())
+    assert out.write("a line\n") == 7  # printing goes on, into nothing
+    out.flush()
+    assert out.write("more\n") == 5 and not Closed.written

@@ -184,3 +184,11 @@ def test_yaml_aliases_and_repeated_keys_are_refused(tmp_path):
         parse_yaml("modules:\n  up: {bits: 4}\n  up: {bits: 8}\n", "plan.yaml")
     assert parse_yaml("modules:\n  up: {bits: 4}\n  down: {bits: 8}\n", "plan.yaml") == {
         "modules": {"up": {"bits": 4}, "down": {"bits": 8}}}
+
+
+def test_a_control_character_in_yaml_is_one_line():
+    from toggle.errors import InvalidInput
+    from toggle.files import parse_yaml
+
+    with pytest.raises(InvalidInput, match="s.yaml: not valid YAML: .*special characters are not allowed"):
+        parse_yaml("- prompt: a\x1f\n", "s.yaml")

@@ -74,6 +74,8 @@ def test_final_lines_report_size_and_flop_reduction():
     assert ("the winner is a uniform setting, which BO bisects after the measured-error allocator's path; its 5 "
             "model-guided proposals after that found no smaller satisfying plan") in final_lines(
         SearchResult(Path("runs/x"), summary, Plan(model="m"), "s", "sqlite://"))
+    assert not any("BO bisects" in line for line in final_lines(  # the uniform baseline sampler's own winner
+        SearchResult(Path("runs/x"), dict(summary, sampler="uniform"), Plan(model="m"), "s", "sqlite://")))
     summary.update(winner_strategy="bo")
     assert not any("allocator" in line for line in final_lines(
         SearchResult(Path("runs/x"), summary, Plan(model="m"), "s", "sqlite://")))

@@ -305,7 +305,8 @@ def final_lines(result: SearchResult) -> list[str]:
         lines.append(f"no plan satisfies every property within {format_bytes(s['budget_bytes'])} after {s['trials']} trials; {closest}")
     start = {"allocator path": "a point of the measured-error allocator's path, which BO bisects first",
              "uniform": "a uniform setting, which BO bisects after the measured-error allocator's path"}
-    if s.get("satisfied") and s.get("winner_strategy") in start:
+    # only BO bisects before it proposes: a baseline sampler's winner needs no such line
+    if s.get("satisfied") and s.get("winner_strategy") in start and s.get("sampler", "bo") == "bo":
         gp = (s.get("trials_by_strategy") or {}).get("bo", {"trials": 0, "feasible": 0})
         after = (f"its {gp['trials']} model-guided proposals after that found no smaller satisfying plan" if gp["trials"]
                  else f"the bisections took all {s['trials']} trials, none was left for a model-guided proposal "

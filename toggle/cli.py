@@ -324,6 +324,7 @@ def main(argv: list[str] | None = None) -> int:
 def run() -> None:
     """The `toggle` program: run the command, then leave at once (see the module docstring)."""
     _install_signal_handlers()
+    sys.stdout = _ReaderMayLeave(sys.stdout)
     code = INTERRUPTED
     try:
         code = _main(sys.argv[1:])
@@ -379,6 +380,33 @@ def _install_signal_handlers() -> dict:
     if threading.current_thread() is not threading.main_thread():
         return {}  # signal handlers can only be installed from the main thread
     return interrupts.install()
+
+
+class _ReaderMayLeave:
+    """stdout for a reader that may stop reading (`toggle apply ... | head -2`): once the pipe is
+    closed, what is printed goes nowhere and the command carries on (a search keeps its trials)."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._gone()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._gone()
+
+    def _gone(self) -> None:
+        self._stream = open(os.devnull, "w")
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
 
 
 def _exit_now(code: int) -> None:

@@ -225,17 +225,18 @@ class _StrictLoader(yaml.SafeLoader):
 def parse_yaml(text: str, source: str):
     """YAML through a safe loader (no Python tags, no aliases, no repeated keys); a syntax error is
     reported as FILE:LINE:COL."""
-    loader = _StrictLoader(text)
     try:
-        return loader.get_single_data()
+        loader = _StrictLoader(text)  # its reader already refuses control characters
+        try:
+            return loader.get_single_data()
+        finally:
+            loader.dispose()
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
         raise InvalidInput(f"{where}: not valid YAML: {getattr(e, 'problem', None) or e}") from None
     except RecursionError:
         raise InvalidInput(f"{source}: not valid YAML: nested too deeply") from None
-    finally:
-        loader.dispose()
 
 
 def read_yaml(path: str | Path, *, what: str, expected: str | None = None):
