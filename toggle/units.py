@@ -6,9 +6,9 @@ depends on the model, so it parses to a `Budget` that `resolve` turns into bytes
 from __future__ import annotations
 
 import math
-from decimal import Decimal
 import re
 from dataclasses import dataclass
+from decimal import Decimal
 
 from .errors import InvalidInput
 

@@ -552,13 +552,13 @@ def _twin(trial, params):
 def _finish(study, space, objective, budget_bytes, objective_kind, sampler, seed, run: RunDir, started, timings, url,
             name, plan_meta, *, finish=None, interrupted=False):
     rows = trial_rows(study, space.params)
+    # what the trials depend on, so a report can tell runs of other inputs apart
+    identity = (study.user_attrs.get("toggle") or {}).get("identity")
     summary, plan = summarise(rows, objective_fn=objective, space=space, budget_bytes=budget_bytes,
                               objective=objective_kind, sampler=sampler, seed=seed,
                               wall_seconds=time.perf_counter() - started,
                               extra={**timings, "study": name, "storage": redact(url),
-                                     # what the trials depend on, so a report can tell runs of other inputs apart
-                                     **({"identity": identity} if (identity := (study.user_attrs.get("toggle") or {})
-                                                                   .get("identity")) else {})})
+                                     **({"identity": identity} if identity else {})})
     if plan is not None and plan_meta:
         plan.meta.update(plan_meta)
     run.write_results(rows, plan, list(objective.properties), space.params)

@@ -480,13 +480,13 @@ def _parse_property(s: _Statement, file: str, consts: dict[str, Const], properti
     parser = spec.ast.antrlParserType(CommonTokenStream(_quiet_lexer(spec.ast, text)))
     parser.removeErrorListeners()
     parser.addErrorListener(listener)
+    first = s.text_lines[0][2]
+    start = at(1, len(_PREFIX) + len(first) - len(first.lstrip()))  # where the formula begins
     try:
         ctx = parser.specification_file()
     except RecursionError:
-        first = s.text_lines[0][2]
-        errors.append(f"{at(1, len(_PREFIX) + len(first) - len(first.lstrip()))}: property {s.name}: the formula "
-                      f"is nested too deeply to parse; "
-                      f"split it into several properties")
+        errors.append(f"{start}: property {s.name}: the formula is nested too deeply to parse; split it into "
+                      f"several properties")
         return None
     if listener.errors:
         line, column, msg, token = listener.errors[0]
@@ -500,8 +500,6 @@ def _parse_property(s: _Statement, file: str, consts: dict[str, Const], properti
                       f"{str(e)[:120]})")
         return None
 
-    first = s.text_lines[0][2]
-    start = at(1, len(_PREFIX) + len(first) - len(first.lstrip()))
     kind_problem = _type_check(root)
     if kind_problem:
         errors.append(f"{start}: property {s.name}: {kind_problem}")
