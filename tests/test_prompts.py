@@ -72,7 +72,8 @@ def test_yaml_mapping_form_sets_chat_for_all(tmp_path):
     (['{"prompt": "a", "tags": [1]}'], "F:1: field 'tags': expected a list of words"),
     (['{"prompt": "a", "chat": "yes"}'], "F:1: field 'chat': 'yes' is not valid; expected true or false"),
     (['{"prompt": "a", "answer": ""}'], "F:1: field 'answer': expected non-empty text"),
-    (['{"prompt": "a", "id": "x"}', '{"prompt": "b", "id": "x"}'], "F: item 2: field 'id': 'x' is used twice"),
+    (['{"prompt": "a", "id": "x"}', '', '{"prompt": "b", "id": "x"}'],
+     "F:3: field 'id': 'x' is used twice (first at F:1)"),
     (['', '  '], "F: the suite is empty"),
     (['{"prompt": "a", "answer": 1.10}'], "F:1: field 'answer': 1.1 was read as a number, which may not be the text "
                                           "written; quote it"),

@@ -215,6 +215,20 @@ def test_errors(tiny):
     assert len(find_blocks(tiny.model)[1]) == 2
 
 
+def test_option_past_the_model_names_its_declaration(tiny, tmp_path):
+    from toggle.specs import load_specs
+    spec = tmp_path / "deep.stl"
+    spec.write_text("option attn_span = 8\noption attn_layers = 0, 5\np = always[0:3] (attn_cos >= 0.5)\n")
+    with pytest.raises(ToggleError) as e:
+        build_trace(tiny, suite_from_records(RECORDS), load_specs([spec]))
+    assert e.value.exit_code == 2
+    assert str(e.value).startswith(f"{spec}:2:8: option attn_layers: block 5 does not exist; this model has 2 blocks"), \
+        str(e.value)
+    spec.write_text("option hidden_layer = -4\np = always[0:3] (hidden_cos >= 0.5)\n")
+    with pytest.raises(ToggleError, match=r"deep.stl:1:8: option hidden_layer: block -4 does not exist"):
+        build_trace(tiny, suite_from_records(RECORDS), load_specs([spec]))
+
+
 def test_generation_batches_cap_rows_and_padded_tokens():
     from toggle.trace.generate import generation_batches
     lengths = [1, 5, 3, 600, 2, 7]

@@ -97,7 +97,7 @@ class Evaluator:
         if missing:
             raise InvalidInput(f"the trace was built without {', '.join(sorted(missing))}, which the specs need; "
                                f"build it with these specs")
-        if resolve_options(loaded.model, specs.options) != trace.options:
+        if resolve_options(loaded.model, specs.options, specs.option_where) != trace.options:
             raise InvalidInput("the trace was built with other signal options (hidden_layer / attn_layers / "
                                "attn_span) than the specs declare; build it with these specs")
         gold = [p.name for p in specs.properties if p.axis == ANSWER]

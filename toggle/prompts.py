@@ -168,13 +168,13 @@ def _content_offset(tokenizer, text: str, rendered: str) -> int:
 def suite_from_records(records: list[dict], *, source: str = "<prompts>", chat: bool | None = None) -> PromptSuite:
     """Build a suite in code from prompt objects (same fields and checks as a file)."""
     prompts = [_parse_prompt(r, f"{source}: item {i}", i, chat) for i, r in enumerate(records, 1)]
-    return PromptSuite(None, tuple(_check_suite(prompts, source)))
+    return PromptSuite(None, tuple(_check_suite(prompts, source, [f"{source}: item {i}" for i in range(1, len(prompts) + 1)])))
 
 
 # --- parsing ------------------------------------------------------------------------------
 
 def _parse_jsonl(text: str, source: str) -> list[Prompt]:
-    prompts = []
+    prompts, where_each = [], []
     # lines end at \n only: JSON strings may hold U+2028 and other characters str.splitlines splits at
     for lineno, line in enumerate(text.split("\n"), 1):
         if not line.strip():
@@ -187,7 +187,8 @@ def _parse_jsonl(text: str, source: str) -> list[Prompt]:
         except RecursionError:
             raise InvalidInput(f"{where}: not valid JSON: nested too deeply") from None
         prompts.append(_parse_prompt(obj, where, len(prompts) + 1, None))
-    return _check_suite(prompts, source)
+        where_each.append(where)
+    return _check_suite(prompts, source, where_each)
 
 
 def _parse_yaml(text: str, source: str) -> list[Prompt]:
@@ -207,7 +208,7 @@ def _parse_yaml(text: str, source: str) -> list[Prompt]:
     if not isinstance(data, list):
         raise InvalidInput(f"{source}: expected a list of prompt objects, got {type(data).__name__}")
     prompts = [_parse_prompt(item, f"{source}: item {i}", i, chat) for i, item in enumerate(data, 1)]
-    return _check_suite(prompts, source)
+    return _check_suite(prompts, source, [f"{source}: item {i}" for i in range(1, len(prompts) + 1)])
 
 
 def _parse_prompt(obj, where: str, index: int, suite_chat: bool | None) -> Prompt:
@@ -251,14 +252,15 @@ def _parse_prompt(obj, where: str, index: int, suite_chat: bool | None) -> Promp
                   split=split, tags=tuple(tags), chat=chat)
 
 
-def _check_suite(prompts: list[Prompt], source: str) -> list[Prompt]:
+def _check_suite(prompts: list[Prompt], source: str, where: list[str]) -> list[Prompt]:
+    """`where`: each prompt's location (FILE: item N, or FILE:LINE for JSONL), for the messages."""
     if not prompts:
         raise InvalidInput(f"{source}: the suite is empty; expected at least one prompt")
-    seen: set[str] = set()
-    for i, p in enumerate(prompts, 1):
-        if p.id in seen:
-            raise InvalidInput(f"{source}: item {i}: field 'id': {p.id!r} is used twice; ids must be unique")
-        seen.add(p.id)
+    first: dict[str, str] = {}
+    for p, at in zip(prompts, where):
+        if p.id in first:
+            raise InvalidInput(f"{at}: field 'id': {p.id!r} is used twice (first at {first[p.id]}); ids must be unique")
+        first[p.id] = at
     return prompts
 
 

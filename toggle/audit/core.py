@@ -266,7 +266,7 @@ def audit_models(candidate, base, spec_set, suite, *, split: str = "heldout", mo
             trace = build_trace(base, suite, spec_set, split=split, steps=steps)
         timings["trace"] = clock() - t0
     else:
-        check_lengths(candidate.model, encoded, steps, spec_set.needs, resolve_options(candidate.model, spec_set.options),
+        check_lengths(candidate.model, encoded, steps, spec_set.needs, resolve_options(candidate.model, spec_set.options, spec_set.option_where),
                       suite.source)
         with _weights(applier, plan):
             own = generate_paths(candidate.model, candidate.tokenizer, encoded, GenerationSettings(steps=steps))

@@ -60,6 +60,7 @@ class SpecSet:
     properties: list[Property]
     consts: dict[str, dict[str, Const]]  # file -> name -> const (values after --set / --relax)
     options: SignalOptions = SignalOptions()
+    option_where: dict[str, str] = field(default_factory=dict)  # option -> FILE:LINE:COL of its declaration
 
     @property
     def names(self) -> list[str]:

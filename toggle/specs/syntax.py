@@ -97,7 +97,8 @@ def load_specs(paths=None, overrides: dict | None = None, relax: float = 0.0) ->
     if not properties:
         raise InvalidInput(f"{', '.join(str(f) for f in files)}: no properties defined")
     return SpecSet(tuple(pf.file for pf in parsed), properties, consts,
-                   SignalOptions(**{k: v for k, (v, _) in options.items()}))
+                   SignalOptions(**{k: v for k, (v, _) in options.items()}),
+                   {k: where for k, (_, where) in options.items()})
 
 
 def check_files(paths) -> dict[str, list[str]]:

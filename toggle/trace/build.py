@@ -82,7 +82,7 @@ def build_trace(loaded, suite: PromptSuite, specs=None, *, split: str = "calibra
         raise InvalidInput(f"steps: {steps} is not valid; expected at least 1 generated token")
     settings = GenerationSettings(steps=steps, stop_at_eos=stop_at_eos)
     model, tokenizer = loaded.model, loaded.tokenizer
-    resolved = resolve_options(model, options)
+    resolved = resolve_options(model, options, specs.option_where if specs is not None and options is specs.options else None)
     encoded = [encode(p, tokenizer) for p in chosen]
     check_lengths(model, encoded, steps, needs, resolved, suite.source)
     if GOLD in needs and not any(e.answer_ids for e in encoded):

@@ -81,13 +81,22 @@ class StepOutputs:
         return sum(t.numel() * t.element_size() for t in self.tensors().values())
 
 
-def resolve_options(model, options: SignalOptions) -> SignalOptions:
+def resolve_options(model, options: SignalOptions, where: dict[str, str] | None = None) -> SignalOptions:
+    """`options` with absolute block indices for `model`; `where` (option -> FILE:LINE:COL of its
+    declaration, SpecSet.option_where) places the error of a block the model lacks."""
     _, blocks = find_blocks(model)
+    n = len(blocks)
     try:
-        return options.resolved(len(blocks))
+        return options.resolved(n)
     except IndexError as e:
-        raise InvalidInput(f"option hidden_layer / attn_layers: block {e.args[0]} does not exist; this model has "
-                           f"{len(blocks)} blocks (0..{len(blocks) - 1}, or -1..-{len(blocks)})") from None
+        try:  # which option: hidden_layer alone, or else attn_layers
+            SignalOptions(hidden_layer=options.hidden_layer).resolved(n)
+            name = "attn_layers"
+        except IndexError:
+            name = "hidden_layer"
+        at = (where or {}).get(name)
+        raise InvalidInput(f"{at + ': ' if at else ''}option {name}: block {e.args[0]} does not exist; this model "
+                           f"has {n} blocks (0..{n - 1}, or -1..-{n}, or a fraction 0.0..1.0)") from None
 
 
 def check_outputs(out: StepOutputs, options: SignalOptions) -> str | None:
