@@ -174,7 +174,7 @@ def test_a_signal_added_to_the_registry_is_known_to_the_spec_parser(tmp_path, mo
     signal = signals.Signal("base_p_example", "the base model's probability of its greedy token",
                             "p(b)", signals.LOGPROBS, signals.STEP, lambda x: x.lp.gather(-1, x.b).squeeze(-1).exp())
     monkeypatch.setitem(signals.SIGNALS, signal.name, signal)
-    (tmp_path / "s.stl").write_text("confident = always ((base_p_example >= 0.9) -> (top1_agree >= 1))\n")
+    (tmp_path / "s.stl").write_text("confident = always ((base_p_example >= 0.9) -> (top1_agree >= 0.5))\n")
     specs = load_specs([tmp_path / "s.stl"])
     assert specs.signals == ["base_p_example", "top1_agree"] and specs.needs == {signals.LOGPROBS}
 

@@ -36,10 +36,10 @@ coherence = always[0:7] (jsd <= eps)
 option hidden_layer = -1
 context = always[0:7] (hidden_cos >= 0.98)
 long_range = always[0:7] (attn_cos >= 0.98)
-agree = always[0:7] (top1_agree >= 1 and p_ratio >= 0.9 and kl <= 0.01)
+agree = always[0:7] (top1_agree >= 0.5 and p_ratio >= 0.9 and kl <= 0.01)
 factual = always (gold_p_ratio >= 0.5)
 """
-MARGINS_OF_THE_BASE = {"coherence": 0.2, "context": 0.02, "long_range": 0.02, "agree": 0.0, "factual": 0.5}
+MARGINS_OF_THE_BASE = {"coherence": 0.2, "context": 0.02, "long_range": 0.02, "agree": 0.01, "factual": 0.5}
 
 
 @pytest.fixture(scope="module")
@@ -321,3 +321,11 @@ def test_the_verdict_names_the_split_in_plain_words():
           satisfied=True, properties={})
     assert verdict(r) == "PASS: every property holds on all 30 prompts (teacher mode)"
     assert verdict(N(**{**vars(r), "split": "heldout"})) == "PASS: every property holds on all 30 heldout prompts (teacher mode)"
+
+
+def test_a_prompts_json_row_keeps_each_verdict_where_json_has_no_infinity():
+    from toggle.audit.core import PromptAudit
+    row = PromptAudit("p", "text", {"late": math.inf, "never": -math.inf, "close": 0.25}).to_dict()
+    assert row["robustness"] == {"late": None, "never": None, "close": 0.25}  # both infinities are null
+    assert row["holds"] == {"late": True, "never": False, "close": True}
+    assert row["satisfied"] is False and json.loads(json.dumps(row)) == row

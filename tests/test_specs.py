@@ -58,8 +58,8 @@ def test_bounded_until_uses_left_operand_before_the_witness(tmp_path):
 
 def test_nested_and_logic_and_next(tmp_path):
     # always[0:2] eventually[0:1] (x >= 1): windows {0,1},{1,2},{2,3} -> max(x-1) = 1, 0.5, 2 -> min 0.5
-    p = prop(tmp_path, "always[0:2] eventually[0:1] (top1_agree >= 1)")
-    assert p.robustness({"top1_agree": [2, 1, 1.5, 3, -9]}) == pytest.approx(0.5)
+    p = prop(tmp_path, "always[0:2] eventually[0:1] (p_ratio >= 1)")
+    assert p.robustness({"p_ratio": [2, 1, 1.5, 3, -9]}) == pytest.approx(0.5)
     assert p.steps_needed == 4
     q = prop(tmp_path, "next (kl <= 1) and not (kl > 3)")
     # next: 1 - kl[1] = -1; not (kl > 3) at 0: -(kl[0] - 3) = 2.5 -> min = -1
@@ -187,6 +187,28 @@ def test_conflicting_options_across_files(tmp_path):
     ("phi = always (jsd <= 1e400)\n", "F:1:22: number 1e400 is too large for a float; a threshold must be finite"),
     ("phi = " + "(" * 1500 + "jsd <= 1" + ")" * 1500 + "\n", "F:1:7: property phi: the formula is nested too deeply"),
     ("phi = always (top1_agree != 0)\n", "F:1:26: syntax error: rtamt writes 'not equal' as !== (not !=)"),
+    # what rtamt would parse into another formula than the one written
+    ("phi = always ((jsd - kl + 1) <= 10)\n", "F:1:20: property phi: a - b + c reads as a - (b + c) in rtamt's grammar "
+                                            "(+ binds tighter than -); write (a - b) + c"),
+    ("phi = always ((jsd / kl * 2) <= 10)\n", "F:1:20: property phi: a / b * c reads as a / (b * c)"),
+    ("phi = always (((jsd <= 1) -> (kl <= 1)) -> (jsd <= 2) -> (kl <= 2))\n",
+     "F:1:55: property phi: a -> b -> c reads as (a -> b) -> c"),
+    ("phi = always (top1_agree !== 0)\n", "F:1:26: property phi: `!==` has no margin in STL's robustness"),
+    ("phi = always (not (top1_agree >= 1))\n", "F:1:31: property phi: top1_agree takes only 0 and 1, so compared with 1 "
+                                             "its margin is exactly 0 where it equals 1, which `not`, the left side of "
+                                             "`->`, rise and fall read as holding; compare it with a value between two "
+                                             "of its own: top1_agree >= 0.5"),
+    ("const one = 1\nphi = always ((one <= token_match) -> (jsd <= 0.1))\n",
+     "F:2:20: property phi: token_match takes only 0 and 1, so compared with 1 its margin is exactly 0 where it "
+     "equals 1, which `not`, the left side of `->`, rise and fall read as holding; compare it with a value between "
+     "two of its own: token_match >= 0.5"),
+    ("phi = always (0 < base_stop)\n", "F:1:17: property phi: base_stop takes only 0 and 1, so compared with 0 its "
+                                     "margin is exactly 0"),
+    ("phi = always (base_rank <= 3)\n", "F:1:25: property phi: base_rank takes only whole numbers"),
+    ("option topk = 4\nphi = always (topk_overlap >= 0.75)\n",
+     "F:2:28: property phi: topk_overlap takes only multiples of 1/4 (option topk = 4), so compared with 0.75 its "
+     "margin is exactly 0 where it equals 0.75, which `not`, the left side of `->`, rise and fall read as holding; "
+     "compare it with a value between two of its own: topk_overlap >= 0.625"),
     ("phi = always (-jsd >= -0.1)\n", "F:1:15: syntax error: a minus sign negates numbers only (rtamt's grammar); "
                                       "write (0 - jsd) to negate a signal or a formula"),
     ("phi = always (kl * -(jsd + 1) <= 1)\n", "F:1:20: syntax error: a minus sign negates numbers only"),
@@ -345,9 +367,9 @@ def test_relax_refuses_a_const_without_direction(tmp_path):
     with pytest.raises(SpecError, match=r":1:7: --relax cannot loosen const e: it is multiplied or divided by a signal, "
                                         r"or is a denominator"):
         load_specs([denominator], relax=0.1)
-    equal = write(tmp_path, "const e = 1\nphi = always (top1_agree == e)\n", "equal.stl")
-    with pytest.raises(SpecError, match=r"cannot loosen const e: it is compared with == or !==; use --set"):
-        load_specs([equal], relax=0.1)
+    equal = write(tmp_path, "const e = 0.5\nphi = always (jsd == e)\n", "equal.stl")
+    with pytest.raises(SpecError, match=r"equal.stl:2:19: property phi: `==` has no margin in STL's robustness"):
+        load_specs([equal])  # refused as written, not only under --relax
 
 
 def test_relax_out_of_range(tmp_path):
@@ -419,10 +441,10 @@ def test_stops_at_the_end_of_a_trace(base, cand, base_p, with_base, not_early):
 def test_confident_agreement_and_coherence_95_by_hand():
     specs = load_specs([ASSISTANT])
     by = {p.name: p for p in specs.properties}
-    agree = by["confident_agreement"]  # min over t of max(0.7 - base_p, top1_agree - 1)
-    assert agree.robustness({"base_p": [0.9, 0.3, 0.8], "top1_agree": [1, 0, 1]}) == pytest.approx(0.0)
+    agree = by["confident_agreement"]  # min over t of max(0.7 - base_p, top1_agree - 0.5)
+    assert agree.robustness({"base_p": [0.9, 0.3, 0.8], "top1_agree": [1, 0, 1]}) == pytest.approx(0.4)
     assert agree.robustness({"base_p": [0.9, 0.3, 0.8], "top1_agree": [1, 0, 0]}) == pytest.approx(-0.1)
-    assert agree.robustness({"base_p": [0.9, 0.3, 0.6], "top1_agree": [1, 0, 0]}) == pytest.approx(0.0)  # 0.6 < c: not sure
+    assert agree.robustness({"base_p": [0.9, 0.3, 0.6], "top1_agree": [1, 0, 0]}) == pytest.approx(0.1)  # 0.6 < c: not sure
     assert agree.robustness({"base_p": [0.4, 0.3], "top1_agree": [0, 0]}) == pytest.approx(0.3)
     # 20 prompts at 95%: ceil(19) = 19 must hold, one may fail: the 2nd smallest per-prompt value
     per = {"coherence_95": {f"p{i}": 0.2 - 0.01 * i for i in range(18)} | {"bad": -0.4, "worse": -0.5}}

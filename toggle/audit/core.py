@@ -131,8 +131,11 @@ class PromptAudit:
         return min(self.robustness, key=self.robustness.get) if self.robustness else None
 
     def to_dict(self) -> dict:
+        # JSON has no infinities: a vacuous +inf (holds) and a -inf (fails) are both null in
+        # `robustness`, so each property's verdict is written beside it
         return {"id": self.id, "prompt": self.prompt, "tags": list(self.tags), "satisfied": self.satisfied,
                 "margin": finite_or_none(self.margin), "robustness": {k: finite_or_none(v) for k, v in self.robustness.items()},
+                "holds": {k: v >= 0 for k, v in self.robustness.items()},
                 "base_text": self.base_text, "compressed_text": self.compressed_text}
 
 

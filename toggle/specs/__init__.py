@@ -20,14 +20,17 @@ order statistic that is >= 0 exactly when at least P% of the prompts satisfy it.
 that ends (EOS) before a bounded operator's window does is evaluated on the steps it has.
 
 Every problem in a file is reported, as `FILE:LINE:COL: message`, before any model work;
-rtamt's own exceptions never reach the user.
+rtamt's own exceptions never reach the user. What rtamt parses into another formula than the
+one written is refused with its rewrite (docs/specs.md): `a - b + c` and `a / b * c` (rtamt's
+precedence), `a -> b -> c`, `==` / `!==`, and a whole-valued signal compared with one of its own
+values (`top1_agree >= 1`: margin 0 where it holds, which `not` and `->` misread).
 
 `--relax R` loosens every const by the fraction R, in the direction that makes the
 properties that use it easier to satisfy: the direction is the sign of d(robustness)/d(const),
 read off the formula (e.g. `jsd <= eps`: robustness = eps - jsd grows with eps, so eps
 becomes eps + R|eps|; `p_ratio >= tau`: tau - ... shrinks, so tau becomes tau - R|tau|;
 `not`, the left side of `implies`, subtraction and negative factors flip the sign). A const
-whose direction cannot be told (inside abs, ==, rise/fall, a product of signals,
+whose direction cannot be told (inside abs, rise/fall, a product of signals,
 a denominator, or used both ways) cannot be relaxed; `--relax` then fails naming it.
 
 The package: syntax.py reads and checks the files and parses each property with rtamt,

@@ -90,10 +90,8 @@ def _const_signs(node, consts: set[str], sign: int | None = 1, why: str = ""):
         sign, why = None, f"it is used inside {_AMBIGUOUS[name]}"
     kids = node.children
     if name == "Predicate":
-        op = str(node.operator)
-        if op in ("==", "!="):
-            signs, why = (None, None), why or "it is compared with == or !=="
-        elif op.startswith("<"):  # a <= b: robustness b - a
+        op = str(node.operator)  # == and !== are refused by the parser (syntax._misreadings)
+        if op.startswith("<"):  # a <= b: robustness b - a
             signs = (-1, 1)
         else:  # a >= b: robustness a - b
             signs = (1, -1)

@@ -276,7 +276,7 @@ def _parse_file_unsorted(path: Path, errors: list[str]) -> _ParsedFile:
     directions: dict[str, set] = {c: set() for c in consts}
     for s in statements:
         prop = _parse_property(s, file, consts, {t.name for t in statements}, directions, errors,
-                               rejected=declared - set(consts))
+                               rejected=declared - set(consts), topk=options.get("topk", (SignalOptions.topk,))[0])
         if prop is not None:
             properties.append(prop)
     for name, dirs in directions.items():
@@ -396,7 +396,8 @@ def _split_share(s: _Statement, file: str, errors: list[str]) -> float | None:
 
 
 def _parse_property(s: _Statement, file: str, consts: dict[str, Const], properties: set[str],
-                    directions: dict[str, set], errors: list[str], rejected: set[str] = frozenset()) -> Property | None:
+                    directions: dict[str, set], errors: list[str], rejected: set[str] = frozenset(),
+                    topk: int = SignalOptions.topk) -> Property | None:
     n_share = len(errors)
     share = _split_share(s, file, errors)
     if len(errors) > n_share:
@@ -493,6 +494,10 @@ def _parse_property(s: _Statement, file: str, consts: dict[str, Const], properti
         line, column, msg, token = listener.errors[0]
         errors.append(f"{at(line, column)}: syntax error: {_explain(msg, token)}")
         return None
+    misread = _misreadings(ctx.specification(), consts, topk)
+    if misread:
+        errors.extend(f"{at(tok.line, tok.column)}: property {s.name}: {why}" for tok, why in misread)
+        return None
     try:
         spec.ast.visit(ctx.specification())
         root = spec.ast.specs[-1]
@@ -525,6 +530,100 @@ def _parse_property(s: _Statement, file: str, consts: dict[str, Const], properti
         axis=axes.pop() if axes else STEP, steps_needed=None if horizon is None else horizon + 1, _rtamt=spec,
         share=share,
     )
+
+
+# --- what rtamt's grammar reads otherwise than it is written -------------------------------
+# rtamt gives each binary operator its own precedence (* over /, / over +, + over -, and the logic
+# ones left-associative), so these parse without error into another formula. Checked on the
+# parse tree, where brackets are still visible: (operator, operand index, operand) -> why.
+_MISREAD = {
+    ("ExprSubtractionContext", 2, "ExprAdditionContext"):
+        "a - b + c reads as a - (b + c) in rtamt's grammar (+ binds tighter than -); write (a - b) + c",
+    ("ExprDivisionContext", 2, "ExprMultiplicationContext"):
+        "a / b * c reads as a / (b * c) in rtamt's grammar (* binds tighter than /); write (a / b) * c",
+    ("ExprImpliesContext", 0, "ExprImpliesContext"):
+        "a -> b -> c reads as (a -> b) -> c in rtamt's grammar; write the brackets you mean, e.g. a -> (b -> c)",
+}
+_EQUALITY = ("`{op}` has no margin in STL's robustness (rtamt scores a == b as -|a - b|, at best 0, and a !== b as "
+             "|a - b|, which holds even where a equals b); compare with a threshold, e.g. abs(x - c) <= 0.01, or for "
+             "a signal of whole values, x >= 0.5")
+# Signals that take whole multiples of a step (0/1 flags, ranks, top-k shares): compared with one
+# of their own values, the margin is exactly 0 where they equal it, which `not`, the left side of
+# `->`, rise and fall read as holding. name -> (step, lowest, highest) for a given topk.
+def _grid(name: str, topk: int):
+    flags = ("top1_agree", "token_match", "base_stop", "cand_stop")
+    if name in flags:
+        return 1.0, 0.0, 1.0, "0 and 1"
+    if name == "base_rank":
+        return 1.0, 0.0, math.inf, "whole numbers"
+    if name == "topk_overlap":
+        return 1.0 / topk, 0.0, 1.0, f"multiples of 1/{topk} (option topk = {topk})"
+    return None
+
+
+def _misreadings(tree, consts: dict[str, Const], topk: int) -> list[tuple[object, str]]:
+    """(token, why) for each place of the parse tree that rtamt reads otherwise than a reader
+    would: operator precedence, equality, a whole-valued signal compared with one of its values."""
+    found = []
+    stack = [tree]
+    while stack:  # iterative: formulas may nest deeply
+        node = stack.pop()
+        count = node.getChildCount() if hasattr(node, "getChildCount") else 0
+        kids = [node.getChild(i) for i in range(count)]
+        kind = type(node).__name__
+        for i, kid in enumerate(kids):
+            why = _MISREAD.get((kind, i, type(kid).__name__))
+            if why:
+                operator = kids[1]
+                found.append((operator.symbol if hasattr(operator, "symbol") else operator.start, why))
+        if kind == "ExprPredicateContext" and count == 3:
+            found.extend(_comparison_problems(kids, consts, topk))
+        stack.extend(reversed([k for k in kids if hasattr(k, "getChildCount")]))
+    return found
+
+
+def _comparison_problems(kids, consts: dict[str, Const], topk: int) -> list[tuple[object, str]]:
+    left, op_ctx, right = kids
+    op = op_ctx.getText()
+    token = op_ctx.start
+    if op in ("==", "!=="):
+        return [(token, _EQUALITY.format(op=op))]
+    sides = [_unwrap(left), _unwrap(right)]
+    for i, side in enumerate(sides):
+        grid = _grid(side.getText(), topk) if type(side).__name__ == "ExprIdContext" else None
+        value = _number(sides[1 - i], consts)
+        if grid is None or value is None:
+            continue
+        step, lo, hi, values = grid
+        if not (lo <= value <= hi and abs(value / step - round(value / step)) < 1e-9):
+            continue
+        name = side.getText()
+        op_signal_left = op if i == 0 else {"<=": ">=", ">=": "<=", "<": ">", ">": "<"}[op]
+        moved = value + step / 2 if op_signal_left in (">", "<=") else value - step / 2
+        better = {">": ">=", "<": "<="}.get(op_signal_left, op_signal_left)
+        return [(token, f"{name} takes only {values}, so compared with {value:g} its margin is exactly 0 where it "
+                        f"equals {value:g}, which `not`, the left side of `->`, rise and fall read as holding; compare "
+                        f"it with a value between two of its own: {name} {better} {moved:g}")]
+    return []
+
+
+def _unwrap(ctx):
+    while type(ctx).__name__ == "ExprParenContext":
+        ctx = ctx.getChild(1)
+    return ctx
+
+
+def _number(ctx, consts: dict[str, Const]) -> float | None:
+    """The value of a literal (signed) or of a const, else None."""
+    text = ctx.getText()
+    if type(ctx).__name__ == "ExprIdContext":
+        return consts[text].value if text in consts else None
+    if type(ctx).__name__ == "ExprLiteralContext":
+        try:
+            return float(text)
+        except ValueError:
+            return None
+    return None
 
 
 # Tokens that end a value: a minus after one subtracts, anywhere else it is a sign.
