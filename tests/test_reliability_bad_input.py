@@ -270,7 +270,7 @@ CASES = [
     ("profile-granularity", search("--profile", "{d}/profile-granularity.yaml"),
      ["profile-granularity.yaml", "granularity", "block, block_part, block_part_width, module"]),
     ("profile-not-a-mapping", search("--profile", "{d}/profile-not-mapping.yaml"), ["profile-not-mapping.yaml", "mapping"]),
-    ("profile-missing", search("--profile", "nope"), ["nope.yaml", "no such search profile", "default"]),
+    ("profile-missing", search("--profile", "nope"), ["nope: no such search profile", "default"]),
     # plans
     ("plan-unknown-module", ("apply", "{d}/plan-unknown-module.yaml", "{m}", "--out", "{d}/out"),
      ["unknown module(s) model.layers.0.nope", "toggle modules MODEL"]),

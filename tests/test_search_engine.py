@@ -435,3 +435,27 @@ def test_a_would_be_best_plan_is_kept_only_if_it_holds_on_the_confirmation_promp
         before = [u.user_attrs["bytes"] for u in trials if u.number < t.number and u.state.name == "COMPLETE"
                   and min((u.user_attrs.get("robustness") or {"x": -1}).values(), default=-1) >= 0]
         assert all(t.user_attrs["bytes"] < b for b in before)
+
+
+def test_an_early_stopped_trial_is_never_counted_as_satisfying(tmp_path):
+    # Under --objective margin a trial stops early on a margin below the best so far, which may be
+    # positive: its margins are upper bounds, so it satisfies nothing as far as anyone knows.
+    from toggle.rundir import closest_row, pareto_front, trial_rows
+
+    def objective(trial):
+        x = trial.suggest_int("x", 0, 10)
+        partial = x > 5
+        trial.set_user_attr("robustness", {"p": 0.003 + x / 1000})
+        trial.set_user_attr("bytes", 100 + x)
+        if partial:
+            trial.set_user_attr("partial", True)
+        trial.set_constraint("robustness:p", -(0.003 + x / 1000))
+        return -(0.003 + x / 1000)
+
+    study = optuna.create_study(sampler=optuna.samplers.GridSampler({"x": [1, 7]}))
+    study.optimize(objective, n_trials=2)
+    rows = {r["params"]["x"]: r for r in trial_rows(study, ["x"])}
+    assert rows[7]["partial"] and not rows[7]["feasible"]  # constraints say <= 0, the margin is only a bound
+    assert rows[1]["feasible"] and not rows[1]["partial"]
+    assert [r["params"]["x"] for r in pareto_front(list(rows.values()))] == [1]  # the bound is no point of it
+    assert closest_row(list(rows.values()), 1000)["params"]["x"] == 1  # a scored margin before a larger bound

@@ -73,9 +73,24 @@ def test_bad_profiles_name_file_field_and_what_is_valid(tmp_path, data, message)
     assert str(p) in str(e.value) and message in str(e.value)
 
 
-def test_missing_profile_lists_shipped_ones():
-    with pytest.raises(InvalidInput, match="no such search profile; shipped profiles: default, gguf, gguf-kquant, gguf-mixed, prune-lowrank, quant-only"):
+SHIPPED = "shipped profiles: default, gguf, gguf-kquant, gguf-mixed, prune-lowrank, quant-only"
+
+
+def test_missing_profile_lists_shipped_ones(tmp_path, monkeypatch):
+    with pytest.raises(InvalidInput, match="^nonexistent: no such search profile .*; " + SHIPPED):
         load_profile("nonexistent")
+    monkeypatch.chdir(tmp_path)  # not the repository: the shipped list is still the shipped one
+    with pytest.raises(InvalidInput, match="^elsewhere/mine.yaml: no such search profile .*; " + SHIPPED):
+        load_profile("elsewhere/mine.yaml")
+
+
+def test_profile_written_as_help_shows_it_works_from_any_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert load_profile("search/prune-lowrank.yaml").name == "prune-lowrank"  # --help's metavar search/NAME.yaml
+    own = tmp_path / "search"
+    own.mkdir()
+    (own / "prune-lowrank.yaml").write_text("knobs: {bits: [8, 4]}\n")
+    assert load_profile("search/prune-lowrank.yaml").knobs["bits"] == (8, 4)  # a file there is the user's own
 
 
 def test_cli_bad_profile_exits_2_before_loading_a_model(tmp_path, capsys):

@@ -288,8 +288,10 @@ def default_prompts() -> Path:
 
 
 def search_profile(name: str) -> Path:
-    """A profile given as a path is used as is; a bare name ('default') is looked up in search/."""
+    """A profile file that exists is used as is; a bare name ('default'), or search/NAME.yaml as
+    `--help` writes it from any folder, is the shipped profile of that name; any other path is
+    the user's own (and missing)."""
     path = Path(name)
-    if path.suffix in (".yaml", ".yml") and (path.exists() or path.parent != Path(".")):
+    if path.exists() or (path.suffix in (".yaml", ".yml") and path.parent.name not in ("", "search")):
         return path
     return resource_dir("search") / f"{path.stem}.yaml"

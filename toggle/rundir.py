@@ -77,7 +77,10 @@ def trial_rows(study, params: list[str] | None = None) -> list[dict]:
     for t in study.get_trials(deepcopy=False, states=FINISHED):
         rob = t.user_attrs.get("robustness") or {}
         margins = [v if v is not None else -math.inf for v in rob.values()]
-        feasible = (t.state == TrialState.COMPLETE and bool(rob) and all(c <= 0 for c in (t.constraints or {}).values()))
+        # a trial stopped early holds upper bounds of its margins: not known to satisfy anything
+        # (under --objective margin it stops on a margin below the best so far, which may be positive)
+        feasible = (t.state == TrialState.COMPLETE and bool(rob) and not t.user_attrs.get("partial")
+                    and all(c <= 0 for c in (t.constraints or {}).values()))
         rows.append({
             "number": t.number,
             "state": t.state.name.lower(),
@@ -116,12 +119,14 @@ def best_row(rows: list[dict], objective: str, budget_bytes: float | None = None
 def closest_row(rows: list[dict], budget_bytes: float) -> dict | None:
     """The evaluated plan within the budget that came closest to satisfying every property."""
     fits = [r for r in rows if r["robustness"] and r["bytes"] is not None and r["bytes"] <= budget_bytes]
-    return max(fits, key=lambda r: (r["min_margin"], -r["bytes"])) if fits else None
+    # a fully scored plan's margin before an early-stopped one's, whose margin is only an upper bound
+    return max(fits, key=lambda r: (not r.get("partial"), r["min_margin"], -r["bytes"])) if fits else None
 
 
 def pareto_front(rows: list[dict]) -> list[dict]:
-    """Evaluated plans not dominated in (smaller bytes, larger minimum margin), by size."""
-    evaluated = sorted((r for r in rows if r["robustness"] and r["min_margin"] is not None),
+    """Fully evaluated plans not dominated in (smaller bytes, larger minimum margin), by size (an
+    early-stopped trial's margin is an upper bound, not a point of the front)."""
+    evaluated = sorted((r for r in rows if r["robustness"] and r["min_margin"] is not None and not r.get("partial")),
                        key=lambda r: (r["bytes"], -r["min_margin"]))
     front, best = [], -math.inf
     for r in evaluated:

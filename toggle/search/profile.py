@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import InvalidInput, key_list
-from ..files import read_yaml, search_profile
+from ..files import read_yaml, resource_dir, search_profile
 from ..formats import FORMATS
 from ..compress import registry
 from ..plan import ALLOWED_BITS, SCALE_BITS, Methods, parse_methods
@@ -79,8 +79,9 @@ def load_profile(name_or_path: str | Path) -> SearchProfile:
     """A bare name ('default') is looked up in search/; anything else is a path."""
     path = search_profile(str(name_or_path))
     if not path.exists():
-        shipped = sorted(p.stem for p in path.parent.glob("*.yaml"))
-        raise InvalidInput(f"{path}: no such search profile; shipped profiles: {', '.join(shipped) or 'none'}")
+        shipped = sorted(p.stem for p in resource_dir("search").glob("*.yaml"))
+        raise InvalidInput(f"{name_or_path}: no such search profile (no such file, and no shipped profile of that "
+                           f"name); shipped profiles: {', '.join(shipped) or 'none'}")
     return parse_profile(read_yaml(path, what="search profile"), name=path.stem, source=str(path))
 
 
