@@ -295,14 +295,15 @@ def test_the_report_says_what_the_base_model_fails_and_why_no_trial_ran(runs, tm
 
 
 def test_a_vacuous_property_reads_n_a_in_the_report(runs, tmp_path):
-    # summary.json stores +inf robustness (a property nothing on the prompts checked) as "inf"
+    # calibration.json and summary.json store +inf robustness (a property nothing on the prompts
+    # checked) as "inf"; the column reads calibration.json, else (an older run) summary.json
     d, _, _ = runs
     copy = tmp_path / "vacuous"
     shutil.copytree(d / "A", copy)
-    summary = json.loads((copy / "summary.json").read_text())
-    name = next(iter(summary["robustness"]))
-    summary["robustness"][name] = "inf"
-    (copy / "summary.json").write_text(json.dumps(summary))
+    calibration = json.loads((copy / "calibration.json").read_text())
+    name = next(iter(calibration["robustness"]))
+    calibration["robustness"][name] = "inf"
+    (copy / "calibration.json").write_text(json.dumps(calibration))
     assert main(["report", str(copy)]) == 0
     rows = [line for line in (copy / "report.md").read_text().splitlines() if line.startswith(f"| {name} |")]
     assert rows and rows[0].split("|")[3].strip() == "n/a"

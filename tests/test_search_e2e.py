@@ -88,6 +88,26 @@ def test_a_search_confirms_each_new_best_on_the_confirmation_prompts(tiny_llama_
     scored = set(best.user_attrs["per_prompt"]["coherence"])
     assert {"conf-a", "conf-b"} <= scored and len(scored) == 5  # 3 calibration + 2 confirmation, no held-out
     assert summary["heldout"]["prompts"] == 1
+    # its recorded margin is over both splits, and says so; the report's "calibration min" is the
+    # calibration prompts' own (calibration.json)
+    assert summary["best_confirmed"] is True
+    both = min(v for k, v in best.user_attrs["per_prompt"]["coherence"].items())
+    calibration = min(v for k, v in best.user_attrs["per_prompt"]["coherence"].items() if not k.startswith("conf-"))
+    assert summary["min_margin"] == pytest.approx(both)
+    assert f"every property holds (minimum margin {both:+.4f} over the calibration and confirmation prompts)" in out.out
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "satisfies every property on the calibration prompts and the confirmation prompts it was also scored on" \
+        in report
+    row = next(line for line in report.splitlines() if line.startswith("| coherence |"))
+    assert row.split("|")[3].strip() == f"{calibration:+.4f}", row
+    # the column reads calibration.json, not summary.json's minimum over both splits
+    from toggle.report import write_report
+    cal_file = tmp_path / "run" / "calibration.json"
+    cal_file.write_text(json.dumps(dict(json.loads(cal_file.read_text()), robustness={"coherence": 0.5})))
+    write_report(tmp_path / "run")
+    row = next(line for line in (tmp_path / "run" / "report.md").read_text().splitlines()
+               if line.startswith("| coherence |"))
+    assert row.split("|")[3].strip() == "+0.5000", row
 
 
 @pytest.mark.integration

@@ -173,7 +173,11 @@ def test_rerun_resumes_and_keeps_finished_trials(tmp_path):
     after = _study(second).trials
     assert len(after) == 8 and [(t.number, t.params, t.value) for t in after[:5]] == before
     assert obj.evaluations == evaluations + 3
-    assert json.loads((tmp_path / "summary.json").read_text())["trials"] == 8
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["trials"] == 8
+    # the wall time covers both sessions, as the per-trial seconds summed beside it do
+    assert summary["wall_seconds"] >= summary["evaluation_seconds"] + summary["sampler_seconds"] - 0.01
+    assert summary["wall_seconds"] == second.summary["wall_seconds"] > first.summary["wall_seconds"]
 
 
 def test_sensitivity_profile_is_cached_and_shrinks_the_space(tmp_path):

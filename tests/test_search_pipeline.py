@@ -45,7 +45,11 @@ def test_final_lines_report_size_and_flop_reduction():
                "size_reduction": 2 / 3, "compressed_flops_per_token": 1e8, "base_flops_per_token": 2.5e8,
                "flops_reduction": 2.5}
     lines = final_lines(SearchResult(Path("runs/x"), summary, Plan(model="m"), "s", "sqlite://"))
-    assert "trial 7" in lines[0] and "3 of 12 trials" in lines[0]
+    assert "trial 7" in lines[0] and "3 of 12 trials satisfied the specs" in lines[0]
+    repeats = final_lines(SearchResult(Path("runs/x"), dict(summary, feasible_plans=1), Plan(model="m"), "s", "s://"))
+    assert "3 of 12 trials (1 distinct plan) satisfied the specs" in repeats[0]  # a plan proposed again is one plan
+    confirmed = final_lines(SearchResult(Path("runs/x"), dict(summary, best_confirmed=True), Plan(model="m"), "s", "s://"))
+    assert "(minimum margin +0.0100 over the calibration and confirmation prompts)" in confirmed[0]
     assert lines[1] == "size: 90.0 MB vs 270.0 MB 16-bit dense (66.7% smaller)"
     assert lines[2] == "FLOPs per token: 1e+08 vs 2.5e+08 (2.50x fewer)"
     assert len(lines) == 4  # no loaded file size known: no line for it
@@ -123,3 +127,16 @@ def test_the_trial_line_says_n_a_for_a_property_nothing_checked_yet():
     line = Progress(False, 12, 0, 1000.0).trial_status(None, {"coherence": -0.25, "factual": float("inf"),
                                                                "context": None}, None)
     assert line == "no feasible plan yet | last: coherence=-0.250 factual=n/a context=-inf"
+
+
+def test_the_trial_line_shows_the_best_plan_in_the_objectives_terms_and_an_eta():
+    from toggle.search.progress import Progress
+
+    bar = Progress(False, 10, 2, 1000.0, base_flops=9e6)
+    best = {"bytes": 500, "flops_per_token": 3e6, "min_margin": 0.0123}
+    assert bar.trial_status(best, {}, "over budget").startswith("best 500 B (-50.0%) | last: over budget")
+    assert bar.trial_status(best, {}, None, "flops").startswith("best 3e+06 FLOPs/token (3.00x fewer, 500 B)")
+    assert bar.trial_status(best, {}, None, "margin").startswith("best margin +0.0123 (500 B)")
+    start, _ = bar._since
+    assert bar.eta(2, start + 5) is None  # no trial of this session finished yet
+    assert bar.eta(6, start + 40) == "0:40"  # 4 trials in 40 s, 4 left

@@ -30,7 +30,7 @@ from .confidence import describe as describe_confidence
 from .cost import CostModel
 from .errors import InvalidInput, ToggleError
 from .evaluate import Evaluator
-from .files import finite_or_none, json_digest
+from .files import finite_or_none, json_digest, robustness_to_json
 from .formats import ArtifactInfo, get_format, read_manifest
 from .hf import quiet_transformers
 from .load import load_model, resolve
@@ -153,7 +153,8 @@ def search(model: str, budget: str | Budget, *, specs=None, prompts=None, profil
         applier.restore()
         applier.release_caches(keep=plan)  # other plans' weights: up to 2 GiB the audit needs for itself
         run.write_json(CALIBRATION, {
-            "trial": plan.meta.get("trial"), "split": "calibration", "robustness": calibration.robustness,
+            "trial": plan.meta.get("trial"), "split": "calibration",
+            "robustness": {k: robustness_to_json(v) for k, v in calibration.robustness.items()},
             "per_prompt": calibration.per_prompt})
         summary["heldout"] = heldout_check(plan, loaded, spec_set, suite, applier, run, confidence=confidence)
         if write_model:
@@ -295,8 +296,12 @@ def final_lines(result: SearchResult) -> list[str]:
     s = result.summary
     lines = []
     if s.get("satisfied"):
-        lines.append(f"best plan: trial {s['best_trial']}, every property holds (minimum margin {s['min_margin']:+.4f}); "
-                     f"{s['feasible_trials']} of {s['trials']} trials satisfied the specs within {format_bytes(s['budget_bytes'])}")
+        over = " over the calibration and confirmation prompts" if s.get("best_confirmed") else ""
+        plans = s.get("feasible_plans", s["feasible_trials"])
+        distinct = f" ({plans} distinct plan{'s' if plans != 1 else ''})" if plans != s["feasible_trials"] else ""
+        lines.append(f"best plan: trial {s['best_trial']}, every property holds (minimum margin {s['min_margin']:+.4f}{over}); "
+                     f"{s['feasible_trials']} of {s['trials']} trials{distinct} satisfied the specs within "
+                     f"{format_bytes(s['budget_bytes'])}")
     else:
         # a missing margin is -inf: some property could not be scored (no step in its window) on a prompt
         margin = f"{s['min_margin']:+.4f}" if s.get("min_margin") is not None else "-inf"

@@ -178,8 +178,11 @@ RUN_FILES = (("plan.yaml", "best plan"), ("summary.json", ""), ("trials.csv", ""
 
 def _verdict(s: dict) -> str:
     if s.get("satisfied"):
-        return (f"**PASS**: trial {s['best_trial']} satisfies every property on the calibration prompts within the "
-                f"budget (minimum margin {_margin(s.get('min_margin'))}).")
+        confirmed = s.get("best_confirmed")
+        where = "the calibration prompts and the confirmation prompts it was also scored on" if confirmed \
+            else "the calibration prompts"
+        return (f"**PASS**: trial {s['best_trial']} satisfies every property on {where} within the budget (minimum "
+                f"margin{' over both' if confirmed else ''} {_margin(s.get('min_margin'))}).")
     if s.get("best_trial") is not None:
         return (f"**VIOLATED**: no plan satisfies every property within {_bytes(s['budget_bytes'])}; the closest, "
                 f"trial {s['best_trial']}, misses by {_margin(s.get('min_margin'))}.")
@@ -191,12 +194,15 @@ def _verdict(s: dict) -> str:
 def _robustness_table(run: RunData):
     s = run.summary
     cal = (run.calibration or {}).get("per_prompt") or {}
+    # the calibration prompts' own minimum (summary.json's is also over the confirmation prompts
+    # when the plan was confirmed); a run without calibration.json has only the summary's
+    cal_min = (run.calibration or {}).get("robustness") or s.get("robustness") or {}
     held = (run.heldout or {}).get("properties") or {}
     rows = []
     for p in run.properties:
         values = [v for v in (cal.get(p) or {}).values() if v is not None]
         h = held.get(p) or {}
-        rows.append([p, h.get("formula", ""), _margin((s.get("robustness") or {}).get(p)),
+        rows.append([p, h.get("formula", ""), _margin(cal_min.get(p)),
                      _margin(_median(values)) if values else "-",
                      f"{sum(v >= 0 for v in values)}/{len(values)}" if values else "-",
                      _margin(h.get("min")), _margin(h.get("median")),

@@ -45,14 +45,16 @@ def operating_points(run: RunData, compare: list[RunData]) -> list[OperatingPoin
     out_dir = run.run_dir / POINTS
     points = []
     key = run.objective_key
+    # "smallest" under --objective size; under flops the points are the plans of fewest FLOPs per token
+    least = "smallest plan" if key == "bytes" else "plan of fewest FLOPs per token"
     feasible = sorted((t for t in run.trials if t["feasible"]), key=lambda t: (t[key], t["number"]))
     if feasible:
-        points.append(_point(run, feasible[0], "most_compressed", "smallest plan satisfying every property", out_dir))
+        points.append(_point(run, feasible[0], "most_compressed", f"{least} satisfying every property", out_dir))
         reference = _reference(run)
         safe = [t for t in feasible if all(
             (t["robustness"].get(p) if t["robustness"].get(p) is not None else -math.inf) >= SAFETY * r
             for p, r in reference.items())]
-        meaning = (f"smallest plan keeping >= {SAFETY:.0%} of the untouched model's margin on every property "
+        meaning = (f"{least} keeping >= {SAFETY:.0%} of the untouched model's margin on every property "
                    f"({', '.join(f'{p} >= {SAFETY * r:.4g}' for p, r in reference.items())})")
         if safe:
             points.append(_point(run, safe[0], "safety_margin", meaning, out_dir))
@@ -72,7 +74,7 @@ def operating_points(run: RunData, compare: list[RunData]) -> list[OperatingPoin
             continue
         ok = sorted((t for t in other.trials if t["feasible"]), key=lambda t: (t[key], t["number"]))
         if ok:
-            points.append(_point(other, ok[0], "relaxed", f"smallest plan satisfying every property with every "
+            points.append(_point(other, ok[0], "relaxed", f"{least} satisfying every property with every "
                                  f"threshold relaxed by {relax:.0%} (--relax {relax:g})", out_dir))
             return points
     return points + ([refused] if refused else [])

@@ -218,7 +218,7 @@ def run_study(objective: Objective, budget_bytes: int, *, profile: SearchProfile
                                    "objective": objective_kind, "sampler": sampler, "properties": list(objective.properties),
                                    **({"identity": identity} if identity else {})})
 
-    bar = Progress(progress, n_trials, _finished(study), objective.base16_bytes)
+    bar = Progress(progress, n_trials, _finished(study), objective.base16_bytes, objective.base_flops_per_token)
     prof: SensitivityProfile | None = None
     timings = {"profiling_seconds": 0.0}
     try:
@@ -260,8 +260,8 @@ def run_study(objective: Objective, budget_bytes: int, *, profile: SearchProfile
             rows = trial_rows(study, space.params)
             best = best_row(rows, objective_kind, budget_bytes)
             last = rows[-1] if rows else None
-            bar.step(len(rows), bar.trial_status(best["bytes"] if best else None,
-                                                 last["robustness"] if last else {}, last["reason"] if last else None))
+            bar.step(len(rows), bar.trial_status(best, last["robustness"] if last else {},
+                                                 last["reason"] if last else None, objective_kind))
     except KeyboardInterrupt:
         bar.close()
         _finish(study, space, objective, budget_bytes, objective_kind, sampler, seed, run, started, timings, url, name,
@@ -554,9 +554,11 @@ def _finish(study, space, objective, budget_bytes, objective_kind, sampler, seed
     rows = trial_rows(study, space.params)
     # what the trials depend on, so a report can tell runs of other inputs apart
     identity = (study.user_attrs.get("toggle") or {}).get("identity")
+    # every session of the study (a resumed one included): its trials' seconds are summed over them all
+    wall = float(study.user_attrs.get("wall_seconds") or 0.0) + time.perf_counter() - started
+    study.set_user_attr("wall_seconds", round(wall, 2))
     summary, plan = summarise(rows, objective_fn=objective, space=space, budget_bytes=budget_bytes,
-                              objective=objective_kind, sampler=sampler, seed=seed,
-                              wall_seconds=time.perf_counter() - started,
+                              objective=objective_kind, sampler=sampler, seed=seed, wall_seconds=wall,
                               extra={**timings, "study": name, "storage": redact(url),
                                      **({"identity": identity} if identity else {})})
     if plan is not None and plan_meta:

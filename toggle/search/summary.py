@@ -36,6 +36,8 @@ def summarise(rows, *, objective_fn, space, budget_bytes: float, objective: str,
         "satisfied": best is not None,
         "trials": len(rows),
         "feasible_trials": sum(r["feasible"] for r in rows),
+        # a sampler may propose a plan again (its repeat is not re-evaluated): the distinct ones
+        "feasible_plans": len({tuple(sorted(r["params"].items())) for r in rows if r["feasible"]}),
         "wall_seconds": round(wall_seconds, 2),
         "sampler": sampler,
         "seed": seed,
@@ -43,6 +45,9 @@ def summarise(rows, *, objective_fn, space, budget_bytes: float, objective: str,
         "objective": objective,
         "best_trial": chosen["number"] if chosen else None,
         "min_margin": chosen["min_margin"] if chosen and math.isfinite(chosen["min_margin"]) else None,
+        # the chosen plan was also scored on the confirmation prompts: its robustness and min_margin
+        # are the lower of the two splits' (calibration.json holds the calibration prompts' own)
+        "best_confirmed": bool(chosen and chosen.get("confirmed") is not None),
         "evaluation_seconds": round(sum(r["eval_seconds"] or 0.0 for r in rows), 2),
         # trials whose evaluation stopped early on their hardest prompts (their margins are upper bounds)
         "early_stopped_trials": sum(bool(r.get("partial")) for r in rows),
