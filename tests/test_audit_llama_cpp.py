@@ -107,6 +107,26 @@ def test_gguf_of_other_llama_like_architectures_runs_the_same_model_in_llama_cpp
 
 
 @needs_llama_cpp
+def test_a_llama_with_biases_runs_in_llama_cpp_as_the_source_model_and_is_not_read_back_without_them(tmp_path):
+    """attention_bias: the q/k biases take the rope's row order too (else llama.cpp's positions after
+    the first differ); transformers' GGUF loader drops Llama biases, so reading the file back is refused."""
+    from toggle.errors import ModelLoadError
+
+    source = load_model(str(make_tiny_model("llama-bias", tmp_path / "tiny")))
+    names = [r.name for r in compressible_modules(source.model)]
+    path = tmp_path / "bias.gguf"
+    write_gguf(source, Plan.uniform(source.model_id, names, ModuleSetting(bits=16)), path)
+    ids = source.tokenizer("The capital of France is").input_ids
+    paths = [TokenPath("a", tuple(ids), (0, len(ids)), (5, 9, 11, 7, 3, 8))]
+    ours = LlamaCppScorer(path, threads=1)(paths, {"logprobs"})
+    theirs = score_paths(source.model, paths, {"logprobs"}, None)
+    jsd = compute_signals(["jsd"], ours, theirs)["jsd"]
+    assert jsd.max() < 1e-3, jsd
+    with pytest.raises(ModelLoadError, match=r"bias.gguf: the file holds 14 bias tensors \(blk.0.attn_q.bias, "):
+        load_model(str(path))
+
+
+@needs_llama_cpp
 def test_llama_cpp_runs_a_llama3_rope_gguf_as_the_source_model(tmp_path, monkeypatch):
     """Llama 3.x rope scaling reaches llama.cpp through rope_freqs.weight: without it llama.cpp
     would compute plain rope, which on 130 positions differs by a JSD of ~2e-3 on this model."""
@@ -204,3 +224,9 @@ def test_llama_cpp_engine_refuses_what_it_cannot_do(files, tmp_path, capsys, mon
     assert main(["audit", str(d / "q8.gguf"), *common]) == 2
     err = capsys.readouterr().err
     assert "toggle-llama-logits" in err and "tools/build_llama_cpp.sh" in err
+    # a search whose profile quantises with llama.cpp says so before loading and tracing anything
+    assert main(["search", "no-such-model", "--budget", "1MB", "--profile", "gguf-kquant", "--specs",
+                 str(d / "logits.stl"), "--prompts", str(d / "p.yaml"), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert ("--profile gguf-kquant: quantizer ggml is llama.cpp's own, and llama.cpp is not installed; run "
+            "tools/build_llama_cpp.sh") in err and "loading" not in err and not (tmp_path / "run").exists()

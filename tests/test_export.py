@@ -231,6 +231,25 @@ def test_llama_cpp_tokenizes_a_gguf_of_a_safetensors_model_as_its_tokenizer_does
     assert info.meta["pre_tokenizer"] == {"name": pre, "from": "the tokenizer's pre-tokenizer (tokenizer.json)"}
 
 
+@pytest.mark.skipif(not llama_cpp.available(), reason=f"llama.cpp is not installed: {llama_cpp.HOW}")
+def test_llama_cpp_adds_the_bos_a_post_processor_adds(tmp_path):
+    """Llama 3 adds BOS by its tokenizer.json post-processor, not by add_bos_token: the file says to add it."""
+    from tokenizers import processors
+
+    tokenizer = _byte_level_tokenizer("llama3")
+    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)])
+    assert tokenizer("hi").input_ids[0] == 1 and not getattr(tokenizer, "add_bos_token", False)
+    lm = _tiny_llama_with(tokenizer, tmp_path / "src")
+    names = [r.name for r in compressible_modules(lm.model)]
+    info = write_gguf(lm, Plan.uniform(lm.model_id, names, ModuleSetting(bits=16)), tmp_path / "f.gguf")
+    assert _fields(info.path)["tokenizer.ggml.add_bos_token"] is True
+    text = "The year 2024 had 365 days"
+    out = subprocess.run([str(llama_cpp.tool("llama-tokenize")), "-m", str(info.path), "-p", text, "--ids",
+                          "--log-disable"], capture_output=True, text=True, check=True).stdout
+    assert json.loads(out.strip().splitlines()[-1]) == lm.tokenizer(text).input_ids  # BOS first, as transformers
+
+
 def test_an_unrecognised_pre_tokenizer_is_written_as_default_with_a_note(tmp_path, capsys):
     from tokenizers import pre_tokenizers
 
@@ -252,7 +271,11 @@ def test_gguf_refuses_what_it_cannot_hold(tiny_llama_dir, tmp_path):
     up = "model.layers.0.mlp.up_proj"
     cases = [
         (Plan(lm.model_id, {up: ModuleSetting(bits=4)}, Methods(group_size=128)), "group_size 128, symmetric false has no GGUF type"),
-        (Plan(lm.model_id, {up: ModuleSetting(bits=3)}, Methods(group_size=32)), "3 bits with quantizer rtn"),
+        # the legacy types are rtn's and gptq's; llama.cpp's quantisers are named with their own menus
+        (Plan(lm.model_id, {up: ModuleSetting(bits=3)}, Methods(group_size=32)),
+         r"3 bits with quantizer rtn, .*with group_size 32 and quantizer rtn or gptq, 8 bits symmetric \(Q8_0\), .*; "
+         r"llama.cpp's own types by bits, quantizer ggml: 2 \(Q2_K\), 3 \(Q3_K\), 4 \(Q4_K\), 5 \(Q5_K\), 6 \(Q6_K\), "
+         r"8 \(Q8_0\); quantizer ggml_iq: 2 \(IQ2_S\), 3 \(IQ3_S\), 4 \(IQ4_XS\)"),
         (Plan(lm.model_id, {up: ModuleSetting(rank_ratio=0.5)}), "GGUF has no factorised matrices"),
         (Plan(lm.model_id, {up: ModuleSetting(bits=4, sparsity=0.5)}, Methods(group_size=32)),
          "Q4_1: its per-block minimum cannot represent the pruned zeros"),
@@ -323,9 +346,23 @@ def test_gguf_refuses_a_model_llama_cpp_would_run_differently(tiny_llama_dir, tm
     monkeypatch.setattr(lm.model.config, "rope_parameters", {"rope_type": "default", "rope_theta": 10000.0})
     monkeypatch.setattr(lm.model.config, "model_type", "qwen2")
     monkeypatch.setattr(lm.model.config, "use_sliding_window", True, raising=False)
+    monkeypatch.setattr(lm.model.config, "sliding_window", 64, raising=False)
     with pytest.raises(InvalidInput, match=r"this qwen2 model uses sliding-window attention \(config.json "
-                                           r"use_sliding_window\), which llama.cpp's qwen2 does not"):
+                                           r"sliding_window 64\), which llama.cpp's qwen2 does not"):
         write_gguf(lm, plan, tmp_path / "x.gguf")
+    monkeypatch.setattr(lm.model.config, "use_sliding_window", False)  # Qwen2's window, switched off: written
+    write_gguf(lm, plan, tmp_path / "off.gguf")
+    (tmp_path / "off.gguf").unlink()
+    # Mistral has no use_sliding_window: a sliding_window below the context is on (Mistral-7B-v0.1's 4096)
+    monkeypatch.setattr(lm.model.config, "model_type", "mistral")
+    monkeypatch.delattr(lm.model.config, "use_sliding_window")
+    monkeypatch.setattr(lm.model.config, "max_position_embeddings", 128)
+    with pytest.raises(InvalidInput, match=r"this mistral model uses sliding-window attention \(config.json "
+                                           r"sliding_window 64\), which llama.cpp's llama does not"):
+        write_gguf(lm, plan, tmp_path / "x.gguf")
+    monkeypatch.setattr(lm.model.config, "sliding_window", None)  # Mistral v0.2 and later: none
+    write_gguf(lm, plan, tmp_path / "none.gguf")
+    (tmp_path / "none.gguf").unlink()
     assert not list(tmp_path.iterdir())
 
 
@@ -466,6 +503,10 @@ def test_cli_apply(tiny_llama_dir, tmp_path, capsys):
     assert main(["apply", str(awq), str(tiny_llama_dir), "--out", str(tmp_path / "x")]) == 2
     assert "awq needs calibration activation statistics" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+    # an --out beneath a file: said before the model is loaded, not a traceback after the work
+    for out in (tmp_path / "m.gguf" / "x.gguf", tmp_path / "m.gguf" / "dir"):
+        assert main(["apply", str(plan_path), "no-such-model-is-loaded", "--out", str(out)]) == 2
+        assert f"--out {out}: {tmp_path / 'm.gguf'} is a file, not a folder" in capsys.readouterr().err
 
 
 def test_cli_apply_unmappable_gguf_is_one_line(tiny_llama_dir, tmp_path):

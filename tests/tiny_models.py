@@ -40,8 +40,8 @@ def make_tokenizer(vocab_size: int = 384):
 
 
 def make_tiny_model(arch: str, path: str | Path, *, seed: int = 0, tie: bool | None = None) -> Path:
-    """Build and save a tiny random model of `arch` ('llama', 'llama3', 'gpt2', 'qwen2', 'qwen3', 'mistral',
-    'mixtral' or 'gemma2') at `path`."""
+    """Build and save a tiny random model of `arch` ('llama', 'llama-bias', 'llama3', 'gpt2', 'qwen2', 'qwen3',
+    'mistral', 'mixtral' or 'gemma2') at `path`."""
     from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, MixtralConfig
 
     path = Path(path)
@@ -53,6 +53,13 @@ def make_tiny_model(arch: str, path: str | Path, *, seed: int = 0, tie: bool | N
             vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
             tie_word_embeddings=True if tie is None else tie, bos_token_id=1, eos_token_id=2, pad_token_id=2,
+        )
+    elif arch == "llama-bias":  # attention_bias and mlp_bias (as some Llama-architecture models have them)
+        config = LlamaConfig(
+            vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, attention_bias=True,
+            mlp_bias=True, tie_word_embeddings=True if tie is None else tie, bos_token_id=1, eos_token_id=2,
+            pad_token_id=2,
         )
     elif arch == "gpt2":
         config = GPT2Config(
@@ -101,7 +108,7 @@ def make_tiny_model(arch: str, path: str | Path, *, seed: int = 0, tie: bool | N
         for name, p in model.named_parameters():
             if p.dim() >= 2:
                 p.normal_(0.0, 0.15)
-            elif name.endswith("bias"):  # Qwen2's q/k/v biases: not zero, so the file must carry them
+            elif name.endswith("bias"):  # Qwen2's q/k/v biases (and llama-bias'): not zero, so the file must carry them
                 p.normal_(0.0, 0.1)
     model.generation_config.pad_token_id = 2
     model.save_pretrained(path, safe_serialization=True)

@@ -30,7 +30,7 @@ from .confidence import describe as describe_confidence
 from .cost import CostModel
 from .errors import InvalidInput, ToggleError
 from .evaluate import Evaluator
-from .files import finite_or_none, json_digest, robustness_to_json
+from .files import check_output_place, finite_or_none, json_digest, robustness_to_json
 from .formats import ArtifactInfo, get_format, read_manifest
 from .hf import quiet_transformers
 from .load import load_model, resolve
@@ -73,6 +73,9 @@ def search(model: str, budget: str | Budget, *, specs=None, prompts=None, profil
     # 1. Inputs a user can get wrong, before any model work.
     confidence = check_level(confidence)
     search_profile = load_profile(profile)
+    if search_profile.needs_llama_cpp and not llama_cpp.available():  # else found out after the tracing
+        raise llama_cpp.LlamaCppNotFound(f"--profile {profile}: quantizer {', '.join(search_profile.needs_llama_cpp)} "
+                                         f"is llama.cpp's own, and llama.cpp is not installed; {llama_cpp.HOW}")
     budget = parse_budget(budget) if isinstance(budget, str) else budget
     if trials is not None and trials < 1:
         raise InvalidInput(f"--trials: {trials} is not valid; expected an integer >= 1")
@@ -390,6 +393,7 @@ def apply(plan: str | Path | Plan, model: str, out: str | Path, *, format: str =
     if not isinstance(plan, Plan):
         plan_path = Path(plan)
         plan = Plan.load(plan_path)
+    check_output_place(out, "--out")  # before the model is loaded and quantised
     loaded = loaded or load_model(model, device=device or "cpu", trust_remote_code=trust_remote_code)
     check_plan_model(plan, loaded, source=str(plan_path or "plan"))
     return write_artifact(loaded, plan, out, format, stats=plan_stats(plan, loaded, plan_path))
@@ -408,7 +412,11 @@ def write_artifact(loaded, plan: Plan, out: str | Path, fmt: str = "toggle", *, 
     fmt.check_plan(plan, applier.refs)
     validate_plan(plan, applier.refs, applier.stats)
     cost = CostModel.for_model(loaded, fmt, applier.refs).of(plan)
-    return fmt.write(loaded, plan, fmt.output_path(out), applier, cost)
+    path = fmt.output_path(out)
+    try:
+        return fmt.write(loaded, plan, path, applier, cost)
+    except OSError as e:  # a full disk, a place the checks above could not foresee (/proc, ...)
+        raise InvalidInput(f"--out {out}: cannot write {e.filename or path}: {e.strerror or e}") from None
 
 
 def check_plan_model(plan: Plan, loaded, source: str = "plan") -> None:

@@ -55,8 +55,17 @@ def check_output_file(path: str | Path, option: str) -> None:
     path = Path(path)
     if path.is_dir():
         raise InvalidInput(f"{option} {path}: is a directory; expected a file name, e.g. {path / 'audit.json'}")
+    check_output_place(path, option)
+
+
+def check_output_place(path: str | Path, option: str) -> None:
+    """Where an output (a file or a folder) goes can be written: its nearest existing ancestor is a
+    folder this process may write in (not a file, not read-only)."""
+    path = Path(path)
     folder = next((p for p in [path.parent, *path.parent.parents] if p.exists()), Path("."))
-    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+    if not folder.is_dir():
+        raise InvalidInput(f"{option} {path}: {folder} is a file, not a folder; choose another path")
+    if not os.access(folder, os.W_OK | os.X_OK):
         raise InvalidInput(f"{option} {path}: {folder} cannot be written to; choose another path")
 
 

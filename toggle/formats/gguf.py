@@ -25,6 +25,7 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import math
 import os
 import shutil
 import sys
@@ -166,11 +167,13 @@ def gguf_problem(ref, setting, methods) -> str | None:
                     f"keep pruned weights at exactly 0; use quantizer rtn with Q4_0/Q5_0/Q8_0 for pruned modules")
         return None
     if qtype is None:
-        fitting = ", ".join(n for n, m in registry.METHODS["quantizer"].items() if m.gguf)
+        # the legacy block types toggle writes itself; llama.cpp's own quantisers (ggml, ggml_iq) have their menus
+        fitting = ", ".join(n for n, m in registry.METHODS["quantizer"].items() if m.gguf and not m.ggml)
+        menus = "; ".join(f"quantizer {n}: {ggml.menu(n)}" for n, m in registry.METHODS["quantizer"].items() if m.ggml)
         return (f"{setting.bits} bits with quantizer {methods.quantizer}, group_size {methods.group_size}, "
                 f"symmetric {str(methods.symmetric_for(setting.bits)).lower()} has no GGUF type; GGUF holds 16 bits (F16) and, with "
                 f"group_size 32 and quantizer {fitting.replace(', ', ' or ')}, 8 bits symmetric (Q8_0), 5 or 4 bits (Q5_0/Q4_0 "
-                f"symmetric, Q5_1/Q4_1 asymmetric)")
+                f"symmetric, Q5_1/Q4_1 asymmetric); llama.cpp's own types by bits, {menus}")
     if setting.sparsity > 0 and qtype in ("Q4_1", "Q5_1"):
         return (f"sparsity {setting.sparsity} with {qtype}: its per-block minimum cannot represent the pruned "
                 f"zeros exactly; use symmetric quantisation (Q4_0/Q5_0) for pruned modules")
@@ -213,9 +216,13 @@ def gguf_arch(config) -> str:
             raise InvalidInput(f"GGUF export: this {model_type} model's rope scaling '{kind}' (config.json "
                                f"rope_scaling / rope_parameters) is not written by toggle's GGUF writer, so llama.cpp "
                                f"would compute other positions; use --format toggle")
-        if getattr(config, "use_sliding_window", False):
+        # Qwen2 says use_sliding_window; Mistral has only sliding_window, on whenever it is set
+        window = getattr(config, "sliding_window", None)
+        uses = getattr(config, "use_sliding_window", None)
+        if uses or (uses is None and window and window < getattr(config, "max_position_embeddings", math.inf)):
             raise InvalidInput(f"GGUF export: this {model_type} model uses sliding-window attention "
-                               f"(config.json use_sliding_window), which llama.cpp's {arch} does not; use --format toggle")
+                               f"(config.json sliding_window {window}), which llama.cpp's {arch} does not, so its file "
+                               f"would attend past the window; use --format toggle")
     return arch
 
 
@@ -354,9 +361,10 @@ def write_gguf(path: str | Path, model: torch.nn.Module, tokenizer, tensors: dic
         qname, data = tensors[hf_name]
         if qname not in QTYPES:
             raise InvalidInput(f"GGUF export: {hf_name}: type {qname} is not supported; use one of {', '.join(QTYPES)}")
-        if arch == "llama" and hf_name.endswith("q_proj.weight"):
+        # q/k biases (Llama with attention_bias) take the same row order as their weights
+        if arch == "llama" and hf_name.endswith(("q_proj.weight", "q_proj.bias")):
             data = _permute_qk(data, config.num_attention_heads)
-        elif arch == "llama" and hf_name.endswith("k_proj.weight"):
+        elif arch == "llama" and hf_name.endswith(("k_proj.weight", "k_proj.bias")):
             data = _permute_qk(data, config.num_key_value_heads)
         data = np.ascontiguousarray(data)
         if qname in ("F32", "F16"):
@@ -542,9 +550,12 @@ def _add_tokenizer(writer, tokenizer, config, source: dict) -> None:
     merges = [m if isinstance(m, str) else " ".join(m) for m in bpe.get("merges", [])]
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre(_pre_tokenizer_record(spec, source)["name"])
-    add_bos = source.get("tokenizer.ggml.add_bos_token", getattr(tokenizer, "add_bos_token", None))
+    adds_bos, adds_eos = _adds_special_tokens(tokenizer)
+    add_bos = source.get("tokenizer.ggml.add_bos_token", adds_bos)
     if isinstance(add_bos, bool):
         writer.add_add_bos_token(add_bos)
+    if adds_eos and "tokenizer.ggml.add_eos_token" not in source:
+        writer.add_add_eos_token(True)
     for key, value in source.items():
         if key not in ("tokenizer.ggml.pre", "tokenizer.ggml.add_bos_token"):
             writer.add_key_value(key, value, SOURCE_KEYS[key])
@@ -561,6 +572,21 @@ def _add_tokenizer(writer, tokenizer, config, source: dict) -> None:
     template = getattr(tokenizer, "chat_template", None)
     if isinstance(template, str):
         writer.add_chat_template(template)
+
+
+def _adds_special_tokens(tokenizer) -> tuple[bool | None, bool | None]:
+    """Whether the tokenizer puts BOS first / EOS last when asked for its special tokens, by what it
+    does (its add_bos_token flag says nothing of a tokenizer.json post-processor, which is how Llama 3
+    adds BOS): what llama.cpp must do with the file too. None where it cannot be told."""
+    try:
+        ids = list(tokenizer("a", add_special_tokens=True)["input_ids"])
+        plain = list(tokenizer("a", add_special_tokens=False)["input_ids"])
+    except Exception:  # noqa: BLE001 - a tokenizer that cannot encode this: its flag is all there is
+        flag = getattr(tokenizer, "add_bos_token", None)
+        return (flag if isinstance(flag, bool) else None), None
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    added = len(ids) > len(plain)
+    return added and bos is not None and ids[0] == bos, added and eos is not None and ids[-1] == eos
 
 
 def _data_offset(path: Path) -> int:
@@ -674,6 +700,7 @@ def dequantised_cache(gguf_path: Path, model_id: str) -> Path:
         raise  # toggle's own reason, already naming the file
     except Exception as e:  # transformers raises many types for bad GGUF files
         raise ModelLoadError(f"{gguf_path}: cannot load GGUF model: {one_line(e)}") from None
+    _check_nothing_dropped(reader, model, gguf_path)
     # transformers marks GGUF-loaded models as quantised and refuses save_pretrained; the
     # weights are already plain float tensors, so the marker is dropped.
     model.hf_quantizer = None
@@ -702,6 +729,19 @@ def dequantised_cache(gguf_path: Path, model_id: str) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
+
+
+def _check_nothing_dropped(reader: gguf.GGUFReader, model, path: Path) -> None:
+    """transformers' GGUF config mapping has no attention_bias / mlp_bias for Llama: the bias
+    tensors of such a file are left out of the model it builds, without a word, and that model
+    computes something else than llama.cpp runs from the file."""
+    biases = [t.name for t in reader.tensors if t.name.endswith(".bias")]
+    kept = sum(1 for n, _ in model.named_parameters() if n.endswith("bias"))
+    if len(biases) > kept:
+        raise ModelLoadError(f"{path}: the file holds {len(biases)} bias tensors ({', '.join(biases[:3])}"
+                             f"{', ...' if len(biases) > 3 else ''}) and transformers' GGUF loader builds a "
+                             f"{model.config.model_type} model with {kept}: it would run without them, which is not "
+                             f"the model llama.cpp runs from this file; load the Hugging Face model it came from")
 
 
 def _check_gguf(path: Path) -> gguf.GGUFReader:

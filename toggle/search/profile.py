@@ -70,9 +70,19 @@ class SearchProfile:
     def needs_stats(self) -> bool:
         """Whether a plan of this profile may use a method that reads calibration statistics: one of
         the methods' own, or a quantiser a `quantizer` knob offers (e.g. ggml's importance matrix)."""
-        offered = {q for knobs in (self.knobs, self.embedding) for q in knobs.get("quantizer", ()) if q}
         return bool(registry.stats_families(self.methods)
-                    or any(registry.method("quantizer", q).needs_stats for q in offered))
+                    or any(registry.method("quantizer", q).needs_stats for q in self.quantizers))
+
+    @property
+    def quantizers(self) -> set[str]:
+        """Every quantiser a plan of this profile may use: the methods' and those `quantizer` knobs offer."""
+        offered = {q for knobs in (self.knobs, self.embedding) for q in knobs.get("quantizer", ()) if q}
+        return offered | {self.methods.quantizer}
+
+    @property
+    def needs_llama_cpp(self) -> list[str]:
+        """The quantisers of this profile that are llama.cpp's own (ggml, ggml_iq): they need it installed."""
+        return sorted(q for q in self.quantizers if registry.method("quantizer", q).ggml)
 
 
 def load_profile(name_or_path: str | Path) -> SearchProfile:
