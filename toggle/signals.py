@@ -86,6 +86,23 @@ class Signal:
     needs: str  # LOGPROBS, ATTENTION, HIDDEN or GOLD
     axis: str  # STEP or ANSWER
     compute: Callable[["_Pair"], torch.Tensor]
+    # whole-valued signals: FLAG (0 or 1), WHOLE (0, 1, 2, ...) or TOPK (multiples of 1/topk); None:
+    # continuous. Compared with one of its own values such a signal has margin exactly 0 where it
+    # equals it, which `not` and `->` misread: the spec parser refuses that (specs/syntax.py).
+    values: str | None = None
+
+    def grid(self, topk: int) -> tuple[float, float, float, str] | None:
+        """(step, lowest, highest, in words) of the values it takes, None when continuous."""
+        if self.values == FLAG:
+            return 1.0, 0.0, 1.0, "0 and 1"
+        if self.values == WHOLE:
+            return 1.0, 0.0, math.inf, "whole numbers"
+        if self.values == TOPK:
+            return 1.0 / topk, 0.0, 1.0, f"multiples of 1/{topk} (option topk = {topk})"
+        return None
+
+
+FLAG, WHOLE, TOPK = "flag", "whole", "topk"
 
 
 @dataclass(frozen=True)
@@ -202,7 +219,7 @@ _REGISTRY = [
            "kl[t] = sum_v p log(p/q)", LOGPROBS, STEP, _kl),
     Signal("top1_agree", "1 when the candidate's most likely next token is the base model's, else 0",
            "top1_agree[t] = [argmax q = argmax p]", LOGPROBS, STEP,
-           lambda x: (x.lq.argmax(-1) == x.lp.argmax(-1)).float()),
+           lambda x: (x.lq.argmax(-1) == x.lp.argmax(-1)).float(), FLAG),
     Signal("p_ratio", "candidate probability of the base model's greedy token divided by the base probability",
            "p_ratio[t] = q(b) / p(b), b = argmax p", LOGPROBS, STEP,
            lambda x: (x.lq.gather(-1, x.b) - x.lp.gather(-1, x.b)).squeeze(-1).exp()),
@@ -217,22 +234,22 @@ _REGISTRY = [
            "base_margin[t] = p(v1) - p(v2), v1, v2 = the two most likely tokens under p",
            LOGPROBS, STEP, lambda x: _margin(x.lp)),
     Signal("base_rank", "rank of the base model's greedy token under the candidate (0: the candidate's top "
-           "token too)", "base_rank[t] = |{v : q(v) > q(b)}|, b = argmax p", LOGPROBS, STEP, _rank),
+           "token too)", "base_rank[t] = |{v : q(v) > q(b)}|, b = argmax p", LOGPROBS, STEP, _rank, WHOLE),
     Signal("topk_overlap", "share of the base model's topk most likely tokens that are also among the "
            "candidate's topk (option topk, default 5; 0..1)",
            "topk_overlap[t] = |topk(p) & topk(q)| / k, k = min(topk, |V|), ties broken by torch.topk",
-           LOGPROBS, STEP, _topk_overlap),
+           LOGPROBS, STEP, _topk_overlap, TOPK),
     Signal("token_match", "1 when the candidate's own greedy continuation has the base model's token at this "
            "step, else 0. Free-running audit: the two models' own continuations of the prompt, compared "
            "position by position (0 once either has ended); on the base's path (search, teacher audit) the "
            "candidate's greedy choice after the base's tokens, which is top1_agree",
            "token_match[t] = [c_t = g_t], c / g = the candidate's / base's own greedy continuation "
-           "(teacher: c_t = argmax q, g = the path)", LOGPROBS, STEP, _token_match),
+           "(teacher: c_t = argmax q, g = the path)", LOGPROBS, STEP, _token_match, FLAG),
     Signal("base_stop", "1 when the base model's most likely next token ends the text (end-of-sequence), else 0",
-           "base_stop[t] = [argmax p in EOS]", LOGPROBS, STEP, lambda x: _stops(x.lp, x)),
+           "base_stop[t] = [argmax p in EOS]", LOGPROBS, STEP, lambda x: _stops(x.lp, x), FLAG),
     Signal("cand_stop", "1 when the candidate's most likely next token ends the text (end-of-sequence), else 0; "
            "in a free-running audit the path ends where the candidate generated it",
-           "cand_stop[t] = [argmax q in EOS]", LOGPROBS, STEP, lambda x: _stops(x.lq, x)),
+           "cand_stop[t] = [argmax q in EOS]", LOGPROBS, STEP, lambda x: _stops(x.lq, x), FLAG),
     Signal("attn_cos", "cosine between candidate and base attention from the current step to the prompt's "
            "first tokens, averaged over heads and the chosen layers",
            "attn_cos[t] = cos(a_q[t], a_p[t]), a[t][j] = mean over layers in attn_layers and heads of "

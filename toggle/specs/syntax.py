@@ -547,18 +547,6 @@ _MISREAD = {
 _EQUALITY = ("`{op}` has no margin in STL's robustness (rtamt scores a == b as -|a - b|, at best 0, and a !== b as "
              "|a - b|, which holds even where a equals b); compare with a threshold, e.g. abs(x - c) <= 0.01, or for "
              "a signal of whole values, x >= 0.5")
-# Signals that take whole multiples of a step (0/1 flags, ranks, top-k shares): compared with one
-# of their own values, the margin is exactly 0 where they equal it, which `not`, the left side of
-# `->`, rise and fall read as holding. name -> (step, lowest, highest) for a given topk.
-def _grid(name: str, topk: int):
-    flags = ("top1_agree", "token_match", "base_stop", "cand_stop")
-    if name in flags:
-        return 1.0, 0.0, 1.0, "0 and 1"
-    if name == "base_rank":
-        return 1.0, 0.0, math.inf, "whole numbers"
-    if name == "topk_overlap":
-        return 1.0 / topk, 0.0, 1.0, f"multiples of 1/{topk} (option topk = {topk})"
-    return None
 
 
 def _misreadings(tree, consts: dict[str, Const], topk: int) -> list[tuple[object, str]]:
@@ -590,7 +578,9 @@ def _comparison_problems(kids, consts: dict[str, Const], topk: int) -> list[tupl
         return [(token, _EQUALITY.format(op=op))]
     sides = [_unwrap(left), _unwrap(right)]
     for i, side in enumerate(sides):
-        grid = _grid(side.getText(), topk) if type(side).__name__ == "ExprIdContext" else None
+        # a signal of whole values (Signal.values) compared with one of its own: margin 0 where it holds
+        signal = SIGNALS.get(side.getText()) if type(side).__name__ == "ExprIdContext" else None
+        grid = signal.grid(topk) if signal is not None else None
         value = _number(sides[1 - i], consts)
         if grid is None or value is None:
             continue
